@@ -1,0 +1,23 @@
+// CPU sparse attention over gathered blocks.
+//
+// For each query row i and query head h, with g = KvHeadOf(h):
+//   s_t = scale * dot(q[i,h,:], k_t)  for every token t of the selected blocks
+//   out[i,h,:] = sum_t softmax(s)_t * v_t
+//   lse[i,h]   = log(sum_t exp(s_t))   (natural log, of the scaled scores)
+// The lse lets a caller merge this partial attention with another one
+// (flash-attention's merge of partial softmaxes).
+//
+// Thread safety: pure function of its inputs; call from any thread.
+#pragma once
+
+#include "attention/block_table.h"
+
+namespace msa::attention {
+
+// q   : [n_queries, q_heads, head_dim] float32
+// out : [n_queries, q_heads, head_dim] float32 (written)
+// lse : [n_queries, q_heads] float32 (written); may be null
+void SparseAttentionCpu(const AttentionShape& shape, const BlockTable<float>& table,
+                        const Selection& selection, const float* q, float* out, float* lse);
+
+}  // namespace msa::attention

@@ -1,0 +1,36 @@
+// CUDA sparse attention over gathered blocks: the same function as
+// SparseAttentionCpu (see sparse_attention_cpu.h), with K/V in fp16 on the
+// device. Built when MSA_WITH_CUDA is on; otherwise CudaAvailable() is false
+// and the entry points return NotSupported.
+//
+// Thread safety: the entry points may be called from several threads; each
+// call runs on the given stream.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "attention/block_table.h"
+#include "msa/status.h"
+
+namespace msa::attention {
+
+// True when msa was built with CUDA and a device is usable. `why` (optional)
+// receives the reason when it is not ("built without CUDA", "no CUDA device").
+bool CudaAvailable(std::string* why = nullptr);
+
+// All pointers are device pointers. keys/values are IEEE fp16 stored as
+// uint16_t (layout as BlockTable). `stream` is a cudaStream_t (nullptr: the
+// default stream). Returns after the kernel is enqueued; errors of the launch
+// are reported, errors of execution at the next synchronisation.
+Status SparseAttentionCudaF16(const AttentionShape& shape, const BlockTable<uint16_t>& table,
+                              const Selection& selection, const float* q, float* out, float* lse,
+                              void* stream);
+
+// Host convenience: copies the inputs to the device, runs the kernel,
+// synchronises and copies out/lse back. Used by tests and the CLI.
+Status SparseAttentionCudaF16Host(const AttentionShape& shape, const BlockTable<uint16_t>& table,
+                                  const Selection& selection, const float* q, float* out,
+                                  float* lse);
+
+}  // namespace msa::attention

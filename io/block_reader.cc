@@ -1,0 +1,29 @@
+#include "io/block_reader.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include <spdlog/spdlog.h>
+
+namespace msa::io {
+
+std::string DescribeRequest(size_t index, const ReadRequest& r) {
+  return "read #" + std::to_string(index) + " (fd " + std::to_string(r.fd) + ", offset " +
+         std::to_string(r.offset) + ", " + std::to_string(r.length) + " bytes)";
+}
+
+std::unique_ptr<BlockReader> MakeBlockReader(const BlockReaderOptions& options) {
+  const char* env = std::getenv("MSA_IO_URING");
+  if (env != nullptr && std::strcmp(env, "0") == 0) {
+    spdlog::warn("io_uring disabled by MSA_IO_URING=0: block reads use the pread fallback");
+    return MakePreadReader();
+  }
+  if (!options.allow_io_uring) return MakePreadReader();
+  auto uring = MakeUringReader(options.queue_depth);
+  if (uring.ok()) return std::move(uring).value();
+  spdlog::warn("io_uring unavailable ({}): block reads use the pread fallback",
+               uring.status().message());
+  return MakePreadReader();
+}
+
+}  // namespace msa::io

@@ -1,0 +1,115 @@
+#include "io/segment_file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "io/aligned_buffer.h"
+
+namespace msa::io {
+
+namespace {
+std::string DirName(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+Status WriteFully(int fd, const uint8_t* data, size_t size, uint64_t offset, const std::string& path) {
+  while (size > 0) {
+    const ssize_t n = ::pwrite(fd, data, size, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno("write " + path + " at offset " + std::to_string(offset), errno);
+    }
+    data += n;
+    size -= static_cast<size_t>(n);
+    offset += static_cast<uint64_t>(n);
+  }
+  return Status::OK();
+}
+}  // namespace
+
+Result<std::unique_ptr<SegmentWriter>> SegmentWriter::Open(const std::string& path,
+                                                           uint64_t committed_length) {
+  if (committed_length % kIoAlignment != 0) {
+    return Status::Corruption("segment " + path + ": committed length " +
+                              std::to_string(committed_length) + " is not 4096-aligned");
+  }
+  const bool existed = ::access(path.c_str(), F_OK) == 0;
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return Status::FromErrno("open segment " + path, errno);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return Status::FromErrno("stat segment " + path, err);
+  }
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  if (size < committed_length) {
+    ::close(fd);
+    return Status::Corruption("segment " + path + " holds " + std::to_string(size) +
+                              " bytes but " + std::to_string(committed_length) +
+                              " were committed: committed data is missing");
+  }
+  if (size > committed_length) {
+    // The tail of an append that crashed before its commit: invisible, drop it.
+    if (::ftruncate(fd, static_cast<off_t>(committed_length)) != 0 || ::fdatasync(fd) != 0) {
+      const int err = errno;
+      ::close(fd);
+      return Status::FromErrno("truncate uncommitted tail of segment " + path, err);
+    }
+  }
+  if (!existed) {
+    Status st_dir = SyncDirectory(DirName(path));
+    if (!st_dir.ok()) {
+      ::close(fd);
+      return st_dir;
+    }
+  }
+  return std::unique_ptr<SegmentWriter>(new SegmentWriter(path, fd, committed_length));
+}
+
+SegmentWriter::~SegmentWriter() { ::close(fd_); }
+
+Result<uint64_t> SegmentWriter::Append(const void* data, size_t size) {
+  const uint64_t offset = length_;
+  const uint64_t padded = AlignUp(size);
+  MSA_RETURN_IF_ERROR(WriteFully(fd_, static_cast<const uint8_t*>(data), size, offset, path_));
+  if (padded > size) {
+    static const std::vector<uint8_t> zeros(kIoAlignment, 0);
+    MSA_RETURN_IF_ERROR(WriteFully(fd_, zeros.data(), padded - size, offset + size, path_));
+  }
+  length_ = offset + padded;
+  return offset;
+}
+
+Status SegmentWriter::Sync() {
+  if (::fdatasync(fd_) != 0) return Status::FromErrno("fdatasync " + path_, errno);
+  return Status::OK();
+}
+
+Status SyncDirectory(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return Status::FromErrno("open directory " + dir, errno);
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) return Status::FromErrno("fsync directory " + dir, err);
+  return Status::OK();
+}
+
+Result<int> OpenSegmentForRead(const std::string& path, bool* direct) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+  *direct = fd >= 0;
+  if (fd < 0 && errno == EINVAL) fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::FromErrno("open segment " + path, errno);
+  return fd;
+}
+
+}  // namespace msa::io

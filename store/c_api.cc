@@ -1,0 +1,165 @@
+// The C API (include/msa.h) over msa::Store. Nothing crosses this boundary
+// but status codes: every entry point catches every exception (FAISS's
+// c_api/macros_impl.h pattern) and records a thread-local message.
+#include "msa.h"
+
+#include <exception>
+#include <memory>
+#include <new>
+#include <string>
+
+#include "store/store.h"
+
+struct msa_store_t {
+  std::unique_ptr<msa::Store> store;
+};
+
+namespace {
+
+thread_local std::string last_error;
+
+msa_status_t Fail(msa_status_t code, std::string message) {
+  last_error = std::move(message);
+  return code;
+}
+
+msa_status_t Report(const msa::Status& s) {
+  if (s.ok()) return MSA_OK;
+  return Fail(static_cast<msa_status_t>(s.code()), s.ToString());
+}
+
+// Runs fn, converting exceptions to MSA_INTERNAL (or MSA_IO_ERROR for OOM).
+template <typename Fn>
+msa_status_t Guard(Fn&& fn) {
+  last_error.clear();
+  try {
+    return Report(fn());
+  } catch (const std::bad_alloc&) {
+    return Fail(MSA_IO_ERROR, "out of memory");
+  } catch (const std::exception& e) {
+    return Fail(MSA_INTERNAL, std::string("internal error: ") + e.what());
+  } catch (...) {
+    return Fail(MSA_INTERNAL, "internal error: unknown exception");
+  }
+}
+
+#define MSA_REQUIRE(cond, message) \
+  if (!(cond)) return msa::Status::InvalidArgument(message)
+
+}  // namespace
+
+extern "C" {
+
+uint32_t msa_version(void) { return MSA_VERSION; }
+
+const char* msa_last_error(void) { return last_error.c_str(); }
+
+msa_status_t msa_store_create(const char* path, const msa_geometry_t* geometry, msa_store_t** out) {
+  return Guard([&]() -> msa::Status {
+    MSA_REQUIRE(out != nullptr, "msa_store_create: out is NULL");
+    *out = nullptr;
+    MSA_REQUIRE(path != nullptr, "msa_store_create: path is NULL");
+    MSA_REQUIRE(geometry != nullptr, "msa_store_create: geometry is NULL");
+    msa::Geometry g;
+    g.layers = geometry->layers;
+    g.kv_heads = geometry->kv_heads;
+    g.head_dim = geometry->head_dim;
+    g.block_tokens = geometry->block_tokens == 0 ? 64 : geometry->block_tokens;
+    g.codec = geometry->codec == 0 ? msa::Codec::kF16ShuffleZstd
+                                   : static_cast<msa::Codec>(geometry->codec);
+    MSA_ASSIGN_OR_RETURN(auto store, msa::Store::Create(path, g));
+    *out = new msa_store_t{std::move(store)};
+    return msa::Status::OK();
+  });
+}
+
+msa_status_t msa_store_open(const char* path, int read_only, msa_store_t** out) {
+  return Guard([&]() -> msa::Status {
+    MSA_REQUIRE(out != nullptr, "msa_store_open: out is NULL");
+    *out = nullptr;
+    MSA_REQUIRE(path != nullptr, "msa_store_open: path is NULL");
+    msa::StoreOptions options;
+    options.read_only = read_only != 0;
+    MSA_ASSIGN_OR_RETURN(auto store, msa::Store::Open(path, options));
+    *out = new msa_store_t{std::move(store)};
+    return msa::Status::OK();
+  });
+}
+
+void msa_store_close(msa_store_t* store) {
+  try {
+    delete store;
+  } catch (...) {
+    // A destructor that throws has nowhere to report to; keep the promise not to.
+  }
+}
+
+msa_status_t msa_store_geometry(const msa_store_t* store, msa_geometry_t* out) {
+  return Guard([&]() -> msa::Status {
+    MSA_REQUIRE(store != nullptr, "msa_store_geometry: store is NULL");
+    MSA_REQUIRE(out != nullptr, "msa_store_geometry: out is NULL");
+    const msa::Geometry& g = store->store->geometry();
+    *out = msa_geometry_t{g.layers, g.kv_heads, g.head_dim, g.block_tokens,
+                          static_cast<msa_codec_t>(g.codec)};
+    return msa::Status::OK();
+  });
+}
+
+msa_status_t msa_append_document(msa_store_t* store, const char* name, const void* keys,
+                                 const void* values, uint64_t tokens, msa_dtype_t dtype,
+                                 uint64_t* doc_id) {
+  return Guard([&]() -> msa::Status {
+    MSA_REQUIRE(store != nullptr, "msa_append_document: store is NULL");
+    MSA_REQUIRE(name != nullptr, "msa_append_document: name is NULL");
+    MSA_REQUIRE(keys != nullptr, "msa_append_document: keys is NULL");
+    MSA_REQUIRE(values != nullptr, "msa_append_document: values is NULL");
+    MSA_REQUIRE(dtype == MSA_FLOAT32 || dtype == MSA_FLOAT16,
+                "msa_append_document: dtype " + std::to_string(dtype) + " is unknown");
+    msa::DocumentKV kv{keys, values, tokens,
+                       dtype == MSA_FLOAT16 ? msa::ElementType::kFloat16 : msa::ElementType::kFloat32};
+    MSA_ASSIGN_OR_RETURN(const uint64_t id, store->store->AppendDocument(name, kv));
+    if (doc_id != nullptr) *doc_id = id;
+    return msa::Status::OK();
+  });
+}
+
+msa_status_t msa_commit(msa_store_t* store) {
+  return Guard([&]() -> msa::Status {
+    MSA_REQUIRE(store != nullptr, "msa_commit: store is NULL");
+    return store->store->Commit();
+  });
+}
+
+msa_attend_params_t msa_attend_default_params(void) {
+  msa_attend_params_t p;
+  p.top_k = msa::AttendOptions{}.top_k;
+  p.exact = 0;
+  return p;
+}
+
+msa_status_t msa_attend(const msa_store_t* store, uint32_t layer, const float* q, uint32_t n,
+                        uint32_t q_heads, const msa_attend_params_t* params, float* out,
+                        float* lse) {
+  return Guard([&]() -> msa::Status {
+    MSA_REQUIRE(store != nullptr, "msa_attend: store is NULL");
+    MSA_REQUIRE(q != nullptr || n == 0, "msa_attend: q is NULL");
+    MSA_REQUIRE(out != nullptr || n == 0, "msa_attend: out is NULL");
+    const msa_attend_params_t p = params ? *params : msa_attend_default_params();
+    msa::AttendOptions options;
+    options.top_k = p.top_k;
+    options.exact = p.exact != 0;
+    return store->store->Attend(layer, q, n, q_heads, options, out, lse);
+  });
+}
+
+msa_status_t msa_store_stats(const msa_store_t* store, msa_stats_t* out) {
+  return Guard([&]() -> msa::Status {
+    MSA_REQUIRE(store != nullptr, "msa_store_stats: store is NULL");
+    MSA_REQUIRE(out != nullptr, "msa_store_stats: out is NULL");
+    const msa::StoreStats s = store->store->Stats();
+    *out = msa_stats_t{s.documents, s.tokens, s.blocks_per_stream, s.stored_bytes, s.raw_bytes};
+    return msa::Status::OK();
+  });
+}
+
+}  // extern "C"

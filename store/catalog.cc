@@ -1,0 +1,344 @@
+#include "store/catalog.h"
+
+#include <rocksdb/db.h>
+#include <rocksdb/options.h>
+#include <rocksdb/write_batch.h>
+#include <sys/stat.h>
+
+#include <cstring>
+
+namespace msa {
+
+namespace {
+
+constexpr uint32_t kGeometryVersion = 1;
+
+// ---- little helpers for fixed-width encodings ----
+void AppendLe32(std::string* s, uint32_t v) { s->append(reinterpret_cast<const char*>(&v), 4); }
+void AppendLe64(std::string* s, uint64_t v) { s->append(reinterpret_cast<const char*>(&v), 8); }
+void AppendBe32(std::string* s, uint32_t v) {
+  for (int i = 3; i >= 0; --i) s->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+void AppendBe64(std::string* s, uint64_t v) {
+  for (int i = 7; i >= 0; --i) s->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+uint64_t ReadBe64(const char* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<uint8_t>(p[i]);
+  return v;
+}
+
+// Reads fixed-width little-endian fields in order, remembering underflow.
+class Reader {
+ public:
+  explicit Reader(const std::string& s) : p_(s.data()), left_(s.size()) {}
+  template <typename T>
+  T Next() {
+    T v{};
+    if (left_ < sizeof(T)) {
+      short_ = true;
+      return v;
+    }
+    std::memcpy(&v, p_, sizeof(T));
+    p_ += sizeof(T);
+    left_ -= sizeof(T);
+    return v;
+  }
+  std::string Rest() { return std::string(p_, left_); }
+  bool ok() const { return !short_; }
+
+ private:
+  const char* p_;
+  size_t left_;
+  bool short_ = false;
+};
+
+std::string StreamPrefix(char kind, uint32_t layer, uint32_t kv_head) {
+  std::string k(1, kind);
+  AppendBe32(&k, layer);
+  AppendBe32(&k, kv_head);
+  return k;
+}
+std::string BlockKey(char kind, const BlockId& id) {
+  std::string k = StreamPrefix(kind, id.layer, id.kv_head);
+  AppendBe64(&k, id.block);
+  return k;
+}
+std::string DocKey(uint64_t id) {
+  std::string k = "D";
+  AppendBe64(&k, id);
+  return k;
+}
+std::string SegmentKey(uint32_t seg) {
+  std::string k = "L";
+  AppendBe32(&k, seg);
+  return k;
+}
+
+std::string EncodeGeometry(const Geometry& g) {
+  std::string v;
+  AppendLe32(&v, kGeometryVersion);
+  AppendLe32(&v, g.layers);
+  AppendLe32(&v, g.kv_heads);
+  AppendLe32(&v, g.head_dim);
+  AppendLe32(&v, g.block_tokens);
+  AppendLe32(&v, static_cast<uint32_t>(g.codec));
+  return v;
+}
+
+Result<Geometry> DecodeGeometry(const std::string& v) {
+  Reader r(v);
+  const uint32_t version = r.Next<uint32_t>();
+  Geometry g;
+  g.layers = r.Next<uint32_t>();
+  g.kv_heads = r.Next<uint32_t>();
+  g.head_dim = r.Next<uint32_t>();
+  g.block_tokens = r.Next<uint32_t>();
+  g.codec = static_cast<Codec>(r.Next<uint32_t>());
+  if (!r.ok()) return Status::Corruption("geometry record is truncated");
+  if (version != kGeometryVersion) {
+    return Status::NotSupported("store format version " + std::to_string(version) +
+                                " is newer than this msa understands");
+  }
+  MSA_RETURN_IF_ERROR(g.Validate().WithContext("stored geometry"));
+  return g;
+}
+
+std::string EncodeLocation(const BlockLocation& l) {
+  std::string v;
+  AppendLe32(&v, l.segment);
+  AppendLe64(&v, l.offset);
+  AppendLe32(&v, l.record_bytes);
+  AppendLe32(&v, l.tokens);
+  AppendLe64(&v, l.checksum);
+  AppendLe64(&v, l.doc_id);
+  AppendLe64(&v, l.first_position);
+  v.push_back(static_cast<char>(l.codec));
+  return v;
+}
+
+Result<BlockLocation> DecodeLocation(const std::string& v) {
+  Reader r(v);
+  BlockLocation l;
+  l.segment = r.Next<uint32_t>();
+  l.offset = r.Next<uint64_t>();
+  l.record_bytes = r.Next<uint32_t>();
+  l.tokens = r.Next<uint32_t>();
+  l.checksum = r.Next<uint64_t>();
+  l.doc_id = r.Next<uint64_t>();
+  l.first_position = r.Next<uint64_t>();
+  l.codec = static_cast<Codec>(r.Next<uint8_t>());
+  if (!r.ok()) return Status::Corruption("block location record is truncated");
+  return l;
+}
+
+std::string EncodeCounters(const CatalogCounters& c) {
+  std::string v;
+  AppendLe64(&v, c.next_doc_id);
+  AppendLe64(&v, c.blocks_per_stream);
+  AppendLe64(&v, c.tokens);
+  AppendLe32(&v, c.active_segment);
+  AppendLe64(&v, c.documents);
+  return v;
+}
+
+std::string EncodeDocument(const DocumentRecord& d) {
+  std::string v;
+  AppendLe64(&v, d.id);
+  AppendLe64(&v, d.tokens);
+  AppendLe64(&v, d.first_block);
+  AppendLe64(&v, d.blocks);
+  v += d.name;
+  return v;
+}
+
+Result<DocumentRecord> DecodeDocument(const std::string& v) {
+  Reader r(v);
+  DocumentRecord d;
+  d.id = r.Next<uint64_t>();
+  d.tokens = r.Next<uint64_t>();
+  d.first_block = r.Next<uint64_t>();
+  d.blocks = r.Next<uint64_t>();
+  if (!r.ok()) return Status::Corruption("document record is truncated");
+  d.name = r.Rest();
+  return d;
+}
+
+Status FromRocks(const rocksdb::Status& s, const std::string& what) {
+  if (s.ok()) return Status::OK();
+  if (s.IsNotFound()) return Status::NotFound(what + ": " + s.ToString());
+  if (s.IsCorruption()) return Status::Corruption(what + ": " + s.ToString());
+  if (s.IsInvalidArgument()) return Status::InvalidArgument(what + ": " + s.ToString());
+  return Status::IOError(what + ": " + s.ToString());
+}
+
+rocksdb::Options BaseOptions() {
+  rocksdb::Options o;
+  o.create_if_missing = false;
+  o.paranoid_checks = true;
+  o.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
+  o.keep_log_file_num = 2;
+  return o;
+}
+
+bool DirectoryHasCatalog(const std::string& dir) {
+  struct stat st;
+  return ::stat((dir + "/CURRENT").c_str(), &st) == 0;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Catalog>> Catalog::Create(const std::string& dir, const Geometry& geometry) {
+  MSA_RETURN_IF_ERROR(geometry.Validate());
+  if (DirectoryHasCatalog(dir)) return Status::AlreadyExists(dir + " already holds a catalog");
+  rocksdb::Options o = BaseOptions();
+  o.create_if_missing = true;
+  o.error_if_exists = true;
+  rocksdb::DB* db = nullptr;
+  MSA_RETURN_IF_ERROR(FromRocks(rocksdb::DB::Open(o, dir, &db), "create catalog " + dir));
+  std::unique_ptr<Catalog> catalog(new Catalog(dir, db, geometry));
+  Batch batch;
+  batch.batch_->Put("G", EncodeGeometry(geometry));
+  batch.PutCounters(CatalogCounters{});
+  MSA_RETURN_IF_ERROR(catalog->Commit(batch));
+  return catalog;
+}
+
+Result<std::unique_ptr<Catalog>> Catalog::Open(const std::string& dir, bool read_only) {
+  if (!DirectoryHasCatalog(dir)) return Status::NotFound("no catalog in " + dir);
+  rocksdb::DB* db = nullptr;
+  rocksdb::Options o = BaseOptions();
+  const rocksdb::Status s = read_only ? rocksdb::DB::OpenForReadOnly(o, dir, &db)
+                                      : rocksdb::DB::Open(o, dir, &db);
+  MSA_RETURN_IF_ERROR(FromRocks(s, "open catalog " + dir));
+  std::string value;
+  const rocksdb::Status g = db->Get(rocksdb::ReadOptions(), "G", &value);
+  if (!g.ok()) {
+    delete db;
+    return FromRocks(g, "read geometry from " + dir).WithContext("not an msa catalog");
+  }
+  auto geometry = DecodeGeometry(value);
+  if (!geometry.ok()) {
+    delete db;
+    return geometry.status().WithContext(dir);
+  }
+  return std::unique_ptr<Catalog>(new Catalog(dir, db, *geometry));
+}
+
+Catalog::~Catalog() { delete db_; }
+
+Result<CatalogCounters> Catalog::ReadCounters() const {
+  std::string v;
+  MSA_RETURN_IF_ERROR(FromRocks(db_->Get(rocksdb::ReadOptions(), "C", &v), "read counters"));
+  Reader r(v);
+  CatalogCounters c;
+  c.next_doc_id = r.Next<uint64_t>();
+  c.blocks_per_stream = r.Next<uint64_t>();
+  c.tokens = r.Next<uint64_t>();
+  c.active_segment = r.Next<uint32_t>();
+  c.documents = r.Next<uint64_t>();
+  if (!r.ok()) return Status::Corruption("counters record is truncated");
+  return c;
+}
+
+Result<uint64_t> Catalog::ReadSegmentLength(uint32_t segment) const {
+  std::string v;
+  const rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), SegmentKey(segment), &v);
+  if (s.IsNotFound()) return uint64_t{0};
+  MSA_RETURN_IF_ERROR(FromRocks(s, "read segment length"));
+  Reader r(v);
+  const uint64_t len = r.Next<uint64_t>();
+  if (!r.ok()) return Status::Corruption("segment length record is truncated");
+  return len;
+}
+
+Result<std::optional<uint64_t>> Catalog::FindDocument(const std::string& name) const {
+  std::string v;
+  const rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), "N" + name, &v);
+  if (s.IsNotFound()) return std::optional<uint64_t>();
+  MSA_RETURN_IF_ERROR(FromRocks(s, "look up document " + name));
+  Reader r(v);
+  const uint64_t id = r.Next<uint64_t>();
+  if (!r.ok()) return Status::Corruption("document name record is truncated");
+  return std::optional<uint64_t>(id);
+}
+
+Result<std::vector<DocumentRecord>> Catalog::ListDocuments() const {
+  std::vector<DocumentRecord> docs;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek("D"); it->Valid() && it->key().starts_with("D"); it->Next()) {
+    MSA_ASSIGN_OR_RETURN(DocumentRecord d, DecodeDocument(it->value().ToString()));
+    docs.push_back(std::move(d));
+  }
+  MSA_RETURN_IF_ERROR(FromRocks(it->status(), "list documents"));
+  return docs;
+}
+
+Status Catalog::ScanBlocks(uint32_t layer, uint32_t kv_head,
+                           const std::function<Status(uint64_t, const BlockLocation&)>& fn) const {
+  const std::string prefix = StreamPrefix('B', layer, kv_head);
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    if (it->key().size() != prefix.size() + 8) return Status::Corruption("malformed block key");
+    const uint64_t block = ReadBe64(it->key().data() + prefix.size());
+    MSA_ASSIGN_OR_RETURN(BlockLocation loc, DecodeLocation(it->value().ToString()));
+    MSA_RETURN_IF_ERROR(fn(block, loc));
+  }
+  return FromRocks(it->status(), "scan block directory");
+}
+
+Status Catalog::ScanSummaries(
+    uint32_t layer, uint32_t kv_head,
+    const std::function<Status(uint64_t, std::span<const float>)>& fn) const {
+  const std::string prefix = StreamPrefix('S', layer, kv_head);
+  const size_t bytes = sizeof(float) * geometry_.head_dim;
+  std::vector<float> summary(geometry_.head_dim);
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    if (it->key().size() != prefix.size() + 8 || it->value().size() != bytes) {
+      return Status::Corruption("malformed summary record for layer " + std::to_string(layer) +
+                                " kv-head " + std::to_string(kv_head));
+    }
+    std::memcpy(summary.data(), it->value().data(), bytes);
+    MSA_RETURN_IF_ERROR(fn(ReadBe64(it->key().data() + prefix.size()), summary));
+  }
+  return FromRocks(it->status(), "scan summaries");
+}
+
+Catalog::Batch::Batch() : batch_(std::make_unique<rocksdb::WriteBatch>()) {}
+Catalog::Batch::~Batch() = default;
+
+void Catalog::Batch::PutBlock(const BlockId& id, const BlockLocation& loc,
+                              std::span<const float> summary) {
+  batch_->Put(BlockKey('B', id), EncodeLocation(loc));
+  batch_->Put(BlockKey('S', id),
+              rocksdb::Slice(reinterpret_cast<const char*>(summary.data()),
+                             summary.size() * sizeof(float)));
+}
+
+void Catalog::Batch::PutDocument(const DocumentRecord& doc) {
+  batch_->Put(DocKey(doc.id), EncodeDocument(doc));
+  std::string id;
+  AppendLe64(&id, doc.id);
+  batch_->Put("N" + doc.name, id);
+}
+
+void Catalog::Batch::PutSegmentLength(uint32_t segment, uint64_t length) {
+  std::string v;
+  AppendLe64(&v, length);
+  batch_->Put(SegmentKey(segment), v);
+}
+
+void Catalog::Batch::PutCounters(const CatalogCounters& counters) {
+  batch_->Put("C", EncodeCounters(counters));
+}
+
+size_t Catalog::Batch::count() const { return batch_->Count(); }
+
+Status Catalog::Commit(Batch& batch) {
+  rocksdb::WriteOptions o;
+  o.sync = true;
+  return FromRocks(db_->Write(o, batch.batch_.get()), "commit to catalog " + dir_);
+}
+
+}  // namespace msa

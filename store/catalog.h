@@ -1,0 +1,120 @@
+// The catalog: RocksDB as the store of record and the commit point.
+//
+// Everything that says what exists lives here, written in one synced
+// WriteBatch per commit: the geometry, the block directory (where each
+// block's record is and what it must checksum to), the summaries (so the
+// router can always be rebuilt), the documents, the committed length of every
+// segment, and the store's counters.
+//
+// Keys (one column family; the first byte is the record kind):
+//   'G'                                   -> geometry
+//   'C'                                   -> counters (CatalogCounters)
+//   'D' doc_id:be64                       -> DocumentRecord
+//   'N' name                              -> doc_id:le64 (names are unique)
+//   'B' layer:be32 kv_head:be32 block:be64 -> BlockLocation
+//   'S' layer:be32 kv_head:be32 block:be64 -> summary, head_dim float32
+//   'L' segment:be32                      -> committed length:le64
+// Big-endian numbers keep RocksDB's byte order equal to numeric order, so
+// one stream's blocks are one contiguous, ordered key range.
+//
+// Thread safety: all methods may be called from several threads (RocksDB is);
+// ordering of commits is the caller's (Store's) business.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "msa/status.h"
+#include "store/geometry.h"
+
+namespace rocksdb {
+class DB;
+class WriteBatch;
+}  // namespace rocksdb
+
+namespace msa {
+
+// Where one block's record lives and what it must contain.
+struct BlockLocation {
+  uint32_t segment = 0;       // segment file number
+  uint64_t offset = 0;        // byte offset of the record, 4096-aligned
+  uint32_t record_bytes = 0;  // header + payload, unpadded
+  uint32_t tokens = 0;        // valid tokens, 1..block_tokens
+  uint64_t checksum = 0;      // XXH3-64 of the payload
+  uint64_t doc_id = 0;
+  uint64_t first_position = 0;  // position of the block's first token in its document
+  Codec codec = Codec::kF16ShuffleZstd;
+};
+
+// A document: the same run of tokens in every stream. Its blocks are
+// [first_block, first_block + blocks) in every stream, since every document
+// contributes the same number of blocks to each stream, in commit order.
+struct DocumentRecord {
+  uint64_t id = 0;
+  std::string name;
+  uint64_t tokens = 0;
+  uint64_t first_block = 0;
+  uint64_t blocks = 0;
+};
+
+struct CatalogCounters {
+  uint64_t next_doc_id = 1;
+  uint64_t blocks_per_stream = 0;  // committed blocks in each stream
+  uint64_t tokens = 0;             // committed tokens (per stream)
+  uint32_t active_segment = 1;     // segment that appends go to
+  uint64_t documents = 0;          // live documents
+};
+
+class Catalog {
+ public:
+  // Creates a new catalog in `dir` (which must not hold one).
+  static Result<std::unique_ptr<Catalog>> Create(const std::string& dir, const Geometry& geometry);
+  // Opens an existing catalog; NotFound when `dir` holds none.
+  static Result<std::unique_ptr<Catalog>> Open(const std::string& dir, bool read_only);
+  ~Catalog();
+
+  const Geometry& geometry() const { return geometry_; }
+  Result<CatalogCounters> ReadCounters() const;
+  Result<uint64_t> ReadSegmentLength(uint32_t segment) const;  // 0 when never committed
+  Result<std::optional<uint64_t>> FindDocument(const std::string& name) const;
+  Result<std::vector<DocumentRecord>> ListDocuments() const;
+
+  // Visits every block of one stream in block order.
+  Status ScanBlocks(uint32_t layer, uint32_t kv_head,
+                    const std::function<Status(uint64_t block, const BlockLocation&)>& fn) const;
+  // Visits every summary of one stream in block order.
+  Status ScanSummaries(uint32_t layer, uint32_t kv_head,
+                       const std::function<Status(uint64_t block, std::span<const float>)>& fn) const;
+
+  // One commit's worth of catalog changes, applied atomically by Commit().
+  class Batch {
+   public:
+    Batch();
+    ~Batch();
+    void PutBlock(const BlockId& id, const BlockLocation& loc, std::span<const float> summary);
+    void PutDocument(const DocumentRecord& doc);
+    void PutSegmentLength(uint32_t segment, uint64_t length);
+    void PutCounters(const CatalogCounters& counters);
+    size_t count() const;
+
+   private:
+    friend class Catalog;
+    std::unique_ptr<rocksdb::WriteBatch> batch_;
+  };
+  // Writes the batch with sync=true: durable when this returns OK.
+  Status Commit(Batch& batch);
+
+ private:
+  Catalog(std::string dir, rocksdb::DB* db, Geometry geometry)
+      : dir_(std::move(dir)), db_(db), geometry_(geometry) {}
+  std::string dir_;
+  rocksdb::DB* db_;  // owned
+  Geometry geometry_;
+};
+
+}  // namespace msa

@@ -1,0 +1,173 @@
+#include "store/codec.h"
+
+#include <cstring>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+#include <zstd.h>
+
+#include "attention/half.h"
+
+namespace msa {
+
+namespace {
+
+// zstd's fastest standard level keeps compression off ingest's critical path;
+// the codec work (issue 5) measures ratio against speed for the alternatives.
+constexpr int kZstdLevel = 1;
+
+template <typename T>
+void Put(uint8_t* p, T v) {
+  std::memcpy(p, &v, sizeof(T));
+}
+template <typename T>
+T Get(const uint8_t* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+
+// Header layout (little-endian), 64 bytes:
+//   0 magic u32 | 4 version u16 | 6 codec u8 | 7 reserved u8
+//   8 layer u32 | 12 kv_head u32 | 16 block u64
+//  24 tokens u32 | 28 head_dim u32 | 32 payload_bytes u32 | 36 reserved u32
+//  40 checksum u64 | 48 reserved (zero) 16 bytes
+void WriteHeader(const BlockRecordHeader& h, uint8_t* p) {
+  std::memset(p, 0, kBlockRecordHeaderSize);
+  Put<uint32_t>(p + 0, kBlockRecordMagic);
+  Put<uint16_t>(p + 4, kBlockRecordVersion);
+  Put<uint8_t>(p + 6, static_cast<uint8_t>(h.codec));
+  Put<uint32_t>(p + 8, h.id.layer);
+  Put<uint32_t>(p + 12, h.id.kv_head);
+  Put<uint64_t>(p + 16, h.id.block);
+  Put<uint32_t>(p + 24, h.tokens);
+  Put<uint32_t>(p + 28, h.head_dim);
+  Put<uint32_t>(p + 32, h.payload_bytes);
+  Put<uint64_t>(p + 40, h.checksum);
+}
+
+// Byte shuffle of fp16 values: low bytes of all values, then high bytes.
+void Shuffle(const uint16_t* in, size_t n, uint8_t* out) {
+  for (size_t i = 0; i < n; ++i) {
+    out[i] = static_cast<uint8_t>(in[i] & 0xff);
+    out[n + i] = static_cast<uint8_t>(in[i] >> 8);
+  }
+}
+void Unshuffle(const uint8_t* in, size_t n, uint16_t* out) {
+  for (size_t i = 0; i < n; ++i) out[i] = static_cast<uint16_t>(in[i] | (in[n + i] << 8));
+}
+
+}  // namespace
+
+uint64_t Checksum(const void* data, size_t size) { return XXH3_64bits(data, size); }
+
+std::string DescribeBlock(const BlockId& id) {
+  return "layer " + std::to_string(id.layer) + " kv-head " + std::to_string(id.kv_head) +
+         " block " + std::to_string(id.block);
+}
+
+BlockEncoder::BlockEncoder() : cctx_(ZSTD_createCCtx()) {}
+BlockEncoder::~BlockEncoder() { ZSTD_freeCCtx(cctx_); }
+
+Result<std::span<const uint8_t>> BlockEncoder::Encode(Codec codec, const BlockId& id,
+                                                      uint32_t tokens, uint32_t head_dim,
+                                                      const uint16_t* keys, const uint16_t* values,
+                                                      BlockRecordHeader* header) {
+  if (codec != Codec::kF16ShuffleZstd) {
+    return Status::NotSupported("codec " + std::string(CodecName(codec)) + " cannot encode");
+  }
+  const size_t n = static_cast<size_t>(tokens) * head_dim;  // values per tensor
+  shuffled_.resize(4 * n);
+  Shuffle(keys, n, shuffled_.data());
+  Shuffle(values, n, shuffled_.data() + 2 * n);
+  const size_t bound = ZSTD_compressBound(shuffled_.size());
+  record_.resize(kBlockRecordHeaderSize + bound);
+  const size_t written = ZSTD_compressCCtx(cctx_, record_.data() + kBlockRecordHeaderSize, bound,
+                                           shuffled_.data(), shuffled_.size(), kZstdLevel);
+  if (ZSTD_isError(written)) {
+    return Status::Internal("zstd compress " + DescribeBlock(id) + ": " +
+                            ZSTD_getErrorName(written));
+  }
+  record_.resize(kBlockRecordHeaderSize + written);
+  header->codec = codec;
+  header->id = id;
+  header->tokens = tokens;
+  header->head_dim = head_dim;
+  header->payload_bytes = static_cast<uint32_t>(written);
+  header->checksum = Checksum(record_.data() + kBlockRecordHeaderSize, written);
+  WriteHeader(*header, record_.data());
+  return std::span<const uint8_t>(record_);
+}
+
+Status ParseBlockRecordHeader(std::span<const uint8_t> record, BlockRecordHeader* h) {
+  if (record.size() < kBlockRecordHeaderSize) {
+    return Status::Corruption("block record shorter than its header");
+  }
+  const uint8_t* p = record.data();
+  if (Get<uint32_t>(p) != kBlockRecordMagic) return Status::Corruption("bad block record magic");
+  const uint16_t version = Get<uint16_t>(p + 4);
+  if (version != kBlockRecordVersion) {
+    return Status::Corruption("unknown block record version " + std::to_string(version));
+  }
+  const uint8_t codec = Get<uint8_t>(p + 6);
+  if (codec != static_cast<uint8_t>(Codec::kF16ShuffleZstd)) {
+    return Status::Corruption("unknown block codec " + std::to_string(codec));
+  }
+  h->codec = static_cast<Codec>(codec);
+  h->id.layer = Get<uint32_t>(p + 8);
+  h->id.kv_head = Get<uint32_t>(p + 12);
+  h->id.block = Get<uint64_t>(p + 16);
+  h->tokens = Get<uint32_t>(p + 24);
+  h->head_dim = Get<uint32_t>(p + 28);
+  h->payload_bytes = Get<uint32_t>(p + 32);
+  h->checksum = Get<uint64_t>(p + 40);
+  if (kBlockRecordHeaderSize + static_cast<size_t>(h->payload_bytes) > record.size()) {
+    return Status::Corruption("block record payload of " + std::to_string(h->payload_bytes) +
+                              " bytes runs past the record");
+  }
+  return Status::OK();
+}
+
+BlockDecoder::BlockDecoder() : dctx_(ZSTD_createDCtx()) {}
+BlockDecoder::~BlockDecoder() { ZSTD_freeDCtx(dctx_); }
+
+Status BlockDecoder::Decode(std::span<const uint8_t> record, const BlockId& expected_id,
+                            uint64_t expected_checksum, uint32_t expected_tokens,
+                            uint32_t head_dim, float* keys_out, float* values_out) {
+  const std::string what = DescribeBlock(expected_id);
+  BlockRecordHeader h;
+  MSA_RETURN_IF_ERROR(ParseBlockRecordHeader(record, &h).WithContext(what));
+  if (h.id.layer != expected_id.layer || h.id.kv_head != expected_id.kv_head ||
+      h.id.block != expected_id.block) {
+    return Status::Corruption(what + ": record holds " + DescribeBlock(h.id) + " instead");
+  }
+  if (h.tokens != expected_tokens || h.head_dim != head_dim) {
+    return Status::Corruption(what + ": record shape " + std::to_string(h.tokens) + "x" +
+                              std::to_string(h.head_dim) + " differs from the catalog's " +
+                              std::to_string(expected_tokens) + "x" + std::to_string(head_dim));
+  }
+  const uint8_t* payload = record.data() + kBlockRecordHeaderSize;
+  const uint64_t sum = Checksum(payload, h.payload_bytes);
+  if (sum != expected_checksum || h.checksum != expected_checksum) {
+    return Status::Corruption(what + ": checksum mismatch (payload " + std::to_string(sum) +
+                              ", catalog " + std::to_string(expected_checksum) + ")");
+  }
+  const size_t n = static_cast<size_t>(h.tokens) * head_dim;
+  shuffled_.resize(4 * n);
+  const size_t got = ZSTD_decompressDCtx(dctx_, shuffled_.data(), shuffled_.size(), payload,
+                                         h.payload_bytes);
+  if (ZSTD_isError(got) || got != shuffled_.size()) {
+    return Status::Corruption(what + ": payload does not decompress to " +
+                              std::to_string(shuffled_.size()) + " bytes" +
+                              (ZSTD_isError(got) ? std::string(" (") + ZSTD_getErrorName(got) + ")"
+                                                 : std::string()));
+  }
+  halves_.resize(2 * n);
+  Unshuffle(shuffled_.data(), n, halves_.data());
+  Unshuffle(shuffled_.data() + 2 * n, n, halves_.data() + n);
+  attention::HalfToFloatArray(halves_.data(), keys_out, n);
+  attention::HalfToFloatArray(halves_.data() + n, values_out, n);
+  return Status::OK();
+}
+
+}  // namespace msa

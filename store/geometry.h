@@ -1,0 +1,42 @@
+// The fixed shape of a store, chosen at `msa create` and never changed.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "msa/status.h"
+
+namespace msa {
+
+// How a block's K/V are stored. Recorded per block too, so a store can mix
+// codecs once more exist. Values are persisted: never renumber.
+enum class Codec : uint8_t {
+  kF16ShuffleZstd = 1,  // fp16, byte planes split (shuffle), zstd: lossless for fp16 input
+};
+
+const char* CodecName(Codec codec);
+Result<Codec> ParseCodec(const std::string& name);  // "f16"
+
+// Identity of a block: its stream (layer, KV head) and its number in it.
+struct BlockId {
+  uint32_t layer = 0;
+  uint32_t kv_head = 0;
+  uint64_t block = 0;  // block number within the stream, from 0
+};
+
+struct Geometry {
+  uint32_t layers = 0;
+  uint32_t kv_heads = 0;
+  uint32_t head_dim = 0;
+  uint32_t block_tokens = 64;
+  Codec codec = Codec::kF16ShuffleZstd;
+
+  uint32_t streams() const { return layers * kv_heads; }
+  // Stream index of (layer, KV head): streams are numbered layer-major.
+  uint32_t StreamOf(uint32_t layer, uint32_t kv_head) const { return layer * kv_heads + kv_head; }
+  // Checks ranges; the message names the offending field.
+  Status Validate() const;
+  std::string ToString() const;
+};
+
+}  // namespace msa

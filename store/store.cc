@@ -1,0 +1,487 @@
+#include "store/store.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+
+#include <spdlog/spdlog.h>
+
+#include "attention/half.h"
+#include "attention/sparse_attention_cpu.h"
+#include "io/aligned_buffer.h"
+#include "store/codec.h"
+
+namespace msa {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double MsSince(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+std::string CatalogDir(const std::string& path) { return path + "/catalog"; }
+std::string SegmentDir(const std::string& path) { return path + "/segments"; }
+std::string SegmentPath(const std::string& path, uint32_t segment) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "/%06u.seg", segment);
+  return SegmentDir(path) + name;
+}
+
+Status MakeDirectory(const std::string& dir) {
+  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+    return Status::FromErrno("create directory " + dir, errno);
+  }
+  return Status::OK();
+}
+
+bool IsDirectory(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+}  // namespace
+
+Store::Store(std::string path, std::unique_ptr<Catalog> catalog, const StoreOptions& options)
+    : path_(std::move(path)),
+      catalog_(std::move(catalog)),
+      geometry_(catalog_->geometry()),
+      options_(options),
+      reader_(io::MakeBlockReader({options.queue_depth, options.allow_io_uring})),
+      directory_(geometry_.streams()),
+      router_(geometry_),
+      staged_locations_(geometry_.streams()),
+      staged_summaries_(geometry_.streams()) {}
+
+Store::~Store() {
+  for (auto& [segment, fd] : read_fds_) ::close(fd);
+}
+
+Result<std::unique_ptr<Store>> Store::Create(const std::string& path, const Geometry& geometry,
+                                             const StoreOptions& options) {
+  if (options.read_only) return Status::InvalidArgument("cannot create a store read-only");
+  MSA_RETURN_IF_ERROR(geometry.Validate());
+  MSA_RETURN_IF_ERROR(MakeDirectory(path));
+  if (IsDirectory(CatalogDir(path))) return Status::AlreadyExists(path + " already holds an msa store");
+  MSA_RETURN_IF_ERROR(MakeDirectory(SegmentDir(path)));
+  MSA_ASSIGN_OR_RETURN(auto catalog, Catalog::Create(CatalogDir(path), geometry));
+  catalog.reset();  // Open() below is the one way a store comes up
+  return Open(path, options);
+}
+
+Result<std::unique_ptr<Store>> Store::Open(const std::string& path, const StoreOptions& options) {
+  if (!IsDirectory(CatalogDir(path))) {
+    return Status::NotFound(path + " is not an msa store (no catalog/ directory)");
+  }
+  auto catalog = Catalog::Open(CatalogDir(path), options.read_only);
+  if (!catalog.ok()) return catalog.status().WithContext("open store " + path);
+  std::unique_ptr<Store> store(new Store(path, std::move(catalog).value(), options));
+  MSA_RETURN_IF_ERROR(store->Load().WithContext("open store " + path));
+  return store;
+}
+
+Status Store::Load() {
+  const auto t0 = Clock::now();
+  MSA_ASSIGN_OR_RETURN(committed_, catalog_->ReadCounters());
+  std::vector<float> summaries;
+  for (uint32_t layer = 0; layer < geometry_.layers; ++layer) {
+    for (uint32_t head = 0; head < geometry_.kv_heads; ++head) {
+      const uint32_t stream = geometry_.StreamOf(layer, head);
+      auto& dir = directory_[stream];
+      dir.reserve(committed_.blocks_per_stream);
+      MSA_RETURN_IF_ERROR(catalog_->ScanBlocks(layer, head, [&](uint64_t block, const BlockLocation& loc) {
+        if (block != dir.size()) {
+          return Status::Corruption("block directory of layer " + std::to_string(layer) +
+                                    " kv-head " + std::to_string(head) + " skips block " +
+                                    std::to_string(dir.size()));
+        }
+        dir.push_back(loc);
+        return Status::OK();
+      }));
+      summaries.clear();
+      uint64_t count = 0;
+      MSA_RETURN_IF_ERROR(catalog_->ScanSummaries(layer, head, [&](uint64_t block, std::span<const float> s) {
+        if (block != count++) return Status::Corruption("summaries skip a block");
+        summaries.insert(summaries.end(), s.begin(), s.end());
+        return Status::OK();
+      }));
+      if (dir.size() != committed_.blocks_per_stream || count != committed_.blocks_per_stream) {
+        return Status::Corruption("layer " + std::to_string(layer) + " kv-head " +
+                                  std::to_string(head) + " has " + std::to_string(dir.size()) +
+                                  " blocks and " + std::to_string(count) +
+                                  " summaries; the catalog says " +
+                                  std::to_string(committed_.blocks_per_stream));
+      }
+      router_.Add(stream, summaries);
+    }
+  }
+  spdlog::info("opened {}: {} documents, {} tokens per stream, router rebuilt in {:.1f} ms",
+               path_, committed_.documents, committed_.tokens, MsSince(t0));
+  staged_ = committed_;
+  if (!options_.read_only) {
+    MSA_ASSIGN_OR_RETURN(const uint64_t len, catalog_->ReadSegmentLength(committed_.active_segment));
+    MSA_RETURN_IF_ERROR(OpenWriter(committed_.active_segment, len));
+  }
+  return Status::OK();
+}
+
+Status Store::OpenWriter(uint32_t segment, uint64_t committed_length) {
+  MSA_ASSIGN_OR_RETURN(writer_, io::SegmentWriter::Open(SegmentPath(path_, segment), committed_length));
+  return Status::OK();
+}
+
+Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV& kv) {
+  if (options_.read_only) return Status::InvalidArgument("store " + path_ + " is open read-only");
+  std::lock_guard<std::mutex> lock(write_mu_);
+  MSA_RETURN_IF_ERROR(write_error_);
+  if (name.empty()) return Status::InvalidArgument("document name is empty");
+  if (kv.tokens == 0) return Status::InvalidArgument("document " + name + " has no tokens");
+  if (kv.keys == nullptr || kv.values == nullptr) {
+    return Status::InvalidArgument("document " + name + ": keys or values is null");
+  }
+  MSA_ASSIGN_OR_RETURN(auto existing, catalog_->FindDocument(name));
+  if (existing.has_value() || staged_names_.count(name)) {
+    return Status::AlreadyExists("document '" + name + "' already exists");
+  }
+  const Geometry& g = geometry_;
+  const uint64_t bt = g.block_tokens;
+  const uint64_t d = g.head_dim;
+  const uint64_t n_blocks = (kv.tokens + bt - 1) / bt;
+  const uint64_t first_block = staged_.blocks_per_stream;
+  const uint64_t doc_id = staged_.next_doc_id;
+
+  // Encode into local lists first: a failure part-way leaves nothing staged.
+  std::vector<std::vector<BlockLocation>> locations(g.streams());
+  std::vector<std::vector<float>> summaries(g.streams());
+  std::vector<std::pair<BlockId, size_t>> ids;  // (id, index into locations[stream])
+  std::vector<uint16_t> k16(bt * d), v16(bt * d);
+  std::vector<float> kf(bt * d);
+  BlockEncoder encoder;
+  for (uint32_t layer = 0; layer < g.layers; ++layer) {
+    for (uint32_t head = 0; head < g.kv_heads; ++head) {
+      const uint32_t stream = g.StreamOf(layer, head);
+      const size_t stream_offset = static_cast<size_t>(stream) * kv.tokens * d;
+      for (uint64_t b = 0; b < n_blocks; ++b) {
+        const uint64_t t0 = b * bt;
+        const uint32_t tokens = static_cast<uint32_t>(std::min<uint64_t>(bt, kv.tokens - t0));
+        const size_t count = static_cast<size_t>(tokens) * d;
+        const size_t at = stream_offset + t0 * d;
+        if (kv.dtype == ElementType::kFloat16) {
+          std::memcpy(k16.data(), static_cast<const uint16_t*>(kv.keys) + at, count * 2);
+          std::memcpy(v16.data(), static_cast<const uint16_t*>(kv.values) + at, count * 2);
+        } else {
+          attention::FloatToHalfArray(static_cast<const float*>(kv.keys) + at, k16.data(), count);
+          attention::FloatToHalfArray(static_cast<const float*>(kv.values) + at, v16.data(), count);
+        }
+        const BlockId id{layer, head, first_block + b};
+        BlockRecordHeader header;
+        MSA_ASSIGN_OR_RETURN(auto record, encoder.Encode(g.codec, id, tokens, g.head_dim,
+                                                         k16.data(), v16.data(), &header));
+        if (writer_->length() > 0 && writer_->length() + record.size() > options_.segment_bytes) {
+          // Roll over: the full segment is synced at the next commit.
+          const uint32_t next = staged_.active_segment + 1;
+          dirty_segments_[staged_.active_segment] = writer_.get();
+          retired_writers_.push_back(std::move(writer_));
+          MSA_RETURN_IF_ERROR(OpenWriter(next, 0));
+          staged_.active_segment = next;
+        }
+        MSA_ASSIGN_OR_RETURN(const uint64_t offset, writer_->Append(record.data(), record.size()));
+        dirty_segments_[staged_.active_segment] = writer_.get();
+        BlockLocation loc;
+        loc.segment = staged_.active_segment;
+        loc.offset = offset;
+        loc.record_bytes = static_cast<uint32_t>(record.size());
+        loc.tokens = tokens;
+        loc.checksum = header.checksum;
+        loc.doc_id = doc_id;
+        loc.first_position = t0;
+        loc.codec = g.codec;
+        locations[stream].push_back(loc);
+        // Summary: the mean key, taken from the keys as stored (fp16).
+        attention::HalfToFloatArray(k16.data(), kf.data(), count);
+        auto& s = summaries[stream];
+        const size_t base = s.size();
+        s.resize(base + d, 0.0f);
+        for (uint32_t t = 0; t < tokens; ++t) {
+          for (uint64_t c = 0; c < d; ++c) s[base + c] += kf[t * d + c];
+        }
+        for (uint64_t c = 0; c < d; ++c) s[base + c] /= static_cast<float>(tokens);
+      }
+    }
+  }
+  // Stage: everything below is in memory and cannot fail.
+  if (!batch_) batch_ = std::make_unique<Catalog::Batch>();
+  for (uint32_t stream = 0; stream < g.streams(); ++stream) {
+    const BlockId base{stream / g.kv_heads, stream % g.kv_heads, 0};
+    for (size_t j = 0; j < locations[stream].size(); ++j) {
+      BlockId id = base;
+      id.block = first_block + j;
+      batch_->PutBlock(id, locations[stream][j],
+                       std::span<const float>(summaries[stream].data() + j * d, d));
+    }
+    auto& sl = staged_locations_[stream];
+    sl.insert(sl.end(), locations[stream].begin(), locations[stream].end());
+    auto& ss = staged_summaries_[stream];
+    ss.insert(ss.end(), summaries[stream].begin(), summaries[stream].end());
+  }
+  DocumentRecord doc{doc_id, name, kv.tokens, first_block, n_blocks};
+  batch_->PutDocument(doc);
+  staged_names_[name] = doc_id;
+  staged_.next_doc_id++;
+  staged_.blocks_per_stream += n_blocks;
+  staged_.tokens += kv.tokens;
+  staged_.documents++;
+  return doc_id;
+}
+
+Status Store::Commit() {
+  if (options_.read_only) return Status::InvalidArgument("store " + path_ + " is open read-only");
+  std::lock_guard<std::mutex> lock(write_mu_);
+  MSA_RETURN_IF_ERROR(write_error_);
+  if (!batch_) return Status::OK();  // nothing staged
+  // 1. Payloads durable.
+  for (auto& [segment, writer] : dirty_segments_) {
+    Status s = writer->Sync();
+    if (!s.ok()) {
+      write_error_ = s.WithContext("commit failed; reopen the store");
+      return s;
+    }
+    batch_->PutSegmentLength(segment, writer->length());
+  }
+  // 2. One synced catalog batch: the commit point.
+  batch_->PutCounters(staged_);
+  Status s = catalog_->Commit(*batch_);
+  if (!s.ok()) {
+    write_error_ = s.WithContext("commit failed; reopen the store");
+    return s;
+  }
+  // 3. Publish to queries.
+  {
+    std::unique_lock<std::shared_mutex> state(state_mu_);
+    for (uint32_t stream = 0; stream < geometry_.streams(); ++stream) {
+      auto& dir = directory_[stream];
+      dir.insert(dir.end(), staged_locations_[stream].begin(), staged_locations_[stream].end());
+      router_.Add(stream, staged_summaries_[stream]);
+      staged_locations_[stream].clear();
+      staged_summaries_[stream].clear();
+    }
+    committed_ = staged_;
+  }
+  batch_.reset();
+  dirty_segments_.clear();
+  retired_writers_.clear();
+  staged_names_.clear();
+  return Status::OK();
+}
+
+Result<int> Store::SegmentFd(uint32_t segment) const {
+  std::lock_guard<std::mutex> lock(fd_mu_);
+  auto it = read_fds_.find(segment);
+  if (it != read_fds_.end()) return it->second;
+  bool direct = false;
+  MSA_ASSIGN_OR_RETURN(const int fd, io::OpenSegmentForRead(SegmentPath(path_, segment), &direct));
+  if (!direct) {
+    spdlog::warn("{}: the file system refuses O_DIRECT; reading through the page cache",
+                 SegmentPath(path_, segment));
+  }
+  read_fds_[segment] = fd;
+  return fd;
+}
+
+Status Store::FetchBlocks(const std::vector<BlockId>& ids, float* keys, float* values,
+                          int32_t* len, AttendStats* stats) const {
+  const auto t0 = Clock::now();
+  std::vector<io::ReadRequest> requests(ids.size());
+  std::vector<const BlockLocation*> locs(ids.size());
+  uint64_t total = 0;
+  for (size_t j = 0; j < ids.size(); ++j) {
+    const BlockId& id = ids[j];
+    locs[j] = &directory_[geometry_.StreamOf(id.layer, id.kv_head)][id.block];
+    total += io::AlignUp(locs[j]->record_bytes);
+  }
+  io::AlignedBuffer buffer(total);
+  uint64_t at = 0;
+  for (size_t j = 0; j < ids.size(); ++j) {
+    MSA_ASSIGN_OR_RETURN(const int fd, SegmentFd(locs[j]->segment));
+    const uint32_t padded = static_cast<uint32_t>(io::AlignUp(locs[j]->record_bytes));
+    requests[j] = io::ReadRequest{fd, locs[j]->offset, padded, buffer.data() + at};
+    at += padded;
+  }
+  Status read = reader_->ReadAll(requests);
+  if (!read.ok()) {
+    // Name the block and file, not just the descriptor.
+    return read.WithContext("fetching " + std::to_string(ids.size()) + " blocks from " +
+                            SegmentDir(path_));
+  }
+  const auto t1 = Clock::now();
+  BlockDecoder decoder;
+  const size_t block_elems = static_cast<size_t>(geometry_.block_tokens) * geometry_.head_dim;
+  for (size_t j = 0; j < ids.size(); ++j) {
+    const BlockLocation& loc = *locs[j];
+    Status s = decoder.Decode(
+        std::span<const uint8_t>(requests[j].dest, loc.record_bytes), ids[j], loc.checksum,
+        loc.tokens, geometry_.head_dim, keys + j * block_elems, values + j * block_elems);
+    if (!s.ok()) {
+      return s.WithContext(SegmentPath(path_, loc.segment) + " offset " + std::to_string(loc.offset));
+    }
+    len[j] = static_cast<int32_t>(loc.tokens);
+  }
+  if (stats) {
+    stats->fetch_ms += std::chrono::duration<double, std::milli>(t1 - t0).count();
+    stats->decode_ms += MsSince(t1);
+    stats->blocks_read += ids.size();
+    stats->bytes_read += total;
+  }
+  return Status::OK();
+}
+
+Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_heads,
+                     const AttendOptions& options, float* out, float* lse, AttendStats* stats,
+                     std::vector<std::vector<uint64_t>>* selected) const {
+  const auto t_start = Clock::now();
+  const Geometry& g = geometry_;
+  if (layer >= g.layers) {
+    return Status::InvalidArgument("layer " + std::to_string(layer) + " is out of range (store has " +
+                                   std::to_string(g.layers) + " layers)");
+  }
+  if (q_heads == 0 || q_heads % g.kv_heads != 0) {
+    return Status::InvalidArgument("q_heads = " + std::to_string(q_heads) +
+                                   " must be a positive multiple of kv_heads = " +
+                                   std::to_string(g.kv_heads));
+  }
+  if (n == 0) return Status::OK();
+  if (q == nullptr || out == nullptr) return Status::InvalidArgument("q or out is null");
+  AttendStats local;
+  AttendStats& st = stats ? *stats : local;
+  st = AttendStats{};
+
+  std::shared_lock<std::shared_mutex> state(state_mu_);
+  const uint64_t blocks = committed_.blocks_per_stream;
+  const uint32_t group = q_heads / g.kv_heads;
+  const size_t d = g.head_dim;
+
+  // 1. Route: per (row, KV head) the chosen blocks, ascending.
+  auto t0 = Clock::now();
+  std::vector<std::vector<uint64_t>> chosen(static_cast<size_t>(n) * g.kv_heads);
+  const bool all = options.exact || options.top_k + 2 >= blocks;
+  for (uint32_t i = 0; i < n; ++i) {
+    for (uint32_t kv = 0; kv < g.kv_heads; ++kv) {
+      auto& sel = chosen[static_cast<size_t>(i) * g.kv_heads + kv];
+      if (blocks == 0) continue;
+      if (all) {
+        sel.resize(blocks);
+        for (uint64_t b = 0; b < blocks; ++b) sel[b] = b;
+        continue;
+      }
+      const float* qg = q + (static_cast<size_t>(i) * q_heads + static_cast<size_t>(kv) * group) * d;
+      for (const ScoredBlock& s :
+           router_.Search(g.StreamOf(layer, kv), qg, static_cast<int>(group),
+                          static_cast<int>(options.top_k))) {
+        sel.push_back(s.block);
+      }
+      sel.push_back(0);           // sink
+      sel.push_back(blocks - 1);  // most recent
+      std::sort(sel.begin(), sel.end());
+      sel.erase(std::unique(sel.begin(), sel.end()), sel.end());
+    }
+  }
+  st.route_ms = MsSince(t0);
+
+  // 2. Fetch the distinct (KV head, block) pairs in one batch.
+  std::vector<BlockId> ids;
+  std::vector<std::map<uint64_t, int32_t>> slot_of(g.kv_heads);
+  for (uint32_t i = 0; i < n; ++i) {
+    for (uint32_t kv = 0; kv < g.kv_heads; ++kv) {
+      for (uint64_t b : chosen[static_cast<size_t>(i) * g.kv_heads + kv]) {
+        if (slot_of[kv].emplace(b, static_cast<int32_t>(ids.size())).second) {
+          ids.push_back(BlockId{layer, kv, b});
+        }
+      }
+    }
+  }
+  const size_t block_elems = static_cast<size_t>(g.block_tokens) * d;
+  std::vector<float> keys(ids.size() * block_elems), values(ids.size() * block_elems);
+  std::vector<int32_t> len(ids.size());
+  MSA_RETURN_IF_ERROR(FetchBlocks(ids, keys.data(), values.data(), len.data(), &st));
+
+  // 3. Attend.
+  t0 = Clock::now();
+  size_t max_blocks = 0;
+  for (const auto& sel : chosen) max_blocks = std::max(max_blocks, sel.size());
+  std::vector<int32_t> index(chosen.size() * std::max<size_t>(max_blocks, 1), -1);
+  std::vector<int32_t> count(chosen.size());
+  for (size_t r = 0; r < chosen.size(); ++r) {
+    const uint32_t kv = static_cast<uint32_t>(r % g.kv_heads);
+    count[r] = static_cast<int32_t>(chosen[r].size());
+    for (size_t j = 0; j < chosen[r].size(); ++j) index[r * max_blocks + j] = slot_of[kv][chosen[r][j]];
+  }
+  attention::AttentionShape shape;
+  shape.n_queries = static_cast<int>(n);
+  shape.q_heads = static_cast<int>(q_heads);
+  shape.kv_heads = static_cast<int>(g.kv_heads);
+  shape.head_dim = static_cast<int>(d);
+  shape.block_tokens = static_cast<int>(g.block_tokens);
+  shape.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+  attention::BlockTable<float> table{static_cast<int>(ids.size()), keys.data(), values.data(), len.data()};
+  attention::Selection selection{static_cast<int>(max_blocks), index.data(), count.data()};
+  attention::SparseAttentionCpu(shape, table, selection, q, out, lse);
+  st.attend_ms = MsSince(t0);
+  st.total_ms = MsSince(t_start);
+  if (selected) *selected = std::move(chosen);
+  return Status::OK();
+}
+
+Status Store::ReadStream(uint32_t layer, uint32_t kv_head, std::vector<float>* keys,
+                         std::vector<float>* values) const {
+  if (layer >= geometry_.layers || kv_head >= geometry_.kv_heads) {
+    return Status::InvalidArgument("stream (layer " + std::to_string(layer) + ", kv-head " +
+                                   std::to_string(kv_head) + ") is out of range");
+  }
+  std::shared_lock<std::shared_mutex> state(state_mu_);
+  const uint64_t blocks = committed_.blocks_per_stream;
+  std::vector<BlockId> ids(blocks);
+  for (uint64_t b = 0; b < blocks; ++b) ids[b] = BlockId{layer, kv_head, b};
+  const size_t block_elems = static_cast<size_t>(geometry_.block_tokens) * geometry_.head_dim;
+  std::vector<float> k(blocks * block_elems), v(blocks * block_elems);
+  std::vector<int32_t> len(blocks);
+  MSA_RETURN_IF_ERROR(FetchBlocks(ids, k.data(), v.data(), len.data(), nullptr));
+  // Compact away the padding of partial blocks (a document's last block).
+  keys->clear();
+  values->clear();
+  keys->reserve(committed_.tokens * geometry_.head_dim);
+  values->reserve(committed_.tokens * geometry_.head_dim);
+  for (uint64_t b = 0; b < blocks; ++b) {
+    const size_t used = static_cast<size_t>(len[b]) * geometry_.head_dim;
+    keys->insert(keys->end(), k.begin() + b * block_elems, k.begin() + b * block_elems + used);
+    values->insert(values->end(), v.begin() + b * block_elems, v.begin() + b * block_elems + used);
+  }
+  return Status::OK();
+}
+
+Result<std::vector<DocumentRecord>> Store::ListDocuments() const { return catalog_->ListDocuments(); }
+
+StoreStats Store::Stats() const {
+  std::shared_lock<std::shared_mutex> state(state_mu_);
+  StoreStats s;
+  s.geometry = geometry_;
+  s.documents = committed_.documents;
+  s.tokens = committed_.tokens;
+  s.blocks_per_stream = committed_.blocks_per_stream;
+  for (const auto& dir : directory_) {
+    for (const BlockLocation& loc : dir) {
+      s.stored_bytes += loc.record_bytes;
+      s.segment_bytes += io::AlignUp(loc.record_bytes);
+      s.raw_bytes += 4ull * loc.tokens * geometry_.head_dim;
+    }
+  }
+  s.reader = reader_->name();
+  return s;
+}
+
+}  // namespace msa

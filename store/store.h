@@ -1,0 +1,166 @@
+// msa::Store: a directory holding one memory store, and everything done to it.
+//
+// Layout of a store directory:
+//   STORE/catalog/          RocksDB: the store of record (store/catalog.h)
+//   STORE/segments/N.seg    append-only block records (io/segment_file.h)
+//
+// Commit protocol (ARCHITECTURE.md): AppendDocument encodes a document's
+// blocks and appends their records to the active segment; nothing of it is
+// visible yet. Commit() fdatasyncs every segment written since the last
+// commit, then writes one synced RocksDB WriteBatch with the blocks'
+// locations and summaries, the documents, the segments' new committed
+// lengths and the counters. Only then do queries see the new documents. A
+// crash at any point leaves the last committed state; segment bytes past the
+// committed length are cut off when the store is next opened for writing.
+//
+// Thread safety: Attend, ReadStream, Stats and ListDocuments may be called
+// from any number of threads, concurrently with one writer calling
+// AppendDocument/Commit. Queries see the state of the last completed commit.
+// A second process may open the same store read-only; only one may write
+// (RocksDB's lock file enforces it).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+
+#include "io/block_reader.h"
+#include "io/segment_file.h"
+#include "msa/status.h"
+#include "store/catalog.h"
+#include "store/geometry.h"
+#include "store/router.h"
+
+namespace msa {
+
+enum class ElementType { kFloat32, kFloat16 };
+
+// One document's keys and values for every stream, as the model produced
+// them: keys[((layer * kv_heads + kv_head) * tokens + t) * head_dim + c],
+// values likewise. fp16 input is stored bit-exact; float32 is rounded to fp16.
+struct DocumentKV {
+  const void* keys = nullptr;
+  const void* values = nullptr;
+  uint64_t tokens = 0;
+  ElementType dtype = ElementType::kFloat32;
+};
+
+struct StoreOptions {
+  bool read_only = false;           // open without the writer lock; no appends
+  unsigned queue_depth = 256;       // io_uring entries
+  bool allow_io_uring = true;       // false forces the pread fallback
+  uint64_t segment_bytes = 1ull << 30;  // roll over to a new segment file past this size
+};
+
+struct AttendOptions {
+  uint32_t top_k = 16;  // routed blocks per (query row, KV head), besides sink and recent
+  bool exact = false;   // attend over every block of the layer (dense)
+};
+
+// Where one Attend call spent its time, in milliseconds, and what it read.
+struct AttendStats {
+  double route_ms = 0, fetch_ms = 0, decode_ms = 0, attend_ms = 0, total_ms = 0;
+  uint64_t blocks_read = 0;  // distinct (KV head, block) records read
+  uint64_t bytes_read = 0;   // bytes requested from the disk (4096-padded)
+};
+
+struct StoreStats {
+  Geometry geometry;
+  uint64_t documents = 0;
+  uint64_t tokens = 0;               // per stream
+  uint64_t blocks_per_stream = 0;
+  uint64_t stored_bytes = 0;         // block records, unpadded, all streams
+  uint64_t raw_bytes = 0;            // the same K/V as plain fp16
+  uint64_t segment_bytes = 0;        // segment files on disk (4096-padded)
+  std::string reader;                // "io_uring" or "pread"
+};
+
+class Store {
+ public:
+  // Creates STORE (the directory may exist but must not hold a store).
+  static Result<std::unique_ptr<Store>> Create(const std::string& path, const Geometry& geometry,
+                                               const StoreOptions& options = {});
+  // Opens an existing store; NotFound "PATH is not an msa store" otherwise.
+  static Result<std::unique_ptr<Store>> Open(const std::string& path,
+                                             const StoreOptions& options = {});
+  ~Store();
+
+  const Geometry& geometry() const { return geometry_; }
+  const std::string& path() const { return path_; }
+
+  // Stages one document (see DocumentKV for the layout). Returns its id.
+  // Not visible to queries, and not durable, until Commit() returns OK.
+  // Names must be unique and non-empty (AlreadyExists otherwise).
+  Result<uint64_t> AppendDocument(const std::string& name, const DocumentKV& kv);
+  // Makes every staged document durable and visible. After a failed commit
+  // the store refuses further writes until reopened (what reached the disk
+  // is then unknown; reopening restores the last committed state).
+  Status Commit();
+
+  // Attention of q over the memory of one layer.
+  //   q   : [n, q_heads, head_dim] float32, q_heads a multiple of kv_heads
+  //   out : [n, q_heads, head_dim] float32
+  //   lse : [n, q_heads] float32, may be null
+  // Per (row, KV head): the top_k blocks by router score for the group's
+  // query heads, plus the first (sink) and last (recent) block of the
+  // stream; every block when options.exact. An empty store gives out = 0
+  // and lse = -inf. selected (optional) receives, per (row, KV head), the
+  // chosen block numbers in ascending order: selected[i * kv_heads + g].
+  Status Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_heads,
+                const AttendOptions& options, float* out, float* lse, AttendStats* stats = nullptr,
+                std::vector<std::vector<uint64_t>>* selected = nullptr) const;
+
+  // Every committed token of one stream, decoded: keys/values
+  // [tokens, head_dim] float32 (fp16 values widened exactly). Checksums are
+  // verified like any read.
+  Status ReadStream(uint32_t layer, uint32_t kv_head, std::vector<float>* keys,
+                    std::vector<float>* values) const;
+
+  Result<std::vector<DocumentRecord>> ListDocuments() const;
+  StoreStats Stats() const;
+
+ private:
+  Store(std::string path, std::unique_ptr<Catalog> catalog, const StoreOptions& options);
+  Status Load();
+  Status OpenWriter(uint32_t segment, uint64_t committed_length);
+  Result<int> SegmentFd(uint32_t segment) const;
+  // Reads and decodes blocks: ids[j] into keys/values at slot j
+  // ([slot, block_tokens, head_dim]), len[j] its token count.
+  Status FetchBlocks(const std::vector<BlockId>& ids, float* keys, float* values, int32_t* len,
+                     AttendStats* stats) const;
+
+  const std::string path_;
+  const std::unique_ptr<Catalog> catalog_;
+  const Geometry geometry_;
+  const StoreOptions options_;
+  const std::unique_ptr<io::BlockReader> reader_;
+
+  // Committed state seen by queries; guarded by state_mu_ (shared for
+  // readers, exclusive while a commit publishes).
+  mutable std::shared_mutex state_mu_;
+  CatalogCounters committed_;
+  std::vector<std::vector<BlockLocation>> directory_;  // [stream][block]
+  Router router_;
+
+  // Read descriptors per segment, opened on first use; guarded by fd_mu_.
+  mutable std::mutex fd_mu_;
+  mutable std::map<uint32_t, int> read_fds_;
+
+  // Writer state; guarded by write_mu_.
+  std::mutex write_mu_;
+  std::unique_ptr<io::SegmentWriter> writer_;
+  std::map<uint32_t, io::SegmentWriter*> dirty_segments_;  // written since last commit
+  std::vector<std::unique_ptr<io::SegmentWriter>> retired_writers_;  // rolled over, not yet synced
+  CatalogCounters staged_;
+  std::unique_ptr<Catalog::Batch> batch_;
+  std::vector<std::vector<BlockLocation>> staged_locations_;  // [stream] new blocks
+  std::vector<std::vector<float>> staged_summaries_;          // [stream] new summaries
+  std::map<std::string, uint64_t> staged_names_;
+  Status write_error_;  // set by a failed commit: refuse writes until reopen
+};
+
+}  // namespace msa

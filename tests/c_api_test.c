@@ -1,0 +1,68 @@
+/* The C API used from C: create, append, commit, close, reopen, attend,
+ * stats, and errors as codes with messages. Exit 0 on success. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "msa.h"
+
+#define CHECK(cond)                                                              \
+  do {                                                                           \
+    if (!(cond)) {                                                               \
+      fprintf(stderr, "%s:%d: check failed: %s (%s)\n", __FILE__, __LINE__, #cond, \
+              msa_last_error());                                                 \
+      return 1;                                                                  \
+    }                                                                            \
+  } while (0)
+
+int main(int argc, char** argv) {
+  const char* path = argc > 1 ? argv[1] : "c_api_store";
+  char cmd[1024];
+  snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
+  if (system(cmd) != 0) return 1;
+  CHECK(msa_version() >> 16 == MSA_VERSION_MAJOR);
+
+  msa_geometry_t g = {1, 2, 8, 4, MSA_CODEC_F16};
+  msa_store_t* store = NULL;
+  CHECK(msa_store_create(path, &g, &store) == MSA_OK);
+  enum { T = 10, D = 8, KV = 2, QH = 4 };
+  float keys[KV * T * D], values[KV * T * D];
+  for (int i = 0; i < KV * T * D; ++i) {
+    keys[i] = (float)((i * 37) % 17) / 16.0f - 0.5f;
+    values[i] = (float)((i * 11) % 13) / 8.0f;
+  }
+  uint64_t id = 0;
+  CHECK(msa_append_document(store, "doc", keys, values, T, MSA_FLOAT32, &id) == MSA_OK);
+  CHECK(msa_append_document(store, "doc", keys, values, T, MSA_FLOAT32, &id) == MSA_ALREADY_EXISTS);
+  CHECK(strstr(msa_last_error(), "doc") != NULL);
+  CHECK(msa_commit(store) == MSA_OK);
+  msa_store_close(store);
+  msa_store_close(NULL); /* a no-op */
+
+  CHECK(msa_store_open(path, 1, &store) == MSA_OK);
+  msa_stats_t stats;
+  CHECK(msa_store_stats(store, &stats) == MSA_OK);
+  CHECK(stats.documents == 1 && stats.tokens == T && stats.blocks_per_stream == 3);
+
+  float q[QH * D], out[QH * D], lse[QH];
+  for (int i = 0; i < QH * D; ++i) q[i] = (float)(i % 5) / 5.0f;
+  msa_attend_params_t params = msa_attend_default_params();
+  params.exact = 1;
+  CHECK(msa_attend(store, 0, q, 1, QH, &params, out, lse) == MSA_OK);
+  for (int i = 0; i < QH; ++i) CHECK(isfinite(lse[i]));
+  /* An output row is a convex combination of values: inside their range. */
+  for (int i = 0; i < QH * D; ++i) CHECK(out[i] >= 0.0f && out[i] <= 2.0f);
+
+  /* Errors are codes with a message, never a crash. */
+  CHECK(msa_attend(store, 5, q, 1, QH, &params, out, lse) == MSA_INVALID_ARGUMENT);
+  CHECK(strstr(msa_last_error(), "layer 5") != NULL);
+  CHECK(msa_attend(store, 0, q, 1, 3, &params, out, lse) == MSA_INVALID_ARGUMENT);
+  CHECK(msa_attend(NULL, 0, q, 1, QH, &params, out, lse) == MSA_INVALID_ARGUMENT);
+  CHECK(msa_append_document(store, "x", keys, values, T, MSA_FLOAT32, NULL) == MSA_INVALID_ARGUMENT);
+  msa_store_close(store);
+  CHECK(msa_store_open("/nonexistent/msa", 0, &store) == MSA_NOT_FOUND);
+  CHECK(store == NULL);
+  printf("c_api_test: OK\n");
+  return 0;
+}

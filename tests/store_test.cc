@@ -1,0 +1,286 @@
+// The store end to end: commit protocol, reopen, exact = dense, routing,
+// checksums, and the CLI's contract for bad input.
+#include <gtest/gtest.h>
+
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "attention/half.h"
+#include "store/store.h"
+#include "test_util.h"
+#include "tools/npy_file.h"
+
+namespace msa {
+namespace {
+
+using msa::testing::TempDir;
+
+Geometry SmallGeometry() {
+  Geometry g;
+  g.layers = 2;
+  g.kv_heads = 2;
+  g.head_dim = 16;
+  g.block_tokens = 8;
+  return g;
+}
+
+// K/V for one document: [layers, kv_heads, tokens, head_dim], fp16-exact.
+struct Doc {
+  std::string name;
+  uint64_t tokens;
+  std::vector<float> keys, values;
+};
+
+Doc MakeDoc(const Geometry& g, const std::string& name, uint64_t tokens, uint64_t seed) {
+  Doc d{name, tokens, msa::testing::RandomVector(g.streams() * tokens * g.head_dim, seed),
+        msa::testing::RandomVector(g.streams() * tokens * g.head_dim, seed + 1000)};
+  for (auto* v : {&d.keys, &d.values})
+    for (auto& x : *v) x = attention::HalfToFloat(attention::FloatToHalf(x));  // make exact in fp16
+  return d;
+}
+
+Status Append(Store& s, const Doc& d) {
+  auto id = s.AppendDocument(d.name, DocumentKV{d.keys.data(), d.values.data(), d.tokens, ElementType::kFloat32});
+  return id.status();
+}
+
+// The stream (layer, kv) of the concatenation of docs.
+std::vector<float> StreamOf(const Geometry& g, const std::vector<Doc>& docs, uint32_t layer, uint32_t kv,
+                            bool keys) {
+  std::vector<float> out;
+  for (const Doc& d : docs) {
+    const auto& src = keys ? d.keys : d.values;
+    const size_t at = static_cast<size_t>(g.StreamOf(layer, kv)) * d.tokens * g.head_dim;
+    out.insert(out.end(), src.begin() + at, src.begin() + at + d.tokens * g.head_dim);
+  }
+  return out;
+}
+
+TEST(Store, RoundTripIsBitExactAfterReopenAndUncommittedIsInvisible) {
+  TempDir dir;
+  const Geometry g = SmallGeometry();
+  std::vector<Doc> docs = {MakeDoc(g, "a", 21, 1), MakeDoc(g, "b", 8, 2), MakeDoc(g, "c", 1, 3)};
+  {
+    auto s = Store::Create(dir.Sub("store"), g);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    for (const Doc& d : docs) ASSERT_TRUE(Append(**s, d).ok());
+    ASSERT_TRUE((*s)->Commit().ok());
+    // Staged but never committed: must vanish.
+    ASSERT_TRUE(Append(**s, MakeDoc(g, "uncommitted", 30, 9)).ok());
+    EXPECT_EQ(Append(**s, docs[0]).code(), Status::Code::kAlreadyExists);
+  }
+  auto s = Store::Open(dir.Sub("store"));
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  auto listed = (*s)->ListDocuments();
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->size(), 3u);
+  EXPECT_EQ((*listed)[1].name, "b");
+  EXPECT_EQ((*s)->Stats().tokens, 30u);
+  EXPECT_EQ((*s)->Stats().blocks_per_stream, 3u + 1u + 1u);  // blocks never straddle documents
+  for (uint32_t layer = 0; layer < g.layers; ++layer) {
+    for (uint32_t kv = 0; kv < g.kv_heads; ++kv) {
+      std::vector<float> k, v;
+      ASSERT_TRUE((*s)->ReadStream(layer, kv, &k, &v).ok());
+      EXPECT_EQ(k, StreamOf(g, docs, layer, kv, true));
+      EXPECT_EQ(v, StreamOf(g, docs, layer, kv, false));
+    }
+  }
+  // The uncommitted document's name is free again after the restart.
+  EXPECT_TRUE(Append(**s, MakeDoc(g, "uncommitted", 3, 9)).ok());
+}
+
+// --exact and a top-k covering every block must both equal dense attention
+// over all tokens, to float32 rounding (1e-4; see attention_test.cc).
+TEST(Store, ExactAndFullTopKEqualDenseReference) {
+  TempDir dir;
+  const Geometry g = SmallGeometry();
+  std::vector<Doc> docs = {MakeDoc(g, "a", 37, 11), MakeDoc(g, "b", 19, 12)};
+  auto s = Store::Create(dir.Sub("store"), g);
+  ASSERT_TRUE(s.ok());
+  for (const Doc& d : docs) ASSERT_TRUE(Append(**s, d).ok());
+  ASSERT_TRUE((*s)->Commit().ok());
+  const uint32_t n = 3, qh = 6, d = g.head_dim;  // GQA: 3 query heads per KV head
+  auto q = msa::testing::RandomVector(n * qh * d, 5, 1.5f);
+  for (const bool exact : {true, false}) {
+    AttendOptions opts;
+    opts.exact = exact;
+    opts.top_k = exact ? 0 : 100;
+    std::vector<float> out(n * qh * d), lse(n * qh);
+    ASSERT_TRUE((*s)->Attend(1, q.data(), n, qh, opts, out.data(), lse.data()).ok());
+    for (uint32_t i = 0; i < n; ++i) {
+      for (uint32_t h = 0; h < qh; ++h) {
+        const uint32_t kv = h / (qh / g.kv_heads);
+        const auto k = StreamOf(g, docs, 1, kv, true), v = StreamOf(g, docs, 1, kv, false);
+        std::vector<double> ref(d);
+        double ref_lse;
+        msa::testing::DenseReference(&q[(i * qh + h) * d], k.data(), v.data(), 56, d, ref.data(), &ref_lse);
+        for (uint32_t c = 0; c < d; ++c) ASSERT_NEAR(out[(i * qh + h) * d + c], ref[c], 1e-4);
+        ASSERT_NEAR(lse[i * qh + h], ref_lse, 1e-4);
+      }
+    }
+  }
+}
+
+TEST(Store, RouterFindsTheNeedleBlockPlusSinkAndRecent) {
+  TempDir dir;
+  Geometry g = SmallGeometry();
+  g.layers = 1;
+  g.kv_heads = 1;
+  Doc doc = MakeDoc(g, "haystack", 8 * 200, 21);
+  // A needle: block 123 made of keys aligned with the query direction.
+  auto dir_q = msa::testing::RandomVector(g.head_dim, 77);
+  for (uint64_t t = 123 * 8; t < 124 * 8; ++t)
+    for (uint32_t c = 0; c < g.head_dim; ++c)
+      doc.keys[t * g.head_dim + c] = attention::HalfToFloat(attention::FloatToHalf(3.0f * dir_q[c]));
+  auto s = Store::Create(dir.Sub("store"), g);
+  ASSERT_TRUE(s.ok());
+  ASSERT_TRUE(Append(**s, doc).ok());
+  ASSERT_TRUE((*s)->Commit().ok());
+  AttendOptions opts;
+  opts.top_k = 2;
+  std::vector<float> out(g.head_dim), lse(1);
+  std::vector<std::vector<uint64_t>> selected;
+  ASSERT_TRUE((*s)->Attend(0, dir_q.data(), 1, 1, opts, out.data(), lse.data(), nullptr, &selected).ok());
+  ASSERT_EQ(selected.size(), 1u);
+  const auto& sel = selected[0];
+  EXPECT_LE(sel.size(), 4u);
+  EXPECT_TRUE(std::count(sel.begin(), sel.end(), 123u)) << "needle block not routed";
+  EXPECT_EQ(sel.front(), 0u);    // sink
+  EXPECT_EQ(sel.back(), 199u);   // most recent
+}
+
+TEST(Store, ChecksumMismatchIsReportedNamingTheBlock) {
+  TempDir dir;
+  const Geometry g = SmallGeometry();
+  {
+    auto s = Store::Create(dir.Sub("store"), g);
+    ASSERT_TRUE(s.ok());
+    ASSERT_TRUE(Append(**s, MakeDoc(g, "a", 40, 31)).ok());
+    ASSERT_TRUE((*s)->Commit().ok());
+  }
+  // Flip one payload byte of the first record (layer 0, kv-head 0, block 0).
+  const std::string seg = dir.Sub("store/segments/000001.seg");
+  {
+    const int fd = ::open(seg.c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    uint8_t byte;
+    ASSERT_EQ(::pread(fd, &byte, 1, 100), 1);
+    byte ^= 0x40;
+    ASSERT_EQ(::pwrite(fd, &byte, 1, 100), 1);
+    ::close(fd);
+  }
+  auto s = Store::Open(dir.Sub("store"));
+  ASSERT_TRUE(s.ok());
+  std::vector<float> q(2 * g.head_dim, 0.1f), out(q.size());
+  AttendOptions opts;
+  opts.exact = true;
+  Status st = (*s)->Attend(0, q.data(), 1, 2, opts, out.data(), nullptr);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.code(), Status::Code::kCorruption);
+  EXPECT_NE(st.message().find("layer 0 kv-head 0 block 0"), std::string::npos) << st.ToString();
+  EXPECT_NE(st.message().find("000001.seg"), std::string::npos) << st.ToString();
+  // Another layer is intact and still answers.
+  EXPECT_TRUE((*s)->Attend(1, q.data(), 1, 2, opts, out.data(), nullptr).ok());
+}
+
+TEST(Store, OpenOfANonStoreIsNotFound) {
+  TempDir dir;
+  auto s = Store::Open(dir.path());
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), Status::Code::kNotFound);
+  EXPECT_NE(s.status().message().find("not an msa store"), std::string::npos);
+}
+
+TEST(Store, TruncatedUncommittedTailIsCutOnReopen) {
+  TempDir dir;
+  const Geometry g = SmallGeometry();
+  {
+    auto s = Store::Create(dir.Sub("store"), g);
+    ASSERT_TRUE(s.ok());
+    ASSERT_TRUE(Append(**s, MakeDoc(g, "a", 16, 41)).ok());
+    ASSERT_TRUE((*s)->Commit().ok());
+    ASSERT_TRUE(Append(**s, MakeDoc(g, "torn", 16, 42)).ok());  // bytes written, never committed
+  }
+  const std::string seg = dir.Sub("store/segments/000001.seg");
+  const auto before = std::filesystem::file_size(seg);
+  auto s = Store::Open(dir.Sub("store"));
+  ASSERT_TRUE(s.ok());
+  EXPECT_LT(std::filesystem::file_size(seg), before);
+  EXPECT_EQ((*s)->Stats().documents, 1u);
+}
+
+// ---- the CLI contract -------------------------------------------------------
+
+int RunCli(const std::string& args, std::string* err = nullptr) {
+  const std::string errfile = ::testing::TempDir() + "msa_cli_err.txt";
+  const int rc = std::system((std::string(MSA_CLI_PATH) + " " + args + " 2>" + errfile + " >/dev/null").c_str());
+  if (err) {
+    std::ifstream f(errfile);
+    std::getline(f, *err, '\0');
+  }
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+TEST(Cli, IngestQueryAndBadInputs) {
+  TempDir dir;
+  const std::string store = dir.Sub("store");
+  ASSERT_EQ(RunCli("create " + store + " --layers 2 --kv-heads 2 --head-dim 16 --block-tokens 8"), 0);
+  const Geometry g = SmallGeometry();
+  Doc d = MakeDoc(g, "doc", 20, 51);
+  ASSERT_TRUE(formats::WriteNpyFloat32(dir.Sub("k.npy"), {2, 2, 20, 16}, d.keys.data()).ok());
+  ASSERT_TRUE(formats::WriteNpyFloat32(dir.Sub("v.npy"), {2, 2, 20, 16}, d.values.data()).ok());
+  ASSERT_EQ(RunCli("ingest " + store + " --doc doc --keys " + dir.Sub("k.npy") + " --values " + dir.Sub("v.npy")), 0);
+  auto q = msa::testing::RandomVector(3 * 4 * 16, 52);
+  ASSERT_TRUE(formats::WriteNpyFloat32(dir.Sub("q.npy"), {3, 4, 16}, q.data()).ok());
+  ASSERT_EQ(RunCli("query " + store + " --layer 1 --queries " + dir.Sub("q.npy") + " --out " + dir.Sub("o.npy") +
+                " --lse " + dir.Sub("l.npy") + " --exact"), 0);
+  auto o = formats::ReadNpy(dir.Sub("o.npy"));
+  ASSERT_TRUE(o.ok());
+  EXPECT_EQ(o->shape, (std::vector<int64_t>{3, 4, 16}));
+  auto l = formats::ReadNpy(dir.Sub("l.npy"));
+  ASSERT_TRUE(l.ok());
+  EXPECT_EQ(l->shape, (std::vector<int64_t>{3, 4}));
+
+  std::string err;
+  // Wrong shape (head dim mismatch).
+  ASSERT_TRUE(formats::WriteNpyFloat32(dir.Sub("bad.npy"), {2, 2, 20, 8}, d.keys.data()).ok());
+  EXPECT_NE(RunCli("ingest " + store + " --doc x --keys " + dir.Sub("bad.npy") + " --values " + dir.Sub("bad.npy"), &err), 0);
+  EXPECT_NE(err.find("head_dim=16"), std::string::npos) << err;
+  // Wrong dtype.
+  {
+    std::ofstream f(dir.Sub("int.npy"), std::ios::binary);
+    const std::string header = "{'descr': '<i4', 'fortran_order': False, 'shape': (2, 2, 1, 16), }";
+    std::string h = header + std::string(128 - 10 - header.size() - 1, ' ') + "\n";
+    f << "\x93NUMPY" << '\x01' << '\x00' << static_cast<char>(h.size() & 0xff) << static_cast<char>(h.size() >> 8) << h
+      << std::string(2 * 2 * 16 * 4, '\0');
+  }
+  EXPECT_NE(RunCli("ingest " + store + " --doc x --keys " + dir.Sub("int.npy") + " --values " + dir.Sub("int.npy"), &err), 0);
+  EXPECT_NE(err.find("int.npy"), std::string::npos) << err;
+  // Truncated .npy.
+  std::filesystem::copy_file(dir.Sub("k.npy"), dir.Sub("trunc.npy"));
+  std::filesystem::resize_file(dir.Sub("trunc.npy"), 1000);
+  EXPECT_NE(RunCli("ingest " + store + " --doc x --keys " + dir.Sub("trunc.npy") + " --values " + dir.Sub("v.npy"), &err), 0);
+  EXPECT_NE(err.find("trunc.npy"), std::string::npos) << err;
+  // Layer out of range.
+  EXPECT_NE(RunCli("query " + store + " --layer 7 --queries " + dir.Sub("q.npy") + " --out " + dir.Sub("o.npy"), &err), 0);
+  EXPECT_NE(err.find("layer 7"), std::string::npos) << err;
+  // Not a store.
+  EXPECT_EQ(RunCli("stats " + dir.Sub("nowhere"), &err), 4);
+  EXPECT_NE(err.find("not an msa store"), std::string::npos) << err;
+  // Queries with the wrong head dim.
+  ASSERT_TRUE(formats::WriteNpyFloat32(dir.Sub("q8.npy"), {1, 4, 8}, q.data()).ok());
+  EXPECT_EQ(RunCli("query " + store + " --layer 0 --queries " + dir.Sub("q8.npy") + " --out " + dir.Sub("o.npy"), &err), 3);
+  // The store was left as it was: one document, still queryable.
+  auto s = Store::Open(store, StoreOptions{.read_only = true});
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ((*s)->Stats().documents, 1u);
+  EXPECT_EQ((*s)->Stats().tokens, 20u);
+}
+
+}  // namespace
+}  // namespace msa

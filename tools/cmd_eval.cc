@@ -1,0 +1,244 @@
+// `msa eval`: sparse attention on a store against exact dense attention, in
+// one run on the same data (EVALUATION.md section 1 and the latency pair).
+//
+// Dense reference: float64 softmax over every token of the layer, from the
+// K/V as stored (ReadStream). Per (query row, query head):
+//   mass recall  = dense softmax weight falling in the selected blocks
+//   output error = |o_sparse - o_dense| / |o_dense|
+//   block recall = overlap of the selected blocks with the same number of
+//                  blocks of largest dense mass
+// Needle hit rate: needles whose block range is inside the selection.
+// Latency: one query row per Attend call, sparse (top-k) against the store's
+// exact mode (reads and attends every block) and an in-memory dense pass.
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <set>
+
+#include "store/store.h"
+#include "tools/cli_common.h"
+#include "tools/commands.h"
+#include "tools/npy_file.h"
+
+namespace msa::cli {
+
+namespace {
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t i = static_cast<size_t>(std::min<double>(v.size() - 1, p / 100.0 * (v.size() - 1) + 0.5));
+  return v[i];
+}
+double Mean(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return v.empty() ? 0 : s / v.size();
+}
+
+// Dense attention of one query vector over [tokens, d] K/V in float64;
+// weights receives the softmax. Returns out.
+std::vector<double> Dense(const float* q, const std::vector<float>& k, const std::vector<float>& v,
+                          size_t d, std::vector<double>* weights) {
+  const size_t t = k.size() / d;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  weights->resize(t);
+  double mx = -1e300;
+  for (size_t j = 0; j < t; ++j) {
+    double s = 0;
+    for (size_t c = 0; c < d; ++c) s += static_cast<double>(q[c]) * k[j * d + c];
+    (*weights)[j] = s * scale;
+    mx = std::max(mx, (*weights)[j]);
+  }
+  double denom = 0;
+  for (auto& w : *weights) denom += (w = std::exp(w - mx));
+  std::vector<double> out(d, 0.0);
+  for (size_t j = 0; j < t; ++j) {
+    (*weights)[j] /= denom;
+    for (size_t c = 0; c < d; ++c) out[c] += (*weights)[j] * v[j * d + c];
+  }
+  return out;
+}
+
+}  // namespace
+
+void AddEvalOptions(CLI::App* app, EvalOptions& o) {
+  app->add_option("STORE", o.store, "store directory")->required();
+  app->add_option("--queries", o.queries, "queries .npy [n, q_heads, head_dim]")->required();
+  app->add_option("--needles", o.needles, "needles.json from msa synth");
+  app->add_option("--layer", o.layer)->capture_default_str();
+  app->add_option("--top-k", o.top_k)->capture_default_str();
+  app->add_option("--repeats", o.repeats, "latency samples per query")->capture_default_str();
+  app->add_flag("--json", o.json, "JSON output");
+}
+
+int RunEval(const EvalOptions& o) {
+  using Clock = std::chrono::steady_clock;
+  StoreOptions so;
+  so.read_only = true;
+  const auto t_open = Clock::now();
+  auto opened = Store::Open(o.store, so);
+  if (!opened.ok()) return Fail(opened.status());
+  const double open_ms = std::chrono::duration<double, std::milli>(Clock::now() - t_open).count();
+  Store& store = **opened;
+  const Geometry& g = store.geometry();
+  auto qt = formats::ReadNpy(o.queries);
+  if (!qt.ok()) return Fail(qt.status());
+  auto qv = formats::ToFloat32(*qt);
+  if (!qv.ok()) return Fail(qv.status());
+  if (qt->shape.size() != 3 || qt->shape[2] != g.head_dim || qt->shape[1] % g.kv_heads != 0) {
+    return Fail(Status::InvalidArgument("queries " + o.queries + ": shape " +
+                                        formats::ShapeToString(qt->shape) + " does not fit the store"));
+  }
+  const uint32_t n = static_cast<uint32_t>(qt->shape[0]), qh = static_cast<uint32_t>(qt->shape[1]);
+  const size_t d = g.head_dim, bt = g.block_tokens;
+  const uint32_t group = qh / g.kv_heads;
+
+  // Dense K/V per KV head of the layer.
+  std::vector<std::vector<float>> keys(g.kv_heads), values(g.kv_heads);
+  for (uint32_t kv = 0; kv < g.kv_heads; ++kv) {
+    Status s = store.ReadStream(o.layer, kv, &keys[kv], &values[kv]);
+    if (!s.ok()) return Fail(s);
+  }
+  // Token -> block map (blocks never straddle documents, so partial blocks exist).
+  const StoreStats stats = store.Stats();
+  std::vector<uint64_t> block_of;
+  {
+    auto docs = store.ListDocuments();
+    if (!docs.ok()) return Fail(docs.status());
+    for (const auto& doc : *docs) {
+      for (uint64_t t = 0; t < doc.tokens; ++t) block_of.push_back(doc.first_block + t / bt);
+    }
+  }
+  nlohmann::json needles = nlohmann::json::array();
+  if (!o.needles.empty()) {
+    std::ifstream f(o.needles);
+    needles = nlohmann::json::parse(f, nullptr, false);
+    if (needles.is_discarded()) return Fail(Status::InvalidArgument("needles " + o.needles + ": not JSON"));
+  }
+
+  AttendOptions sparse_opts;
+  sparse_opts.top_k = o.top_k;
+  AttendOptions exact_opts;
+  exact_opts.exact = true;
+  std::vector<double> mass, err, brecall, sparse_ms, exact_ms, memory_dense_ms, route_ms, fetch_ms,
+      decode_ms, attend_ms;
+  uint64_t needle_total = 0, needle_hits = 0, blocks_selected = 0;
+  std::vector<float> out(qh * d), lse(qh);
+  for (uint32_t i = 0; i < n; ++i) {
+    const float* q = qv->data() + static_cast<size_t>(i) * qh * d;
+    std::vector<std::vector<uint64_t>> selected;
+    AttendStats st;
+    for (uint32_t r = 0; r < std::max(1u, o.repeats); ++r) {
+      Status s = store.Attend(o.layer, q, 1, qh, sparse_opts, out.data(), lse.data(), &st, &selected);
+      if (!s.ok()) return Fail(s);
+      sparse_ms.push_back(st.total_ms);
+      route_ms.push_back(st.route_ms);
+      fetch_ms.push_back(st.fetch_ms);
+      decode_ms.push_back(st.decode_ms);
+      attend_ms.push_back(st.attend_ms);
+    }
+    std::vector<float> exact_out(qh * d);
+    {
+      AttendStats est;
+      Status s = store.Attend(o.layer, q, 1, qh, exact_opts, exact_out.data(), nullptr, &est);
+      if (!s.ok()) return Fail(s);
+      exact_ms.push_back(est.total_ms);
+    }
+    const auto t_dense = Clock::now();
+    for (uint32_t h = 0; h < qh; ++h) {
+      const uint32_t kv = h / group;
+      std::vector<double> w;
+      const std::vector<double> dense = Dense(q + h * d, keys[kv], values[kv], d, &w);
+      const std::set<uint64_t> sel(selected[kv].begin(), selected[kv].end());
+      // Mass per block, and mass recall of the selection.
+      std::vector<double> block_mass(stats.blocks_per_stream, 0.0);
+      double m = 0;
+      for (size_t t = 0; t < w.size(); ++t) {
+        block_mass[block_of[t]] += w[t];
+        if (sel.count(block_of[t])) m += w[t];
+      }
+      mass.push_back(m);
+      double num = 0, den = 0;
+      for (size_t c = 0; c < d; ++c) {
+        const double diff = out[h * d + c] - dense[c];
+        num += diff * diff;
+        den += dense[c] * dense[c];
+      }
+      err.push_back(std::sqrt(num / std::max(den, 1e-300)));
+      std::vector<uint64_t> order(block_mass.size());
+      for (size_t b = 0; b < order.size(); ++b) order[b] = b;
+      const size_t k = std::min(sel.size(), order.size());
+      std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                        [&](uint64_t a, uint64_t b) { return block_mass[a] > block_mass[b]; });
+      size_t hit = 0;
+      for (size_t j = 0; j < k; ++j) hit += sel.count(order[j]);
+      brecall.push_back(k ? static_cast<double>(hit) / k : 1.0);
+    }
+    memory_dense_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t_dense).count());
+    for (uint32_t kv = 0; kv < g.kv_heads; ++kv) blocks_selected += selected[kv].size();
+    for (const auto& nd : needles) {
+      if (nd.value("query", -1) != static_cast<int>(i) || nd.value("layer", 0) != static_cast<int>(o.layer)) continue;
+      const uint32_t kv = nd.value("kv_head", 0u);
+      const uint64_t p0 = nd.value("position", uint64_t{0}), span = nd.value("span", uint64_t{1});
+      if (kv >= g.kv_heads || p0 + span > block_of.size()) continue;
+      const std::set<uint64_t> sel(selected[kv].begin(), selected[kv].end());
+      bool all_in = true;
+      for (uint64_t p = p0; p < p0 + span; ++p) all_in = all_in && sel.count(block_of[p]);
+      needle_total++;
+      needle_hits += all_in;
+    }
+  }
+  const double avg_blocks = static_cast<double>(blocks_selected) / (n * g.kv_heads);
+  nlohmann::json j = {
+      {"store", o.store},
+      {"tokens", stats.tokens},
+      {"blocks_per_stream", stats.blocks_per_stream},
+      {"queries", n},
+      {"q_heads", qh},
+      {"top_k", o.top_k},
+      {"avg_blocks_selected", avg_blocks},
+      {"fraction_of_tokens", avg_blocks * bt / std::max<double>(1, stats.tokens)},
+      {"open_ms", open_ms},
+      {"mass_recall", {{"mean", Mean(mass)}, {"p5", Percentile(mass, 5)}, {"p1", Percentile(mass, 1)}}},
+      {"output_error", {{"mean", Mean(err)}, {"p95", Percentile(err, 95)}, {"p99", Percentile(err, 99)}}},
+      {"block_recall", Mean(brecall)},
+      {"needles", needle_total},
+      {"needle_hit_rate", needle_total ? static_cast<double>(needle_hits) / needle_total : 0.0},
+      {"latency_ms",
+       {{"sparse_p50", Percentile(sparse_ms, 50)}, {"sparse_p99", Percentile(sparse_ms, 99)},
+        {"exact_store_p50", Percentile(exact_ms, 50)}, {"exact_store_p99", Percentile(exact_ms, 99)},
+        {"dense_in_memory_f64_p50", Percentile(memory_dense_ms, 50)},
+        {"sparse_route_p50", Percentile(route_ms, 50)}, {"sparse_fetch_p50", Percentile(fetch_ms, 50)},
+        {"sparse_decode_p50", Percentile(decode_ms, 50)}, {"sparse_attend_p50", Percentile(attend_ms, 50)}}},
+      {"reader", stats.reader}};
+  if (o.json) {
+    std::printf("%s\n", j.dump(2).c_str());
+    return kExitOk;
+  }
+  std::printf("store %s: %llu tokens per stream, %llu blocks; %u queries x %u heads, top-k %u "
+              "(+ sink + recent) = %.1f blocks per KV head (%.2f%% of tokens)\n",
+              o.store.c_str(), (unsigned long long)stats.tokens, (unsigned long long)stats.blocks_per_stream,
+              n, qh, o.top_k, avg_blocks, 100.0 * avg_blocks * bt / std::max<double>(1, stats.tokens));
+  std::printf("quality vs dense (float64, all tokens):\n");
+  std::printf("  mass recall     mean %.4f  p5 %.4f  p1 %.4f\n", Mean(mass), Percentile(mass, 5), Percentile(mass, 1));
+  std::printf("  output error    mean %.4f  p95 %.4f  p99 %.4f\n", Mean(err), Percentile(err, 95), Percentile(err, 99));
+  std::printf("  block recall@k  %.4f\n", Mean(brecall));
+  std::printf("  needle hits     %llu / %llu\n", (unsigned long long)needle_hits, (unsigned long long)needle_total);
+  std::printf("latency per query row, all %u heads (ms):       p50      p99\n", qh);
+  std::printf("  msa sparse (route+fetch+decode+attend)  %8.3f %8.3f\n", Percentile(sparse_ms, 50), Percentile(sparse_ms, 99));
+  std::printf("  msa exact (reads every block)           %8.3f %8.3f   -> sparse is %.1fx faster\n",
+              Percentile(exact_ms, 50), Percentile(exact_ms, 99),
+              Percentile(exact_ms, 50) / std::max(1e-9, Percentile(sparse_ms, 50)));
+  std::printf("  sparse breakdown p50: route %.3f  fetch %.3f  decode %.3f  attend %.3f  (reader: %s)\n",
+              Percentile(route_ms, 50), Percentile(fetch_ms, 50), Percentile(decode_ms, 50),
+              Percentile(attend_ms, 50), stats.reader.c_str());
+  std::printf("  store opened in %.1f ms\n", open_ms);
+  return kExitOk;
+}
+
+}  // namespace msa::cli

@@ -1,0 +1,37 @@
+// The demo's subcommands: `msa synth` writes a synthetic corpus, `msa eval`
+// measures sparse attention on a store against dense attention.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace CLI {
+class App;
+}
+
+namespace msa::cli {
+
+struct SynthOptions {
+  std::string dir;
+  uint32_t layers = 2, kv_heads = 2, q_heads = 8, head_dim = 64;
+  uint64_t tokens = 262144;    // total over all documents
+  uint32_t docs = 4;
+  uint32_t queries = 16;       // query rows, each with one needle per KV head
+  uint32_t needle_span = 16;   // consecutive needle tokens
+  float needle_strength = 10;  // needle logit (scaled score) above the noise
+  uint64_t seed = 42;
+};
+void AddSynthOptions(CLI::App* app, SynthOptions& o);
+int RunSynth(const SynthOptions& o);
+
+struct EvalOptions {
+  std::string store, queries, needles;
+  uint32_t layer = 0;
+  uint32_t top_k = 16;
+  uint32_t repeats = 5;  // latency samples per query
+  bool json = false;
+};
+void AddEvalOptions(CLI::App* app, EvalOptions& o);
+int RunEval(const EvalOptions& o);
+
+}  // namespace msa::cli

@@ -1,0 +1,255 @@
+// msa: the command-line tool. Subcommands:
+//   create  make a store with a fixed geometry
+//   ingest  append one document's K/V (.npy or safetensors); exit 0 = durable
+//   query   attend queries over one layer's memory
+//   stats   what a store holds
+//   synth   write a synthetic corpus with planted needles (for the demo)
+//   eval    sparse vs dense on a store: recall, error, latency side by side
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "store/store.h"
+#include "tools/cli_common.h"
+#include "tools/commands.h"
+#include "tools/npy_file.h"
+#include "tools/safetensors_file.h"
+
+namespace msa::cli {
+namespace {
+
+int RunCreate(const std::string& path, const Geometry& g) {
+  auto store = Store::Create(path, g);
+  if (!store.ok()) return Fail(store.status());
+  std::printf("created %s (%s)\n", path.c_str(), g.ToString().c_str());
+  return kExitOk;
+}
+
+// Loads a K or V tensor and checks it against the geometry.
+Result<formats::Tensor> LoadKv(const std::string& path, const std::string& tensor_name,
+                               const Geometry& g, const char* what) {
+  formats::Tensor t;
+  if (path.size() > 12 && path.substr(path.size() - 12) == ".safetensors") {
+    MSA_ASSIGN_OR_RETURN(auto file, formats::ReadSafetensors(path));
+    MSA_ASSIGN_OR_RETURN(t, file.Take(tensor_name));
+  } else {
+    MSA_ASSIGN_OR_RETURN(t, formats::ReadNpy(path));
+  }
+  const std::string where = std::string(what) + " " + path;
+  if (t.dtype != formats::DType::kFloat16 && t.dtype != formats::DType::kFloat32) {
+    return Status::InvalidArgument(where + ": dtype " + formats::DTypeName(t.dtype) +
+                                   " is not float16 or float32");
+  }
+  if (t.shape.size() != 4) {
+    return Status::InvalidArgument(where + ": shape " + formats::ShapeToString(t.shape) +
+                                   " is not [layers, kv_heads, tokens, head_dim]");
+  }
+  if (t.shape[0] != g.layers || t.shape[1] != g.kv_heads || t.shape[3] != g.head_dim) {
+    return Status::InvalidArgument(where + ": shape " + formats::ShapeToString(t.shape) +
+                                   " does not match the store's [layers=" + std::to_string(g.layers) +
+                                   ", kv_heads=" + std::to_string(g.kv_heads) + ", tokens, head_dim=" +
+                                   std::to_string(g.head_dim) + "]");
+  }
+  if (t.shape[2] == 0) return Status::InvalidArgument(where + ": no tokens");
+  return t;
+}
+
+int RunIngest(const std::string& path, const std::string& doc, const std::string& keys_path,
+              const std::string& values_path) {
+  auto store = Store::Open(path);
+  if (!store.ok()) return Fail(store.status());
+  const Geometry& g = (*store)->geometry();
+  // Safetensors: one file may hold both, under the names "keys" and "values".
+  auto keys = LoadKv(keys_path, "keys", g, "keys");
+  if (!keys.ok()) return Fail(keys.status());
+  auto values = LoadKv(values_path.empty() ? keys_path : values_path, "values", g, "values");
+  if (!values.ok()) return Fail(values.status());
+  if (keys->shape != values->shape || keys->dtype != values->dtype) {
+    return Fail(Status::InvalidArgument("keys " + formats::ShapeToString(keys->shape) + " " +
+                                        formats::DTypeName(keys->dtype) + " and values " +
+                                        formats::ShapeToString(values->shape) + " " +
+                                        formats::DTypeName(values->dtype) + " differ"));
+  }
+  DocumentKV kv{keys->data.data(), values->data.data(), static_cast<uint64_t>(keys->shape[2]),
+                keys->dtype == formats::DType::kFloat16 ? ElementType::kFloat16 : ElementType::kFloat32};
+  auto id = (*store)->AppendDocument(doc, kv);
+  if (!id.ok()) return Fail(id.status());
+  Status s = (*store)->Commit();
+  if (!s.ok()) return Fail(s);
+  std::printf("ingested %s: document %llu, %lld tokens\n", doc.c_str(),
+              static_cast<unsigned long long>(*id), static_cast<long long>(kv.tokens));
+  return kExitOk;
+}
+
+int RunQuery(const std::string& path, uint32_t layer, const std::string& q_path,
+             const std::string& out_path, const std::string& lse_path, uint32_t top_k, bool exact,
+             bool json) {
+  StoreOptions options;
+  options.read_only = true;
+  auto store = Store::Open(path, options);
+  if (!store.ok()) return Fail(store.status());
+  const Geometry& g = (*store)->geometry();
+  auto q = formats::ReadNpy(q_path);
+  if (!q.ok()) return Fail(q.status());
+  if (q->shape.size() != 3 || q->shape[2] != g.head_dim || q->shape[1] <= 0 ||
+      q->shape[1] % g.kv_heads != 0) {
+    return Fail(Status::InvalidArgument(
+        "queries " + q_path + ": shape " + formats::ShapeToString(q->shape) +
+        " is not [n, q_heads, head_dim=" + std::to_string(g.head_dim) +
+        "] with q_heads a multiple of kv_heads=" + std::to_string(g.kv_heads)));
+  }
+  auto qf = formats::ToFloat32(*q);
+  if (!qf.ok()) return Fail(qf.status().WithContext("queries " + q_path));
+  const uint32_t n = static_cast<uint32_t>(q->shape[0]);
+  const uint32_t qh = static_cast<uint32_t>(q->shape[1]);
+  std::vector<float> out(static_cast<size_t>(n) * qh * g.head_dim), lse(static_cast<size_t>(n) * qh);
+  AttendOptions ao;
+  ao.top_k = top_k;
+  ao.exact = exact;
+  AttendStats st;
+  Status s = (*store)->Attend(layer, qf->data(), n, qh, ao, out.data(), lse.data(), &st);
+  if (!s.ok()) return Fail(s);
+  s = formats::WriteNpyFloat32(out_path, {n, qh, g.head_dim}, out.data());
+  if (!s.ok()) return Fail(s);
+  if (!lse_path.empty()) {
+    s = formats::WriteNpyFloat32(lse_path, {n, qh}, lse.data());
+    if (!s.ok()) return Fail(s);
+  }
+  if (json) {
+    nlohmann::json j = {{"queries", n},          {"q_heads", qh},           {"layer", layer},
+                        {"exact", exact},        {"top_k", top_k},          {"blocks_read", st.blocks_read},
+                        {"bytes_read", st.bytes_read}, {"route_ms", st.route_ms}, {"fetch_ms", st.fetch_ms},
+                        {"decode_ms", st.decode_ms}, {"attend_ms", st.attend_ms}, {"total_ms", st.total_ms}};
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("%u queries x %u heads over layer %u: %llu blocks read, %.3f ms "
+                "(route %.3f, fetch %.3f, decode %.3f, attend %.3f)\n",
+                n, qh, layer, static_cast<unsigned long long>(st.blocks_read), st.total_ms,
+                st.route_ms, st.fetch_ms, st.decode_ms, st.attend_ms);
+  }
+  return kExitOk;
+}
+
+int RunStats(const std::string& path, bool json) {
+  StoreOptions options;
+  options.read_only = true;
+  auto store = Store::Open(path, options);
+  if (!store.ok()) return Fail(store.status());
+  const StoreStats s = (*store)->Stats();
+  const double ratio = s.stored_bytes ? static_cast<double>(s.raw_bytes) / s.stored_bytes : 0.0;
+  if (json) {
+    nlohmann::json j = {{"layers", s.geometry.layers},
+                        {"kv_heads", s.geometry.kv_heads},
+                        {"head_dim", s.geometry.head_dim},
+                        {"block_tokens", s.geometry.block_tokens},
+                        {"codec", CodecName(s.geometry.codec)},
+                        {"documents", s.documents},
+                        {"tokens", s.tokens},
+                        {"blocks_per_stream", s.blocks_per_stream},
+                        {"raw_bytes", s.raw_bytes},
+                        {"stored_bytes", s.stored_bytes},
+                        {"segment_bytes", s.segment_bytes},
+                        {"compression_ratio", ratio},
+                        {"reader", s.reader}};
+    std::printf("%s\n", j.dump(2).c_str());
+  } else {
+    std::printf("store         %s\ngeometry      %s\ndocuments     %llu\ntokens        %llu per stream\n"
+                "blocks        %llu per stream\nraw fp16      %llu bytes\nstored        %llu bytes "
+                "(%.2fx)\nsegments      %llu bytes\nreader        %s\n",
+                path.c_str(), s.geometry.ToString().c_str(), (unsigned long long)s.documents,
+                (unsigned long long)s.tokens, (unsigned long long)s.blocks_per_stream,
+                (unsigned long long)s.raw_bytes, (unsigned long long)s.stored_bytes, ratio,
+                (unsigned long long)s.segment_bytes, s.reader.c_str());
+  }
+  return kExitOk;
+}
+
+}  // namespace
+}  // namespace msa::cli
+
+int main(int argc, char** argv) {
+  using namespace msa::cli;
+  spdlog::set_level(spdlog::level::warn);
+  if (const char* level = std::getenv("MSA_LOG_LEVEL")) {
+    spdlog::set_level(spdlog::level::from_str(level));
+  }
+  CLI::App app{"msa: an out-of-core memory store with disk-backed attention"};
+  app.require_subcommand(1);
+
+  std::string store;
+  msa::Geometry g;
+  std::string codec = "f16";
+  auto* create = app.add_subcommand("create", "Create a store with a fixed geometry");
+  create->footer("Example: msa create /data/mem --layers 2 --kv-heads 2 --head-dim 64");
+  create->add_option("STORE", store, "store directory")->required();
+  create->add_option("--layers", g.layers, "model layers")->required();
+  create->add_option("--kv-heads", g.kv_heads, "KV heads per layer")->required();
+  create->add_option("--head-dim", g.head_dim, "channels per head")->required();
+  create->add_option("--block-tokens", g.block_tokens, "tokens per block")->capture_default_str();
+  create->add_option("--codec", codec, "block codec (f16)")->capture_default_str();
+
+  std::string doc, keys, values;
+  auto* ingest = app.add_subcommand("ingest", "Append one document's K/V; exit 0 means durable");
+  ingest->footer(
+      "K and V: [layers, kv_heads, tokens, head_dim], float16 or float32, C order, as .npy\n"
+      "files, or one .safetensors file holding tensors named 'keys' and 'values'.\n"
+      "Example: msa ingest /data/mem --doc chapter1 --keys k.npy --values v.npy");
+  ingest->add_option("STORE", store, "store directory")->required();
+  ingest->add_option("--doc", doc, "document name (unique)")->required();
+  ingest->add_option("--keys", keys, "keys .npy (or .safetensors with 'keys' and 'values')")->required();
+  ingest->add_option("--values", values, "values .npy (omit with a .safetensors --keys)");
+
+  uint32_t layer = 0, top_k = msa::AttendOptions{}.top_k;
+  std::string q_path, out_path, lse_path;
+  bool exact = false, json = false;
+  auto* query = app.add_subcommand("query", "Attend queries over one layer's memory");
+  query->footer(
+      "Q: [n, q_heads, head_dim] float16/float32 .npy. Writes O [n, q_heads, head_dim] and\n"
+      "LSE [n, q_heads] as float32 .npy (LSE: natural log of the softmax denominator).\n"
+      "Example: msa query /data/mem --layer 0 --queries q.npy --out o.npy --top-k 32");
+  query->add_option("STORE", store, "store directory")->required();
+  query->add_option("--layer", layer, "layer to attend over")->required();
+  query->add_option("--queries", q_path, "queries .npy")->required();
+  query->add_option("--out", out_path, "output .npy")->required();
+  query->add_option("--lse", lse_path, "log-sum-exp output .npy");
+  auto* topk_opt = query->add_option("--top-k", top_k, "routed blocks per KV head")->capture_default_str();
+  query->add_flag("--exact", exact, "attend over every token of the layer")->excludes(topk_opt);
+  query->add_flag("--json", json, "print timings as JSON");
+
+  auto* stats = app.add_subcommand("stats", "Show what a store holds");
+  stats->footer("Example: msa stats /data/mem --json");
+  stats->add_option("STORE", store, "store directory")->required();
+  stats->add_flag("--json", json, "JSON output");
+
+  SynthOptions synth_opts;
+  auto* synth = app.add_subcommand("synth", "Write a synthetic corpus with planted needles");
+  synth->footer("Example: msa synth /tmp/corpus --tokens 262144 --docs 4");
+  AddSynthOptions(synth, synth_opts);
+
+  EvalOptions eval_opts;
+  auto* eval = app.add_subcommand("eval", "Sparse vs dense over a store: quality and latency");
+  eval->footer("Example: msa eval /data/mem --queries /tmp/corpus/queries.npy --needles /tmp/corpus/needles.json");
+  AddEvalOptions(eval, eval_opts);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? kExitOk : kExitUsage;
+  }
+  if (*create) {
+    auto c = msa::ParseCodec(codec);
+    if (!c.ok()) return Fail(c.status());
+    g.codec = *c;
+    return RunCreate(store, g);
+  }
+  if (*ingest) return RunIngest(store, doc, keys, values);
+  if (*query) return RunQuery(store, layer, q_path, out_path, lse_path, top_k, exact, json);
+  if (*stats) return RunStats(store, json);
+  if (*synth) return RunSynth(synth_opts);
+  if (*eval) return RunEval(eval_opts);
+  return kExitUsage;
+}
