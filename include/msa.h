@@ -81,7 +81,8 @@ msa_status_t msa_store_create(const char* path, const msa_geometry_t* geometry, 
 
 /* Opens an existing store. read_only != 0 opens without the writer lock
  * (several read-only processes may share a store with one writer process);
- * appends then fail. */
+ * appends then fail. A read-only handle sees the documents committed when it
+ * was opened. */
 msa_status_t msa_store_open(const char* path, int read_only, msa_store_t** out);
 
 /* Closes the handle. Staged but uncommitted documents are discarded. NULL is

@@ -17,7 +17,8 @@
 // from any number of threads, concurrently with one writer calling
 // AppendDocument/Commit. Queries see the state of the last completed commit.
 // A second process may open the same store read-only; only one may write
-// (RocksDB's lock file enforces it).
+// (RocksDB's lock file enforces it). A read-only handle sees the documents
+// committed when it was opened; reopen it to see later commits.
 #pragma once
 
 #include <cstdint>

@@ -14,6 +14,7 @@
 #include "store/store.h"
 #include "test_util.h"
 #include "tools/npy_file.h"
+#include "tools/safetensors_file.h"
 
 namespace msa {
 namespace {
@@ -246,7 +247,22 @@ TEST(Cli, IngestQueryAndBadInputs) {
   ASSERT_TRUE(l.ok());
   EXPECT_EQ(l->shape, (std::vector<int64_t>{3, 4}));
 
+  // Safetensors: one file holding "keys" and "values" (fp16).
+  {
+    std::vector<uint16_t> k16(d.keys.size()), v16(d.values.size());
+    attention::FloatToHalfArray(d.keys.data(), k16.data(), k16.size());
+    attention::FloatToHalfArray(d.values.data(), v16.data(), v16.size());
+    ASSERT_TRUE(formats::WriteSafetensors(dir.Sub("kv.safetensors"),
+                                          {{"keys", formats::MakeFloat16Tensor({2, 2, 20, 16}, k16.data())},
+                                           {"values", formats::MakeFloat16Tensor({2, 2, 20, 16}, v16.data())}})
+                    .ok());
+  }
+  ASSERT_EQ(RunCli("ingest " + store + " --doc doc2 --keys " + dir.Sub("kv.safetensors")), 0);
+
   std::string err;
+  // Duplicate document name.
+  EXPECT_EQ(RunCli("ingest " + store + " --doc doc2 --keys " + dir.Sub("kv.safetensors"), &err), 3);
+  EXPECT_NE(err.find("doc2"), std::string::npos) << err;
   // Wrong shape (head dim mismatch).
   ASSERT_TRUE(formats::WriteNpyFloat32(dir.Sub("bad.npy"), {2, 2, 20, 8}, d.keys.data()).ok());
   EXPECT_NE(RunCli("ingest " + store + " --doc x --keys " + dir.Sub("bad.npy") + " --values " + dir.Sub("bad.npy"), &err), 0);
@@ -278,8 +294,37 @@ TEST(Cli, IngestQueryAndBadInputs) {
   // The store was left as it was: one document, still queryable.
   auto s = Store::Open(store, StoreOptions{.read_only = true});
   ASSERT_TRUE(s.ok());
-  EXPECT_EQ((*s)->Stats().documents, 1u);
-  EXPECT_EQ((*s)->Stats().tokens, 20u);
+  EXPECT_EQ((*s)->Stats().documents, 2u);
+  EXPECT_EQ((*s)->Stats().tokens, 40u);
+  // Both documents hold the same K/V: the stream is the first half twice.
+  std::vector<float> k, v;
+  ASSERT_TRUE((*s)->ReadStream(1, 1, &k, &v).ok());
+  ASSERT_EQ(k.size(), 40u * 16);
+  EXPECT_TRUE(std::equal(k.begin(), k.begin() + 320, k.begin() + 320));
+}
+
+// Where io_uring is refused (here: forced off) the pread fallback gives the
+// same answers, and says which reader is in use.
+TEST(Store, PreadFallbackGivesTheSameResult) {
+  TempDir dir;
+  const Geometry g = SmallGeometry();
+  {
+    auto s = Store::Create(dir.Sub("store"), g);
+    ASSERT_TRUE(s.ok());
+    ASSERT_TRUE(Append(**s, MakeDoc(g, "a", 50, 61)).ok());
+    ASSERT_TRUE((*s)->Commit().ok());
+  }
+  auto q = msa::testing::RandomVector(4 * g.head_dim, 62);
+  AttendOptions opts;
+  opts.top_k = 2;
+  std::vector<float> out_uring(q.size()), out_pread(q.size());
+  auto a = Store::Open(dir.Sub("store"));
+  auto b = Store::Open(dir.Sub("store"), StoreOptions{.read_only = true, .allow_io_uring = false});
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ((*b)->Stats().reader, "pread");
+  ASSERT_TRUE((*a)->Attend(0, q.data(), 1, 4, opts, out_uring.data(), nullptr).ok());
+  ASSERT_TRUE((*b)->Attend(0, q.data(), 1, 4, opts, out_pread.data(), nullptr).ok());
+  EXPECT_EQ(out_uring, out_pread);
 }
 
 }  // namespace

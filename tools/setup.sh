@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 packages=(cmake g++ pkg-config librocksdb-dev liburing-dev libfaiss-dev libopenblas-dev libzstd-dev
           libspdlog-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev
-          nlohmann-json3-dev libxxhash-dev)
+          nlohmann-json3-dev libxxhash-dev
+          python3-numpy)  # numpy: the .npy interoperability tests
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
