@@ -189,6 +189,36 @@ TEST(Store, ChecksumMismatchIsReportedNamingTheBlock) {
   EXPECT_TRUE((*s)->Attend(1, q.data(), 1, 2, opts, out.data(), nullptr).ok());
 }
 
+// Tiny segments force a rollover every few records; commits spanning several
+// segments must sync and record each, and reopening must find them all.
+TEST(Store, SegmentRolloverSurvivesReopen) {
+  TempDir dir;
+  const Geometry g = SmallGeometry();
+  StoreOptions opts;
+  opts.segment_bytes = 3 * 4096;
+  std::vector<Doc> docs = {MakeDoc(g, "a", 40, 71), MakeDoc(g, "b", 17, 72)};
+  {
+    auto s = Store::Create(dir.Sub("store"), g, opts);
+    ASSERT_TRUE(s.ok());
+    ASSERT_TRUE(Append(**s, docs[0]).ok());
+    ASSERT_TRUE((*s)->Commit().ok());
+    ASSERT_TRUE(Append(**s, docs[1]).ok());
+    ASSERT_TRUE((*s)->Commit().ok());
+  }
+  EXPECT_TRUE(std::filesystem::exists(dir.Sub("store/segments/000005.seg")));
+  auto s = Store::Open(dir.Sub("store"), opts);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  ASSERT_TRUE(Append(**s, MakeDoc(g, "c", 9, 73)).ok());  // appends continue in the last segment
+  ASSERT_TRUE((*s)->Commit().ok());
+  docs.push_back(MakeDoc(g, "c", 9, 73));
+  for (uint32_t layer = 0; layer < g.layers; ++layer) {
+    std::vector<float> k, v;
+    ASSERT_TRUE((*s)->ReadStream(layer, 1, &k, &v).ok());
+    EXPECT_EQ(k, StreamOf(g, docs, layer, 1, true));
+    EXPECT_EQ(v, StreamOf(g, docs, layer, 1, false));
+  }
+}
+
 TEST(Store, OpenOfANonStoreIsNotFound) {
   TempDir dir;
   auto s = Store::Open(dir.path());
