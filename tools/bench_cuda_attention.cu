@@ -1,0 +1,167 @@
+// Standalone benchmark of SparseAttentionCudaF16 (timing only, random data).
+// Cases: n in {1,8,64}, budget in {2048,8192,32768} tokens per KV head,
+// 8 KV heads, 32 q heads, head_dim 128, 64-token blocks, every (row, KV head)
+// selects all the blocks of its KV head. Prints CSV n,budget,kernel_us,gbps_unique
+// and the D2D memcpy bandwidth of a 1 GiB buffer.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "attention/sparse_attention_cuda.h"
+
+using namespace msa::attention;
+
+#define CK(x)                                                                       \
+  do {                                                                              \
+    cudaError_t e_ = (x);                                                           \
+    if (e_ != cudaSuccess) {                                                        \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x,                \
+                   cudaGetErrorString(e_));                                         \
+      std::exit(1);                                                                 \
+    }                                                                               \
+  } while (0)
+
+static float Median(std::vector<float> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+int main() {
+  const int kv_heads = 8, q_heads = 32, head_dim = 128, block_tokens = 64;
+  const int warmup = 10, iters = 50;
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("# device: %s, SMs %d\n", prop.name, prop.multiProcessorCount);
+
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+
+  // Copy bandwidth: D2D cudaMemcpy of 1 GiB, bytes counted read + write.
+  {
+    const size_t bytes = size_t(1) << 30;
+    void *a, *b;
+    CK(cudaMalloc(&a, bytes));
+    CK(cudaMalloc(&b, bytes));
+    CK(cudaMemset(a, 1, bytes));
+    for (int i = 0; i < 3; ++i) CK(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
+    std::vector<float> t;
+    for (int i = 0; i < 20; ++i) {
+      CK(cudaEventRecord(e0));
+      CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
+      CK(cudaEventRecord(e1));
+      CK(cudaEventSynchronize(e1));
+      float ms;
+      CK(cudaEventElapsedTime(&ms, e0, e1));
+      t.push_back(ms);
+    }
+    const float ms = Median(t);
+    std::printf("# memcpy_d2d_1GiB: %.3f ms, %.1f GB/s (read+write)\n", ms, 2.0 * bytes / (ms * 1e6));
+    CK(cudaFree(a));
+    CK(cudaFree(b));
+  }
+
+  std::mt19937 rng(42);
+  std::uniform_real_distribution<float> U(-1.f, 1.f);
+  std::printf("n,budget,kernel_us,gbps_unique\n");
+  for (int budget : {2048, 8192, 32768}) {
+    const int nb_per_head = budget / block_tokens;
+    const int num_blocks = kv_heads * nb_per_head;
+    const size_t kv_elems = size_t(num_blocks) * block_tokens * head_dim;
+    std::vector<__half> hk(kv_elems), hv(kv_elems);
+    for (size_t i = 0; i < kv_elems; ++i) {
+      hk[i] = __float2half(U(rng));
+      hv[i] = __float2half(U(rng));
+    }
+    __half *dk, *dv;
+    int32_t* dlen;
+    CK(cudaMalloc(&dk, kv_elems * 2));
+    CK(cudaMalloc(&dv, kv_elems * 2));
+    CK(cudaMalloc(&dlen, num_blocks * 4));
+    CK(cudaMemcpy(dk, hk.data(), kv_elems * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dv, hv.data(), kv_elems * 2, cudaMemcpyHostToDevice));
+    std::vector<int32_t> hlen(num_blocks, block_tokens);
+    CK(cudaMemcpy(dlen, hlen.data(), num_blocks * 4, cudaMemcpyHostToDevice));
+
+    for (int n : {1, 8, 64}) {
+      // Selection: row i, KV head g -> blocks [g*nb, (g+1)*nb).
+      std::vector<int32_t> idx(size_t(n) * kv_heads * nb_per_head), cnt(size_t(n) * kv_heads);
+      for (int i = 0; i < n; ++i)
+        for (int g = 0; g < kv_heads; ++g) {
+          cnt[i * kv_heads + g] = nb_per_head;
+          for (int j = 0; j < nb_per_head; ++j)
+            idx[(size_t(i) * kv_heads + g) * nb_per_head + j] = g * nb_per_head + j;
+        }
+      std::vector<float> hq(size_t(n) * q_heads * head_dim);
+      for (auto& x : hq) x = U(rng);
+      int32_t *didx, *dcnt;
+      float *dq, *dout, *dlse;
+      CK(cudaMalloc(&didx, idx.size() * 4));
+      CK(cudaMalloc(&dcnt, cnt.size() * 4));
+      CK(cudaMalloc(&dq, hq.size() * 4));
+      CK(cudaMalloc(&dout, hq.size() * 4));
+      CK(cudaMalloc(&dlse, size_t(n) * q_heads * 4));
+      CK(cudaMemcpy(didx, idx.data(), idx.size() * 4, cudaMemcpyHostToDevice));
+      CK(cudaMemcpy(dcnt, cnt.data(), cnt.size() * 4, cudaMemcpyHostToDevice));
+      CK(cudaMemcpy(dq, hq.data(), hq.size() * 4, cudaMemcpyHostToDevice));
+
+      AttentionShape shape;
+      shape.n_queries = n;
+      shape.q_heads = q_heads;
+      shape.kv_heads = kv_heads;
+      shape.head_dim = head_dim;
+      shape.block_tokens = block_tokens;
+      shape.scale = 1.0f / std::sqrt(float(head_dim));
+      BlockTable<uint16_t> table;
+      table.num_blocks = num_blocks;
+      table.keys = reinterpret_cast<const uint16_t*>(dk);
+      table.values = reinterpret_cast<const uint16_t*>(dv);
+      table.block_len = dlen;
+      Selection sel;
+      sel.max_blocks = nb_per_head;
+      sel.block_index = didx;
+      sel.count = dcnt;
+
+      auto launch = [&] {
+        msa::Status s = SparseAttentionCudaF16(shape, table, sel, dq, dout, dlse, nullptr);
+        if (!s.ok()) {
+          std::fprintf(stderr, "launch failed: %s\n", s.ToString().c_str());
+          std::exit(1);
+        }
+      };
+      for (int i = 0; i < warmup; ++i) launch();
+      CK(cudaDeviceSynchronize());
+      std::vector<float> t;
+      for (int i = 0; i < iters; ++i) {
+        CK(cudaEventRecord(e0));
+        launch();
+        CK(cudaEventRecord(e1));
+        CK(cudaEventSynchronize(e1));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        t.push_back(ms);
+      }
+      CK(cudaGetLastError());
+      const float us = Median(t) * 1e3f;
+      const double bytes = double(kv_heads) * budget * head_dim * 2 * 2;  // K+V unique
+      std::printf("%d,%d,%.2f,%.1f\n", n, budget, us, bytes / (us * 1e3));
+      std::fflush(stdout);
+      CK(cudaFree(didx));
+      CK(cudaFree(dcnt));
+      CK(cudaFree(dq));
+      CK(cudaFree(dout));
+      CK(cudaFree(dlse));
+    }
+    CK(cudaFree(dk));
+    CK(cudaFree(dv));
+    CK(cudaFree(dlen));
+  }
+  return 0;
+}

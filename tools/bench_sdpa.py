@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Time torch SDPA on the shapes of tools/bench_cuda_attention.cu (random data).
+
+q [1, 32, n, 128] fp16, k/v [1, 8, budget, 128] fp16, GQA 4. Prints CSV
+n,budget,sdpa_us (median of 50 after warm-up), with notes as '#' lines.
+"""
+import inspect
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+dev = "cuda"
+print(f"# torch {torch.__version__}, cuda {torch.version.cuda}, {torch.cuda.get_device_name(0)}")
+try:
+    from torch.nn.attention import sdpa_kernel, SDPBackend
+except ImportError:
+    sdpa_kernel = None
+
+
+def run(q, k, v, gqa):
+    if gqa:
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def time_fn(fn, warmup=10, iters=50):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for _ in range(iters):
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        ts.append(s.elapsed_time(e) * 1e3)
+    return statistics.median(ts)
+
+
+def time_batched(fn, iters=50):
+    # back-to-back launches between two events: hides host dispatch gaps
+    torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(iters):
+        fn()
+    e.record()
+    e.synchronize()
+    return s.elapsed_time(e) * 1e3 / iters
+
+
+print("n,budget,sdpa_us,sdpa_us_backtoback")
+torch.manual_seed(0)
+for budget in (2048, 8192, 32768):
+    k = torch.randn(1, 8, budget, 128, device=dev, dtype=torch.float16)
+    v = torch.randn_like(k)
+    for n in (1, 8, 64):
+        q = torch.randn(1, 32, n, 128, device=dev, dtype=torch.float16)
+        note = []
+        # GQA: enable_gqa if accepted, else repeat_interleave K/V to 32 heads.
+        kk, vv, gqa = k, v, True
+        try:
+            run(q, k, v, True)
+        except TypeError:
+            kk, vv, gqa = k.repeat_interleave(4, dim=1), v.repeat_interleave(4, dim=1), False
+            note.append("repeat_interleave")
+        fn = lambda: run(q, kk, vv, gqa)
+        backend = "flash"
+        try:
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                fn()
+                us = time_fn(fn)
+                bb = time_batched(fn)
+        except RuntimeError as ex:
+            bb = float("nan")
+            if gqa:
+                # flash may refuse enable_gqa; try flash with repeated K/V first
+                kr, vr = k.repeat_interleave(4, dim=1), v.repeat_interleave(4, dim=1)
+                try:
+                    fr = lambda: F.scaled_dot_product_attention(q, kr, vr)
+                    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                        fr()
+                        us = time_fn(fr)
+                    note.append("flash refused enable_gqa -> flash+repeat_interleave")
+                except RuntimeError:
+                    us = time_fn(fn)
+                    backend = "default"
+                    note.append("flash refused -> default backend")
+            else:
+                us = time_fn(fn)
+                backend = "default"
+                note.append("flash refused -> default backend")
+        if note:
+            print(f"# n={n} budget={budget}: {'; '.join(note)}")
+        print(f"{n},{budget},{us:.2f},{bb:.2f}")
