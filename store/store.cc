@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 
 #include <spdlog/spdlog.h>
@@ -70,9 +71,22 @@ Result<std::unique_ptr<Store>> Store::Create(const std::string& path, const Geom
   MSA_RETURN_IF_ERROR(MakeDirectory(path));
   if (IsDirectory(CatalogDir(path))) return Status::AlreadyExists(path + " already holds an msa store");
   MSA_RETURN_IF_ERROR(MakeDirectory(SegmentDir(path)));
-  MSA_ASSIGN_OR_RETURN(auto catalog, Catalog::Create(CatalogDir(path), geometry));
-  catalog.reset();  // Open() below is the one way a store comes up
-  return Open(path, options);
+  // The catalog is built under a temporary name and renamed into place once
+  // its geometry is durable: a crash during creation leaves no half-made
+  // store (a catalog without geometry), only a leftover that the next
+  // Create removes.
+  const std::string staging = CatalogDir(path) + ".creating";
+  std::error_code ec;
+  std::filesystem::remove_all(staging, ec);
+  if (ec) return Status::IOError("remove leftover " + staging + ": " + ec.message());
+  {
+    MSA_ASSIGN_OR_RETURN(auto catalog, Catalog::Create(staging, geometry));
+  }
+  if (::rename(staging.c_str(), CatalogDir(path).c_str()) != 0) {
+    return Status::FromErrno("rename " + staging + " to " + CatalogDir(path), errno);
+  }
+  MSA_RETURN_IF_ERROR(io::SyncDirectory(path));
+  return Open(path, options);  // the one way a store comes up
 }
 
 Result<std::unique_ptr<Store>> Store::Open(const std::string& path, const StoreOptions& options) {
