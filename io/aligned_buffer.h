@@ -32,6 +32,12 @@ class AlignedBuffer {
   size_t size() const { return size_; }
   // Grows (never shrinks) to at least `size`; contents are not preserved.
   void Reserve(size_t size);
+  // Gives up the memory without freeing it: for a buffer the kernel may
+  // still write into (see BlockReader::abandoned).
+  void Leak() {
+    data_ = nullptr;
+    size_ = 0;
+  }
 
  private:
   uint8_t* data_ = nullptr;

@@ -33,6 +33,11 @@ class BlockReader {
   // EINTR retried; end of file before `length` bytes or any other error fails
   // the whole call with a Status naming the request (index, offset, length).
   virtual Status ReadAll(std::span<const ReadRequest> requests) = 0;
+  // True once a failed ReadAll could not wait for all of its reads: the
+  // kernel may still write into that call's buffers, so the caller must never
+  // free or reuse them, and every later ReadAll fails. Practically never
+  // happens; it is the price of not aborting.
+  virtual bool abandoned() const { return false; }
   // "io_uring" or "pread": shown by `msa stats`.
   virtual const char* name() const = 0;
 };

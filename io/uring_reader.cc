@@ -4,6 +4,7 @@
 // examples/io_uring-cp.c is the model: retry -EAGAIN, continue short reads).
 #include <liburing.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <mutex>
@@ -31,14 +32,16 @@ class UringReader final : public BlockReader {
 
   Status ReadAll(std::span<const ReadRequest> requests) override {
     std::lock_guard<std::mutex> lock(mu_);
+    if (!broken_.ok()) return broken_;
     done_.assign(requests.size(), 0);
     pending_.clear();
     for (size_t i = requests.size(); i-- > 0;) pending_.push_back(i);  // popped from the back
-    size_t in_flight = 0;
+    size_t queued = 0;     // SQEs prepared, not yet accepted by the kernel
+    size_t in_flight = 0;  // submitted, completion not yet reaped
     size_t completed = 0;
     while (completed < requests.size()) {
       // Queue everything the ring has room for, then one submit for all of it.
-      while (!pending_.empty() && in_flight < depth_) {
+      while (!pending_.empty() && queued + in_flight < depth_) {
         io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
         if (sqe == nullptr) break;
         const size_t i = pending_.back();
@@ -46,12 +49,16 @@ class UringReader final : public BlockReader {
         const ReadRequest& r = requests[i];
         io_uring_prep_read(sqe, r.fd, r.dest + done_[i], r.length - done_[i], r.offset + done_[i]);
         io_uring_sqe_set_data64(sqe, i);
-        ++in_flight;
+        ++queued;
       }
-      int rc = io_uring_submit_and_wait(&ring_, 1);
-      if (rc < 0 && rc != -EINTR) {
-        Drain(in_flight);
-        return Status::FromErrno("io_uring_submit", -rc);
+      const int rc = io_uring_submit_and_wait(&ring_, 1);
+      if (rc > 0) {
+        // The kernel consumed rc SQEs; the rest stay queued in the ring and
+        // go out with the next submit.
+        queued -= static_cast<size_t>(rc);
+        in_flight += static_cast<size_t>(rc);
+      } else if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+        return Abandon(in_flight, Status::FromErrno("io_uring_submit", -rc));
       }
       // Reap every completion that is ready, not just the one waited for.
       io_uring_cqe* cqe;
@@ -83,10 +90,7 @@ class UringReader final : public BlockReader {
         }
       }
       io_uring_cq_advance(&ring_, seen);
-      if (!failure.ok()) {
-        Drain(in_flight);
-        return failure;
-      }
+      if (!failure.ok()) return Abandon(in_flight + queued, failure);
     }
     return Status::OK();
   }
@@ -94,16 +98,32 @@ class UringReader final : public BlockReader {
   const char* name() const override { return "io_uring"; }
 
  private:
-  // After a failure, wait for reads still in flight: their buffers belong to
-  // the caller, who may free them as soon as we return.
-  void Drain(size_t in_flight) {
-    while (in_flight > 0) {
-      io_uring_cqe* cqe;
-      if (io_uring_wait_cqe(&ring_, &cqe) < 0) return;
+  // After a failure: SQEs still queued are submitted (they cannot be taken
+  // back), then every read in flight is waited for, because its buffer
+  // belongs to the caller, who frees it as soon as we return. If the wait
+  // itself fails the reader is marked abandoned (see BlockReader).
+  Status Abandon(size_t outstanding, Status failure) {
+    while (outstanding > 0) {
+      const int rc = io_uring_submit(&ring_);  // flush leftover SQEs, if any
+      if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) break;
+      io_uring_cqe* cqe = nullptr;
+      const int wait = io_uring_wait_cqe(&ring_, &cqe);
+      if (wait == -EINTR || wait == -EAGAIN) continue;
+      if (wait < 0) break;
       io_uring_cqe_seen(&ring_, cqe);
-      --in_flight;
+      --outstanding;
     }
+    if (outstanding > 0) {
+      broken_ = Status::IOError("io_uring reader: " + std::to_string(outstanding) +
+                                " reads could not be reaped after an error; reads are disabled "
+                                "until the store is reopened");
+      abandoned_.store(true);
+      return broken_;
+    }
+    return failure;
   }
+
+  bool abandoned() const override { return abandoned_.load(); }
 
   const unsigned depth_;
   io_uring ring_{};
@@ -111,6 +131,8 @@ class UringReader final : public BlockReader {
   std::mutex mu_;
   std::vector<uint32_t> done_;    // bytes read per request; guarded by mu_
   std::vector<size_t> pending_;   // requests to (re)submit; guarded by mu_
+  Status broken_;                 // set when reads could not be reaped; guarded by mu_
+  std::atomic<bool> abandoned_{false};
 };
 
 }  // namespace

@@ -16,30 +16,41 @@ struct msa_store_t {
 
 namespace {
 
+// The message of the calling thread's last failure. Storing it may itself
+// fail (out of memory); then `fixed_error` points at a static message.
 thread_local std::string last_error;
+thread_local const char* fixed_error = nullptr;
 
-msa_status_t Fail(msa_status_t code, std::string message) {
-  last_error = std::move(message);
+msa_status_t Fail(msa_status_t code, const char* prefix, const char* detail) noexcept {
+  try {
+    last_error.assign(prefix);
+    last_error.append(detail);
+    fixed_error = nullptr;
+  } catch (...) {
+    fixed_error = *prefix != '\0' ? prefix : "out of memory while reporting an error";
+  }
   return code;
 }
 
 msa_status_t Report(const msa::Status& s) {
   if (s.ok()) return MSA_OK;
-  return Fail(static_cast<msa_status_t>(s.code()), s.ToString());
+  return Fail(static_cast<msa_status_t>(s.code()), "", s.ToString().c_str());
 }
 
 // Runs fn, converting exceptions to MSA_INTERNAL (or MSA_IO_ERROR for OOM).
+// The handlers allocate nothing that could throw out of them.
 template <typename Fn>
-msa_status_t Guard(Fn&& fn) {
+msa_status_t Guard(Fn&& fn) noexcept {
   last_error.clear();
+  fixed_error = nullptr;
   try {
     return Report(fn());
   } catch (const std::bad_alloc&) {
-    return Fail(MSA_IO_ERROR, "out of memory");
+    return Fail(MSA_IO_ERROR, "out of memory", "");
   } catch (const std::exception& e) {
-    return Fail(MSA_INTERNAL, std::string("internal error: ") + e.what());
+    return Fail(MSA_INTERNAL, "internal error: ", e.what());
   } catch (...) {
-    return Fail(MSA_INTERNAL, "internal error: unknown exception");
+    return Fail(MSA_INTERNAL, "internal error: unknown exception", "");
   }
 }
 
@@ -52,7 +63,7 @@ extern "C" {
 
 uint32_t msa_version(void) { return MSA_VERSION; }
 
-const char* msa_last_error(void) { return last_error.c_str(); }
+const char* msa_last_error(void) { return fixed_error != nullptr ? fixed_error : last_error.c_str(); }
 
 msa_status_t msa_store_create(const char* path, const msa_geometry_t* geometry, msa_store_t** out) {
   return Guard([&]() -> msa::Status {

@@ -22,6 +22,11 @@ void Router::Add(uint32_t stream, std::span<const float> summaries) {
   if (n > 0) indexes_[stream]->add(n, summaries.data());
 }
 
+void Router::Reserve(uint32_t stream, uint64_t blocks) {
+  auto& codes = indexes_[stream]->codes;
+  codes.reserve(codes.size() + blocks * head_dim_ * sizeof(float));
+}
+
 uint64_t Router::blocks(uint32_t stream) const {
   return static_cast<uint64_t>(indexes_[stream]->ntotal);
 }

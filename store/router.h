@@ -43,6 +43,9 @@ class Router {
   // Appends summaries for the next blocks of `stream`, in block order:
   // summaries[i * head_dim + c] for n = summaries.size() / head_dim blocks.
   void Add(uint32_t stream, std::span<const float> summaries);
+  // Makes room for `blocks` more blocks of `stream`, so that the Add that
+  // follows does not allocate (Store publishes a durable commit with it).
+  void Reserve(uint32_t stream, uint64_t blocks);
   uint64_t blocks(uint32_t stream) const;
 
   // queries[h * head_dim + c] for the group_size query heads of one GQA

@@ -115,6 +115,14 @@ Status Store::Load() {
                                     " kv-head " + std::to_string(head) + " skips block " +
                                     std::to_string(dir.size()));
         }
+        if (loc.tokens == 0 || loc.tokens > geometry_.block_tokens || loc.record_bytes == 0 ||
+            loc.offset % io::kIoAlignment != 0) {
+          return Status::Corruption("block " + std::to_string(block) + " of layer " +
+                                    std::to_string(layer) + " kv-head " + std::to_string(head) +
+                                    " has an impossible location (tokens " +
+                                    std::to_string(loc.tokens) + ", offset " +
+                                    std::to_string(loc.offset) + ")");
+        }
         dir.push_back(loc);
         return Status::OK();
       }));
@@ -166,6 +174,13 @@ Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV
   const Geometry& g = geometry_;
   const uint64_t bt = g.block_tokens;
   const uint64_t d = g.head_dim;
+  // The caller's arrays hold streams * tokens * head_dim elements of up to 4
+  // bytes; a token count whose byte size overflows cannot describe them.
+  const uint64_t max_tokens = std::numeric_limits<uint64_t>::max() / (4ull * g.streams() * d);
+  if (kv.tokens > max_tokens) {
+    return Status::InvalidArgument("document " + name + ": " + std::to_string(kv.tokens) +
+                                   " tokens is more than any array can hold");
+  }
   const uint64_t n_blocks = (kv.tokens + bt - 1) / bt;
   const uint64_t first_block = staged_.blocks_per_stream;
   const uint64_t doc_id = staged_.next_doc_id;
@@ -198,11 +213,15 @@ Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV
         MSA_ASSIGN_OR_RETURN(auto record, encoder.Encode(g.codec, id, tokens, g.head_dim,
                                                          k16.data(), v16.data(), &header));
         if (writer_->length() > 0 && writer_->length() + record.size() > options_.segment_bytes) {
-          // Roll over: the full segment is synced at the next commit.
+          // Roll over: the full segment is synced at the next commit. The
+          // next writer is opened before the current one is retired, so a
+          // failure here leaves the writer as it was.
           const uint32_t next = staged_.active_segment + 1;
+          MSA_ASSIGN_OR_RETURN(auto next_writer,
+                               io::SegmentWriter::Open(SegmentPath(path_, next), 0));
           dirty_segments_[staged_.active_segment] = writer_.get();
           retired_writers_.push_back(std::move(writer_));
-          MSA_RETURN_IF_ERROR(OpenWriter(next, 0));
+          writer_ = std::move(next_writer);
           staged_.active_segment = next;
         }
         MSA_ASSIGN_OR_RETURN(const uint64_t offset, writer_->Append(record.data(), record.size()));
@@ -275,7 +294,20 @@ Status Store::Commit() {
     write_error_ = s.WithContext("commit failed; reopen the store");
     return s;
   }
-  // 3. Publish to queries.
+  // 3. Publish to queries. The commit is durable now; publishing must not
+  // fail half-way, so every allocation happens before the state lock and a
+  // failure of it (out of memory) refuses further writes: the store is then
+  // consistent on disk, and a reopen shows the commit.
+  try {
+    for (uint32_t stream = 0; stream < geometry_.streams(); ++stream) {
+      directory_[stream].reserve(directory_[stream].size() + staged_locations_[stream].size());
+      router_.Reserve(stream, staged_locations_[stream].size());
+    }
+  } catch (const std::exception& e) {
+    write_error_ = Status::Internal(std::string("commit is durable but could not be published (") +
+                                    e.what() + "); reopen the store");
+    return write_error_;
+  }
   {
     std::unique_lock<std::shared_mutex> state(state_mu_);
     for (uint32_t stream = 0; stream < geometry_.streams(); ++stream) {
@@ -308,27 +340,23 @@ Result<int> Store::SegmentFd(uint32_t segment) const {
   return fd;
 }
 
-Status Store::FetchBlocks(const std::vector<BlockId>& ids, float* keys, float* values,
-                          int32_t* len, AttendStats* stats) const {
+Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<BlockLocation>& locs,
+                          float* keys, float* values, int32_t* len, AttendStats* stats) const {
   const auto t0 = Clock::now();
   std::vector<io::ReadRequest> requests(ids.size());
-  std::vector<const BlockLocation*> locs(ids.size());
   uint64_t total = 0;
-  for (size_t j = 0; j < ids.size(); ++j) {
-    const BlockId& id = ids[j];
-    locs[j] = &directory_[geometry_.StreamOf(id.layer, id.kv_head)][id.block];
-    total += io::AlignUp(locs[j]->record_bytes);
-  }
+  for (const BlockLocation& loc : locs) total += io::AlignUp(loc.record_bytes);
   io::AlignedBuffer buffer(total);
   uint64_t at = 0;
   for (size_t j = 0; j < ids.size(); ++j) {
-    MSA_ASSIGN_OR_RETURN(const int fd, SegmentFd(locs[j]->segment));
-    const uint32_t padded = static_cast<uint32_t>(io::AlignUp(locs[j]->record_bytes));
-    requests[j] = io::ReadRequest{fd, locs[j]->offset, padded, buffer.data() + at};
+    MSA_ASSIGN_OR_RETURN(const int fd, SegmentFd(locs[j].segment));
+    const uint32_t padded = static_cast<uint32_t>(io::AlignUp(locs[j].record_bytes));
+    requests[j] = io::ReadRequest{fd, locs[j].offset, padded, buffer.data() + at};
     at += padded;
   }
   Status read = reader_->ReadAll(requests);
   if (!read.ok()) {
+    if (reader_->abandoned()) buffer.Leak();  // the kernel may still write into it
     // Name the block and file, not just the descriptor.
     return read.WithContext("fetching " + std::to_string(ids.size()) + " blocks from " +
                             SegmentDir(path_));
@@ -337,7 +365,7 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, float* keys, float* v
   BlockDecoder decoder;
   const size_t block_elems = static_cast<size_t>(geometry_.block_tokens) * geometry_.head_dim;
   for (size_t j = 0; j < ids.size(); ++j) {
-    const BlockLocation& loc = *locs[j];
+    const BlockLocation& loc = locs[j];
     Status s = decoder.Decode(
         std::span<const uint8_t>(requests[j].dest, loc.record_bytes), ids[j], loc.checksum,
         loc.tokens, geometry_.head_dim, keys + j * block_elems, values + j * block_elems);
@@ -375,6 +403,9 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
   AttendStats& st = stats ? *stats : local;
   st = AttendStats{};
 
+  // Routing and the directory are read under the state lock; the locations
+  // of the chosen blocks are copied out so that the slow part (I/O, decode,
+  // attention) runs without it and never holds up a commit.
   std::shared_lock<std::shared_mutex> state(state_mu_);
   const uint64_t blocks = committed_.blocks_per_stream;
   const uint32_t group = q_heads / g.kv_heads;
@@ -383,7 +414,8 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
   // 1. Route: per (row, KV head) the chosen blocks, ascending.
   auto t0 = Clock::now();
   std::vector<std::vector<uint64_t>> chosen(static_cast<size_t>(n) * g.kv_heads);
-  const bool all = options.exact || options.top_k + 2 >= blocks;
+  const bool all = options.exact || uint64_t{options.top_k} + 2 >= blocks;
+  const int top_k = static_cast<int>(std::min<uint64_t>(options.top_k, blocks));
   for (uint32_t i = 0; i < n; ++i) {
     for (uint32_t kv = 0; kv < g.kv_heads; ++kv) {
       auto& sel = chosen[static_cast<size_t>(i) * g.kv_heads + kv];
@@ -395,8 +427,7 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
       }
       const float* qg = q + (static_cast<size_t>(i) * q_heads + static_cast<size_t>(kv) * group) * d;
       for (const ScoredBlock& s :
-           router_.Search(g.StreamOf(layer, kv), qg, static_cast<int>(group),
-                          static_cast<int>(options.top_k))) {
+           router_.Search(g.StreamOf(layer, kv), qg, static_cast<int>(group), top_k)) {
         sel.push_back(s.block);
       }
       sel.push_back(0);           // sink
@@ -409,20 +440,23 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
 
   // 2. Fetch the distinct (KV head, block) pairs in one batch.
   std::vector<BlockId> ids;
+  std::vector<BlockLocation> locs;
   std::vector<std::map<uint64_t, int32_t>> slot_of(g.kv_heads);
   for (uint32_t i = 0; i < n; ++i) {
     for (uint32_t kv = 0; kv < g.kv_heads; ++kv) {
       for (uint64_t b : chosen[static_cast<size_t>(i) * g.kv_heads + kv]) {
         if (slot_of[kv].emplace(b, static_cast<int32_t>(ids.size())).second) {
           ids.push_back(BlockId{layer, kv, b});
+          locs.push_back(directory_[g.StreamOf(layer, kv)][b]);
         }
       }
     }
   }
+  state.unlock();
   const size_t block_elems = static_cast<size_t>(g.block_tokens) * d;
   std::vector<float> keys(ids.size() * block_elems), values(ids.size() * block_elems);
   std::vector<int32_t> len(ids.size());
-  MSA_RETURN_IF_ERROR(FetchBlocks(ids, keys.data(), values.data(), len.data(), &st));
+  MSA_RETURN_IF_ERROR(FetchBlocks(ids, locs, keys.data(), values.data(), len.data(), &st));
 
   // 3. Attend.
   t0 = Clock::now();
@@ -459,17 +493,22 @@ Status Store::ReadStream(uint32_t layer, uint32_t kv_head, std::vector<float>* k
   }
   std::shared_lock<std::shared_mutex> state(state_mu_);
   const uint64_t blocks = committed_.blocks_per_stream;
+  const uint64_t tokens = committed_.tokens;
+  const std::vector<BlockLocation> locs(directory_[geometry_.StreamOf(layer, kv_head)].begin(),
+                                        directory_[geometry_.StreamOf(layer, kv_head)].begin() +
+                                            static_cast<ptrdiff_t>(blocks));
+  state.unlock();
   std::vector<BlockId> ids(blocks);
   for (uint64_t b = 0; b < blocks; ++b) ids[b] = BlockId{layer, kv_head, b};
   const size_t block_elems = static_cast<size_t>(geometry_.block_tokens) * geometry_.head_dim;
   std::vector<float> k(blocks * block_elems), v(blocks * block_elems);
   std::vector<int32_t> len(blocks);
-  MSA_RETURN_IF_ERROR(FetchBlocks(ids, k.data(), v.data(), len.data(), nullptr));
+  MSA_RETURN_IF_ERROR(FetchBlocks(ids, locs, k.data(), v.data(), len.data(), nullptr));
   // Compact away the padding of partial blocks (a document's last block).
   keys->clear();
   values->clear();
-  keys->reserve(committed_.tokens * geometry_.head_dim);
-  values->reserve(committed_.tokens * geometry_.head_dim);
+  keys->reserve(tokens * geometry_.head_dim);
+  values->reserve(tokens * geometry_.head_dim);
   for (uint64_t b = 0; b < blocks; ++b) {
     const size_t used = static_cast<size_t>(len[b]) * geometry_.head_dim;
     keys->insert(keys->end(), k.begin() + b * block_elems, k.begin() + b * block_elems + used);
@@ -478,7 +517,18 @@ Status Store::ReadStream(uint32_t layer, uint32_t kv_head, std::vector<float>* k
   return Status::OK();
 }
 
-Result<std::vector<DocumentRecord>> Store::ListDocuments() const { return catalog_->ListDocuments(); }
+Result<std::vector<DocumentRecord>> Store::ListDocuments() const {
+  // The catalog holds a commit a moment before it is published to queries;
+  // list only what queries can see.
+  uint64_t visible_ids;
+  {
+    std::shared_lock<std::shared_mutex> state(state_mu_);
+    visible_ids = committed_.next_doc_id;
+  }
+  MSA_ASSIGN_OR_RETURN(auto docs, catalog_->ListDocuments());
+  std::erase_if(docs, [&](const DocumentRecord& doc) { return doc.id >= visible_ids; });
+  return docs;
+}
 
 StoreStats Store::Stats() const {
   std::shared_lock<std::shared_mutex> state(state_mu_);

@@ -131,8 +131,10 @@ class Store {
   Result<int> SegmentFd(uint32_t segment) const;
   // Reads and decodes blocks: ids[j] into keys/values at slot j
   // ([slot, block_tokens, head_dim]), len[j] its token count.
-  Status FetchBlocks(const std::vector<BlockId>& ids, float* keys, float* values, int32_t* len,
-                     AttendStats* stats) const;
+  // locs[j] is ids[j]'s location, copied from the directory under the state
+  // lock (the fetch itself runs without it).
+  Status FetchBlocks(const std::vector<BlockId>& ids, const std::vector<BlockLocation>& locs,
+                     float* keys, float* values, int32_t* len, AttendStats* stats) const;
 
   const std::string path_;
   const std::unique_ptr<Catalog> catalog_;

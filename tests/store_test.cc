@@ -219,6 +219,55 @@ TEST(Store, SegmentRolloverSurvivesReopen) {
   }
 }
 
+TEST(Store, FailedRolloverKeepsTheWriterUsable) {
+  // The next segment cannot be created (a directory squats on its name):
+  // the append fails cleanly, and once the obstacle is gone appends go on.
+  TempDir dir;
+  const Geometry g = SmallGeometry();
+  StoreOptions opts;
+  opts.segment_bytes = 3 * 4096;
+  auto s = Store::Create(dir.Sub("store"), g, opts);
+  ASSERT_TRUE(s.ok());
+  std::filesystem::create_directory(dir.Sub("store/segments/000002.seg"));
+  std::vector<Doc> docs = {MakeDoc(g, "a", 40, 81)};
+  Status failed = Append(**s, docs[0]);
+  EXPECT_FALSE(failed.ok());
+  EXPECT_NE(failed.ToString().find("000002.seg"), std::string::npos) << failed.ToString();
+  std::filesystem::remove(dir.Sub("store/segments/000002.seg"));
+  ASSERT_TRUE(Append(**s, docs[0]).ok());
+  ASSERT_TRUE((*s)->Commit().ok());
+  s->reset();  // release the writer lock before reopening
+  s = Store::Open(dir.Sub("store"), opts);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  std::vector<float> k, v;
+  ASSERT_TRUE((*s)->ReadStream(1, 0, &k, &v).ok());
+  EXPECT_EQ(k, StreamOf(g, docs, 1, 0, true));
+  EXPECT_EQ(v, StreamOf(g, docs, 1, 0, false));
+}
+
+TEST(Store, ExtremeArgumentsAreRejectedOrClamped) {
+  TempDir dir;
+  const Geometry g = SmallGeometry();
+  auto s = Store::Create(dir.Sub("store"), g);
+  ASSERT_TRUE(s.ok());
+  // A token count whose byte size overflows is refused before anything is read.
+  float dummy = 0;
+  auto huge = (*s)->AppendDocument("huge", DocumentKV{&dummy, &dummy, UINT64_MAX / 8, ElementType::kFloat32});
+  EXPECT_EQ(huge.status().code(), Status::Code::kInvalidArgument) << huge.status().ToString();
+  std::vector<Doc> docs = {MakeDoc(g, "a", 50, 91)};
+  ASSERT_TRUE(Append(**s, docs[0]).ok());
+  ASSERT_TRUE((*s)->Commit().ok());
+  // top_k at its maximum means every block (no overflow of top_k + 2).
+  const uint32_t qh = 2, d = g.head_dim;
+  auto q = msa::testing::RandomVector(qh * d, 92);
+  AttendOptions opts;
+  opts.top_k = UINT32_MAX;
+  std::vector<float> out(qh * d), lse(qh);
+  std::vector<std::vector<uint64_t>> selected;
+  ASSERT_TRUE((*s)->Attend(0, q.data(), 1, qh, opts, out.data(), lse.data(), nullptr, &selected).ok());
+  for (const auto& sel : selected) EXPECT_EQ(sel.size(), 7u);  // ceil(50 / 8) blocks
+}
+
 TEST(Store, OpenOfANonStoreIsNotFound) {
   TempDir dir;
   auto s = Store::Open(dir.path());
