@@ -64,6 +64,14 @@ typedef enum msa_codec_t {
   MSA_CODEC_F16 = 1 /* fp16, byte-shuffled, zstd: lossless for fp16 input */
 } msa_codec_t;
 
+/* How the router summarises a block (see store/summary.h): the mean key,
+ * Quest's per-channel min/max bound, or a few k-means centroids. */
+typedef enum msa_summary_t {
+  MSA_SUMMARY_MEAN = 1,
+  MSA_SUMMARY_BOUND = 2,
+  MSA_SUMMARY_CENTROIDS = 3
+} msa_summary_t;
+
 /* The fixed shape of a store, chosen at creation. */
 typedef struct msa_geometry_t {
   uint32_t layers;       /* model layers stored (>= 1) */
@@ -71,6 +79,8 @@ typedef struct msa_geometry_t {
   uint32_t head_dim;     /* channels per head (>= 1) */
   uint32_t block_tokens; /* tokens per block; 0 means the default, 64 */
   msa_codec_t codec;     /* 0 means the default, MSA_CODEC_F16 */
+  msa_summary_t summary; /* 0 means the default, MSA_SUMMARY_MEAN */
+  uint32_t summary_centroids; /* centroids per block for MSA_SUMMARY_CENTROIDS; 0: 4 */
 } msa_geometry_t;
 
 typedef struct msa_store_t msa_store_t;

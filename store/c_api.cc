@@ -78,6 +78,9 @@ msa_status_t msa_store_create(const char* path, const msa_geometry_t* geometry, 
     g.block_tokens = geometry->block_tokens == 0 ? 64 : geometry->block_tokens;
     g.codec = geometry->codec == 0 ? msa::Codec::kF16ShuffleZstd
                                    : static_cast<msa::Codec>(geometry->codec);
+    g.summary = geometry->summary == 0 ? msa::SummaryKind::kMean
+                                       : static_cast<msa::SummaryKind>(geometry->summary);
+    g.summary_centroids = geometry->summary_centroids == 0 ? 4 : geometry->summary_centroids;
     MSA_ASSIGN_OR_RETURN(auto store, msa::Store::Create(path, g));
     *out = new msa_store_t{std::move(store)};
     return msa::Status::OK();
@@ -111,7 +114,8 @@ msa_status_t msa_store_geometry(const msa_store_t* store, msa_geometry_t* out) {
     MSA_REQUIRE(out != nullptr, "msa_store_geometry: out is NULL");
     const msa::Geometry& g = store->store->geometry();
     *out = msa_geometry_t{g.layers, g.kv_heads, g.head_dim, g.block_tokens,
-                          static_cast<msa_codec_t>(g.codec)};
+                          static_cast<msa_codec_t>(g.codec),
+                          static_cast<msa_summary_t>(g.summary), g.summary_centroids};
     return msa::Status::OK();
   });
 }

@@ -11,7 +11,9 @@ namespace msa {
 
 namespace {
 
-constexpr uint32_t kGeometryVersion = 1;
+// Version 1: no summary fields (mean keys). Version 2 adds the summary kind
+// and its centroid count.
+constexpr uint32_t kGeometryVersion = 2;
 
 // ---- little helpers for fixed-width encodings ----
 void AppendLe32(std::string* s, uint32_t v) { s->append(reinterpret_cast<const char*>(&v), 4); }
@@ -83,6 +85,8 @@ std::string EncodeGeometry(const Geometry& g) {
   AppendLe32(&v, g.head_dim);
   AppendLe32(&v, g.block_tokens);
   AppendLe32(&v, static_cast<uint32_t>(g.codec));
+  AppendLe32(&v, static_cast<uint32_t>(g.summary));
+  AppendLe32(&v, g.summary_centroids);
   return v;
 }
 
@@ -95,8 +99,12 @@ Result<Geometry> DecodeGeometry(const std::string& v) {
   g.head_dim = r.Next<uint32_t>();
   g.block_tokens = r.Next<uint32_t>();
   g.codec = static_cast<Codec>(r.Next<uint32_t>());
+  if (version >= 2) {
+    g.summary = static_cast<SummaryKind>(r.Next<uint32_t>());
+    g.summary_centroids = r.Next<uint32_t>();
+  }
   if (!r.ok()) return Status::Corruption("geometry record is truncated");
-  if (version != kGeometryVersion) {
+  if (version > kGeometryVersion || version == 0) {
     return Status::NotSupported("store format version " + std::to_string(version) +
                                 " is newer than this msa understands");
   }
@@ -291,8 +299,8 @@ Status Catalog::ScanSummaries(
     uint32_t layer, uint32_t kv_head,
     const std::function<Status(uint64_t, std::span<const float>)>& fn) const {
   const std::string prefix = StreamPrefix('S', layer, kv_head);
-  const size_t bytes = sizeof(float) * geometry_.head_dim;
-  std::vector<float> summary(geometry_.head_dim);
+  const size_t bytes = sizeof(float) * geometry_.summary_width();
+  std::vector<float> summary(geometry_.summary_width());
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
   for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
     if (it->key().size() != prefix.size() + 8 || it->value().size() != bytes) {

@@ -12,7 +12,7 @@
 //   'D' doc_id:be64                       -> DocumentRecord
 //   'N' name                              -> doc_id:le64 (names are unique)
 //   'B' layer:be32 kv_head:be32 block:be64 -> BlockLocation
-//   'S' layer:be32 kv_head:be32 block:be64 -> summary, head_dim float32
+//   'S' layer:be32 kv_head:be32 block:be64 -> summary, Geometry::summary_width() float32
 //   'L' segment:be32                      -> committed length:le64
 // Big-endian numbers keep RocksDB's byte order equal to numeric order, so
 // one stream's blocks are one contiguous, ordered key range.

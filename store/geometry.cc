@@ -14,6 +14,31 @@ Result<Codec> ParseCodec(const std::string& name) {
   return Status::InvalidArgument("unknown codec '" + name + "' (available: f16)");
 }
 
+const char* SummaryName(SummaryKind kind) {
+  switch (kind) {
+    case SummaryKind::kMean: return "mean";
+    case SummaryKind::kBound: return "bound";
+    case SummaryKind::kCentroids: return "centroids";
+  }
+  return "unknown";
+}
+
+Result<SummaryKind> ParseSummary(const std::string& name) {
+  if (name == "mean") return SummaryKind::kMean;
+  if (name == "bound") return SummaryKind::kBound;
+  if (name == "centroids") return SummaryKind::kCentroids;
+  return Status::InvalidArgument("unknown summary '" + name + "' (available: mean, bound, centroids)");
+}
+
+uint32_t Geometry::summary_width() const {
+  switch (summary) {
+    case SummaryKind::kMean: return head_dim;
+    case SummaryKind::kBound: return 2 * head_dim;
+    case SummaryKind::kCentroids: return summary_centroids * head_dim;
+  }
+  return head_dim;
+}
+
 Status Geometry::Validate() const {
   auto check = [](const char* field, uint32_t v, uint32_t lo, uint32_t hi) -> Status {
     if (v < lo || v > hi) {
@@ -31,13 +56,20 @@ Status Geometry::Validate() const {
     return Status::InvalidArgument("codec " + std::to_string(static_cast<int>(codec)) +
                                    " is unknown");
   }
+  if (summary != SummaryKind::kMean && summary != SummaryKind::kBound &&
+      summary != SummaryKind::kCentroids) {
+    return Status::InvalidArgument("summary kind " + std::to_string(static_cast<int>(summary)) +
+                                   " is unknown");
+  }
+  MSA_RETURN_IF_ERROR(check("summary_centroids", summary_centroids, 1, 64));
   return Status::OK();
 }
 
 std::string Geometry::ToString() const {
   return "layers=" + std::to_string(layers) + " kv_heads=" + std::to_string(kv_heads) +
          " head_dim=" + std::to_string(head_dim) + " block_tokens=" + std::to_string(block_tokens) +
-         " codec=" + CodecName(codec);
+         " codec=" + CodecName(codec) + " summary=" + SummaryName(summary) +
+         (summary == SummaryKind::kCentroids ? "x" + std::to_string(summary_centroids) : "");
 }
 
 }  // namespace msa

@@ -17,6 +17,17 @@ enum class Codec : uint8_t {
 const char* CodecName(Codec codec);
 Result<Codec> ParseCodec(const std::string& name);  // "f16"
 
+// How a block is summarised for the router (store/summary.h). Persisted in
+// the geometry: never renumber.
+enum class SummaryKind : uint8_t {
+  kMean = 1,       // the mean key (MoBA)
+  kBound = 2,      // per-channel max and min of the keys (Quest's bound)
+  kCentroids = 3,  // a few k-means centroids of the keys
+};
+
+const char* SummaryName(SummaryKind kind);
+Result<SummaryKind> ParseSummary(const std::string& name);  // "mean", "bound", "centroids"
+
 // Identity of a block: its stream (layer, KV head) and its number in it.
 struct BlockId {
   uint32_t layer = 0;
@@ -30,7 +41,12 @@ struct Geometry {
   uint32_t head_dim = 0;
   uint32_t block_tokens = 64;
   Codec codec = Codec::kF16ShuffleZstd;
+  SummaryKind summary = SummaryKind::kMean;
+  uint32_t summary_centroids = 4;  // centroids per block, for SummaryKind::kCentroids
 
+  // Floats of one block's summary: head_dim (mean), 2 * head_dim (bound:
+  // max then min), summary_centroids * head_dim (centroids).
+  uint32_t summary_width() const;
   uint32_t streams() const { return layers * kv_heads; }
   // Stream index of (layer, KV head): streams are numbered layer-major.
   uint32_t StreamOf(uint32_t layer, uint32_t kv_head) const { return layer * kv_heads + kv_head; }

@@ -1,68 +1,179 @@
 #include "store/router.h"
 
 #include <faiss/IndexFlat.h>
+#include <faiss/IndexIVF.h>
+#include <faiss/IndexScalarQuantizer.h>
+#include <faiss/utils/distances.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <unordered_set>
 
+#include <spdlog/spdlog.h>
+
+#include "store/summary.h"
+
 namespace msa {
 
-Router::Router(const Geometry& geometry) : head_dim_(geometry.head_dim) {
-  indexes_.reserve(geometry.streams());
-  for (uint32_t s = 0; s < geometry.streams(); ++s) {
-    indexes_.push_back(std::make_unique<faiss::IndexFlatIP>(geometry.head_dim));
-  }
+struct Router::Stream {
+  std::vector<float> summaries;  // [blocks, summary_width]
+  uint64_t blocks = 0;
+  std::unique_ptr<faiss::IndexIVF> ivf;  // null: exact scan
+  uint64_t trained_vectors = 0;          // vectors the IVF was trained on
+};
+
+namespace {
+
+// Lists grow with the square root of the stream (FAISS's guidance: 4 sqrt(n)
+// to 16 sqrt(n)), at least 39 training points each.
+size_t ListCount(uint64_t vectors) {
+  const double by_sqrt = 4.0 * std::sqrt(static_cast<double>(vectors));
+  const double by_points = static_cast<double>(vectors) / 39.0;
+  return static_cast<size_t>(std::clamp(std::min(by_sqrt, by_points), 1.0, 65536.0));
+}
+
+// Probing 1/16 of the lists, at least 8: chosen from the router benchmark
+// (BENCHMARKS.md) as the knee of recall against latency.
+size_t DefaultNprobe(size_t nlist) { return std::min(nlist, std::max<size_t>(8, nlist / 16)); }
+
+float Combine(GqaCombine combine, float acc, float score) {
+  return combine == GqaCombine::kMax ? std::max(acc, score) : acc + score;
+}
+
+void KeepTop(std::vector<ScoredBlock>* scored, size_t k) {
+  k = std::min(k, scored->size());
+  std::partial_sort(scored->begin(), scored->begin() + static_cast<ptrdiff_t>(k), scored->end(),
+                    [](const ScoredBlock& a, const ScoredBlock& b) {
+                      return a.score > b.score || (a.score == b.score && a.block < b.block);
+                    });
+  scored->resize(k);
+}
+
+}  // namespace
+
+Router::Router(const Geometry& geometry, const RouterOptions& options)
+    : geometry_(geometry), options_(options) {
+  streams_.reserve(geometry.streams());
+  for (uint32_t s = 0; s < geometry.streams(); ++s) streams_.push_back(std::make_unique<Stream>());
 }
 
 Router::~Router() = default;
 
-void Router::Add(uint32_t stream, std::span<const float> summaries) {
-  const faiss::Index::idx_t n = static_cast<faiss::Index::idx_t>(summaries.size() / head_dim_);
-  if (n > 0) indexes_[stream]->add(n, summaries.data());
-}
-
 void Router::Reserve(uint32_t stream, uint64_t blocks) {
-  auto& codes = indexes_[stream]->codes;
-  codes.reserve(codes.size() + blocks * head_dim_ * sizeof(float));
+  Stream& s = *streams_[stream];
+  s.summaries.reserve(s.summaries.size() + blocks * geometry_.summary_width());
 }
 
-uint64_t Router::blocks(uint32_t stream) const {
-  return static_cast<uint64_t>(indexes_[stream]->ntotal);
+void Router::Add(uint32_t stream, std::span<const float> summaries) {
+  Stream& s = *streams_[stream];
+  const uint64_t n = summaries.size() / geometry_.summary_width();
+  if (n == 0) return;
+  s.summaries.insert(s.summaries.end(), summaries.begin(), summaries.end());
+  if (s.ivf) {
+    // Summaries are [block][vector][dim], exactly the index vectors in order.
+    const uint64_t per_block = IndexVectorsPerBlock(geometry_);
+    try {
+      s.ivf->add(static_cast<faiss::Index::idx_t>(n * per_block), summaries.data());
+    } catch (const std::exception& e) {
+      spdlog::warn("router: adding to the IVF index of stream {} failed ({}); scanning it exactly",
+                   stream, e.what());
+      s.ivf.reset();
+    }
+  }
+  s.blocks += n;
+}
+
+uint64_t Router::blocks(uint32_t stream) const { return streams_[stream]->blocks; }
+bool Router::has_ivf(uint32_t stream) const { return streams_[stream]->ivf != nullptr; }
+
+bool Router::RefreshIndex(uint32_t stream, std::shared_mutex& publish_mu) {
+  Stream& s = *streams_[stream];
+  const uint64_t vectors = s.blocks * IndexVectorsPerBlock(geometry_);
+  if (vectors < options_.ivf_min_vectors) return false;
+  if (s.ivf && vectors < 4 * s.trained_vectors) return false;
+  const size_t dim = IndexVectorDim(geometry_);
+  const size_t nlist = ListCount(vectors);
+  auto quantizer = std::make_unique<faiss::IndexFlatIP>(dim);
+  auto ivf = std::make_unique<faiss::IndexIVFScalarQuantizer>(
+      quantizer.get(), dim, nlist, faiss::ScalarQuantizer::QT_8bit, faiss::METRIC_INNER_PRODUCT);
+  ivf->own_fields = true;
+  quantizer.release();
+  ivf->cp.max_points_per_centroid = 64;  // train on a sample: at most 64 points per list
+  ivf->train(static_cast<faiss::Index::idx_t>(vectors), s.summaries.data());
+  ivf->add(static_cast<faiss::Index::idx_t>(vectors), s.summaries.data());
+  std::unique_lock<std::shared_mutex> lock(publish_mu);
+  s.trained_vectors = vectors;
+  s.ivf = std::move(ivf);
+  return true;
+}
+
+std::vector<ScoredBlock> Router::ExactScan(const Stream& s, const std::vector<float>& probes,
+                                           int group_size, const RouteOptions& options) const {
+  const size_t dim = IndexVectorDim(geometry_);
+  const size_t per_block = IndexVectorsPerBlock(geometry_);
+  const size_t vectors = s.blocks * per_block;
+  std::vector<float> dots(vectors);
+  std::vector<ScoredBlock> scored(s.blocks);
+  for (uint64_t b = 0; b < s.blocks; ++b) {
+    scored[b] = {b, options.combine == GqaCombine::kMax ? -std::numeric_limits<float>::infinity() : 0.0f};
+  }
+  for (int h = 0; h < group_size; ++h) {
+    faiss::fvec_inner_products_ny(dots.data(), probes.data() + h * dim, s.summaries.data(), dim,
+                                  vectors);
+    for (uint64_t b = 0; b < s.blocks; ++b) {
+      float best = dots[b * per_block];
+      for (size_t j = 1; j < per_block; ++j) best = std::max(best, dots[b * per_block + j]);
+      scored[b].score = Combine(options.combine, scored[b].score, best);
+    }
+  }
+  KeepTop(&scored, options.top_k);
+  return scored;
 }
 
 std::vector<ScoredBlock> Router::Search(uint32_t stream, const float* queries, int group_size,
-                                        int k) const {
-  const faiss::IndexFlatIP& index = *indexes_[stream];
-  const int64_t total = index.ntotal;
-  const int64_t kk = std::min<int64_t>(k, total);
-  if (kk <= 0 || group_size <= 0) return {};
-  std::vector<float> distances(static_cast<size_t>(group_size * kk));
-  std::vector<faiss::Index::idx_t> labels(static_cast<size_t>(group_size * kk));
-  index.search(group_size, queries, kk, distances.data(), labels.data());
-
-  // Rescore the union of the heads' candidates with the group score (max).
-  const float* xb = index.get_xb();
-  std::unordered_set<faiss::Index::idx_t> seen;
-  std::vector<ScoredBlock> scored;
-  for (const faiss::Index::idx_t id : labels) {
-    if (id < 0 || !seen.insert(id).second) continue;
-    const float* summary = xb + static_cast<size_t>(id) * head_dim_;
-    float best = -std::numeric_limits<float>::infinity();
-    for (int h = 0; h < group_size; ++h) {
-      const float* q = queries + static_cast<size_t>(h) * head_dim_;
-      float dot = 0.0f;
-      for (uint32_t c = 0; c < head_dim_; ++c) dot += q[c] * summary[c];
-      best = std::max(best, dot);
-    }
-    scored.push_back({static_cast<uint64_t>(id), best});
+                                        const RouteOptions& options, RouteStats* stats) const {
+  const Stream& s = *streams_[stream];
+  if (s.blocks == 0 || group_size <= 0 || options.top_k == 0) return {};
+  const size_t dim = IndexVectorDim(geometry_);
+  const size_t per_block = IndexVectorsPerBlock(geometry_);
+  std::vector<float> probes(group_size * dim);
+  for (int h = 0; h < group_size; ++h) {
+    MakeProbe(geometry_, queries + static_cast<size_t>(h) * geometry_.head_dim,
+              probes.data() + h * dim);
   }
-  const size_t keep = std::min<size_t>(scored.size(), static_cast<size_t>(kk));
-  std::partial_sort(scored.begin(), scored.begin() + keep, scored.end(),
-                    [](const ScoredBlock& a, const ScoredBlock& b) {
-                      return a.score > b.score || (a.score == b.score && a.block < b.block);
-                    });
-  scored.resize(keep);
+  if (!s.ivf || options.exact_scan) {
+    if (stats) *stats = RouteStats{1.0, false};
+    return ExactScan(s, probes, group_size, options);
+  }
+  // IVF candidates per head, then the union rescored exactly.
+  const faiss::IndexIVF& ivf = *s.ivf;
+  faiss::SearchParametersIVF params;
+  params.nprobe = options.nprobe ? std::min<size_t>(options.nprobe, ivf.nlist) : DefaultNprobe(ivf.nlist);
+  const uint64_t per_head = options.candidates ? options.candidates : 4ull * options.top_k;
+  const faiss::Index::idx_t kc = static_cast<faiss::Index::idx_t>(
+      std::min<uint64_t>(per_head * per_block, static_cast<uint64_t>(ivf.ntotal)));
+  std::vector<float> distances(static_cast<size_t>(group_size * kc));
+  std::vector<faiss::Index::idx_t> labels(static_cast<size_t>(group_size * kc));
+  ivf.search(group_size, probes.data(), kc, distances.data(), labels.data(), &params);
+  std::unordered_set<uint64_t> seen;
+  std::vector<ScoredBlock> scored;
+  const size_t width = geometry_.summary_width();
+  for (const faiss::Index::idx_t label : labels) {
+    if (label < 0) continue;
+    const uint64_t block = static_cast<uint64_t>(label) / per_block;
+    if (!seen.insert(block).second) continue;
+    const float* summary = s.summaries.data() + block * width;
+    float score = options.combine == GqaCombine::kMax ? -std::numeric_limits<float>::infinity() : 0.0f;
+    for (int h = 0; h < group_size; ++h) {
+      score = Combine(options.combine, score, ScoreSummary(geometry_, probes.data() + h * dim, summary));
+    }
+    scored.push_back({block, score});
+  }
+  KeepTop(&scored, options.top_k);
+  if (stats) {
+    *stats = RouteStats{static_cast<double>(params.nprobe) / static_cast<double>(ivf.nlist), true};
+  }
   return scored;
 }
 

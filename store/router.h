@@ -1,29 +1,38 @@
-// The router: per stream, a FAISS inner-product index over one summary
-// vector per block (the block's mean key), answering "which blocks matter for
-// these query heads".
+// The router: per stream, which blocks matter for a group of query heads.
+//
+// Each stream keeps every block's summary (store/summary.h) in memory, in
+// float32: the exact truth the router scores with. While the stream is
+// small, a query scores every summary (an exact scan, vectorised). Once it
+// holds RouterOptions::ivf_min_vectors index vectors, a FAISS IVF index with
+// 8-bit scalar-quantised vectors (inner product; lists growing with the
+// square root of the stream) proposes candidates per query head, and the
+// union of the candidates is rescored exactly. The IVF is trained on the
+// stream's own summaries and retrained when the stream has grown 4x since.
 //
 // GQA: the query heads of a group share one KV head, so they share its
-// blocks. A block's group score is the max over the group's heads of
-// q_h . summary. Searching each head for its top k and rescoring the union
-// exactly gives the exact top k by that score: a block outside head h's top
-// k is beaten under h, hence under the max, by k other blocks.
+// blocks; a block's group score combines the heads' scores (max or sum).
+// With the max and an exact scan the result is the exact top k by the
+// group score.
 //
-// The index is rebuilt from the catalog's summaries on open (persisted
-// indexes come with the router issue).
+// The IVF is an accelerator, never the truth: it is rebuilt from the
+// summaries (which come from the catalog) on open, and if adding to it fails
+// the stream falls back to the exact scan.
 //
-// Thread safety: Search may run concurrently with other Searches; Add must
-// be exclusive (Store holds its writer lock).
+// Thread safety: Search may run concurrently with Searches and with
+// RefreshIndex; Add and Reserve must be exclusive (Store holds its state
+// lock exclusively for them).
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <shared_mutex>
 #include <span>
 #include <vector>
 
 #include "store/geometry.h"
 
 namespace faiss {
-struct IndexFlatIP;
+struct IndexIVF;
 }
 
 namespace msa {
@@ -33,29 +42,61 @@ struct ScoredBlock {
   float score = 0.0f;
 };
 
+enum class GqaCombine : uint8_t { kMax, kSum };
+
+struct RouteOptions {
+  uint32_t top_k = 16;
+  GqaCombine combine = GqaCombine::kMax;
+  bool exact_scan = false;  // score every summary even where an IVF exists
+  uint32_t nprobe = 0;      // IVF lists probed per head; 0: the default (see router.cc)
+  uint32_t candidates = 0;  // IVF candidates per head before rescoring; 0: 4 * top_k
+};
+
+struct RouteStats {
+  double scanned_fraction = 0;  // share of the stream's index vectors scored (IVF: expected)
+  bool used_ivf = false;
+};
+
+struct RouterOptions {
+  uint64_t ivf_min_vectors = 1u << 15;  // below this a stream is scanned exactly
+};
+
 class Router {
  public:
-  explicit Router(const Geometry& geometry);
+  explicit Router(const Geometry& geometry, const RouterOptions& options = {});
   ~Router();
   Router(const Router&) = delete;
   Router& operator=(const Router&) = delete;
 
   // Appends summaries for the next blocks of `stream`, in block order:
-  // summaries[i * head_dim + c] for n = summaries.size() / head_dim blocks.
+  // summaries[i * summary_width + c]. After Reserve for as many blocks,
+  // nothing allocates outside the IVF, and an IVF failure only drops the IVF.
   void Add(uint32_t stream, std::span<const float> summaries);
-  // Makes room for `blocks` more blocks of `stream`, so that the Add that
-  // follows does not allocate (Store publishes a durable commit with it).
   void Reserve(uint32_t stream, uint64_t blocks);
   uint64_t blocks(uint32_t stream) const;
+  bool has_ivf(uint32_t stream) const;
+
+  // Trains an IVF index over every block of `stream` when one is due (the
+  // stream crossed ivf_min_vectors, or grew 4x since the last training) and
+  // installs it under an exclusive lock of `publish_mu`. The training (slow:
+  // k-means) runs without the lock, so queries go on meanwhile; the caller
+  // must be the only one to Add. Returns whether an index was installed;
+  // throws what FAISS throws.
+  bool RefreshIndex(uint32_t stream, std::shared_mutex& publish_mu);
 
   // queries[h * head_dim + c] for the group_size query heads of one GQA
-  // group. Returns up to k blocks of `stream`, best group score first.
+  // group. Returns up to top_k blocks of `stream`, best group score first.
   std::vector<ScoredBlock> Search(uint32_t stream, const float* queries, int group_size,
-                                  int k) const;
+                                  const RouteOptions& options, RouteStats* stats = nullptr) const;
 
  private:
-  const uint32_t head_dim_;
-  std::vector<std::unique_ptr<faiss::IndexFlatIP>> indexes_;  // one per stream
+  struct Stream;
+  std::vector<ScoredBlock> ExactScan(const Stream& s, const std::vector<float>& probes,
+                                     int group_size, const RouteOptions& options) const;
+
+  const Geometry geometry_;
+  const RouterOptions options_;
+  std::vector<std::unique_ptr<Stream>> streams_;
 };
 
 }  // namespace msa

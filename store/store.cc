@@ -17,6 +17,7 @@
 #include "attention/sparse_attention_cpu.h"
 #include "io/aligned_buffer.h"
 #include "store/codec.h"
+#include "store/summary.h"
 
 namespace msa {
 
@@ -143,6 +144,7 @@ Status Store::Load() {
       router_.Add(stream, summaries);
     }
   }
+  RefreshRouterIndexes();
   spdlog::info("opened {}: {} documents, {} tokens per stream, router rebuilt in {:.1f} ms",
                path_, committed_.documents, committed_.tokens, MsSince(t0));
   staged_ = committed_;
@@ -182,6 +184,7 @@ Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV
                                    " tokens is more than any array can hold");
   }
   const uint64_t n_blocks = (kv.tokens + bt - 1) / bt;
+  const uint64_t width = g.summary_width();
   const uint64_t first_block = staged_.blocks_per_stream;
   const uint64_t doc_id = staged_.next_doc_id;
 
@@ -236,15 +239,12 @@ Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV
         loc.first_position = t0;
         loc.codec = g.codec;
         locations[stream].push_back(loc);
-        // Summary: the mean key, taken from the keys as stored (fp16).
+        // Summary, from the keys as stored (fp16).
         attention::HalfToFloatArray(k16.data(), kf.data(), count);
         auto& s = summaries[stream];
         const size_t base = s.size();
-        s.resize(base + d, 0.0f);
-        for (uint32_t t = 0; t < tokens; ++t) {
-          for (uint64_t c = 0; c < d; ++c) s[base + c] += kf[t * d + c];
-        }
-        for (uint64_t c = 0; c < d; ++c) s[base + c] /= static_cast<float>(tokens);
+        s.resize(base + width);
+        Summarize(g, kf.data(), tokens, s.data() + base);
       }
     }
   }
@@ -256,7 +256,7 @@ Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV
       BlockId id = base;
       id.block = first_block + j;
       batch_->PutBlock(id, locations[stream][j],
-                       std::span<const float>(summaries[stream].data() + j * d, d));
+                       std::span<const float>(summaries[stream].data() + j * width, width));
     }
     auto& sl = staged_locations_[stream];
     sl.insert(sl.end(), locations[stream].begin(), locations[stream].end());
@@ -323,7 +323,22 @@ Status Store::Commit() {
   dirty_segments_.clear();
   retired_writers_.clear();
   staged_names_.clear();
+  RefreshRouterIndexes();
   return Status::OK();
+}
+
+void Store::RefreshRouterIndexes() {
+  for (uint32_t stream = 0; stream < geometry_.streams(); ++stream) {
+    try {
+      const auto t0 = Clock::now();
+      if (!router_.RefreshIndex(stream, state_mu_)) continue;  // slow; queries go on meanwhile
+      spdlog::info("router: stream {} ({} blocks) indexed with IVF in {:.0f} ms", stream,
+                   router_.blocks(stream), MsSince(t0));
+    } catch (const std::exception& e) {
+      spdlog::warn("router: building the IVF index of stream {} failed ({}); scanning it exactly",
+                   stream, e.what());
+    }
+  }
 }
 
 Result<int> Store::SegmentFd(uint32_t segment) const {
@@ -415,7 +430,12 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
   auto t0 = Clock::now();
   std::vector<std::vector<uint64_t>> chosen(static_cast<size_t>(n) * g.kv_heads);
   const bool all = options.exact || uint64_t{options.top_k} + 2 >= blocks;
-  const int top_k = static_cast<int>(std::min<uint64_t>(options.top_k, blocks));
+  RouteOptions route;
+  route.top_k = static_cast<uint32_t>(std::min<uint64_t>(options.top_k, blocks));
+  route.combine = options.combine;
+  route.exact_scan = options.exact_routing;
+  route.nprobe = options.nprobe;
+  route.candidates = options.candidates;
   for (uint32_t i = 0; i < n; ++i) {
     for (uint32_t kv = 0; kv < g.kv_heads; ++kv) {
       auto& sel = chosen[static_cast<size_t>(i) * g.kv_heads + kv];
@@ -426,10 +446,12 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
         continue;
       }
       const float* qg = q + (static_cast<size_t>(i) * q_heads + static_cast<size_t>(kv) * group) * d;
+      RouteStats rs;
       for (const ScoredBlock& s :
-           router_.Search(g.StreamOf(layer, kv), qg, static_cast<int>(group), top_k)) {
+           router_.Search(g.StreamOf(layer, kv), qg, static_cast<int>(group), route, &rs)) {
         sel.push_back(s.block);
       }
+      st.routed_fraction += rs.scanned_fraction / (static_cast<double>(n) * g.kv_heads);
       sel.push_back(0);           // sink
       sel.push_back(blocks - 1);  // most recent
       std::sort(sel.begin(), sel.end());
@@ -545,6 +567,7 @@ StoreStats Store::Stats() const {
     }
   }
   s.reader = reader_->name();
+  for (uint32_t stream = 0; stream < geometry_.streams(); ++stream) s.ivf_streams += router_.has_ivf(stream);
   return s;
 }
 

@@ -60,6 +60,10 @@ struct StoreOptions {
 struct AttendOptions {
   uint32_t top_k = 16;  // routed blocks per (query row, KV head), besides sink and recent
   bool exact = false;   // attend over every block of the layer (dense)
+  GqaCombine combine = GqaCombine::kMax;  // how a GQA group's head scores make a block's score
+  bool exact_routing = false;  // score every summary, even where the stream has an IVF index
+  uint32_t nprobe = 0;         // IVF lists probed per head (0: default)
+  uint32_t candidates = 0;     // IVF candidates per head before exact rescoring (0: 4 * top_k)
 };
 
 // Where one Attend call spent its time, in milliseconds, and what it read.
@@ -67,6 +71,7 @@ struct AttendStats {
   double route_ms = 0, fetch_ms = 0, decode_ms = 0, attend_ms = 0, total_ms = 0;
   uint64_t blocks_read = 0;  // distinct (KV head, block) records read
   uint64_t bytes_read = 0;   // bytes requested from the disk (4096-padded)
+  double routed_fraction = 0;  // mean share of index vectors scored per routed (row, KV head)
 };
 
 struct StoreStats {
@@ -78,6 +83,7 @@ struct StoreStats {
   uint64_t raw_bytes = 0;            // the same K/V as plain fp16
   uint64_t segment_bytes = 0;        // segment files on disk (4096-padded)
   std::string reader;                // "io_uring" or "pread"
+  uint32_t ivf_streams = 0;          // streams routed through an IVF index (the rest: exact scan)
 };
 
 class Store {
@@ -128,6 +134,9 @@ class Store {
   Store(std::string path, std::unique_ptr<Catalog> catalog, const StoreOptions& options);
   Status Load();
   Status OpenWriter(uint32_t segment, uint64_t committed_length);
+  // Trains IVF indexes for streams that are due (Router::RefreshIndex); a
+  // failure only logs (the stream keeps its exact scan).
+  void RefreshRouterIndexes();
   Result<int> SegmentFd(uint32_t segment) const;
   // Reads and decodes blocks: ids[j] into keys/values at slot j
   // ([slot, block_tokens, head_dim]), len[j] its token count.

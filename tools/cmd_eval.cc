@@ -73,6 +73,9 @@ void AddEvalOptions(CLI::App* app, EvalOptions& o) {
   app->add_option("--layer", o.layer)->capture_default_str();
   app->add_option("--top-k", o.top_k)->capture_default_str();
   app->add_option("--repeats", o.repeats, "latency samples per query")->capture_default_str();
+  app->add_option("--combine", o.combine, "GQA combine of head scores: max or sum")->capture_default_str();
+  app->add_option("--nprobe", o.nprobe, "IVF lists probed (0: default)")->capture_default_str();
+  app->add_option("--candidates", o.candidates, "IVF candidates per head (0: 4 x top-k)")->capture_default_str();
   app->add_flag("--json", o.json, "JSON output");
 }
 
@@ -123,8 +126,18 @@ int RunEval(const EvalOptions& o) {
 
   AttendOptions sparse_opts;
   sparse_opts.top_k = o.top_k;
+  sparse_opts.nprobe = o.nprobe;
+  sparse_opts.candidates = o.candidates;
+  if (o.combine == "sum") {
+    sparse_opts.combine = GqaCombine::kSum;
+  } else if (o.combine != "max") {
+    return Fail(Status::InvalidArgument("--combine must be max or sum, not '" + o.combine + "'"));
+  }
+  AttendOptions scan_opts = sparse_opts;  // the same, scoring every summary
+  scan_opts.exact_routing = true;
   AttendOptions exact_opts;
   exact_opts.exact = true;
+  std::vector<double> oracle_mass, token_oracle_mass, router_recall, routed_fraction;
   std::vector<double> mass, err, brecall, sparse_ms, exact_ms, memory_dense_ms, route_ms, fetch_ms,
       decode_ms, attend_ms;
   uint64_t needle_total = 0, needle_hits = 0, blocks_selected = 0;
@@ -137,10 +150,24 @@ int RunEval(const EvalOptions& o) {
       Status s = store.Attend(o.layer, q, 1, qh, sparse_opts, out.data(), lse.data(), &st, &selected);
       if (!s.ok()) return Fail(s);
       sparse_ms.push_back(st.total_ms);
+      routed_fraction.push_back(st.routed_fraction);
       route_ms.push_back(st.route_ms);
       fetch_ms.push_back(st.fetch_ms);
       decode_ms.push_back(st.decode_ms);
       attend_ms.push_back(st.attend_ms);
+    }
+    // Router recall: the routed blocks against exact scoring of every summary.
+    {
+      std::vector<std::vector<uint64_t>> scanned;
+      std::vector<float> scan_out(qh * d);
+      Status s = store.Attend(o.layer, q, 1, qh, scan_opts, scan_out.data(), nullptr, nullptr, &scanned);
+      if (!s.ok()) return Fail(s);
+      for (uint32_t kv = 0; kv < g.kv_heads; ++kv) {
+        const std::set<uint64_t> truth(scanned[kv].begin(), scanned[kv].end());
+        size_t hit = 0;
+        for (uint64_t b : selected[kv]) hit += truth.count(b);
+        router_recall.push_back(truth.empty() ? 1.0 : static_cast<double>(hit) / truth.size());
+      }
     }
     std::vector<float> exact_out(qh * d);
     {
@@ -176,8 +203,21 @@ int RunEval(const EvalOptions& o) {
       std::partial_sort(order.begin(), order.begin() + k, order.end(),
                         [&](uint64_t a, uint64_t b) { return block_mass[a] > block_mass[b]; });
       size_t hit = 0;
-      for (size_t j = 0; j < k; ++j) hit += sel.count(order[j]);
+      double oracle = 0;
+      for (size_t j = 0; j < k; ++j) {
+        hit += sel.count(order[j]);
+        oracle += block_mass[order[j]];
+      }
       brecall.push_back(k ? static_cast<double>(hit) / k : 1.0);
+      oracle_mass.push_back(oracle);  // the exact block oracle at the same budget
+      // The token-level oracle: the same number of tokens, the heaviest ones.
+      std::vector<double> sorted_w(w);
+      const size_t budget = std::min(sorted_w.size(), k * bt);
+      std::nth_element(sorted_w.begin(), sorted_w.begin() + static_cast<ptrdiff_t>(budget) - (budget > 0),
+                       sorted_w.end(), std::greater<double>());
+      double token_oracle = 0;
+      for (size_t j = 0; j < budget; ++j) token_oracle += sorted_w[j];
+      token_oracle_mass.push_back(token_oracle);
     }
     memory_dense_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t_dense).count());
     for (uint32_t kv = 0; kv < g.kv_heads; ++kv) blocks_selected += selected[kv].size();
@@ -207,6 +247,13 @@ int RunEval(const EvalOptions& o) {
       {"mass_recall", {{"mean", Mean(mass)}, {"p5", Percentile(mass, 5)}, {"p1", Percentile(mass, 1)}}},
       {"output_error", {{"mean", Mean(err)}, {"p95", Percentile(err, 95)}, {"p99", Percentile(err, 99)}}},
       {"block_recall", Mean(brecall)},
+      {"oracle_block_mass_recall", {{"mean", Mean(oracle_mass)}, {"p5", Percentile(oracle_mass, 5)}, {"p1", Percentile(oracle_mass, 1)}}},
+      {"oracle_token_mass_recall", {{"mean", Mean(token_oracle_mass)}, {"p5", Percentile(token_oracle_mass, 5)}}},
+      {"router_recall", Mean(router_recall)},
+      {"routed_fraction", Mean(routed_fraction)},
+      {"summary", SummaryName(g.summary)},
+      {"combine", o.combine},
+      {"ivf_streams", stats.ivf_streams},
       {"needles", needle_total},
       {"needle_hit_rate", needle_total ? static_cast<double>(needle_hits) / needle_total : 0.0},
       {"latency_ms",
@@ -228,6 +275,14 @@ int RunEval(const EvalOptions& o) {
   std::printf("  mass recall     mean %.4f  p5 %.4f  p1 %.4f\n", Mean(mass), Percentile(mass, 5), Percentile(mass, 1));
   std::printf("  output error    mean %.4f  p95 %.4f  p99 %.4f\n", Mean(err), Percentile(err, 95), Percentile(err, 99));
   std::printf("  block recall@k  %.4f\n", Mean(brecall));
+  std::printf("  oracle (best blocks, same budget) mass recall  mean %.4f  p5 %.4f  p1 %.4f\n",
+              Mean(oracle_mass), Percentile(oracle_mass, 5), Percentile(oracle_mass, 1));
+  std::printf("  oracle (best tokens, same budget) mass recall  mean %.4f  p5 %.4f\n",
+              Mean(token_oracle_mass), Percentile(token_oracle_mass, 5));
+  std::printf("router (summary %s, GQA %s, %u of %u streams on IVF): recall vs exact scan %.4f, "
+              "%.2f%% of summaries scored\n",
+              SummaryName(g.summary), o.combine.c_str(), stats.ivf_streams, g.streams(),
+              Mean(router_recall), 100.0 * Mean(routed_fraction));
   std::printf("  needle hits     %llu / %llu\n", (unsigned long long)needle_hits, (unsigned long long)needle_total);
   std::printf("latency per query row, all %u heads (ms):       p50      p99\n", qh);
   std::printf("  msa sparse (route+fetch+decode+attend)  %8.3f %8.3f\n", Percentile(sparse_ms, 50), Percentile(sparse_ms, 99));

@@ -19,6 +19,9 @@ struct SynthOptions {
   uint32_t queries = 16;       // query rows, each with one needle per KV head
   uint32_t needle_span = 16;   // consecutive needle tokens
   float needle_strength = 10;  // needle logit (scaled score) above the noise
+  uint32_t outlier_channels = 0;  // key channels scaled by outlier_scale (every token)
+  float outlier_scale = 8;
+  float key_shift = 0;  // every key gets key_shift * w, w a fixed random unit vector
   uint64_t seed = 42;
 };
 void AddSynthOptions(CLI::App* app, SynthOptions& o);
@@ -29,6 +32,8 @@ struct EvalOptions {
   uint32_t layer = 0;
   uint32_t top_k = 16;
   uint32_t repeats = 5;  // latency samples per query
+  std::string combine = "max";  // GQA combine of head scores: max or sum
+  uint32_t nprobe = 0, candidates = 0;
   bool json = false;
 };
 void AddEvalOptions(CLI::App* app, EvalOptions& o);

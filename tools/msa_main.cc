@@ -146,6 +146,8 @@ int RunStats(const std::string& path, bool json) {
                         {"head_dim", s.geometry.head_dim},
                         {"block_tokens", s.geometry.block_tokens},
                         {"codec", CodecName(s.geometry.codec)},
+                        {"summary", SummaryName(s.geometry.summary)},
+                        {"ivf_streams", s.ivf_streams},
                         {"documents", s.documents},
                         {"tokens", s.tokens},
                         {"blocks_per_stream", s.blocks_per_stream},
@@ -190,6 +192,13 @@ int main(int argc, char** argv) {
   create->add_option("--head-dim", g.head_dim, "channels per head")->required();
   create->add_option("--block-tokens", g.block_tokens, "tokens per block")->capture_default_str();
   create->add_option("--codec", codec, "block codec (f16)")->capture_default_str();
+  std::string summary = msa::SummaryName(g.summary);
+  create->add_option("--summary", summary,
+                     "block summary the router scores: mean (mean key), bound (Quest's "
+                     "per-channel min/max) or centroids (k-means)")
+      ->capture_default_str();
+  create->add_option("--centroids", g.summary_centroids, "centroids per block (--summary centroids)")
+      ->capture_default_str();
 
   std::string doc, keys, values;
   auto* ingest = app.add_subcommand("ingest", "Append one document's K/V; exit 0 means durable");
@@ -244,6 +253,9 @@ int main(int argc, char** argv) {
     auto c = msa::ParseCodec(codec);
     if (!c.ok()) return Fail(c.status());
     g.codec = *c;
+    auto sk = msa::ParseSummary(summary);
+    if (!sk.ok()) return Fail(sk.status());
+    g.summary = *sk;
     return RunCreate(store, g);
   }
   if (*ingest) return RunIngest(store, doc, keys, values);

@@ -5,7 +5,10 @@
 // and a span of needle_span consecutive keys somewhere in the corpus (a
 // uniformly random depth) is set to u * a + noise, with a chosen so that the
 // needle's scaled score exceeds the background's by needle_strength. The
-// needles are planted in layer 0 only; needles.json records where.
+// needles are planted in layer 0 only; needles.json records where. Options
+// add the distortions of real keys: outlier channels (scaled in every key,
+// needles included, as real outlier channels are) and a common key offset
+// that queries do not share (the query/key shift).
 //
 // Output (DIR): doc_<i>_keys.npy / doc_<i>_values.npy
 // [layers, kv_heads, tokens_i, head_dim] float16, queries.npy
@@ -36,6 +39,12 @@ void AddSynthOptions(CLI::App* app, SynthOptions& o) {
   app->add_option("--queries", o.queries, "query rows (one needle per row and KV head)")->capture_default_str();
   app->add_option("--needle-span", o.needle_span, "tokens per needle")->capture_default_str();
   app->add_option("--needle-strength", o.needle_strength, "needle's scaled score")->capture_default_str();
+  app->add_option("--outlier-channels", o.outlier_channels, "key channels with large magnitude")
+      ->capture_default_str();
+  app->add_option("--outlier-scale", o.outlier_scale, "their scale")->capture_default_str();
+  app->add_option("--key-shift", o.key_shift,
+                  "norm of a common offset added to every key (the query/key shift)")
+      ->capture_default_str();
   app->add_option("--seed", o.seed)->capture_default_str();
 }
 
@@ -78,6 +87,19 @@ int RunSynth(const SynthOptions& o) {
                          {"position", positions[i * o.kv_heads + g]}, {"span", o.needle_span}});
     }
   }
+  // The key distribution's distortions: a shift w common to all keys (which
+  // queries do not share) and outlier channels.
+  std::vector<float> shift(d, 0.0f);
+  if (o.key_shift != 0) {
+    float norm = 0;
+    for (auto& x : shift) {
+      x = normal(rng);
+      norm += x * x;
+    }
+    for (auto& x : shift) x *= o.key_shift / std::sqrt(norm);
+  }
+  std::vector<float> channel_scale(d, 1.0f);
+  for (uint32_t c = 0; c < std::min(o.outlier_channels, d); ++c) channel_scale[(c * 7919u) % d] = o.outlier_scale;
   // Documents, generated one at a time.
   uint64_t start = 0;
   for (uint32_t doc = 0; doc < o.docs; ++doc) {
@@ -92,6 +114,11 @@ int RunSynth(const SynthOptions& o) {
         if (p < start || p >= start + t) continue;
         float* key = &k[((static_cast<size_t>(g)) * t + (p - start)) * d];  // layer 0
         for (uint32_t c = 0; c < d; ++c) key[c] = a * dirs[j][c] + 0.1f * normal(rng);
+      }
+    }
+    if (o.key_shift != 0 || o.outlier_channels != 0) {
+      for (size_t row = 0; row < n / d; ++row) {
+        for (uint32_t c = 0; c < d; ++c) k[row * d + c] = k[row * d + c] * channel_scale[c] + shift[c];
       }
     }
     std::vector<uint16_t> k16(n), v16(n);

@@ -1,0 +1,207 @@
+// Block summaries and the router: each summary's score means what
+// store/summary.h says, the exact scan is the exact top k, the IVF index
+// finds what the exact scan finds, and a store keeps its summary kind.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <limits>
+#include <mutex>
+#include <set>
+#include <shared_mutex>
+
+#include "store/router.h"
+#include "store/store.h"
+#include "store/summary.h"
+#include "test_util.h"
+
+namespace msa {
+namespace {
+
+Geometry OneStream(SummaryKind kind, uint32_t d = 32) {
+  Geometry g;
+  g.layers = 1;
+  g.kv_heads = 1;
+  g.head_dim = d;
+  g.block_tokens = 16;
+  g.summary = kind;
+  return g;
+}
+
+float Dot(const float* a, const float* b, uint32_t n) {
+  float s = 0;
+  for (uint32_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+TEST(Summary, BoundIsAnUpperBoundOfEveryKeyAndExactForOneToken) {
+  const Geometry g = OneStream(SummaryKind::kBound);
+  const uint32_t d = g.head_dim;
+  for (uint32_t tokens : {1u, 5u, 16u}) {
+    auto keys = msa::testing::RandomVector(tokens * d, tokens);
+    std::vector<float> summary(g.summary_width()), probe(IndexVectorDim(g));
+    Summarize(g, keys.data(), tokens, summary.data());
+    for (uint64_t seed = 0; seed < 20; ++seed) {
+      auto q = msa::testing::RandomVector(d, 100 + seed);
+      MakeProbe(g, q.data(), probe.data());
+      const float bound = ScoreSummary(g, probe.data(), summary.data());
+      float best = -std::numeric_limits<float>::infinity();
+      for (uint32_t t = 0; t < tokens; ++t) best = std::max(best, Dot(q.data(), &keys[t * d], d));
+      EXPECT_GE(bound, best - 1e-4f);
+      if (tokens == 1) EXPECT_NEAR(bound, best, 1e-4f);
+    }
+  }
+}
+
+TEST(Summary, MeanAndCentroidsScoreAsDocumented) {
+  const uint32_t d = 32, tokens = 12;
+  auto keys = msa::testing::RandomVector(tokens * d, 7);
+  auto q = msa::testing::RandomVector(d, 8);
+  {
+    const Geometry g = OneStream(SummaryKind::kMean, d);
+    std::vector<float> summary(g.summary_width()), probe(d);
+    Summarize(g, keys.data(), tokens, summary.data());
+    MakeProbe(g, q.data(), probe.data());
+    float mean_dot = 0;
+    for (uint32_t t = 0; t < tokens; ++t) mean_dot += Dot(q.data(), &keys[t * d], d) / tokens;
+    EXPECT_NEAR(ScoreSummary(g, probe.data(), summary.data()), mean_dot, 1e-4f);
+  }
+  {
+    // Keys drawn from 4 tight, well separated clusters: 4 centroids find
+    // them, so the score is the best cluster's, close to the best key's.
+    Geometry g = OneStream(SummaryKind::kCentroids, d);
+    g.summary_centroids = 4;
+    auto centers = msa::testing::RandomVector(4 * d, 9, 10.0f);
+    std::vector<float> clustered(tokens * d);
+    auto noise = msa::testing::RandomVector(tokens * d, 10, 0.01f);
+    for (uint32_t t = 0; t < tokens; ++t)
+      for (uint32_t c = 0; c < d; ++c) clustered[t * d + c] = centers[(t % 4) * d + c] + noise[t * d + c];
+    std::vector<float> summary(g.summary_width()), probe(d);
+    Summarize(g, clustered.data(), tokens, summary.data());
+    MakeProbe(g, q.data(), probe.data());
+    float best = -std::numeric_limits<float>::infinity();
+    for (uint32_t t = 0; t < tokens; ++t) best = std::max(best, Dot(q.data(), &clustered[t * d], d));
+    EXPECT_NEAR(ScoreSummary(g, probe.data(), summary.data()), best, 0.05f * std::abs(best) + 0.1f);
+  }
+}
+
+// Brute force: the top k blocks by the combined score of the group's heads.
+std::vector<uint64_t> BruteForce(const Geometry& g, const std::vector<float>& summaries,
+                                 uint64_t blocks, const std::vector<float>& queries, int group,
+                                 GqaCombine combine, size_t k) {
+  std::vector<std::pair<float, uint64_t>> scored;
+  std::vector<float> probe(IndexVectorDim(g));
+  for (uint64_t b = 0; b < blocks; ++b) {
+    float acc = combine == GqaCombine::kMax ? -std::numeric_limits<float>::infinity() : 0.0f;
+    for (int h = 0; h < group; ++h) {
+      MakeProbe(g, &queries[h * g.head_dim], probe.data());
+      const float s = ScoreSummary(g, probe.data(), &summaries[b * g.summary_width()]);
+      acc = combine == GqaCombine::kMax ? std::max(acc, s) : acc + s;
+    }
+    scored.push_back({-acc, b});
+  }
+  std::sort(scored.begin(), scored.end());
+  std::vector<uint64_t> top;
+  for (size_t i = 0; i < k; ++i) top.push_back(scored[i].second);
+  std::sort(top.begin(), top.end());
+  return top;
+}
+
+std::vector<uint64_t> Blocks(const std::vector<ScoredBlock>& v) {
+  std::vector<uint64_t> out;
+  for (const auto& s : v) out.push_back(s.block);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+TEST(Router, ExactScanIsTheExactTopKForEverySummaryAndCombine) {
+  for (SummaryKind kind : {SummaryKind::kMean, SummaryKind::kBound, SummaryKind::kCentroids}) {
+    const Geometry g = OneStream(kind);
+    const uint64_t blocks = 300;
+    auto summaries = msa::testing::RandomVector(blocks * g.summary_width(), 1);
+    Router router(g);
+    router.Add(0, summaries);
+    const int group = 3;
+    auto queries = msa::testing::RandomVector(group * g.head_dim, 2);
+    for (GqaCombine combine : {GqaCombine::kMax, GqaCombine::kSum}) {
+      RouteOptions opts;
+      opts.top_k = 10;
+      opts.combine = combine;
+      EXPECT_EQ(Blocks(router.Search(0, queries.data(), group, opts)),
+                BruteForce(g, summaries, blocks, queries, group, combine, 10))
+          << SummaryName(kind) << (combine == GqaCombine::kMax ? " max" : " sum");
+    }
+  }
+}
+
+TEST(Router, IvfFindsWhatTheExactScanFinds) {
+  for (SummaryKind kind : {SummaryKind::kMean, SummaryKind::kBound}) {
+    const Geometry g = OneStream(kind);
+    RouterOptions ro;
+    ro.ivf_min_vectors = 4000;
+    Router router(g, ro);
+    std::shared_mutex mu;
+    const uint64_t blocks = 6000;
+    // Clustered summaries, as real keys are: an IVF over uniform noise is a
+    // worst case no one meets.
+    auto centers = msa::testing::RandomVector(50 * g.summary_width(), 3, 3.0f);
+    auto noise = msa::testing::RandomVector(blocks * g.summary_width(), 4);
+    std::vector<float> summaries(blocks * g.summary_width());
+    for (uint64_t b = 0; b < blocks; ++b)
+      for (uint32_t c = 0; c < g.summary_width(); ++c)
+        summaries[b * g.summary_width() + c] = centers[(b % 50) * g.summary_width() + c] + noise[b * g.summary_width() + c];
+    router.Add(0, std::span<const float>(summaries.data(), 3000 * g.summary_width()));
+    EXPECT_FALSE(router.RefreshIndex(0, mu));  // below the threshold: exact scan
+    router.Add(0, std::span<const float>(summaries.data() + 3000 * g.summary_width(), 3000 * g.summary_width()));
+    ASSERT_TRUE(router.RefreshIndex(0, mu));
+    ASSERT_TRUE(router.has_ivf(0));
+    double hits = 0, total = 0;
+    for (uint64_t seed = 0; seed < 20; ++seed) {
+      auto q = msa::testing::RandomVector(2 * g.head_dim, 50 + seed);
+      RouteOptions opts;
+      opts.top_k = 16;
+      RouteStats stats;
+      const auto ivf = Blocks(router.Search(0, q.data(), 2, opts, &stats));
+      EXPECT_TRUE(stats.used_ivf);
+      EXPECT_LT(stats.scanned_fraction, 0.5);
+      opts.exact_scan = true;
+      const auto exact = Blocks(router.Search(0, q.data(), 2, opts));
+      std::set<uint64_t> truth(exact.begin(), exact.end());
+      for (uint64_t b : ivf) hits += truth.count(b);
+      total += exact.size();
+      // Every list probed: the IVF's candidates, rescored exactly, are the exact answer.
+      opts.exact_scan = false;
+      opts.nprobe = 1u << 20;
+      EXPECT_EQ(Blocks(router.Search(0, q.data(), 2, opts)), exact) << SummaryName(kind);
+    }
+    EXPECT_GE(hits / total, 0.9) << SummaryName(kind);
+  }
+}
+
+TEST(Router, StoreKeepsItsSummaryKindAcrossReopen) {
+  msa::testing::TempDir dir;
+  Geometry g = OneStream(SummaryKind::kBound, 16);
+  g.block_tokens = 8;
+  const uint64_t tokens = 80;
+  auto keys = msa::testing::RandomVector(tokens * g.head_dim, 5);
+  auto values = msa::testing::RandomVector(tokens * g.head_dim, 6);
+  auto q = msa::testing::RandomVector(g.head_dim, 7);
+  std::vector<std::vector<uint64_t>> before, after;
+  std::vector<float> out(g.head_dim);
+  AttendOptions opts;
+  opts.top_k = 3;
+  {
+    auto s = Store::Create(dir.Sub("store"), g);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    ASSERT_TRUE((*s)->AppendDocument("d", DocumentKV{keys.data(), values.data(), tokens}).ok());
+    ASSERT_TRUE((*s)->Commit().ok());
+    ASSERT_TRUE((*s)->Attend(0, q.data(), 1, 1, opts, out.data(), nullptr, nullptr, &before).ok());
+  }
+  auto s = Store::Open(dir.Sub("store"));
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ((*s)->geometry().summary, SummaryKind::kBound);
+  ASSERT_TRUE((*s)->Attend(0, q.data(), 1, 1, opts, out.data(), nullptr, nullptr, &after).ok());
+  EXPECT_EQ(before, after);
+}
+
+}  // namespace
+}  // namespace msa
