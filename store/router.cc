@@ -3,7 +3,6 @@
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexIVF.h>
 #include <faiss/IndexScalarQuantizer.h>
-#include <faiss/utils/distances.h>
 
 #include <algorithm>
 #include <cmath>
@@ -12,6 +11,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "store/dot_kernel.h"
 #include "store/summary.h"
 
 namespace msa {
@@ -112,19 +112,24 @@ std::vector<ScoredBlock> Router::ExactScan(const Stream& s, const std::vector<fl
                                            int group_size, const RouteOptions& options) const {
   const size_t dim = IndexVectorDim(geometry_);
   const size_t per_block = IndexVectorsPerBlock(geometry_);
-  const size_t vectors = s.blocks * per_block;
-  std::vector<float> dots(vectors);
+  // In chunks that stay in L1/L2: all heads' dots of a chunk, then their combine.
+  constexpr size_t kChunkBlocks = 256;
+  std::vector<float> dots(kChunkBlocks * per_block * static_cast<size_t>(group_size));
   std::vector<ScoredBlock> scored(s.blocks);
-  for (uint64_t b = 0; b < s.blocks; ++b) {
-    scored[b] = {b, options.combine == GqaCombine::kMax ? -std::numeric_limits<float>::infinity() : 0.0f};
-  }
-  for (int h = 0; h < group_size; ++h) {
-    faiss::fvec_inner_products_ny(dots.data(), probes.data() + h * dim, s.summaries.data(), dim,
-                                  vectors);
-    for (uint64_t b = 0; b < s.blocks; ++b) {
-      float best = dots[b * per_block];
-      for (size_t j = 1; j < per_block; ++j) best = std::max(best, dots[b * per_block + j]);
-      scored[b].score = Combine(options.combine, scored[b].score, best);
+  for (uint64_t b0 = 0; b0 < s.blocks; b0 += kChunkBlocks) {
+    const uint64_t nb = std::min<uint64_t>(kChunkBlocks, s.blocks - b0);
+    InnerProductsMany(probes.data(), group_size, s.summaries.data() + b0 * per_block * dim,
+                      nb * per_block, dim, dots.data());
+    for (uint64_t b = 0; b < nb; ++b) {
+      float acc = options.combine == GqaCombine::kMax ? -std::numeric_limits<float>::infinity() : 0.0f;
+      for (int h = 0; h < group_size; ++h) {
+        float best = -std::numeric_limits<float>::infinity();
+        for (size_t j = 0; j < per_block; ++j) {
+          best = std::max(best, dots[(b * per_block + j) * group_size + h]);
+        }
+        acc = Combine(options.combine, acc, best);
+      }
+      scored[b0 + b] = {b0 + b, acc};
     }
   }
   KeepTop(&scored, options.top_k);

@@ -32,6 +32,7 @@ struct EvalOptions {
   uint32_t layer = 0;
   uint32_t top_k = 16;
   uint32_t repeats = 5;  // latency samples per query
+  uint32_t exact_samples = 8;  // query rows timed in the store's exact (read everything) mode
   std::string combine = "max";  // GQA combine of head scores: max or sum
   uint32_t nprobe = 0, candidates = 0;
   bool json = false;
