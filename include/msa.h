@@ -31,7 +31,7 @@ extern "C" {
 #endif
 
 #define MSA_VERSION_MAJOR 0
-#define MSA_VERSION_MINOR 1
+#define MSA_VERSION_MINOR 2
 #define MSA_VERSION_PATCH 0
 /* (major << 16) | (minor << 8) | patch: compare with msa_version(). */
 #define MSA_VERSION ((MSA_VERSION_MAJOR << 16) | (MSA_VERSION_MINOR << 8) | MSA_VERSION_PATCH)
@@ -115,11 +115,20 @@ msa_status_t msa_append_document(msa_store_t* store, const char* name, const voi
 /* Makes every staged document durable (synced to disk) and visible. */
 msa_status_t msa_commit(msa_store_t* store);
 
+/* A GQA group's query heads share their KV head's blocks; a block's score
+ * for the group is the max or the sum of its heads' scores. */
+typedef enum msa_gqa_combine_t { MSA_GQA_MAX = 0, MSA_GQA_SUM = 1 } msa_gqa_combine_t;
+
 /* Options of one attend call. Fill with msa_attend_default_params(). */
 typedef struct msa_attend_params_t {
   uint32_t top_k; /* routed blocks per KV head, besides the first (sink) and
                      last (recent) block, always included; default 16 */
   int exact;      /* != 0: attend over every block of the layer (dense) */
+  msa_gqa_combine_t gqa_combine; /* how a GQA group's head scores combine; default MAX */
+  uint32_t nprobe;     /* IVF lists probed per head, for streams large enough to have an
+                          IVF index; 0: the default */
+  uint32_t candidates; /* IVF candidates per head, rescored exactly; 0: 4 * top_k */
+  int exact_routing;   /* != 0: score every block summary (no IVF) */
 } msa_attend_params_t;
 
 msa_attend_params_t msa_attend_default_params(void);

@@ -149,6 +149,10 @@ msa_attend_params_t msa_attend_default_params(void) {
   msa_attend_params_t p;
   p.top_k = msa::AttendOptions{}.top_k;
   p.exact = 0;
+  p.gqa_combine = MSA_GQA_MAX;
+  p.nprobe = 0;
+  p.candidates = 0;
+  p.exact_routing = 0;
   return p;
 }
 
@@ -163,6 +167,12 @@ msa_status_t msa_attend(const msa_store_t* store, uint32_t layer, const float* q
     msa::AttendOptions options;
     options.top_k = p.top_k;
     options.exact = p.exact != 0;
+    MSA_REQUIRE(p.gqa_combine == MSA_GQA_MAX || p.gqa_combine == MSA_GQA_SUM,
+                "msa_attend: params->gqa_combine must be MSA_GQA_MAX or MSA_GQA_SUM");
+    options.combine = p.gqa_combine == MSA_GQA_SUM ? msa::GqaCombine::kSum : msa::GqaCombine::kMax;
+    options.nprobe = p.nprobe;
+    options.candidates = p.candidates;
+    options.exact_routing = p.exact_routing != 0;
     return store->store->Attend(layer, q, n, q_heads, options, out, lse);
   });
 }

@@ -23,7 +23,7 @@ int main(int argc, char** argv) {
   if (system(cmd) != 0) return 1;
   CHECK(msa_version() >> 16 == MSA_VERSION_MAJOR);
 
-  msa_geometry_t g = {1, 2, 8, 4, MSA_CODEC_F16};
+  msa_geometry_t g = {1, 2, 8, 4, MSA_CODEC_F16, MSA_SUMMARY_BOUND, 0};
   msa_store_t* store = NULL;
   CHECK(msa_store_create(path, &g, &store) == MSA_OK);
   enum { T = 10, D = 8, KV = 2, QH = 4 };
@@ -44,6 +44,9 @@ int main(int argc, char** argv) {
   msa_stats_t stats;
   CHECK(msa_store_stats(store, &stats) == MSA_OK);
   CHECK(stats.documents == 1 && stats.tokens == T && stats.blocks_per_stream == 3);
+  msa_geometry_t stored;
+  CHECK(msa_store_geometry(store, &stored) == MSA_OK);
+  CHECK(stored.summary == MSA_SUMMARY_BOUND && stored.summary_centroids == 4);
 
   float q[QH * D], out[QH * D], lse[QH];
   for (int i = 0; i < QH * D; ++i) q[i] = (float)(i % 5) / 5.0f;
@@ -59,6 +62,13 @@ int main(int argc, char** argv) {
   CHECK(strstr(msa_last_error(), "layer 5") != NULL);
   CHECK(msa_attend(store, 0, q, 1, 3, &params, out, lse) == MSA_INVALID_ARGUMENT);
   CHECK(msa_attend(NULL, 0, q, 1, QH, &params, out, lse) == MSA_INVALID_ARGUMENT);
+  params.exact = 0;
+  params.top_k = 1;
+  params.gqa_combine = MSA_GQA_SUM;
+  CHECK(msa_attend(store, 0, q, 1, QH, &params, out, lse) == MSA_OK);
+  params.gqa_combine = (msa_gqa_combine_t)7;
+  CHECK(msa_attend(store, 0, q, 1, QH, &params, out, lse) == MSA_INVALID_ARGUMENT);
+  CHECK(strstr(msa_last_error(), "gqa_combine") != NULL);
   CHECK(msa_append_document(store, "x", keys, values, T, MSA_FLOAT32, NULL) == MSA_INVALID_ARGUMENT);
   msa_store_close(store);
   CHECK(msa_store_open("/nonexistent/msa", 0, &store) == MSA_NOT_FOUND);
