@@ -260,6 +260,24 @@ Result<uint64_t> Catalog::ReadSegmentLength(uint32_t segment) const {
   return len;
 }
 
+Result<std::optional<RouterIndexRecord>> Catalog::ReadRouterIndex(uint32_t stream) const {
+  std::string key = "R";
+  AppendBe32(&key, stream);
+  std::string v;
+  const rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), key, &v);
+  if (s.IsNotFound()) return std::optional<RouterIndexRecord>();
+  MSA_RETURN_IF_ERROR(FromRocks(s, "read router index record"));
+  Reader r(v);
+  RouterIndexRecord rec;
+  rec.generation = r.Next<uint64_t>();
+  rec.blocks = r.Next<uint64_t>();
+  rec.trained_vectors = r.Next<uint64_t>();
+  rec.file_bytes = r.Next<uint64_t>();
+  rec.checksum = r.Next<uint64_t>();
+  if (!r.ok()) return Status::Corruption("router index record of stream " + std::to_string(stream) + " is truncated");
+  return std::optional<RouterIndexRecord>(rec);
+}
+
 Result<std::optional<uint64_t>> Catalog::FindDocument(const std::string& name) const {
   std::string v;
   const rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), "N" + name, &v);
@@ -335,6 +353,18 @@ void Catalog::Batch::PutSegmentLength(uint32_t segment, uint64_t length) {
   std::string v;
   AppendLe64(&v, length);
   batch_->Put(SegmentKey(segment), v);
+}
+
+void Catalog::Batch::PutRouterIndex(uint32_t stream, const RouterIndexRecord& rec) {
+  std::string key = "R";
+  AppendBe32(&key, stream);
+  std::string v;
+  AppendLe64(&v, rec.generation);
+  AppendLe64(&v, rec.blocks);
+  AppendLe64(&v, rec.trained_vectors);
+  AppendLe64(&v, rec.file_bytes);
+  AppendLe64(&v, rec.checksum);
+  batch_->Put(key, v);
 }
 
 void Catalog::Batch::PutCounters(const CatalogCounters& counters) {

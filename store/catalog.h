@@ -14,6 +14,7 @@
 //   'B' layer:be32 kv_head:be32 block:be64 -> BlockLocation
 //   'S' layer:be32 kv_head:be32 block:be64 -> summary, Geometry::summary_width() float32
 //   'L' segment:be32                      -> committed length:le64
+//   'R' stream:be32                       -> RouterIndexRecord (a saved IVF index)
 // Big-endian numbers keep RocksDB's byte order equal to numeric order, so
 // one stream's blocks are one contiguous, ordered key range.
 //
@@ -70,6 +71,18 @@ struct CatalogCounters {
   uint64_t documents = 0;          // live documents
 };
 
+// A router index file saved for one stream (STORE/router/): which file,
+// how many blocks it covers, and its size and checksum to detect damage.
+// An accelerator only: if the file is missing or damaged it is rebuilt from
+// the summaries.
+struct RouterIndexRecord {
+  uint64_t generation = 0;       // file name: <stream>.<generation>.ivf
+  uint64_t blocks = 0;           // blocks [0, blocks) of the stream are in it
+  uint64_t trained_vectors = 0;  // vectors its IVF was trained on
+  uint64_t file_bytes = 0;
+  uint64_t checksum = 0;         // XXH3-64 of the file
+};
+
 class Catalog {
  public:
   // Creates a new catalog in `dir` (which must not hold one).
@@ -82,6 +95,7 @@ class Catalog {
   Result<CatalogCounters> ReadCounters() const;
   Result<uint64_t> ReadSegmentLength(uint32_t segment) const;  // 0 when never committed
   Result<std::optional<uint64_t>> FindDocument(const std::string& name) const;
+  Result<std::optional<RouterIndexRecord>> ReadRouterIndex(uint32_t stream) const;
   Result<std::vector<DocumentRecord>> ListDocuments() const;
 
   // Visits every block of one stream in block order.
@@ -100,6 +114,7 @@ class Catalog {
     void PutDocument(const DocumentRecord& doc);
     void PutSegmentLength(uint32_t segment, uint64_t length);
     void PutCounters(const CatalogCounters& counters);
+    void PutRouterIndex(uint32_t stream, const RouterIndexRecord& record);
     size_t count() const;
 
    private:

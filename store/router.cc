@@ -3,6 +3,8 @@
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexIVF.h>
 #include <faiss/IndexScalarQuantizer.h>
+#include <faiss/impl/io.h>
+#include <faiss/index_io.h>
 
 #include <algorithm>
 #include <cmath>
@@ -106,6 +108,52 @@ bool Router::RefreshIndex(uint32_t stream, std::shared_mutex& publish_mu) {
   s.trained_vectors = vectors;
   s.ivf = std::move(ivf);
   return true;
+}
+
+Result<std::vector<uint8_t>> Router::SerializeIndex(uint32_t stream) const {
+  const Stream& s = *streams_[stream];
+  if (!s.ivf) return Status::NotFound("stream " + std::to_string(stream) + " has no IVF index");
+  faiss::VectorIOWriter writer;
+  faiss::write_index(s.ivf.get(), &writer);
+  return std::move(writer.data);
+}
+
+uint64_t Router::trained_vectors(uint32_t stream) const { return streams_[stream]->trained_vectors; }
+
+Status Router::LoadIndex(uint32_t stream, const std::vector<uint8_t>& bytes, uint64_t covered,
+                         uint64_t trained_vectors) {
+  Stream& s = *streams_[stream];
+  const uint64_t per_block = IndexVectorsPerBlock(geometry_);
+  if (covered > s.blocks) {
+    return Status::Corruption("covers " + std::to_string(covered) + " blocks but the stream has " +
+                              std::to_string(s.blocks));
+  }
+  std::unique_ptr<faiss::IndexIVF> ivf;
+  try {
+    faiss::VectorIOReader reader;
+    reader.data = bytes;
+    std::unique_ptr<faiss::Index> index(faiss::read_index(&reader));
+    ivf.reset(dynamic_cast<faiss::IndexIVF*>(index.get()));
+    if (!ivf) return Status::Corruption("not an IVF index");
+    index.release();
+  } catch (const std::exception& e) {
+    return Status::Corruption(std::string("unreadable index: ") + e.what());
+  }
+  if (ivf->d != static_cast<int>(IndexVectorDim(geometry_)) ||
+      ivf->ntotal != static_cast<faiss::Index::idx_t>(covered * per_block) ||
+      ivf->metric_type != faiss::METRIC_INNER_PRODUCT) {
+    return Status::Corruption("index holds " + std::to_string(ivf->ntotal) + " vectors of dimension " +
+                              std::to_string(ivf->d) + "; expected " + std::to_string(covered * per_block) +
+                              " of dimension " + std::to_string(IndexVectorDim(geometry_)));
+  }
+  const uint64_t missing = s.blocks - covered;
+  if (missing > 0) {
+    ivf->add(static_cast<faiss::Index::idx_t>(missing * per_block),
+             s.summaries.data() + covered * geometry_.summary_width());
+  }
+  s.ivf = std::move(ivf);
+  s.trained_vectors = trained_vectors;
+  return Status::OK();
 }
 
 std::vector<ScoredBlock> Router::ExactScan(const Stream& s, const std::vector<float>& probes,

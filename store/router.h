@@ -29,6 +29,7 @@
 #include <span>
 #include <vector>
 
+#include "msa/status.h"
 #include "store/geometry.h"
 
 namespace faiss {
@@ -83,6 +84,17 @@ class Router {
   // must be the only one to Add. Returns whether an index was installed;
   // throws what FAISS throws.
   bool RefreshIndex(uint32_t stream, std::shared_mutex& publish_mu);
+
+  // Persistence of the IVF (the exact summaries come from the catalog).
+  // SerializeIndex: the stream's IVF as bytes, NotFound when it has none;
+  // reads only, so the writer may run it while queries go on.
+  Result<std::vector<uint8_t>> SerializeIndex(uint32_t stream) const;
+  uint64_t trained_vectors(uint32_t stream) const;
+  // Installs an IVF read back from SerializeIndex's bytes that covers the
+  // first `covered` blocks, and adds the blocks after them (catch-up).
+  // Exclusive. Fails, changing nothing, on bytes that are not such an index.
+  Status LoadIndex(uint32_t stream, const std::vector<uint8_t>& bytes, uint64_t covered,
+                   uint64_t trained_vectors);
 
   // queries[h * head_dim + c] for the group_size query heads of one GQA
   // group. Returns up to top_k blocks of `stream`, best group score first.

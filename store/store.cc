@@ -16,6 +16,7 @@
 #include "attention/half.h"
 #include "attention/sparse_attention_cpu.h"
 #include "io/aligned_buffer.h"
+#include "io/atomic_file.h"
 #include "store/codec.h"
 #include "store/summary.h"
 
@@ -57,9 +58,10 @@ Store::Store(std::string path, std::unique_ptr<Catalog> catalog, const StoreOpti
       options_(options),
       reader_(io::MakeBlockReader({options.queue_depth, options.allow_io_uring})),
       directory_(geometry_.streams()),
-      router_(geometry_),
+      router_(geometry_, options.router),
       staged_locations_(geometry_.streams()),
-      staged_summaries_(geometry_.streams()) {}
+      staged_summaries_(geometry_.streams()),
+      saved_indexes_(geometry_.streams()) {}
 
 Store::~Store() {
   for (auto& [segment, fd] : read_fds_) ::close(fd);
@@ -144,6 +146,7 @@ Status Store::Load() {
       router_.Add(stream, summaries);
     }
   }
+  LoadRouterIndexes();
   RefreshRouterIndexes();
   spdlog::info("opened {}: {} documents, {} tokens per stream, router rebuilt in {:.1f} ms",
                path_, committed_.documents, committed_.tokens, MsSince(t0));
@@ -329,15 +332,89 @@ Status Store::Commit() {
 
 void Store::RefreshRouterIndexes() {
   for (uint32_t stream = 0; stream < geometry_.streams(); ++stream) {
+    bool trained = false;
     try {
       const auto t0 = Clock::now();
-      if (!router_.RefreshIndex(stream, state_mu_)) continue;  // slow; queries go on meanwhile
-      spdlog::info("router: stream {} ({} blocks) indexed with IVF in {:.0f} ms", stream,
-                   router_.blocks(stream), MsSince(t0));
+      trained = router_.RefreshIndex(stream, state_mu_);  // slow; queries go on meanwhile
+      if (trained) {
+        spdlog::info("router: stream {} ({} blocks) indexed with IVF in {:.0f} ms", stream,
+                     router_.blocks(stream), MsSince(t0));
+      }
     } catch (const std::exception& e) {
       spdlog::warn("router: building the IVF index of stream {} failed ({}); scanning it exactly",
                    stream, e.what());
     }
+    if (options_.read_only || !router_.has_ivf(stream)) continue;
+    const RouterIndexRecord& saved = saved_indexes_[stream];
+    const bool grown = router_.blocks(stream) >= saved.blocks + std::max<uint64_t>(1, saved.blocks / 8);
+    if (trained || saved.generation == 0 || grown) {
+      Status st = SaveRouterIndex(stream);
+      if (!st.ok()) spdlog::warn("router: saving the index of stream {} failed: {}", stream, st.ToString());
+    }
+  }
+}
+
+std::string Store::RouterIndexPath(uint32_t stream, uint64_t generation) const {
+  return path_ + "/router/" + std::to_string(stream) + "." + std::to_string(generation) + ".ivf";
+}
+
+Status Store::SaveRouterIndex(uint32_t stream) {
+  MSA_ASSIGN_OR_RETURN(const std::vector<uint8_t> bytes, router_.SerializeIndex(stream));
+  RouterIndexRecord rec;
+  rec.generation = saved_indexes_[stream].generation + 1;
+  rec.blocks = router_.blocks(stream);
+  rec.trained_vectors = router_.trained_vectors(stream);
+  rec.file_bytes = bytes.size();
+  rec.checksum = Checksum(bytes.data(), bytes.size());
+  MSA_RETURN_IF_ERROR(MakeDirectory(path_ + "/router"));
+  MSA_RETURN_IF_ERROR(io::WriteFileAtomically(RouterIndexPath(stream, rec.generation), bytes.data(), bytes.size()));
+  Catalog::Batch batch;
+  batch.PutRouterIndex(stream, rec);
+  MSA_RETURN_IF_ERROR(catalog_->Commit(batch));
+  if (saved_indexes_[stream].generation != 0) {
+    ::unlink(RouterIndexPath(stream, saved_indexes_[stream].generation).c_str());  // superseded
+  }
+  saved_indexes_[stream] = rec;
+  return Status::OK();
+}
+
+void Store::LoadRouterIndexes() {
+  for (uint32_t stream = 0; stream < geometry_.streams(); ++stream) {
+    auto rec = catalog_->ReadRouterIndex(stream);
+    if (!rec.ok()) {
+      spdlog::warn("router: {}; rebuilding the index of stream {}", rec.status().ToString(), stream);
+      continue;
+    }
+    if (!rec->has_value()) continue;
+    const RouterIndexRecord& r = **rec;
+    const std::string file = RouterIndexPath(stream, r.generation);
+    Status st = [&]() -> Status {
+      MSA_ASSIGN_OR_RETURN(const std::vector<uint8_t> bytes, io::ReadWholeFile(file));
+      if (bytes.size() != r.file_bytes || Checksum(bytes.data(), bytes.size()) != r.checksum) {
+        return Status::Corruption("size or checksum does not match the catalog");
+      }
+      return router_.LoadIndex(stream, bytes, r.blocks, r.trained_vectors);
+    }();
+    // Remembered even when unusable: the rebuilt index is saved under the
+    // next generation, and this file is removed then.
+    saved_indexes_[stream] = r;
+    if (!st.ok()) {
+      spdlog::warn("router: index file {} is unusable ({}); rebuilding it from the catalog", file,
+                   st.ToString());
+    }
+  }
+  if (options_.read_only) return;
+  // Files no record names: left by a crash between writing and recording.
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(path_ + "/router", ec)) {
+    const std::string name = entry.path().filename().string();
+    bool referenced = false;
+    for (uint32_t stream = 0; stream < geometry_.streams(); ++stream) {
+      referenced = referenced || (saved_indexes_[stream].generation != 0 &&
+                                  RouterIndexPath(stream, saved_indexes_[stream].generation) ==
+                                      path_ + "/router/" + name);
+    }
+    if (!referenced) std::filesystem::remove(entry.path(), ec);
   }
 }
 

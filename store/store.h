@@ -3,6 +3,8 @@
 // Layout of a store directory:
 //   STORE/catalog/          RocksDB: the store of record (store/catalog.h)
 //   STORE/segments/N.seg    append-only block records (io/segment_file.h)
+//   STORE/router/S.G.ivf    saved router index of stream S, generation G
+//                           (an accelerator: rebuilt from the catalog if lost)
 //
 // Commit protocol (ARCHITECTURE.md): AppendDocument encodes a document's
 // blocks and appends their records to the active segment; nothing of it is
@@ -55,6 +57,7 @@ struct StoreOptions {
   unsigned queue_depth = 256;       // io_uring entries
   bool allow_io_uring = true;       // false forces the pread fallback
   uint64_t segment_bytes = 1ull << 30;  // roll over to a new segment file past this size
+  RouterOptions router;                 // when streams get an IVF index
 };
 
 struct AttendOptions {
@@ -137,6 +140,12 @@ class Store {
   // Trains IVF indexes for streams that are due (Router::RefreshIndex); a
   // failure only logs (the stream keeps its exact scan).
   void RefreshRouterIndexes();
+  // Router index files (STORE/router/): loaded on open where present and
+  // intact (else rebuilt, with a warning), saved after a training and
+  // whenever a stream's index has grown by an eighth since it was saved.
+  void LoadRouterIndexes();
+  Status SaveRouterIndex(uint32_t stream);
+  std::string RouterIndexPath(uint32_t stream, uint64_t generation) const;
   Result<int> SegmentFd(uint32_t segment) const;
   // Reads and decodes blocks: ids[j] into keys/values at slot j
   // ([slot, block_tokens, head_dim]), len[j] its token count.
@@ -173,6 +182,7 @@ class Store {
   std::vector<std::vector<float>> staged_summaries_;          // [stream] new summaries
   std::map<std::string, uint64_t> staged_names_;
   Status write_error_;  // set by a failed commit: refuse writes until reopen
+  std::vector<RouterIndexRecord> saved_indexes_;  // [stream]; generation 0: none saved
 };
 
 }  // namespace msa

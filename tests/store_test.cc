@@ -371,7 +371,9 @@ TEST(Cli, IngestQueryAndBadInputs) {
   ASSERT_TRUE(formats::WriteNpyFloat32(dir.Sub("q8.npy"), {1, 4, 8}, q.data()).ok());
   EXPECT_EQ(RunCli("query " + store + " --layer 0 --queries " + dir.Sub("q8.npy") + " --out " + dir.Sub("o.npy"), &err), 3);
   // The store was left as it was: one document, still queryable.
-  auto s = Store::Open(store, StoreOptions{.read_only = true});
+  StoreOptions read_only;
+  read_only.read_only = true;
+  auto s = Store::Open(store, read_only);
   ASSERT_TRUE(s.ok());
   EXPECT_EQ((*s)->Stats().documents, 2u);
   EXPECT_EQ((*s)->Stats().tokens, 40u);
@@ -398,7 +400,10 @@ TEST(Store, PreadFallbackGivesTheSameResult) {
   opts.top_k = 2;
   std::vector<float> out_uring(q.size()), out_pread(q.size());
   auto a = Store::Open(dir.Sub("store"));
-  auto b = Store::Open(dir.Sub("store"), StoreOptions{.read_only = true, .allow_io_uring = false});
+  StoreOptions pread_only;
+  pread_only.read_only = true;
+  pread_only.allow_io_uring = false;
+  auto b = Store::Open(dir.Sub("store"), pread_only);
   ASSERT_TRUE(a.ok() && b.ok());
   EXPECT_EQ((*b)->Stats().reader, "pread");
   ASSERT_TRUE((*a)->Attend(0, q.data(), 1, 4, opts, out_uring.data(), nullptr).ok());
