@@ -208,7 +208,12 @@ std::vector<ScoredBlock> Router::Search(uint32_t stream, const float* queries, i
       std::min<uint64_t>(per_head * per_block, static_cast<uint64_t>(ivf.ntotal)));
   std::vector<float> distances(static_cast<size_t>(group_size * kc));
   std::vector<faiss::Index::idx_t> labels(static_cast<size_t>(group_size * kc));
-  ivf.search(group_size, probes.data(), kc, distances.data(), labels.data(), &params);
+  // One head at a time: FAISS then stays on this thread (a parallel region
+  // per call costs milliseconds when the cores are busy, and concurrent
+  // queries are the caller's parallelism).
+  for (int h = 0; h < group_size; ++h) {
+    ivf.search(1, probes.data() + h * dim, kc, distances.data() + h * kc, labels.data() + h * kc, &params);
+  }
   std::unordered_set<uint64_t> seen;
   std::vector<ScoredBlock> scored;
   const size_t width = geometry_.summary_width();

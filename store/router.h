@@ -59,7 +59,12 @@ struct RouteStats {
 };
 
 struct RouterOptions {
-  uint64_t ivf_min_vectors = 1u << 15;  // below this a stream is scanned exactly
+  // Below this many index vectors a stream is scanned exactly. High by
+  // default: on the router benchmark (BENCHMARKS.md) the IVF needed to scan
+  // ~60% of the lists for 0.95 recall of the exact top k (queries are not
+  // distributed like keys), and Debian's generic FAISS scans its 8-bit codes
+  // ~10x slower per vector than the exact AVX-512 scan of float summaries.
+  uint64_t ivf_min_vectors = 1u << 21;
 };
 
 class Router {

@@ -10,12 +10,13 @@ cd "$(dirname "$0")/.."
 work=${1:-bench-out/router}
 tokens=${2:-1048576}
 top_k=${3:-64}
-msa=build/msa
 strength=${STRENGTH:-16}
 combine=${COMBINE:-max}
 summaries=${SUMMARIES:-mean bound centroids}
 suites=${SUITES:-needle1 needle4 needle16 shift16 outlier16}
 rm -rf "$work"; mkdir -p "$work"
+cp build/msa "$work/msa"  # a rebuild during the run must not change the binary
+msa="$work/msa"
 suite_args() {
   case $1 in
     needle1)   echo "--needle-span 1" ;;

@@ -17,6 +17,8 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <cstdlib>
+#include <functional>
 #include <set>
 
 #include "store/store.h"
@@ -76,7 +78,13 @@ void AddEvalOptions(CLI::App* app, EvalOptions& o) {
   app->add_option("--exact-samples", o.exact_samples, "query rows timed in the store's exact mode")
       ->capture_default_str();
   app->add_option("--combine", o.combine, "GQA combine of head scores: max or sum")->capture_default_str();
-  app->add_option("--nprobe", o.nprobe, "IVF lists probed (0: default)")->capture_default_str();
+  app->add_option("--nprobe", o.nprobe,
+                  "IVF lists probed, or a comma-separated list of settings to compare: numbers, "
+                  "'default', 'scan' (exact scoring of every summary)")
+      ->capture_default_str();
+  app->add_option("--ivf-min-vectors", o.ivf_min_vectors,
+                  "streams with this many index vectors get an IVF index at open (0: the store's default)")
+      ->capture_default_str();
   app->add_option("--candidates", o.candidates, "IVF candidates per head (0: 4 x top-k)")->capture_default_str();
   app->add_flag("--json", o.json, "JSON output");
 }
@@ -85,6 +93,7 @@ int RunEval(const EvalOptions& o) {
   using Clock = std::chrono::steady_clock;
   StoreOptions so;
   so.read_only = true;
+  if (o.ivf_min_vectors) so.router.ivf_min_vectors = o.ivf_min_vectors;
   const auto t_open = Clock::now();
   auto opened = Store::Open(o.store, so);
   if (!opened.ok()) return Fail(opened.status());
@@ -126,175 +135,232 @@ int RunEval(const EvalOptions& o) {
     if (needles.is_discarded()) return Fail(Status::InvalidArgument("needles " + o.needles + ": not JSON"));
   }
 
-  AttendOptions sparse_opts;
-  sparse_opts.top_k = o.top_k;
-  sparse_opts.nprobe = o.nprobe;
-  sparse_opts.candidates = o.candidates;
+  // Routing settings to compare on the same queries and the same dense
+  // reference: --nprobe takes a list ("default", numbers, "scan").
+  AttendOptions base;
+  base.top_k = o.top_k;
+  base.candidates = o.candidates;
   if (o.combine == "sum") {
-    sparse_opts.combine = GqaCombine::kSum;
+    base.combine = GqaCombine::kSum;
   } else if (o.combine != "max") {
     return Fail(Status::InvalidArgument("--combine must be max or sum, not '" + o.combine + "'"));
   }
-  AttendOptions scan_opts = sparse_opts;  // the same, scoring every summary
+  struct Setting {
+    std::string name;
+    AttendOptions opts;
+    std::vector<double> mass, err, brecall, oracle_mass, router_recall, routed_fraction, sparse_ms,
+        route_ms, fetch_ms, decode_ms, attend_ms;
+    uint64_t needle_hits = 0, blocks_selected = 0;
+  };
+  std::vector<Setting> settings;
+  {
+    std::string list = o.nprobe.empty() ? "default" : o.nprobe;
+    size_t at = 0;
+    while (at <= list.size()) {
+      const size_t comma = std::min(list.find(',', at), list.size());
+      const std::string item = list.substr(at, comma - at);
+      Setting st;
+      st.opts = base;
+      if (item == "scan") {
+        st.opts.exact_routing = true;
+        st.name = "exact scan";
+      } else if (item == "default") {
+        st.name = "nprobe default";
+      } else {
+        char* end = nullptr;
+        const unsigned long v = std::strtoul(item.c_str(), &end, 10);
+        if (item.empty() || *end != '\0' || v == 0) {
+          return Fail(Status::InvalidArgument("--nprobe: '" + item + "' is not default, scan or a positive number"));
+        }
+        st.opts.nprobe = static_cast<uint32_t>(v);
+        st.name = "nprobe " + item;
+      }
+      settings.push_back(std::move(st));
+      at = comma + 1;
+    }
+  }
+  AttendOptions scan_opts = base;  // the router's truth: every summary scored
   scan_opts.exact_routing = true;
   AttendOptions exact_opts;
   exact_opts.exact = true;
-  std::vector<double> oracle_mass, token_oracle_mass, router_recall, routed_fraction;
-  std::vector<double> mass, err, brecall, sparse_ms, exact_ms, memory_dense_ms, route_ms, fetch_ms,
-      decode_ms, attend_ms;
-  uint64_t needle_total = 0, needle_hits = 0, blocks_selected = 0;
+  std::vector<double> token_oracle_mass, exact_ms, memory_dense_ms;
+  uint64_t needle_total = 0;
   std::vector<float> out(qh * d), lse(qh);
+  const size_t token_budget = std::min<size_t>(block_of.size(), (static_cast<size_t>(o.top_k) + 2) * bt);
   for (uint32_t i = 0; i < n; ++i) {
     const float* q = qv->data() + static_cast<size_t>(i) * qh * d;
-    std::vector<std::vector<uint64_t>> selected;
-    AttendStats st;
-    for (uint32_t r = 0; r < std::max(1u, o.repeats); ++r) {
-      Status s = store.Attend(o.layer, q, 1, qh, sparse_opts, out.data(), lse.data(), &st, &selected);
-      if (!s.ok()) return Fail(s);
-      sparse_ms.push_back(st.total_ms);
-      routed_fraction.push_back(st.routed_fraction);
-      route_ms.push_back(st.route_ms);
-      fetch_ms.push_back(st.fetch_ms);
-      decode_ms.push_back(st.decode_ms);
-      attend_ms.push_back(st.attend_ms);
+    // The dense reference per head: output, mass per block, token oracle.
+    const auto t_dense = Clock::now();
+    std::vector<std::vector<double>> dense(qh), block_mass(qh);
+    for (uint32_t h = 0; h < qh; ++h) {
+      const uint32_t kv = h / group;
+      std::vector<double> w;
+      dense[h] = Dense(q + h * d, keys[kv], values[kv], d, &w);
+      block_mass[h].assign(stats.blocks_per_stream, 0.0);
+      for (size_t t = 0; t < w.size(); ++t) block_mass[h][block_of[t]] += w[t];
+      std::nth_element(w.begin(), w.begin() + static_cast<ptrdiff_t>(token_budget) - (token_budget > 0), w.end(),
+                       std::greater<double>());
+      double token_oracle = 0;
+      for (size_t j = 0; j < token_budget; ++j) token_oracle += w[j];
+      token_oracle_mass.push_back(token_oracle);
     }
-    // Router recall: the routed blocks against exact scoring of every summary.
+    memory_dense_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t_dense).count());
+    std::vector<std::vector<uint64_t>> scanned;
     {
-      std::vector<std::vector<uint64_t>> scanned;
       std::vector<float> scan_out(qh * d);
       Status s = store.Attend(o.layer, q, 1, qh, scan_opts, scan_out.data(), nullptr, nullptr, &scanned);
       if (!s.ok()) return Fail(s);
-      for (uint32_t kv = 0; kv < g.kv_heads; ++kv) {
-        const std::set<uint64_t> truth(scanned[kv].begin(), scanned[kv].end());
-        size_t hit = 0;
-        for (uint64_t b : selected[kv]) hit += truth.count(b);
-        router_recall.push_back(truth.empty() ? 1.0 : static_cast<double>(hit) / truth.size());
-      }
     }
-    std::vector<float> exact_out(qh * d);
     if (i < o.exact_samples) {  // reads every block: slow, so timed on a few rows only
+      std::vector<float> exact_out(qh * d);
       AttendStats est;
       Status s = store.Attend(o.layer, q, 1, qh, exact_opts, exact_out.data(), nullptr, &est);
       if (!s.ok()) return Fail(s);
       exact_ms.push_back(est.total_ms);
     }
-    const auto t_dense = Clock::now();
-    for (uint32_t h = 0; h < qh; ++h) {
-      const uint32_t kv = h / group;
-      std::vector<double> w;
-      const std::vector<double> dense = Dense(q + h * d, keys[kv], values[kv], d, &w);
-      const std::set<uint64_t> sel(selected[kv].begin(), selected[kv].end());
-      // Mass per block, and mass recall of the selection.
-      std::vector<double> block_mass(stats.blocks_per_stream, 0.0);
-      double m = 0;
-      for (size_t t = 0; t < w.size(); ++t) {
-        block_mass[block_of[t]] += w[t];
-        if (sel.count(block_of[t])) m += w[t];
+    for (Setting& set : settings) {
+      std::vector<std::vector<uint64_t>> selected;
+      AttendStats st;
+      for (uint32_t r = 0; r < std::max(1u, o.repeats); ++r) {
+        Status s = store.Attend(o.layer, q, 1, qh, set.opts, out.data(), lse.data(), &st, &selected);
+        if (!s.ok()) return Fail(s);
+        set.sparse_ms.push_back(st.total_ms);
+        set.route_ms.push_back(st.route_ms);
+        set.fetch_ms.push_back(st.fetch_ms);
+        set.decode_ms.push_back(st.decode_ms);
+        set.attend_ms.push_back(st.attend_ms);
       }
-      mass.push_back(m);
-      double num = 0, den = 0;
-      for (size_t c = 0; c < d; ++c) {
-        const double diff = out[h * d + c] - dense[c];
-        num += diff * diff;
-        den += dense[c] * dense[c];
+      set.routed_fraction.push_back(st.routed_fraction);
+      for (uint32_t kv = 0; kv < g.kv_heads; ++kv) {
+        const std::set<uint64_t> truth(scanned[kv].begin(), scanned[kv].end());
+        size_t hit = 0;
+        for (uint64_t b : selected[kv]) hit += truth.count(b);
+        set.router_recall.push_back(truth.empty() ? 1.0 : static_cast<double>(hit) / truth.size());
+        set.blocks_selected += selected[kv].size();
       }
-      err.push_back(std::sqrt(num / std::max(den, 1e-300)));
-      std::vector<uint64_t> order(block_mass.size());
-      for (size_t b = 0; b < order.size(); ++b) order[b] = b;
-      const size_t k = std::min(sel.size(), order.size());
-      std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                        [&](uint64_t a, uint64_t b) { return block_mass[a] > block_mass[b]; });
-      size_t hit = 0;
-      double oracle = 0;
-      for (size_t j = 0; j < k; ++j) {
-        hit += sel.count(order[j]);
-        oracle += block_mass[order[j]];
+      for (uint32_t h = 0; h < qh; ++h) {
+        const uint32_t kv = h / group;
+        const std::set<uint64_t> sel(selected[kv].begin(), selected[kv].end());
+        double m = 0;
+        for (uint64_t b : sel) m += block_mass[h][b];
+        set.mass.push_back(m);
+        double num = 0, den = 0;
+        for (size_t c = 0; c < d; ++c) {
+          const double diff = out[h * d + c] - dense[h][c];
+          num += diff * diff;
+          den += dense[h][c] * dense[h][c];
+        }
+        set.err.push_back(std::sqrt(num / std::max(den, 1e-300)));
+        // Block recall@k and the block oracle: the |sel| blocks of most mass.
+        std::vector<uint64_t> order(block_mass[h].size());
+        for (size_t b = 0; b < order.size(); ++b) order[b] = b;
+        const size_t k = std::min(sel.size(), order.size());
+        std::partial_sort(order.begin(), order.begin() + static_cast<ptrdiff_t>(k), order.end(),
+                          [&](uint64_t a, uint64_t b) { return block_mass[h][a] > block_mass[h][b]; });
+        size_t hit = 0;
+        double oracle = 0;
+        for (size_t j = 0; j < k; ++j) {
+          hit += sel.count(order[j]);
+          oracle += block_mass[h][order[j]];
+        }
+        set.brecall.push_back(k ? static_cast<double>(hit) / k : 1.0);
+        set.oracle_mass.push_back(oracle);
       }
-      brecall.push_back(k ? static_cast<double>(hit) / k : 1.0);
-      oracle_mass.push_back(oracle);  // the exact block oracle at the same budget
-      // The token-level oracle: the same number of tokens, the heaviest ones.
-      std::vector<double> sorted_w(w);
-      const size_t budget = std::min(sorted_w.size(), k * bt);
-      std::nth_element(sorted_w.begin(), sorted_w.begin() + static_cast<ptrdiff_t>(budget) - (budget > 0),
-                       sorted_w.end(), std::greater<double>());
-      double token_oracle = 0;
-      for (size_t j = 0; j < budget; ++j) token_oracle += sorted_w[j];
-      token_oracle_mass.push_back(token_oracle);
-    }
-    memory_dense_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t_dense).count());
-    for (uint32_t kv = 0; kv < g.kv_heads; ++kv) blocks_selected += selected[kv].size();
-    for (const auto& nd : needles) {
-      if (nd.value("query", -1) != static_cast<int>(i) || nd.value("layer", 0) != static_cast<int>(o.layer)) continue;
-      const uint32_t kv = nd.value("kv_head", 0u);
-      const uint64_t p0 = nd.value("position", uint64_t{0}), span = nd.value("span", uint64_t{1});
-      if (kv >= g.kv_heads || p0 + span > block_of.size()) continue;
-      const std::set<uint64_t> sel(selected[kv].begin(), selected[kv].end());
-      bool all_in = true;
-      for (uint64_t p = p0; p < p0 + span; ++p) all_in = all_in && sel.count(block_of[p]);
-      needle_total++;
-      needle_hits += all_in;
+      for (const auto& nd : needles) {
+        if (nd.value("query", -1) != static_cast<int>(i) || nd.value("layer", 0) != static_cast<int>(o.layer)) continue;
+        const uint32_t kv = nd.value("kv_head", 0u);
+        const uint64_t p0 = nd.value("position", uint64_t{0}), span = nd.value("span", uint64_t{1});
+        if (kv >= g.kv_heads || p0 + span > block_of.size()) continue;
+        const std::set<uint64_t> sel(selected[kv].begin(), selected[kv].end());
+        bool all_in = true;
+        for (uint64_t p = p0; p < p0 + span; ++p) all_in = all_in && sel.count(block_of[p]);
+        if (&set == &settings.front()) needle_total++;
+        set.needle_hits += all_in;
+      }
     }
   }
-  const double avg_blocks = static_cast<double>(blocks_selected) / (n * g.kv_heads);
-  nlohmann::json j = {
-      {"store", o.store},
-      {"tokens", stats.tokens},
-      {"blocks_per_stream", stats.blocks_per_stream},
-      {"queries", n},
-      {"q_heads", qh},
-      {"top_k", o.top_k},
-      {"avg_blocks_selected", avg_blocks},
-      {"fraction_of_tokens", avg_blocks * bt / std::max<double>(1, stats.tokens)},
-      {"open_ms", open_ms},
-      {"mass_recall", {{"mean", Mean(mass)}, {"p5", Percentile(mass, 5)}, {"p1", Percentile(mass, 1)}}},
-      {"output_error", {{"mean", Mean(err)}, {"p95", Percentile(err, 95)}, {"p99", Percentile(err, 99)}}},
-      {"block_recall", Mean(brecall)},
-      {"oracle_block_mass_recall", {{"mean", Mean(oracle_mass)}, {"p5", Percentile(oracle_mass, 5)}, {"p1", Percentile(oracle_mass, 1)}}},
-      {"oracle_token_mass_recall", {{"mean", Mean(token_oracle_mass)}, {"p5", Percentile(token_oracle_mass, 5)}}},
-      {"router_recall", Mean(router_recall)},
-      {"routed_fraction", Mean(routed_fraction)},
-      {"summary", SummaryName(g.summary)},
-      {"combine", o.combine},
-      {"ivf_streams", stats.ivf_streams},
-      {"needles", needle_total},
-      {"needle_hit_rate", needle_total ? static_cast<double>(needle_hits) / needle_total : 0.0},
-      {"latency_ms",
-       {{"sparse_p50", Percentile(sparse_ms, 50)}, {"sparse_p99", Percentile(sparse_ms, 99)},
-        {"exact_store_p50", Percentile(exact_ms, 50)}, {"exact_store_p99", Percentile(exact_ms, 99)},
-        {"dense_in_memory_f64_p50", Percentile(memory_dense_ms, 50)},
-        {"sparse_route_p50", Percentile(route_ms, 50)}, {"sparse_fetch_p50", Percentile(fetch_ms, 50)},
-        {"sparse_decode_p50", Percentile(decode_ms, 50)}, {"sparse_attend_p50", Percentile(attend_ms, 50)}}},
-      {"reader", stats.reader}};
+  auto report = [&](const Setting& set) {
+    const double avg_blocks = static_cast<double>(set.blocks_selected) / (n * g.kv_heads);
+    return nlohmann::json{
+        {"setting", set.name},
+        {"avg_blocks_selected", avg_blocks},
+        {"fraction_of_tokens", avg_blocks * bt / std::max<double>(1, stats.tokens)},
+        {"mass_recall", {{"mean", Mean(set.mass)}, {"p5", Percentile(set.mass, 5)}, {"p1", Percentile(set.mass, 1)}}},
+        {"output_error", {{"mean", Mean(set.err)}, {"p95", Percentile(set.err, 95)}, {"p99", Percentile(set.err, 99)}}},
+        {"block_recall", Mean(set.brecall)},
+        {"oracle_block_mass_recall",
+         {{"mean", Mean(set.oracle_mass)}, {"p5", Percentile(set.oracle_mass, 5)}, {"p1", Percentile(set.oracle_mass, 1)}}},
+        {"router_recall", Mean(set.router_recall)},
+        {"routed_fraction", Mean(set.routed_fraction)},
+        {"needles", needle_total},
+        {"needle_hit_rate", needle_total ? static_cast<double>(set.needle_hits) / needle_total : 0.0},
+        {"latency_ms",
+         {{"sparse_p50", Percentile(set.sparse_ms, 50)}, {"sparse_p99", Percentile(set.sparse_ms, 99)},
+          {"exact_store_p50", Percentile(exact_ms, 50)}, {"exact_store_p99", Percentile(exact_ms, 99)},
+          {"dense_in_memory_f64_p50", Percentile(memory_dense_ms, 50)},
+          {"sparse_route_p50", Percentile(set.route_ms, 50)}, {"sparse_route_p99", Percentile(set.route_ms, 99)},
+          {"sparse_fetch_p50", Percentile(set.fetch_ms, 50)}, {"sparse_decode_p50", Percentile(set.decode_ms, 50)},
+          {"sparse_attend_p50", Percentile(set.attend_ms, 50)}}}};
+  };
+  // The first setting's figures at the top level; all of them under "settings".
+  nlohmann::json j = report(settings.front());
+  j.update({{"store", o.store},
+            {"tokens", stats.tokens},
+            {"blocks_per_stream", stats.blocks_per_stream},
+            {"queries", n},
+            {"q_heads", qh},
+            {"top_k", o.top_k},
+            {"open_ms", open_ms},
+            {"oracle_token_mass_recall",
+             {{"mean", Mean(token_oracle_mass)}, {"p5", Percentile(token_oracle_mass, 5)}}},
+            {"summary", SummaryName(g.summary)},
+            {"combine", o.combine},
+            {"ivf_streams", stats.ivf_streams},
+            {"reader", stats.reader}});
+  j["settings"] = nlohmann::json::array();
+  for (const Setting& set : settings) j["settings"].push_back(report(set));
   if (o.json) {
     std::printf("%s\n", j.dump(2).c_str());
     return kExitOk;
   }
+  const Setting& f = settings.front();
+  const double avg_blocks = static_cast<double>(f.blocks_selected) / (n * g.kv_heads);
   std::printf("store %s: %llu tokens per stream, %llu blocks; %u queries x %u heads, top-k %u "
               "(+ sink + recent) = %.1f blocks per KV head (%.2f%% of tokens)\n",
               o.store.c_str(), (unsigned long long)stats.tokens, (unsigned long long)stats.blocks_per_stream,
               n, qh, o.top_k, avg_blocks, 100.0 * avg_blocks * bt / std::max<double>(1, stats.tokens));
-  std::printf("quality vs dense (float64, all tokens):\n");
-  std::printf("  mass recall     mean %.4f  p5 %.4f  p1 %.4f\n", Mean(mass), Percentile(mass, 5), Percentile(mass, 1));
-  std::printf("  output error    mean %.4f  p95 %.4f  p99 %.4f\n", Mean(err), Percentile(err, 95), Percentile(err, 99));
-  std::printf("  block recall@k  %.4f\n", Mean(brecall));
+  std::printf("quality vs dense (float64, all tokens), %s:\n", f.name.c_str());
+  std::printf("  mass recall     mean %.4f  p5 %.4f  p1 %.4f\n", Mean(f.mass), Percentile(f.mass, 5), Percentile(f.mass, 1));
+  std::printf("  output error    mean %.4f  p95 %.4f  p99 %.4f\n", Mean(f.err), Percentile(f.err, 95), Percentile(f.err, 99));
+  std::printf("  block recall@k  %.4f\n", Mean(f.brecall));
+  std::printf("  needle hits     %llu / %llu\n", (unsigned long long)f.needle_hits, (unsigned long long)needle_total);
   std::printf("  oracle (best blocks, same budget) mass recall  mean %.4f  p5 %.4f  p1 %.4f\n",
-              Mean(oracle_mass), Percentile(oracle_mass, 5), Percentile(oracle_mass, 1));
+              Mean(f.oracle_mass), Percentile(f.oracle_mass, 5), Percentile(f.oracle_mass, 1));
   std::printf("  oracle (best tokens, same budget) mass recall  mean %.4f  p5 %.4f\n",
               Mean(token_oracle_mass), Percentile(token_oracle_mass, 5));
   std::printf("router (summary %s, GQA %s, %u of %u streams on IVF): recall vs exact scan %.4f, "
               "%.2f%% of summaries scored\n",
               SummaryName(g.summary), o.combine.c_str(), stats.ivf_streams, g.streams(),
-              Mean(router_recall), 100.0 * Mean(routed_fraction));
-  std::printf("  needle hits     %llu / %llu\n", (unsigned long long)needle_hits, (unsigned long long)needle_total);
+              Mean(f.router_recall), 100.0 * Mean(f.routed_fraction));
   std::printf("latency per query row, all %u heads (ms):       p50      p99\n", qh);
-  std::printf("  msa sparse (route+fetch+decode+attend)  %8.3f %8.3f\n", Percentile(sparse_ms, 50), Percentile(sparse_ms, 99));
+  std::printf("  msa sparse (route+fetch+decode+attend)  %8.3f %8.3f\n", Percentile(f.sparse_ms, 50), Percentile(f.sparse_ms, 99));
   std::printf("  msa exact (reads every block)           %8.3f %8.3f   -> sparse is %.1fx faster\n",
               Percentile(exact_ms, 50), Percentile(exact_ms, 99),
-              Percentile(exact_ms, 50) / std::max(1e-9, Percentile(sparse_ms, 50)));
+              Percentile(exact_ms, 50) / std::max(1e-9, Percentile(f.sparse_ms, 50)));
   std::printf("  sparse breakdown p50: route %.3f  fetch %.3f  decode %.3f  attend %.3f  (reader: %s)\n",
-              Percentile(route_ms, 50), Percentile(fetch_ms, 50), Percentile(decode_ms, 50),
-              Percentile(attend_ms, 50), stats.reader.c_str());
+              Percentile(f.route_ms, 50), Percentile(f.fetch_ms, 50), Percentile(f.decode_ms, 50),
+              Percentile(f.attend_ms, 50), stats.reader.c_str());
   std::printf("  store opened in %.1f ms\n", open_ms);
+  if (settings.size() > 1) {
+    std::printf("routing settings (same queries, same reference):\n");
+    std::printf("  %-16s %8s %8s %8s %8s %9s %9s\n", "setting", "needles", "mass p5", "recall", "scored", "route p50", "route p99");
+    for (const Setting& set : settings) {
+      std::printf("  %-16s %8.3f %8.4f %8.4f %7.2f%% %9.3f %9.3f\n", set.name.c_str(),
+                  needle_total ? static_cast<double>(set.needle_hits) / needle_total : 0.0,
+                  Percentile(set.mass, 5), Mean(set.router_recall), 100.0 * Mean(set.routed_fraction),
+                  Percentile(set.route_ms, 50), Percentile(set.route_ms, 99));
+    }
+  }
   return kExitOk;
 }
 

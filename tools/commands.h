@@ -34,7 +34,9 @@ struct EvalOptions {
   uint32_t repeats = 5;  // latency samples per query
   uint32_t exact_samples = 8;  // query rows timed in the store's exact (read everything) mode
   std::string combine = "max";  // GQA combine of head scores: max or sum
-  uint32_t nprobe = 0, candidates = 0;
+  std::string nprobe = "default";  // a list of routing settings: numbers, default, scan
+  uint32_t candidates = 0;
+  uint64_t ivf_min_vectors = 0;  // 0: the store's default
   bool json = false;
 };
 void AddEvalOptions(CLI::App* app, EvalOptions& o);
