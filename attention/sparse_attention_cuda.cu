@@ -1,292 +1,133 @@
 // CUDA sparse attention over gathered fp16 blocks (see sparse_attention_cuda.h
 // for the contract and sparse_attention_cpu.h for the function computed).
 //
-// Kernel layout. One CTA per (query row i, KV head g, chunk of up to kHeads
-// query heads of g's GQA group): the heads of a chunk share every K/V load,
-// which is what makes GQA cheap. The CTA's 4 warps are cut into "token groups"
-// of kTg lanes, kTg = the power of two >= head_dim/8: lane c of a group holds
-// channels [8c, 8c+8) of one token (one 16-byte load of K, one of V), so a
-// group reads a whole K row and a whole V row, coalesced. Groups stride over
-// the tokens of the selection (the selected blocks flattened, so short blocks
-// leave no lanes idle) and keep, per head, an online softmax: running max m,
-// running sum l and the unnormalised output acc of their 8 channels. At the
-// end every group parks (m, l, acc) in shared memory and the CTA merges them
-// exactly as flash-attention merges partial softmaxes.
+// This file plans a call and owns what surrounds the kernel: argument checks,
+// the choice of tile and split, the workspace, and the merge of split
+// partials. The kernel itself (flash-decoding split-K on tensor cores, one
+// translation unit per head dim) is described in cuda_attention_kernel.cuh.
 //
-// Precision: K/V are widened to float on load; scores, exponentials, sums and
-// the output are float32 throughout (expf, not the fast intrinsic).
+// Plan. head_dim is padded to the next of 64, 128, 256 (zero channels cost
+// arithmetic, not bytes). A CTA takes 16, 32 or 64 query vectors of one KV
+// head (fewer when a call has fewer, so a decode step does not pay for 64).
+// The selection of each (row, KV head) is cut into num_splits pieces of at most
+// kMaxBlocksPerSplit blocks, as many as fill the GPU about once: a decode step
+// with 8 KV heads would otherwise run 8 CTAs on 132 SMs. With more than one
+// split, MergeSplitsKernel combines the partials by log-sum-exp.
 //
-// Not done yet (a first kernel): splitting one selection over several CTAs
-// (flash-decoding), which a decode step with few rows x KV heads needs to
-// fill the GPU; tensor cores for prefill chunks with many rows.
+// Workspace: the partials live in stream-ordered memory (cudaMallocFromPoolAsync
+// / cudaFreeAsync on the caller's stream) from one pool per device that msa
+// creates and never frees, with a release threshold so that steady-state calls
+// reuse memory instead of mapping it again. Concurrent calls on any streams
+// each get their own workspace; nothing is shared but the pool, which CUDA
+// makes thread-safe.
 #include "attention/sparse_attention_cuda.h"
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstddef>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <string>
+
+#include "attention/cuda_attention_kernel.cuh"
 
 namespace msa::attention {
 
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
-// Blocks of the selection staged in shared memory at a time (index and
-// token prefix), one per thread so one load round fills the tile.
-constexpr int kTile = kThreads;
+using cuda::CudaStatus;
+using cuda::kMaxBlocksPerSplit;
+using cuda::SplitParams;
+
 constexpr int kMaxHeadDim = 256;
-constexpr int kMaxHeadsPerCta = 8;
-// Shared memory a CTA may use without cudaFuncSetAttribute.
-constexpr size_t kDefaultSmemLimit = 48 * 1024;
+constexpr int kMergeWarps = 8;
+// Pool memory above this is handed back to the driver at synchronisation;
+// below it, it is kept for the next call.
+constexpr uint64_t kPoolReleaseThreshold = uint64_t{256} << 20;
 
-struct KernelParams {
-  int q_heads;
-  int kv_heads;
-  int group;        // query heads per KV head
-  int head_chunks;  // ceil(group / kHeads)
-  int head_dim;
-  int nchunks;      // head_dim / 8: 16-byte chunks of a K/V row
-  int tg;           // lanes per token group, power of two >= nchunks
-  int tg_log2;
-  int block_tokens;
-  int num_blocks;
-  float scale;
-  const __half* keys;
-  const __half* values;
-  const int32_t* block_len;
-  int max_blocks;
-  const int32_t* block_index;
-  const int32_t* count;
-  const float* q;
-  float* out;
-  float* lse;  // may be null
-};
-
-__device__ __forceinline__ void Widen8(const uint4& raw, float (&f)[8]) {
-  const __half2* h = reinterpret_cast<const __half2*>(&raw);
-#pragma unroll
-  for (int e = 0; e < 4; ++e) {
-    const float2 p = __half22float2(h[e]);
-    f[2 * e] = p.x;
-    f[2 * e + 1] = p.y;
-  }
-}
-
-// Flat token f of the current tile -> row of the K/V table (block * block_tokens + t).
-__device__ __forceinline__ size_t TokenRow(const int* s_block, const int* s_start, int n_tile,
-                                           int block_tokens, int f) {
-  // Last k with s_start[k] <= f; s_start[0] == 0 <= f. Blocks of length 0
-  // (ignored entries) share their start with the next block, so the last
-  // such k is always a block that really holds f.
-  int lo = 0, hi = n_tile;
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) >> 1;
-    if (s_start[mid] <= f) {
-      lo = mid;
-    } else {
-      hi = mid;
-    }
-  }
-  return static_cast<size_t>(s_block[lo]) * block_tokens + (f - s_start[lo]);
-}
-
-template <int kHeads>
-__global__ void __launch_bounds__(kThreads) SparseAttentionKernel(KernelParams p) {
-  __shared__ int s_block[kTile];
-  __shared__ int s_start[kTile + 1];
-  extern __shared__ float smem[];
-
+// Combines the splits of each query vector: out = sum_s acc_s 2^(m_s - M) / L,
+// L = sum_s l_s 2^(m_s - M), lse = ln 2 * (M + log2 L); all splits empty gives
+// out = 0 and lse = -inf. One CTA per query vector; each warp folds a strided
+// subset of the splits in one pass (online max, loads of several splits in
+// flight, lanes over channels with 16-byte loads), and the warps' states meet
+// in shared memory. Launched as a programmatic dependent of the split kernel:
+// its launch overlaps the split kernel's tail, and griddepcontrol.wait holds
+// it until the partials are complete and visible.
+__global__ void __launch_bounds__(kMergeWarps * 32)
+    MergeSplitsKernel(int n_vectors, int head_dim, int num_splits, const float* __restrict__ part_acc,
+                      const float* __restrict__ part_m, const float* __restrict__ part_l,
+                      float* __restrict__ out, float* __restrict__ lse) {
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  __shared__ float s_m[kMergeWarps], s_l[kMergeWarps];
+  __shared__ float s_o[kMergeWarps][kMaxHeadDim];
   const int tid = threadIdx.x;
   const int lane = tid & 31;
-  const int chunk = lane & (p.tg - 1);  // this lane's 8 channels: [8*chunk, 8*chunk+8)
-  const int groups_per_warp = 32 >> p.tg_log2;
-  const int n_groups = kWarps * groups_per_warp;
-  const int gid = (tid >> 5) * groups_per_warp + (lane >> p.tg_log2);
-  const bool chunk_active = chunk < p.nchunks;
-  const int d = p.head_dim;
+  const int warp = tid >> 5;
+  const size_t qv = blockIdx.x;
 
-  const int row = blockIdx.x;
-  const int kv = blockIdx.y / p.head_chunks;
-  const int head_chunk = blockIdx.y % p.head_chunks;
-  const int first_head = kv * p.group + head_chunk * kHeads;  // global query head
-  const int n_heads = min(kHeads, p.group - head_chunk * kHeads);
-
-  // This lane's slice of q for each head of the chunk; absent heads get 0
-  // (their scores are computed and discarded: cheaper than divergence).
-  float q[kHeads][8];
+  // head_dim % 8 == 0 and the workspace is 256-byte aligned: acc rows are float4-aligned.
+  constexpr int kVec = kMaxHeadDim / 128;  // float4s per lane
+  float m_w = -INFINITY, l_w = 0.0f;
+  float4 o[kVec];
 #pragma unroll
-  for (int h = 0; h < kHeads; ++h) {
-    const float* qh = p.q + (static_cast<size_t>(row) * p.q_heads + first_head + h) * d + chunk * 8;
+  for (int k = 0; k < kVec; ++k) o[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 4
+  for (int s = warp; s < num_splits; s += kMergeWarps) {
+    const size_t i = s * static_cast<size_t>(n_vectors) + qv;
+    const float m = part_m[i];
+    const float l = part_l[i];
+    const float4* a = reinterpret_cast<const float4*>(part_acc + i * head_dim);
+    float4 x[kVec];
 #pragma unroll
-    for (int e = 0; e < 8; ++e) q[h][e] = (h < n_heads && chunk_active) ? qh[e] : 0.0f;
-  }
-
-  float m[kHeads], l[kHeads], acc[kHeads][8];
-#pragma unroll
-  for (int h = 0; h < kHeads; ++h) {
-    m[h] = -INFINITY;
-    l[h] = 0.0f;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) acc[h][e] = 0.0f;
-  }
-
-  const size_t sel = static_cast<size_t>(row) * p.kv_heads + kv;
-  const int count = min(max(p.count[sel], 0), p.max_blocks);
-  const int32_t* blocks = p.block_index + sel * p.max_blocks;
-  const uint4* keys = reinterpret_cast<const uint4*>(p.keys);
-  const uint4* values = reinterpret_cast<const uint4*>(p.values);
-
-  for (int j0 = 0; j0 < count; j0 += kTile) {
-    const int n_tile = min(kTile, count - j0);
-    __syncthreads();  // the previous tile is no longer read
-    if (tid < n_tile) {
-      const int b = blocks[j0 + tid];
-      // The contract says indices are valid; an invalid one is skipped rather
-      // than read out of bounds, which would poison the whole CUDA context.
-      const bool ok = b >= 0 && b < p.num_blocks;
-      s_block[tid] = ok ? b : 0;
-      s_start[tid + 1] = ok ? min(max(p.block_len[b], 0), p.block_tokens) : 0;
+    for (int k = 0; k < kVec; ++k) {
+      const int c4 = lane + 32 * k;
+      x[k] = 4 * c4 < head_dim ? a[c4] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
-    __syncthreads();
-    if (tid == 0) {  // prefix sum of at most kTile lengths: negligible next to the tile's tokens
-      s_start[0] = 0;
-      for (int k = 1; k <= n_tile; ++k) s_start[k] += s_start[k - 1];
-    }
-    __syncthreads();
-    const int total = s_start[n_tile];
-
-    // Software pipeline: the next token's K/V are in flight while this one is used.
-    uint4 k_next = make_uint4(0, 0, 0, 0), v_next = make_uint4(0, 0, 0, 0);
-    if (gid < total && chunk_active) {
-      const size_t r = TokenRow(s_block, s_start, n_tile, p.block_tokens, gid);
-      k_next = __ldg(keys + r * p.nchunks + chunk);
-      v_next = __ldg(values + r * p.nchunks + chunk);
-    }
-    // t0 is uniform across the CTA, so every lane runs the same iterations and
-    // the shuffles below see the whole warp.
-    for (int t0 = 0; t0 < total; t0 += n_groups) {
-      const bool valid = t0 + gid < total;
-      const uint4 k_raw = k_next, v_raw = v_next;
-      const int f_next = t0 + n_groups + gid;
-      if (f_next < total && chunk_active) {
-        const size_t r = TokenRow(s_block, s_start, n_tile, p.block_tokens, f_next);
-        k_next = __ldg(keys + r * p.nchunks + chunk);
-        v_next = __ldg(values + r * p.nchunks + chunk);
-      }
-      float kf[8], vf[8];
-      Widen8(k_raw, kf);
-      Widen8(v_raw, vf);
-
-      float s[kHeads];
+    if (m == -INFINITY) continue;  // an empty split: acc 0, l 0
+    const float m_new = fmaxf(m_w, m);
+    const float a_old = exp2f(m_w - m_new);  // 0 while m_w is -inf
+    const float a_new = exp2f(m - m_new);
+    m_w = m_new;
+    l_w = l_w * a_old + l * a_new;
 #pragma unroll
-      for (int h = 0; h < kHeads; ++h) {
-        float part = 0.0f;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) part = fmaf(q[h][e], kf[e], part);
-        for (int off = p.tg >> 1; off > 0; off >>= 1) part += __shfl_xor_sync(0xffffffffu, part, off);
-        s[h] = p.scale * part;
-      }
-      if (valid) {
-#pragma unroll
-        for (int h = 0; h < kHeads; ++h) {
-          // One exponential per token: e = exp(-|s - m|) is the weight of the
-          // new token when s <= m, else the rescale of the old state. The
-          // first token has m = -inf: e = 0, the empty state vanishes.
-          const float e = expf(-fabsf(s[h] - m[h]));
-          const bool new_max = s[h] > m[h];
-          const float alpha = new_max ? e : 1.0f;
-          const float w = new_max ? 1.0f : e;
-          m[h] = new_max ? s[h] : m[h];
-          l[h] = fmaf(l[h], alpha, w);
-#pragma unroll
-          for (int c = 0; c < 8; ++c) acc[h][c] = fmaf(acc[h][c], alpha, w * vf[c]);
-        }
-      }
+    for (int k = 0; k < kVec; ++k) {
+      o[k].x = o[k].x * a_old + x[k].x * a_new;
+      o[k].y = o[k].y * a_old + x[k].y * a_new;
+      o[k].z = o[k].z * a_old + x[k].z * a_new;
+      o[k].w = o[k].w * a_old + x[k].w * a_new;
     }
   }
-
-  // Merge the token groups. Shared layout: acc [n_groups][kHeads][d], then
-  // m [n_groups][kHeads] (reused for each group's final weight), l likewise.
-  float* s_acc = smem;
-  float* s_m = s_acc + static_cast<size_t>(n_groups) * kHeads * d;
-  float* s_l = s_m + n_groups * kHeads;
-  if (chunk_active) {
-#pragma unroll
-    for (int h = 0; h < kHeads; ++h) {
-      float* dst = s_acc + (static_cast<size_t>(gid) * kHeads + h) * d + chunk * 8;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) dst[e] = acc[h][e];
-    }
+  if (lane == 0) {
+    s_m[warp] = m_w;
+    s_l[warp] = l_w;
   }
-  if (chunk == 0) {
 #pragma unroll
-    for (int h = 0; h < kHeads; ++h) {
-      s_m[gid * kHeads + h] = m[h];
-      s_l[gid * kHeads + h] = l[h];
-    }
+  for (int k = 0; k < kVec; ++k) {
+    const int c4 = lane + 32 * k;
+    if (4 * c4 < head_dim) *reinterpret_cast<float4*>(&s_o[warp][4 * c4]) = o[k];
   }
   __syncthreads();
-  if (tid < kHeads) {
-    const int h = tid;
-    float mx = -INFINITY;
-    for (int g = 0; g < n_groups; ++g) mx = fmaxf(mx, s_m[g * kHeads + h]);
-    float sum = 0.0f;
-    if (mx != -INFINITY) {
-      for (int g = 0; g < n_groups; ++g) {
-        const float mg = s_m[g * kHeads + h];
-        if (mg != -INFINITY) sum += s_l[g * kHeads + h] * expf(mg - mx);
-      }
-    }
-    // Weight of each group's acc in the output; 0 for empty groups and for an
-    // empty selection, whose output is then 0 as in the CPU path.
-    for (int g = 0; g < n_groups; ++g) {
-      const float mg = s_m[g * kHeads + h];
-      s_m[g * kHeads + h] = (mg == -INFINITY) ? 0.0f : expf(mg - mx) / sum;
-    }
-    if (p.lse != nullptr && h < n_heads) {
-      p.lse[static_cast<size_t>(row) * p.q_heads + first_head + h] =
-          (mx == -INFINITY) ? -INFINITY : mx + logf(sum);
-    }
+  float mx = -INFINITY;
+  for (int w = 0; w < kMergeWarps; ++w) mx = fmaxf(mx, s_m[w]);
+  float wt[kMergeWarps];
+  float sum = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kMergeWarps; ++w) {
+    wt[w] = s_m[w] == -INFINITY ? 0.0f : exp2f(s_m[w] - mx);
+    sum += s_l[w] * wt[w];
   }
-  __syncthreads();
-  for (int idx = tid; idx < n_heads * d; idx += kThreads) {
-    const int h = idx / d;
-    const int c = idx - h * d;
-    float o = 0.0f;
-    for (int g = 0; g < n_groups; ++g) {
-      o = fmaf(s_acc[(static_cast<size_t>(g) * kHeads + h) * d + c], s_m[g * kHeads + h], o);
-    }
-    p.out[(static_cast<size_t>(row) * p.q_heads + first_head + h) * d + c] = o;
+  if (tid == 0 && lse != nullptr) lse[qv] = sum > 0.0f ? (mx + log2f(sum)) * 0.69314718055994531f : -INFINITY;
+  const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+  for (int c = tid; c < head_dim; c += kMergeWarps * 32) {
+    float v = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kMergeWarps; ++w) v = fmaf(s_o[w][c], wt[w], v);
+    out[qv * head_dim + c] = v * inv;
   }
-}
-
-// "<what>: <cudaErrorName> (<description>)" as a Status. Errors meaning this
-// build or driver cannot use the device at all are NotSupported; the rest are
-// failures of a call that should have worked.
-Status CudaStatus(cudaError_t err, const std::string& what) {
-  if (err == cudaSuccess) return Status::OK();
-  std::string msg = what + ": " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")";
-  switch (err) {
-    case cudaErrorNoDevice:
-    case cudaErrorInsufficientDriver:
-    case cudaErrorNoKernelImageForDevice:
-    case cudaErrorUnsupportedPtxVersion:
-    case cudaErrorInvalidDeviceFunction:
-      return Status::NotSupported(std::move(msg));
-    default:
-      return Status::Internal(std::move(msg));
-  }
-}
-
-int HeadsPerCta(int group) {
-  if (group <= 1) return 1;
-  if (group <= 2) return 2;
-  if (group <= 4) return 4;
-  return kMaxHeadsPerCta;
 }
 
 Status ValidateArguments(const AttentionShape& s, const BlockTable<uint16_t>& table,
@@ -297,21 +138,31 @@ Status ValidateArguments(const AttentionShape& s, const BlockTable<uint16_t>& ta
                                    " must be a positive multiple of kv_heads " +
                                    std::to_string(s.kv_heads));
   }
-  if (s.head_dim <= 0 || s.head_dim % 8 != 0 || s.head_dim > kMaxHeadDim) {
+  if (s.head_dim <= 0 || s.head_dim % 8 != 0) {
     return Status::InvalidArgument("head_dim " + std::to_string(s.head_dim) +
-                                   ": the CUDA kernel needs a multiple of 8 in [8, 256]");
+                                   ": must be a positive multiple of 8 (16-byte K/V rows)");
   }
-  // The kernel sums block lengths of a tile of kTile blocks in an int.
-  if (s.block_tokens <= 0 || s.block_tokens > INT_MAX / kTile) {
+  if (s.head_dim > kMaxHeadDim) {
+    return Status::NotSupported("head_dim " + std::to_string(s.head_dim) +
+                                ": the CUDA kernel has tiles for head dims up to 256 (64, 128, 256; "
+                                "smaller multiples of 8 are zero-padded)");
+  }
+  // The kernel sums the lengths of one split's blocks in an int.
+  if (s.block_tokens <= 0 || s.block_tokens > INT_MAX / kMaxBlocksPerSplit) {
     return Status::InvalidArgument("block_tokens out of range: " + std::to_string(s.block_tokens));
   }
   if (table.num_blocks < 0 || selection.max_blocks < 0) {
     return Status::InvalidArgument("negative num_blocks or max_blocks");
   }
-  const int head_chunks = (s.q_heads / s.kv_heads + kMaxHeadsPerCta - 1) / kMaxHeadsPerCta;
-  if (static_cast<long long>(s.kv_heads) * head_chunks > 65535) {
-    return Status::InvalidArgument("too many KV heads for one grid column: " +
-                                   std::to_string(s.kv_heads));
+  if (s.kv_heads > 65535) {
+    return Status::InvalidArgument("too many KV heads for one grid column: " + std::to_string(s.kv_heads));
+  }
+  if (static_cast<int64_t>(selection.max_blocks) > int64_t{65535} * kMaxBlocksPerSplit) {
+    return Status::InvalidArgument("max_blocks " + std::to_string(selection.max_blocks) +
+                                   " exceeds what one call can split (65535 * 128)");
+  }
+  if (static_cast<int64_t>(s.n_queries) * s.q_heads > INT_MAX) {
+    return Status::InvalidArgument("n_queries * q_heads exceeds INT_MAX");
   }
   if (s.n_queries == 0) return Status::OK();
   if (q == nullptr || out == nullptr || selection.count == nullptr ||
@@ -330,20 +181,33 @@ Status ValidateArguments(const AttentionShape& s, const BlockTable<uint16_t>& ta
   return Status::OK();
 }
 
-template <int kHeads>
-Status Launch(const KernelParams& params, int n_queries, int kv_heads, cudaStream_t stream) {
-  const int groups_per_warp = 32 / params.tg;
-  const size_t n_groups = static_cast<size_t>(kWarps) * groups_per_warp;
-  const size_t smem =
-      (n_groups * kHeads * params.head_dim + 2 * n_groups * kHeads) * sizeof(float);
-  // head_dim <= 256 bounds n_groups * head_dim by kThreads * 8, so this holds.
-  if (smem > kDefaultSmemLimit) {
-    return Status::Internal("sparse attention kernel needs " + std::to_string(smem) +
-                            " bytes of shared memory");
+// msa's workspace pool on `device`, created on first use (see the file comment).
+Status WorkspacePool(int device, cudaMemPool_t* pool) {
+  static std::mutex mu;
+  static auto* pools = new std::map<int, cudaMemPool_t>();  // never freed: lives as long as the process
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = pools->find(device);
+  if (it != pools->end()) {
+    *pool = it->second;
+    return Status::OK();
   }
-  const dim3 grid(static_cast<unsigned>(n_queries), static_cast<unsigned>(kv_heads * params.head_chunks));
-  SparseAttentionKernel<kHeads><<<grid, kThreads, smem, stream>>>(params);
-  return CudaStatus(cudaGetLastError(), "launching the sparse attention kernel");
+  cudaMemPoolProps props{};
+  props.allocType = cudaMemAllocationTypePinned;
+  props.location.type = cudaMemLocationTypeDevice;
+  props.location.id = device;
+  cudaMemPool_t created;
+  MSA_RETURN_IF_ERROR(CudaStatus(cudaMemPoolCreate(&created, &props), "creating the attention workspace pool"));
+  uint64_t threshold = kPoolReleaseThreshold;
+  MSA_RETURN_IF_ERROR(CudaStatus(cudaMemPoolSetAttribute(created, cudaMemPoolAttrReleaseThreshold, &threshold),
+                                 "setting the workspace pool's release threshold"));
+  (*pools)[device] = created;
+  *pool = created;
+  return Status::OK();
+}
+
+Status SmCount(int device, int* sms) {
+  return CudaStatus(cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device),
+                    "reading the multiprocessor count");
 }
 
 // Owns one device allocation; frees it on every path out of the Host entry point.
@@ -424,7 +288,7 @@ bool CudaAvailable(std::string* why) {
   }
   // A device this binary has no code for (another architecture) is no use either.
   cudaFuncAttributes attr;
-  err = cudaFuncGetAttributes(&attr, SparseAttentionKernel<1>);
+  err = cudaFuncGetAttributes(&attr, MergeSplitsKernel);
   if (err != cudaSuccess) {
     if (why) *why = std::string("CUDA device unusable by this build: ") + cudaGetErrorString(err);
     (void)cudaGetLastError();
@@ -438,41 +302,95 @@ Status SparseAttentionCudaF16(const AttentionShape& shape, const BlockTable<uint
                               void* stream) {
   MSA_RETURN_IF_ERROR(ValidateArguments(shape, table, selection, q, out));
   if (shape.n_queries == 0) return Status::OK();
+  auto cu_stream = static_cast<cudaStream_t>(stream);
 
-  KernelParams p{};
+  SplitParams p{};
+  p.n_queries = shape.n_queries;
   p.q_heads = shape.q_heads;
   p.kv_heads = shape.kv_heads;
   p.group = shape.q_heads / shape.kv_heads;
-  const int heads = HeadsPerCta(p.group);
-  p.head_chunks = (p.group + heads - 1) / heads;
   p.head_dim = shape.head_dim;
-  p.nchunks = shape.head_dim / 8;
-  p.tg = 1;
-  p.tg_log2 = 0;
-  while (p.tg < p.nchunks) {
-    p.tg <<= 1;
-    ++p.tg_log2;
-  }
   p.block_tokens = shape.block_tokens;
   p.num_blocks = table.num_blocks;
-  p.scale = shape.scale;
+  p.max_blocks = selection.max_blocks;
+  p.score_scale = shape.scale * 1.4426950408889634f;  // log2(e)
   p.keys = reinterpret_cast<const __half*>(table.keys);
   p.values = reinterpret_cast<const __half*>(table.values);
   p.block_len = table.block_len;
-  p.max_blocks = selection.max_blocks;
   p.block_index = selection.block_index;
   p.count = selection.count;
   p.q = q;
   p.out = out;
   p.lse = lse;
 
-  auto s = static_cast<cudaStream_t>(stream);
-  switch (heads) {
-    case 1: return Launch<1>(p, shape.n_queries, shape.kv_heads, s);
-    case 2: return Launch<2>(p, shape.n_queries, shape.kv_heads, s);
-    case 4: return Launch<4>(p, shape.n_queries, shape.kv_heads, s);
-    default: return Launch<kMaxHeadsPerCta>(p, shape.n_queries, shape.kv_heads, s);
+  const int d_pad = shape.head_dim <= 64 ? 64 : shape.head_dim <= 128 ? 128 : 256;
+  // Query vectors per KV head, and per CTA: 16, 32 or 64.
+  const int64_t vectors = static_cast<int64_t>(shape.n_queries) * p.group;
+  const int mw = vectors <= 16 ? 1 : vectors <= 32 ? 2 : 4;
+  const int64_t m_tiles = (vectors + 16 * mw - 1) / (16 * mw);
+  if (m_tiles > INT_MAX) return Status::InvalidArgument("too many query rows for one call");
+
+  int device = 0, sms = 0, ctas_per_sm = 0;
+  MSA_RETURN_IF_ERROR(CudaStatus(cudaGetDevice(&device), "cudaGetDevice"));
+  MSA_RETURN_IF_ERROR(SmCount(device, &sms));
+  switch (d_pad) {
+    case 64: MSA_RETURN_IF_ERROR(cuda::SplitKernelOccupancy<64>(device, mw, &ctas_per_sm)); break;
+    case 128: MSA_RETURN_IF_ERROR(cuda::SplitKernelOccupancy<128>(device, mw, &ctas_per_sm)); break;
+    default: MSA_RETURN_IF_ERROR(cuda::SplitKernelOccupancy<256>(device, mw, &ctas_per_sm)); break;
   }
+
+  // Splits: enough CTAs to fill the GPU about once, at least one block each,
+  // at most kMaxBlocksPerSplit blocks each; then even out the pieces.
+  const int64_t base = m_tiles * shape.kv_heads;
+  const int64_t resident = static_cast<int64_t>(sms) * ctas_per_sm;
+  int64_t splits = std::max<int64_t>(1, resident / base);
+  splits = std::max<int64_t>(splits, (selection.max_blocks + kMaxBlocksPerSplit - 1) / kMaxBlocksPerSplit);
+  splits = std::min<int64_t>(splits, std::max(1, selection.max_blocks));
+  p.blocks_per_split = static_cast<int>((selection.max_blocks + splits - 1) / splits);
+  p.num_splits = p.blocks_per_split == 0 ? 1
+                                         : static_cast<int>((selection.max_blocks + p.blocks_per_split - 1) /
+                                                            p.blocks_per_split);
+
+  auto launch = [&]() -> Status {
+    switch (d_pad) {
+      case 64: return cuda::LaunchSplitKernel<64>(p, mw, static_cast<int>(m_tiles), cu_stream);
+      case 128: return cuda::LaunchSplitKernel<128>(p, mw, static_cast<int>(m_tiles), cu_stream);
+      default: return cuda::LaunchSplitKernel<256>(p, mw, static_cast<int>(m_tiles), cu_stream);
+    }
+  };
+  if (p.num_splits == 1) return launch();
+
+  const size_t n_vectors = static_cast<size_t>(shape.n_queries) * shape.q_heads;
+  const size_t parts = static_cast<size_t>(p.num_splits) * n_vectors;
+  const size_t bytes = parts * (static_cast<size_t>(shape.head_dim) + 2) * sizeof(float);
+  cudaMemPool_t pool;
+  MSA_RETURN_IF_ERROR(WorkspacePool(device, &pool));
+  void* workspace = nullptr;
+  MSA_RETURN_IF_ERROR(CudaStatus(cudaMallocFromPoolAsync(&workspace, bytes, pool, cu_stream),
+                                 "allocating " + std::to_string(bytes) + " bytes of attention workspace"));
+  p.part_acc = static_cast<float*>(workspace);
+  p.part_m = p.part_acc + parts * shape.head_dim;
+  p.part_l = p.part_m + parts;
+  const Status st = [&]() -> Status {
+    MSA_RETURN_IF_ERROR(launch());
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(static_cast<unsigned>(n_vectors));
+    config.blockDim = dim3(kMergeWarps * 32);
+    config.stream = cu_stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = attr;
+    config.numAttrs = 1;
+    return CudaStatus(cudaLaunchKernelEx(&config, MergeSplitsKernel, static_cast<int>(n_vectors), shape.head_dim,
+                                         p.num_splits, static_cast<const float*>(p.part_acc),
+                                         static_cast<const float*>(p.part_m), static_cast<const float*>(p.part_l),
+                                         out, lse),
+                      "launching the split merge kernel");
+  }();
+  // Stream-ordered: the memory returns to the pool once the kernels are done.
+  const Status freed = CudaStatus(cudaFreeAsync(workspace, cu_stream), "freeing the attention workspace");
+  return st.ok() ? freed : st;
 }
 
 Status SparseAttentionCudaF16Host(const AttentionShape& shape, const BlockTable<uint16_t>& table,

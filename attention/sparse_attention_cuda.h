@@ -20,9 +20,14 @@ namespace msa::attention {
 bool CudaAvailable(std::string* why = nullptr);
 
 // All pointers are device pointers. keys/values are IEEE fp16 stored as
-// uint16_t (layout as BlockTable). `stream` is a cudaStream_t (nullptr: the
-// default stream). Returns after the kernel is enqueued; errors of the launch
-// are reported, errors of execution at the next synchronisation.
+// uint16_t (layout as BlockTable), 16-byte aligned. `stream` is a cudaStream_t
+// (nullptr: the default stream). Returns after the kernels are enqueued; errors
+// of the launch are reported, errors of execution at the next synchronisation.
+// head_dim: a positive multiple of 8 (else InvalidArgument) up to 256 (above:
+// NotSupported); it is padded to 64, 128 or 256 inside. q must lie within the
+// fp16 range (|q| < 65504): the tensor cores take it as two fp16 terms.
+// A call may allocate a workspace stream-ordered (cudaMallocFromPoolAsync) from
+// a memory pool msa keeps per device for the life of the process.
 Status SparseAttentionCudaF16(const AttentionShape& shape, const BlockTable<uint16_t>& table,
                               const Selection& selection, const float* q, float* out, float* lse,
                               void* stream);

@@ -21,6 +21,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "attention/block_table.h"
@@ -46,6 +47,10 @@ struct Case {
   int n_queries, q_heads, kv_heads, head_dim, block_tokens, num_blocks, max_blocks;
   float q_mult;  // > 1 sharpens the softmax
   uint32_t seed;
+  // Consecutive rows come in runs of `share` with the same selection per KV
+  // head (a prefill chunk, or a batch sharing a router decision): the kernel
+  // reads K/V once for a run. 1: every row selects on its own.
+  int share = 1;
 };
 
 // One random problem. K/V rows past block_len hold fp16 NaN: a path that
@@ -117,12 +122,21 @@ Problem MakeProblem(const Case& c) {
   std::vector<int32_t> all(c.num_blocks);
   std::iota(all.begin(), all.end(), 0);
   for (size_t s = 0; s < n_sel; ++s) {
-    int n = count_dist(rng);
-    if (s == 0) n = c.max_blocks;
-    if (n_sel > 1 && s == n_sel / 2) n = 0;
-    std::shuffle(all.begin(), all.end(), rng);
-    p.count[s] = n;
-    std::copy(all.begin(), all.begin() + n, p.block_index.begin() + s * c.max_blocks);
+    const size_t row = s / c.kv_heads;
+    if (row % c.share != 0) {  // same selection as the previous row of this KV head
+      const size_t prev = s - c.kv_heads;
+      p.count[s] = p.count[prev];
+      std::copy_n(p.block_index.begin() + prev * c.max_blocks, c.max_blocks,
+                  p.block_index.begin() + s * c.max_blocks);
+    } else {
+      int n = count_dist(rng);
+      if (s == 0) n = c.max_blocks;
+      std::shuffle(all.begin(), all.end(), rng);
+      p.count[s] = n;
+      std::copy(all.begin(), all.begin() + n, p.block_index.begin() + s * c.max_blocks);
+    }
+    // One empty selection, which also breaks a run of shared rows in two.
+    if (n_sel > 1 && s == n_sel / 2) p.count[s] = 0;
   }
 
   p.q.resize(p.Rows() * d);
@@ -208,6 +222,16 @@ const Case kCases[] = {
     {"d=8, one-token blocks",        2,  2, 1,   8,  1,  40, 40, 1.0f, 8},
     {"MQA 64:1, >128 blocks",        1, 64, 1,  64, 64, 200, 150, 1.0f, 9},
     {"d=136, group 6",               3, 12, 2, 136, 32,  10,  6, 2.0f, 10},
+    // Split across many CTAs (128 blocks at most per split): 500 and 260 blocks.
+    {"500 blocks, d=128, GQA 4:1",   2,  8, 2, 128, 64, 600, 500, 1.0f, 14},
+    {"260 blocks, d=256, peaky",     3,  4, 2, 256, 32, 300, 260, 3.0f, 15},
+    {"300 blocks of 1..64, d=64",    5, 16, 4,  64, 64, 400, 300, 1.0f, 16},
+    // Odd sizes (FlashInfer's habit): 17 rows, group 3, d=40, blocks of 13, 97 blocks.
+    {"odd: n=17 g=3 d=40 bt=13",    17,  6, 2,  40, 13,  97, 54, 1.0f, 17},
+    // Rows sharing selections: runs of 7 rows, 5 tiles of 64 query vectors, one partial.
+    {"prefill 70 rows, runs of 7",  70,  8, 2, 128, 64,  50, 40, 1.0f, 18, 7},
+    {"shared rows, d=256, runs 5",  37,  8, 4, 256, 16,  60, 45, 2.0f, 19, 5},
+    {"shared rows, d=64, MQA",      33, 16, 1,  64, 64, 140, 130, 1.0f, 20, 11},
 };
 
 TEST(CudaAttention, MatchesCpuWithinTwiceItsFloat64Error) {
@@ -284,11 +308,18 @@ TEST(CudaAttention, RejectsBadArguments) {
   std::vector<uint16_t> kv(static_cast<size_t>(p.NumBlocks()) * p.shape.block_tokens * 512, 0);
   const BlockTable<uint16_t> big{p.NumBlocks(), kv.data(), kv.data(), p.block_len.data()};
 
-  for (int head_dim : {0, 4, 60, 72 + 4, 264, 512}) {
+  for (int head_dim : {0, 4, 60, 72 + 4}) {  // not a positive multiple of 8: malformed
     AttentionShape s = p.shape;
     s.head_dim = head_dim;
     const Status st = SparseAttentionCudaF16Host(s, big, p.Sel(), q.data(), out.data(), lse.data());
     EXPECT_EQ(st.code(), Status::Code::kInvalidArgument) << "head_dim " << head_dim << ": " << st.ToString();
+  }
+  for (int head_dim : {264, 512}) {  // well-formed, but past the largest tile (256)
+    AttentionShape s = p.shape;
+    s.head_dim = head_dim;
+    const Status st = SparseAttentionCudaF16Host(s, big, p.Sel(), q.data(), out.data(), lse.data());
+    EXPECT_EQ(st.code(), Status::Code::kNotSupported) << "head_dim " << head_dim << ": " << st.ToString();
+    EXPECT_NE(st.message().find("256"), std::string::npos) << st.ToString();
   }
   {
     AttentionShape s = p.shape;
@@ -310,6 +341,36 @@ TEST(CudaAttention, RejectsBadArguments) {
     const Status st = SparseAttentionCudaF16Host(bad.shape, bad.HalfTable(), bad.Sel(), bad.q.data(),
                                                  out.data(), lse.data());
     EXPECT_EQ(st.code(), Status::Code::kInvalidArgument) << st.ToString();
+  }
+}
+
+// Entry points may be called from several threads: each call gets its own
+// workspace from the shared pool. Same inputs, so every result is bit-equal.
+TEST(CudaAttention, ConcurrentCallsAgree) {
+  MSA_SKIP_WITHOUT_CUDA();
+  const Problem p = MakeProblem(kCases[10]);  // split across CTAs: uses the workspace
+  const size_t n_out = p.Rows() * p.shape.head_dim;
+  std::vector<float> want(n_out), want_lse(p.Rows());
+  Status st = SparseAttentionCudaF16Host(p.shape, p.HalfTable(), p.Sel(), p.q.data(), want.data(),
+                                         want_lse.data());
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  constexpr int kThreads = 4;
+  std::vector<std::vector<float>> outs(kThreads, std::vector<float>(n_out)), lses(kThreads, std::vector<float>(p.Rows()));
+  std::vector<Status> status(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int rep = 0; rep < 5 && status[t].ok(); ++rep) {
+        status[t] = SparseAttentionCudaF16Host(p.shape, p.HalfTable(), p.Sel(), p.q.data(), outs[t].data(),
+                                               lses[t].data());
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < kThreads; ++t) {
+    ASSERT_TRUE(status[t].ok()) << status[t].ToString();
+    EXPECT_EQ(outs[t], want) << "thread " << t;
+    EXPECT_EQ(lses[t], want_lse) << "thread " << t;
   }
 }
 

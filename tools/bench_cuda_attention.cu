@@ -1,8 +1,17 @@
 // Standalone benchmark of SparseAttentionCudaF16 (timing only, random data).
 // Cases: n in {1,8,64}, budget in {2048,8192,32768} tokens per KV head,
 // 8 KV heads, 32 q heads, head_dim 128, 64-token blocks, every (row, KV head)
-// selects all the blocks of its KV head. Prints CSV n,budget,kernel_us,gbps_unique
-// and the D2D memcpy bandwidth of a 1 GiB buffer.
+// selects all the blocks of its KV head. Prints CSV
+//   n,budget,kernel_us,gbps_unique,kernel_us_backtoback,kernel_us_cold,gbps_cold
+// and two ceilings: the D2D memcpy bandwidth of a 1 GiB buffer (read+write)
+// and a read-only stream over it (what an attention kernel does).
+//   kernel_us: median of 50 single calls between two events (what
+//     tools/bench_sdpa.py's sdpa_us measures); at budgets of 2K and 8K the K/V
+//     (8 and 32 MiB) stay in the 50 MiB L2 between calls, so this is L2-warm.
+//   kernel_us_backtoback: 50 calls between two events, divided by 50.
+//   kernel_us_cold: median of 50 single calls, each after writing a 256 MiB
+//     buffer to evict the K/V from L2: the number to hold against HBM bandwidth.
+//   gbps_*: unique K/V bytes (8 KV heads x budget x 128 x 2 B x 2) over the time.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -27,6 +36,21 @@ using namespace msa::attention;
       std::exit(1);                                                                 \
     }                                                                               \
   } while (0)
+
+// Read-only streaming ceiling: every thread sums 16-byte loads of a buffer
+// (grid-stride, 4 loads in flight); the sum is written only if it matches a
+// value it never takes, so the loads cannot be dropped.
+__global__ void ReadOnlyKernel(const uint4* __restrict__ p, size_t n, uint4* sink) {
+  uint32_t acc = 0;
+  const size_t stride = size_t(gridDim.x) * blockDim.x;
+  size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (; i + 3 * stride < n; i += 4 * stride) {
+    const uint4 a = p[i], b = p[i + stride], c = p[i + 2 * stride], d = p[i + 3 * stride];
+    acc += a.x ^ b.y ^ c.z ^ d.w;
+  }
+  for (; i < n; i += stride) acc += p[i].x;
+  if (acc == 0x9e3779b9u) sink[0] = make_uint4(acc, 0, 0, 0);
+}
 
 static float Median(std::vector<float> v) {
   std::sort(v.begin(), v.end());
@@ -64,13 +88,33 @@ int main() {
     }
     const float ms = Median(t);
     std::printf("# memcpy_d2d_1GiB: %.3f ms, %.1f GB/s (read+write)\n", ms, 2.0 * bytes / (ms * 1e6));
+    // The attention kernel only reads K/V: a read-only stream is its ceiling.
+    t.clear();
+    for (int i = 0; i < 23; ++i) {
+      CK(cudaEventRecord(e0));
+      ReadOnlyKernel<<<prop.multiProcessorCount * 8, 512>>>(static_cast<const uint4*>(a), bytes / 16,
+                                                           static_cast<uint4*>(b));
+      CK(cudaEventRecord(e1));
+      CK(cudaEventSynchronize(e1));
+      CK(cudaGetLastError());
+      float ms_r;
+      CK(cudaEventElapsedTime(&ms_r, e0, e1));
+      if (i >= 3) t.push_back(ms_r);
+    }
+    const float ms_read = Median(t);
+    std::printf("# read_only_1GiB: %.3f ms, %.1f GB/s (read)\n", ms_read, bytes / (ms_read * 1e6));
     CK(cudaFree(a));
     CK(cudaFree(b));
   }
 
+  // Written between cold-timed calls: larger than L2, so the K/V come from HBM.
+  const size_t flush_bytes = size_t(256) << 20;
+  void* flush;
+  CK(cudaMalloc(&flush, flush_bytes));
+
   std::mt19937 rng(42);
   std::uniform_real_distribution<float> U(-1.f, 1.f);
-  std::printf("n,budget,kernel_us,gbps_unique\n");
+  std::printf("n,budget,kernel_us,gbps_unique,kernel_us_backtoback,kernel_us_cold,gbps_cold\n");
   for (int budget : {2048, 8192, 32768}) {
     const int nb_per_head = budget / block_tokens;
     const int num_blocks = kv_heads * nb_per_head;
@@ -150,8 +194,31 @@ int main() {
       }
       CK(cudaGetLastError());
       const float us = Median(t) * 1e3f;
+
+      CK(cudaEventRecord(e0));
+      for (int i = 0; i < iters; ++i) launch();
+      CK(cudaEventRecord(e1));
+      CK(cudaEventSynchronize(e1));
+      float ms_b2b;
+      CK(cudaEventElapsedTime(&ms_b2b, e0, e1));
+      const float us_b2b = ms_b2b * 1e3f / iters;
+
+      std::vector<float> tc;
+      for (int i = 0; i < iters; ++i) {
+        CK(cudaMemsetAsync(flush, i & 0xff, flush_bytes));
+        CK(cudaEventRecord(e0));
+        launch();
+        CK(cudaEventRecord(e1));
+        CK(cudaEventSynchronize(e1));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        tc.push_back(ms);
+      }
+      CK(cudaGetLastError());
+      const float us_cold = Median(tc) * 1e3f;
       const double bytes = double(kv_heads) * budget * head_dim * 2 * 2;  // K+V unique
-      std::printf("%d,%d,%.2f,%.1f\n", n, budget, us, bytes / (us * 1e3));
+      std::printf("%d,%d,%.2f,%.1f,%.2f,%.2f,%.1f\n", n, budget, us, bytes / (us * 1e3), us_b2b, us_cold,
+                  bytes / (us_cold * 1e3));
       std::fflush(stdout);
       CK(cudaFree(didx));
       CK(cudaFree(dcnt));
@@ -163,5 +230,6 @@ int main() {
     CK(cudaFree(dv));
     CK(cudaFree(dlen));
   }
+  CK(cudaFree(flush));
   return 0;
 }

@@ -2,7 +2,11 @@
 """Time torch SDPA on the shapes of tools/bench_cuda_attention.cu (random data).
 
 q [1, 32, n, 128] fp16, k/v [1, 8, budget, 128] fp16, GQA 4. Prints CSV
-n,budget,sdpa_us (median of 50 after warm-up), with notes as '#' lines.
+n,budget,sdpa_us,sdpa_us_backtoback,sdpa_us_cold with notes as '#' lines:
+sdpa_us the median of 50 single calls after warm-up (L2-warm where K/V fit the
+50 MiB L2), back-to-back 50 calls / 50, cold the median of 50 single calls each
+after writing a 256 MiB buffer (K/V evicted from L2) -- the same columns as
+tools/bench_cuda_attention.cu.
 """
 import inspect
 import statistics
@@ -39,6 +43,26 @@ def time_fn(fn, warmup=10, iters=50):
     return statistics.median(ts)
 
 
+_flush = None
+
+
+def time_cold(fn, iters=50):
+    # each call after a 256 MiB write that evicts K/V from the 50 MiB L2
+    global _flush
+    if _flush is None:
+        _flush = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
+    ts = []
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for i in range(iters):
+        _flush.fill_(i & 0xFF)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        ts.append(s.elapsed_time(e) * 1e3)
+    return statistics.median(ts)
+
+
 def time_batched(fn, iters=50):
     # back-to-back launches between two events: hides host dispatch gaps
     torch.cuda.synchronize()
@@ -51,7 +75,7 @@ def time_batched(fn, iters=50):
     return s.elapsed_time(e) * 1e3 / iters
 
 
-print("n,budget,sdpa_us,sdpa_us_backtoback")
+print("n,budget,sdpa_us,sdpa_us_backtoback,sdpa_us_cold")
 torch.manual_seed(0)
 for budget in (2048, 8192, 32768):
     k = torch.randn(1, 8, budget, 128, device=dev, dtype=torch.float16)
@@ -73,8 +97,9 @@ for budget in (2048, 8192, 32768):
                 fn()
                 us = time_fn(fn)
                 bb = time_batched(fn)
+                cold = time_cold(fn)
         except RuntimeError as ex:
-            bb = float("nan")
+            bb = cold = float("nan")
             if gqa:
                 # flash may refuse enable_gqa; try flash with repeated K/V first
                 kr, vr = k.repeat_interleave(4, dim=1), v.repeat_interleave(4, dim=1)
@@ -94,4 +119,4 @@ for budget in (2048, 8192, 32768):
                 note.append("flash refused -> default backend")
         if note:
             print(f"# n={n} budget={budget}: {'; '.join(note)}")
-        print(f"{n},{budget},{us:.2f},{bb:.2f}")
+        print(f"{n},{budget},{us:.2f},{bb:.2f},{cold:.2f}")

@@ -1,0 +1,9 @@
+// SplitKernel for head dims padded to 64 (see cuda_attention_kernel.cuh).
+#include "attention/cuda_attention_kernel_impl.cuh"
+
+namespace msa::attention::cuda {
+
+template Status SplitKernelOccupancy<64>(int, int, int*);
+template Status LaunchSplitKernel<64>(const SplitParams&, int, int, cudaStream_t);
+
+}  // namespace msa::attention::cuda

@@ -1,0 +1,539 @@
+// Definitions of SplitKernel and its launch helpers (see
+// cuda_attention_kernel.cuh for the design). Included only by
+// cuda_attention_d{64,128,256}.cu, each of which instantiates one head dim.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
+
+#include "attention/cuda_attention_kernel.cuh"
+
+namespace msa::attention::cuda {
+
+// Tokens per K/V tile: 64 keeps two CTAs' double buffers in an SM; at D = 256
+// a 32-token tile does (and keeps the fp32 output tile in registers).
+template <int D>
+__host__ __device__ constexpr int TileTokens() {
+  return D == 256 ? 32 : 64;
+}
+// Shared-memory row stride in halves: 16 bytes of padding make the 8 rows an
+// ldmatrix reads fall in distinct banks.
+template <int D>
+__host__ __device__ constexpr int RowStride() {
+  return D + 8;
+}
+
+// cp.async pipeline depth: three tiles in flight where two CTAs per SM still
+// fit (decode, D <= 128), else two.
+template <int D, int MW>
+__host__ __device__ constexpr int Stages() {
+  return (MW == 1 && D <= 128) ? 3 : 2;
+}
+
+template <int D, int MW>
+constexpr size_t SplitSmemBytes() {
+  constexpr size_t q = 2u * 16 * MW * RowStride<D>() * sizeof(__half);           // Q hi, lo
+  constexpr size_t kv = 2u * Stages<D, MW>() * TileTokens<D>() * RowStride<D>() * sizeof(__half);  // K, V
+  constexpr size_t ints = (kMaxBlocksPerSplit + (kMaxBlocksPerSplit + 4) + 4 + 64) * sizeof(int);
+  return q + kv + ints + TileTokens<D>() * sizeof(int64_t);
+}
+
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared, bypassing L1; src_bytes 0 writes zeros.
+__device__ __forceinline__ void CpAsync16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddr(dst)), "l"(src),
+               "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(SmemAddr(p)));
+}
+__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(SmemAddr(p)));
+}
+
+// c += a (16x16, row) * b (16x8, col); fp16 operands, fp32 accumulators.
+__device__ __forceinline__ void Mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t AsU32(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
+
+// (x, y) -> fp16 hi pair and the fp16 rounding of what hi misses.
+__device__ __forceinline__ void SplitHiLo(float x, float y, uint32_t* hi, uint32_t* lo) {
+  const __half2 h = __floats2half2_rn(x, y);
+  const float2 hf = __half22float2(h);
+  *hi = AsU32(h);
+  *lo = AsU32(__floats2half2_rn(x - hf.x, y - hf.y));
+}
+
+// Flat token f of the run -> row of the K/V table. s_start[k] is the token
+// offset of the run's k-th block; blocks of length 0 (invalid entries) share
+// their start with the next block, so the last k with s_start[k] <= f is
+// always a block that holds f.
+__device__ __forceinline__ int64_t TokenRow(const int* s_block, const int* s_start, int nb,
+                                            int block_tokens, int f) {
+  int lo = 0, hi = nb;
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) >> 1;
+    if (s_start[mid] <= f) {
+      lo = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  return static_cast<int64_t>(s_block[lo]) * block_tokens + (f - s_start[lo]);
+}
+
+template <int D, int MW>
+__global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p) {
+  constexpr int BN = TileTokens<D>();
+  constexpr int M = 16 * MW;
+  constexpr int LD = RowStride<D>();
+  // Warps = MW row groups x TS token slices: with few query vectors (decode)
+  // the four warps split each tile's tokens instead of idling, and merge their
+  // softmax states at the end of a run.
+  constexpr int TS = (4 / MW) < (BN / 16) ? (4 / MW) : (BN / 16);
+  constexpr int SN = BN / TS;  // tokens of a warp's slice
+  constexpr int NT = SN / 8;   // n8 tiles of a warp's scores
+  constexpr int DT = D / 8;   // n8 tiles of the output
+  constexpr int KS = D / 16;  // k16 steps of Q K^T
+  constexpr int PS = SN / 16; // k16 steps of P V
+  constexpr int CH = D / 8;   // 16-byte chunks of a padded K/V row
+  constexpr int ST = Stages<D, MW>();
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __half* s_qhi = reinterpret_cast<__half*>(smem_raw);  // [M][LD]
+  __half* s_qlo = s_qhi + M * LD;                         // [M][LD]
+  __half* s_k = s_qlo + M * LD;                           // [ST][BN][LD]
+  __half* s_v = s_k + ST * BN * LD;                       // [ST][BN][LD]
+  int* s_block = reinterpret_cast<int*>(s_v + ST * BN * LD);  // [kMaxBlocksPerSplit]
+  int* s_start = s_block + kMaxBlocksPerSplit;               // [kMaxBlocksPerSplit + 1]
+  int* s_warp = s_start + kMaxBlocksPerSplit + 4;            // [4]: scan carries
+  // [64 >= rows of a CTA]: s_same[i] = row r_first + i selects the same blocks
+  // in this split as row r_first + i - 1.
+  int* s_same = s_warp + 4;
+  // [BN]: table row of each token of the tile in flight, -1 past the run.
+  int64_t* s_row = reinterpret_cast<int64_t*>(s_same + 64);
+
+  // The merge kernel (a programmatic dependent launch) may start launching
+  // now: every CTA of this grid has started, and it waits on griddepcontrol.wait
+  // for this grid to finish, so its launch latency hides behind this kernel.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int rg = warp % MW;  // row group: query vectors [16 rg, 16 rg + 16)
+  const int ts = warp / MW;  // token slice: tokens [SN ts, SN ts + SN) of each tile (ts < TS)
+  const int g = blockIdx.y;
+  const int split = blockIdx.z;
+  const int nq = p.n_queries * p.group;
+  const int m0 = blockIdx.x * M;
+  const int m_end = min(m0 + M, nq);
+  const int j0 = split * p.blocks_per_split;
+  const int j1 = j0 + p.blocks_per_split;
+  const int dchunks = p.head_dim / 8;
+
+  // Q of the CTA's vectors as hi/lo fp16; padding rows and channels are 0.
+  for (int idx = tid; idx < M * (D / 2); idx += kSplitThreads) {
+    const int m = idx / (D / 2);
+    const int c = (idx % (D / 2)) * 2;
+    float x = 0.0f, y = 0.0f;
+    const int mg = m0 + m;
+    if (mg < m_end && c < p.head_dim) {
+      const int r = mg / p.group;
+      const int h = mg - r * p.group;
+      const float* src = p.q + (static_cast<size_t>(r) * p.q_heads + g * p.group + h) * p.head_dim + c;
+      x = src[0];
+      y = src[1];
+    }
+    uint32_t hi, lo;
+    SplitHiLo(x, y, &hi, &lo);
+    *reinterpret_cast<uint32_t*>(s_qhi + m * LD + c) = hi;
+    *reinterpret_cast<uint32_t*>(s_qlo + m * LD + c) = lo;
+  }
+
+  auto sel_of = [&](int r) { return static_cast<size_t>(r) * p.kv_heads + g; };
+  // Blocks of row r in this split (the contract says count is in [0, max_blocks];
+  // clamping keeps a bad count from reading outside block_index).
+  auto blocks_in_split = [&](int r) {
+    const int c = min(max(p.count[sel_of(r)], 0), p.max_blocks);
+    return max(0, min(j1, c) - j0);
+  };
+
+  const int r_first = m0 / p.group;
+  const int r_last = (m_end - 1) / p.group;
+  const int n_rows = r_last - r_first + 1;  // <= M <= 64
+  // Compare every row's selection with the previous row's at once (one
+  // round trip of loads, not one per row): equal neighbours form runs.
+  if (n_rows > 1) {
+    for (int i = 1 + tid; i < n_rows; i += kSplitThreads) {
+      s_same[i] = blocks_in_split(r_first + i) == blocks_in_split(r_first + i - 1);
+    }
+    __syncthreads();
+    const int bps = p.blocks_per_split;
+    for (int idx = tid; idx < (n_rows - 1) * bps; idx += kSplitThreads) {
+      const int i = idx / bps + 1;
+      const int k = idx - (i - 1) * bps;
+      const int r = r_first + i;
+      if (k < blocks_in_split(r) && p.block_index[sel_of(r) * p.max_blocks + j0 + k] !=
+                                        p.block_index[sel_of(r - 1) * p.max_blocks + j0 + k]) {
+        s_same[i] = 0;  // only zeros are written here: concurrent writers agree
+      }
+    }
+    __syncthreads();
+  }
+  for (int ra = r_first; ra <= r_last;) {
+    // The previous run is done with s_block/s_start/s_row and the K/V buffers.
+    // (Before the first run nothing needs ordering: the barriers of the scan
+    // below also publish Q, and the Q loads overlap the selection's.)
+    if (ra != r_first) __syncthreads();
+    const int32_t* blocks = p.block_index + sel_of(ra) * p.max_blocks + j0;
+    // Read this split's indices and their lengths before the count is known:
+    // entries [j0, min(j1, max_blocks)) are inside block_index whatever count
+    // says, and an entry past count is range-checked before block_len is read.
+    // Two dependent round trips instead of four at every CTA's start.
+    int b_spec = -1, len_spec = 0;
+    if (tid < p.blocks_per_split && j0 + tid < p.max_blocks) b_spec = blocks[tid];
+    const bool spec_ok = b_spec >= 0 && b_spec < p.num_blocks;
+    if (spec_ok) len_spec = min(max(p.block_len[b_spec], 0), p.block_tokens);
+    const int nb = blocks_in_split(ra);
+    // Extend the run while the next row selects the same blocks here.
+    int rb = ra;
+    while (rb < r_last && s_same[rb + 1 - r_first]) ++rb;
+    const int a_lo = max(m0, ra * p.group) - m0;  // the run's query vectors, CTA-local [a_lo, a_hi)
+    const int a_hi = min(m_end, (rb + 1) * p.group) - m0;
+    ra = rb + 1;
+
+    // Token offsets of the run's blocks: a block-wide inclusive scan of lengths.
+    int len = 0;
+    if (tid < nb) {
+      // An invalid index (the contract forbids it) is skipped rather than read
+      // out of bounds, which would poison the whole CUDA context.
+      s_block[tid] = spec_ok ? b_spec : 0;
+      len = len_spec;
+    }
+    int incl = len;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+      const int y = __shfl_up_sync(0xffffffffu, incl, off);
+      if (lane >= off) incl += y;
+    }
+    if (lane == 31) s_warp[warp] = incl;
+    __syncthreads();
+    for (int w = 0; w < warp; ++w) incl += s_warp[w];
+    if (tid < nb) s_start[tid + 1] = incl;
+    if (tid == 0) s_start[0] = 0;
+    __syncthreads();
+    const int total = s_start[nb];
+    const int n_tiles = (total + BN - 1) / BN;
+
+    float m_i[2] = {-INFINITY, -INFINITY};  // rows lane/4 and lane/4 + 8 of the warp's 16
+    float l_i[2] = {0.0f, 0.0f};            // this lane's share of the row sums
+    float acc[DT][4];
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[dt][e] = 0.0f;
+    }
+    const bool warp_active = ts < TS && 16 * rg < a_hi && 16 * rg + 16 > a_lo;
+
+    auto set_rows = [&](int tile) {
+      if (tid < BN) {
+        const int f = tile * BN + tid;
+        s_row[tid] = f < total ? TokenRow(s_block, s_start, nb, p.block_tokens, f) : -1;
+      }
+    };
+    auto issue_loads = [&](int stage) {
+      __half* dk = s_k + stage * BN * LD;
+      __half* dv = s_v + stage * BN * LD;
+#pragma unroll 4
+      for (int c = tid; c < BN * CH; c += kSplitThreads) {
+        const int n = c / CH;
+        const int part = c - n * CH;
+        const int64_t row = s_row[n];
+        const bool ok = row >= 0 && part < dchunks;
+        const size_t off = ok ? static_cast<size_t>(row) * p.head_dim + part * 8 : 0;
+        CpAsync16(dk + n * LD + part * 8, p.keys + off, ok ? 16 : 0);
+        CpAsync16(dv + n * LD + part * 8, p.values + off, ok ? 16 : 0);
+      }
+    };
+
+    // Tiles 0 .. ST-2 in flight before the loop; one commit group per tile
+    // (empty past the end) keeps the wait count uniform.
+#pragma unroll
+    for (int k = 0; k < ST - 1; ++k) {
+      if (k < n_tiles) {
+        set_rows(k);
+        __syncthreads();
+        issue_loads(k);
+        __syncthreads();  // s_row is read by every thread before it is rewritten
+      }
+      CpAsyncCommit();
+    }
+    for (int t = 0; t < n_tiles; ++t) {
+      const int stage = t % ST;
+      const int ahead = t + ST - 1;
+      if (ahead < n_tiles) set_rows(ahead);
+      __syncthreads();  // s_row holds tile `ahead`; every warp is done with its stage (tile t-1's)
+      if (ahead < n_tiles) issue_loads(ahead % ST);
+      CpAsyncCommit();
+      CpAsyncWait<ST - 1>();
+      __syncthreads();  // tile t has landed for all threads
+      if (!warp_active) continue;
+
+      const __half* tk = s_k + (stage * BN + ts * SN) * LD;
+      const __half* tv = s_v + (stage * BN + ts * SN) * LD;
+      float s[NT][4];
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[j][e] = 0.0f;
+      }
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        uint32_t ahi[4], alo[4];
+        const int qoff = (16 * rg + (lane & 15)) * LD + ks * 16 + (lane >> 4) * 8;
+        LdMatrixX4(ahi, s_qhi + qoff);
+        LdMatrixX4(alo, s_qlo + qoff);
+#pragma unroll
+        for (int j = 0; j < NT / 2; ++j) {
+          uint32_t b[4];
+          LdMatrixX4(b, tk + (16 * j + (lane >> 4) * 8 + (lane & 7)) * LD + ks * 16 + ((lane >> 3) & 1) * 8);
+          Mma16816(s[2 * j], ahi, b[0], b[1]);
+          Mma16816(s[2 * j], alo, b[0], b[1]);
+          Mma16816(s[2 * j + 1], ahi, b[2], b[3]);
+          Mma16816(s[2 * j + 1], alo, b[2], b[3]);
+        }
+      }
+
+      // Online softmax in log2 units; tokens past the run score -inf.
+      const int valid = total - t * BN - ts * SN;
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = 8 * j + (lane & 3) * 2 + (e & 1);
+          s[j][e] = col < valid ? s[j][e] * p.score_scale : -INFINITY;
+          mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
+        }
+      }
+      float alpha[2], m_use[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+        const float m_new = fmaxf(m_i[h], mx[h]);
+        // Nothing seen yet (all -inf): subtract 0 so that -inf - -inf never makes a NaN.
+        m_use[h] = m_new == -INFINITY ? 0.0f : m_new;
+        alpha[h] = exp2f(m_i[h] - m_use[h]);
+        m_i[h] = m_new;
+        l_i[h] *= alpha[h];
+      }
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[j][e] = exp2f(s[j][e] - m_use[e >> 1]);
+          l_i[e >> 1] += s[j][e];
+        }
+      }
+#pragma unroll
+      for (int dt = 0; dt < DT; ++dt) {
+        acc[dt][0] *= alpha[0];
+        acc[dt][1] *= alpha[0];
+        acc[dt][2] *= alpha[1];
+        acc[dt][3] *= alpha[1];
+      }
+      // O += P V: the score accumulators of n-tiles 2kk, 2kk+1 are the A fragment of k-step kk.
+#pragma unroll
+      for (int kk = 0; kk < PS; ++kk) {
+        uint32_t phi[4], plo[4];
+        SplitHiLo(s[2 * kk][0], s[2 * kk][1], &phi[0], &plo[0]);
+        SplitHiLo(s[2 * kk][2], s[2 * kk][3], &phi[1], &plo[1]);
+        SplitHiLo(s[2 * kk + 1][0], s[2 * kk + 1][1], &phi[2], &plo[2]);
+        SplitHiLo(s[2 * kk + 1][2], s[2 * kk + 1][3], &phi[3], &plo[3]);
+#pragma unroll
+        for (int dj = 0; dj < DT / 2; ++dj) {
+          uint32_t b[4];
+          LdMatrixX4Trans(b, tv + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD + dj * 16 + (lane >> 4) * 8);
+          Mma16816(acc[2 * dj], phi, b[0], b[1]);
+          Mma16816(acc[2 * dj], plo, b[0], b[1]);
+          Mma16816(acc[2 * dj + 1], phi, b[2], b[3]);
+          Mma16816(acc[2 * dj + 1], plo, b[2], b[3]);
+        }
+      }
+    }
+
+    // Epilogue of the run: its query vectors' results (or partials).
+    if (warp_active) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        l_i[h] += __shfl_xor_sync(0xffffffffu, l_i[h], 1);
+        l_i[h] += __shfl_xor_sync(0xffffffffu, l_i[h], 2);
+      }
+    }
+    if constexpr (TS > 1) {
+      // Token slices 1.. park their state in the (now idle) K/V buffers, in
+      // register order per lane; slice 0 folds them in by log-sum-exp.
+      constexpr int kSlot = DT * 4 + 4;  // floats per lane: acc, m[2], l[2]
+      float* park = reinterpret_cast<float*>(s_k);
+      __syncthreads();  // every warp is done with the last tile
+      if (warp_active && ts > 0) {
+        float* slot = park + (((ts - 1) * MW + rg) * 32 + lane) * kSlot;
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) slot[dt * 4 + e] = acc[dt][e];
+        }
+        slot[DT * 4 + 0] = m_i[0];
+        slot[DT * 4 + 1] = m_i[1];
+        slot[DT * 4 + 2] = l_i[0];
+        slot[DT * 4 + 3] = l_i[1];
+      }
+      __syncthreads();
+      if (warp_active && ts == 0) {
+#pragma unroll
+        for (int o = 1; o < TS; ++o) {
+          const float* slot = park + (((o - 1) * MW + rg) * 32 + lane) * kSlot;
+          float a_self[2], a_other[2];
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const float mo = slot[DT * 4 + h];
+            const float m_new = fmaxf(m_i[h], mo);
+            const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+            a_self[h] = exp2f(m_i[h] - m_use);
+            a_other[h] = exp2f(mo - m_use);
+            m_i[h] = m_new;
+            l_i[h] = l_i[h] * a_self[h] + slot[DT * 4 + 2 + h] * a_other[h];
+          }
+#pragma unroll
+          for (int dt = 0; dt < DT; ++dt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              acc[dt][e] = acc[dt][e] * a_self[e >> 1] + slot[dt * 4 + e] * a_other[e >> 1];
+            }
+          }
+        }
+      }
+      // The next run's first loads overwrite the parked state: its start barrier orders them.
+    }
+    if (warp_active && ts == 0) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int m = 16 * rg + (lane >> 2) + 8 * h;
+        if (m < a_lo || m >= a_hi) continue;
+        const int mg = m0 + m;
+        const int r = mg / p.group;
+        const size_t qv = static_cast<size_t>(r) * p.q_heads + g * p.group + (mg - r * p.group);
+        float* dst;
+        float mul;
+        if (p.num_splits == 1) {
+          dst = p.out + qv * p.head_dim;
+          mul = l_i[h] > 0.0f ? 1.0f / l_i[h] : 0.0f;  // an empty selection gives 0
+          if (p.lse != nullptr && (lane & 3) == 0) {
+            p.lse[qv] = l_i[h] > 0.0f ? (m_i[h] + log2f(l_i[h])) * 0.69314718055994531f : -INFINITY;
+          }
+        } else {
+          const size_t pi = static_cast<size_t>(split) * p.n_queries * p.q_heads + qv;
+          dst = p.part_acc + pi * p.head_dim;
+          mul = 1.0f;
+          if ((lane & 3) == 0) {
+            p.part_m[pi] = m_i[h];
+            p.part_l[pi] = l_i[h];
+          }
+        }
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt) {
+          const int col = 8 * dt + (lane & 3) * 2;
+          if (col < p.head_dim) {
+            dst[col] = acc[dt][2 * h] * mul;
+            dst[col + 1] = acc[dt][2 * h + 1] * mul;
+          }
+        }
+      }
+    }
+  }
+}
+
+template <int D, int MW>
+Status OccupancyOf(int device, int* ctas_per_sm) {
+  static std::mutex mu;
+  static std::map<int, int>* cache = new std::map<int, int>();  // device -> CTAs per SM; never freed
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache->find(device);
+  if (it != cache->end()) {
+    *ctas_per_sm = it->second;
+    return Status::OK();
+  }
+  constexpr size_t smem = SplitSmemBytes<D, MW>();
+  MSA_RETURN_IF_ERROR(CudaStatus(
+      cudaFuncSetAttribute(SplitKernel<D, MW>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+      "raising the shared-memory limit of the attention kernel (D=" + std::to_string(D) + ")"));
+  int n = 0;
+  MSA_RETURN_IF_ERROR(CudaStatus(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, SplitKernel<D, MW>, kSplitThreads, smem),
+                                 "querying the attention kernel's occupancy"));
+  if (n < 1) {
+    return Status::NotSupported("the attention kernel (D=" + std::to_string(D) + ", " + std::to_string(smem) +
+                                " bytes of shared memory) does not fit on device " + std::to_string(device));
+  }
+  (*cache)[device] = n;
+  *ctas_per_sm = n;
+  return Status::OK();
+}
+
+template <int D>
+Status SplitKernelOccupancy(int device, int mw, int* ctas_per_sm) {
+  switch (mw) {
+    case 1: return OccupancyOf<D, 1>(device, ctas_per_sm);
+    case 2: return OccupancyOf<D, 2>(device, ctas_per_sm);
+    case 4: return OccupancyOf<D, 4>(device, ctas_per_sm);
+    default: return Status::Internal("SplitKernelOccupancy: bad mw " + std::to_string(mw));
+  }
+}
+
+template <int D, int MW>
+Status Launch(const SplitParams& p, int m_tiles, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(m_tiles), static_cast<unsigned>(p.kv_heads),
+                  static_cast<unsigned>(p.num_splits));
+  SplitKernel<D, MW><<<grid, kSplitThreads, SplitSmemBytes<D, MW>(), stream>>>(p);
+  return CudaStatus(cudaGetLastError(), "launching the sparse attention kernel (D=" + std::to_string(D) + ")");
+}
+
+template <int D>
+Status LaunchSplitKernel(const SplitParams& p, int mw, int m_tiles, cudaStream_t stream) {
+  switch (mw) {
+    case 1: return Launch<D, 1>(p, m_tiles, stream);
+    case 2: return Launch<D, 2>(p, m_tiles, stream);
+    case 4: return Launch<D, 4>(p, m_tiles, stream);
+    default: return Status::Internal("LaunchSplitKernel: bad mw " + std::to_string(mw));
+  }
+}
+
+}  // namespace msa::attention::cuda
