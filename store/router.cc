@@ -13,13 +13,14 @@
 
 #include <spdlog/spdlog.h>
 
+#include "attention/half.h"
 #include "store/dot_kernel.h"
 #include "store/summary.h"
 
 namespace msa {
 
 struct Router::Stream {
-  std::vector<float> summaries;  // [blocks, summary_width]
+  std::vector<uint16_t> summaries;  // [blocks, summary_width] fp16
   uint64_t blocks = 0;
   std::unique_ptr<faiss::IndexIVF> ivf;  // null: exact scan
   uint64_t trained_vectors = 0;          // vectors the IVF was trained on
@@ -41,6 +42,22 @@ size_t DefaultNprobe(size_t nlist) { return std::min(nlist, std::max<size_t>(8, 
 
 float Combine(GqaCombine combine, float acc, float score) {
   return combine == GqaCombine::kMax ? std::max(acc, score) : acc + score;
+}
+
+std::vector<float> Widen(const uint16_t* half, size_t n) {
+  std::vector<float> out(n);
+  attention::HalfToFloatArray(half, out.data(), n);
+  return out;
+}
+
+// Adds fp16 vectors to an index in float chunks of 64K vectors.
+void AddInChunks(faiss::Index* index, const uint16_t* vectors, uint64_t n, size_t dim) {
+  constexpr uint64_t kChunk = 1 << 16;
+  for (uint64_t at = 0; at < n; at += kChunk) {
+    const uint64_t len = std::min(kChunk, n - at);
+    const std::vector<float> chunk = Widen(vectors + at * dim, len * dim);
+    index->add(static_cast<faiss::Index::idx_t>(len), chunk.data());
+  }
 }
 
 void KeepTop(std::vector<ScoredBlock>* scored, size_t k) {
@@ -71,12 +88,15 @@ void Router::Add(uint32_t stream, std::span<const float> summaries) {
   Stream& s = *streams_[stream];
   const uint64_t n = summaries.size() / geometry_.summary_width();
   if (n == 0) return;
-  s.summaries.insert(s.summaries.end(), summaries.begin(), summaries.end());
+  const size_t old_size = s.summaries.size();
+  s.summaries.resize(old_size + summaries.size());  // within the reserved capacity
+  attention::FloatToHalfArray(summaries.data(), s.summaries.data() + old_size, summaries.size());
   if (s.ivf) {
     // Summaries are [block][vector][dim], exactly the index vectors in order.
     const uint64_t per_block = IndexVectorsPerBlock(geometry_);
     try {
-      s.ivf->add(static_cast<faiss::Index::idx_t>(n * per_block), summaries.data());
+      const std::vector<float> rounded = Widen(s.summaries.data() + old_size, summaries.size());
+      s.ivf->add(static_cast<faiss::Index::idx_t>(n * per_block), rounded.data());
     } catch (const std::exception& e) {
       spdlog::warn("router: adding to the IVF index of stream {} failed ({}); scanning it exactly",
                    stream, e.what());
@@ -101,9 +121,18 @@ bool Router::RefreshIndex(uint32_t stream, std::shared_mutex& publish_mu) {
       quantizer.get(), dim, nlist, faiss::ScalarQuantizer::QT_8bit, faiss::METRIC_INNER_PRODUCT);
   ivf->own_fields = true;
   quantizer.release();
-  ivf->cp.max_points_per_centroid = 64;  // train on a sample: at most 64 points per list
-  ivf->train(static_cast<faiss::Index::idx_t>(vectors), s.summaries.data());
-  ivf->add(static_cast<faiss::Index::idx_t>(vectors), s.summaries.data());
+  // Train on an evenly strided sample of at most 64 points per list, then
+  // add everything in chunks: never a float copy of the whole stream.
+  const uint64_t sample = std::min<uint64_t>(vectors, 64ull * nlist);
+  std::vector<float> train(sample * dim);
+  for (uint64_t i = 0; i < sample; ++i) {
+    const uint64_t from = i * vectors / sample;
+    attention::HalfToFloatArray(s.summaries.data() + from * dim, train.data() + i * dim, dim);
+  }
+  ivf->cp.max_points_per_centroid = 64;
+  ivf->train(static_cast<faiss::Index::idx_t>(sample), train.data());
+  train = {};
+  AddInChunks(ivf.get(), s.summaries.data(), vectors, dim);
   std::unique_lock<std::shared_mutex> lock(publish_mu);
   s.trained_vectors = vectors;
   s.ivf = std::move(ivf);
@@ -148,8 +177,8 @@ Status Router::LoadIndex(uint32_t stream, const std::vector<uint8_t>& bytes, uin
   }
   const uint64_t missing = s.blocks - covered;
   if (missing > 0) {
-    ivf->add(static_cast<faiss::Index::idx_t>(missing * per_block),
-             s.summaries.data() + covered * geometry_.summary_width());
+    AddInChunks(ivf.get(), s.summaries.data() + covered * geometry_.summary_width(), missing * per_block,
+                IndexVectorDim(geometry_));
   }
   s.ivf = std::move(ivf);
   s.trained_vectors = trained_vectors;
@@ -166,8 +195,8 @@ std::vector<ScoredBlock> Router::ExactScan(const Stream& s, const std::vector<fl
   std::vector<ScoredBlock> scored(s.blocks);
   for (uint64_t b0 = 0; b0 < s.blocks; b0 += kChunkBlocks) {
     const uint64_t nb = std::min<uint64_t>(kChunkBlocks, s.blocks - b0);
-    InnerProductsMany(probes.data(), group_size, s.summaries.data() + b0 * per_block * dim,
-                      nb * per_block, dim, dots.data());
+    InnerProductsF16(probes.data(), group_size, s.summaries.data() + b0 * per_block * dim,
+                     nb * per_block, dim, dots.data());
     for (uint64_t b = 0; b < nb; ++b) {
       float acc = options.combine == GqaCombine::kMax ? -std::numeric_limits<float>::infinity() : 0.0f;
       for (int h = 0; h < group_size; ++h) {
@@ -217,14 +246,15 @@ std::vector<ScoredBlock> Router::Search(uint32_t stream, const float* queries, i
   std::unordered_set<uint64_t> seen;
   std::vector<ScoredBlock> scored;
   const size_t width = geometry_.summary_width();
+  std::vector<float> summary(width);
   for (const faiss::Index::idx_t label : labels) {
     if (label < 0) continue;
     const uint64_t block = static_cast<uint64_t>(label) / per_block;
     if (!seen.insert(block).second) continue;
-    const float* summary = s.summaries.data() + block * width;
+    attention::HalfToFloatArray(s.summaries.data() + block * width, summary.data(), width);
     float score = options.combine == GqaCombine::kMax ? -std::numeric_limits<float>::infinity() : 0.0f;
     for (int h = 0; h < group_size; ++h) {
-      score = Combine(options.combine, score, ScoreSummary(geometry_, probes.data() + h * dim, summary));
+      score = Combine(options.combine, score, ScoreSummary(geometry_, probes.data() + h * dim, summary.data()));
     }
     scored.push_back({block, score});
   }

@@ -1,7 +1,8 @@
 // The router: per stream, which blocks matter for a group of query heads.
 //
 // Each stream keeps every block's summary (store/summary.h) in memory, in
-// float32: the exact truth the router scores with. While the stream is
+// fp16 (exact for the bound of fp16 keys; a rounding of the mean and the
+// centroids): the truth the router scores with. While the stream is
 // small, a query scores every summary (an exact scan, vectorised). Once it
 // holds RouterOptions::ivf_min_vectors index vectors, a FAISS IVF index with
 // 8-bit scalar-quantised vectors (inner product; lists growing with the

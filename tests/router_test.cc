@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -11,6 +12,8 @@
 #include <set>
 #include <shared_mutex>
 
+#include "attention/half.h"
+#include "store/dot_kernel.h"
 #include "store/router.h"
 #include "store/store.h"
 #include "store/summary.h"
@@ -88,6 +91,32 @@ TEST(Summary, MeanAndCentroidsScoreAsDocumented) {
   }
 }
 
+TEST(DotKernel, Fp16InnerProductsMatchAScalarReferenceForOddShapes) {
+  SCOPED_TRACE(InnerProductsF16Isa());
+  for (size_t dim : {1u, 7u, 16u, 37u, 64u, 130u}) {
+    for (int probes : {1, 2, 3, 4, 8, 9}) {
+      const size_t n = 11;
+      auto p = msa::testing::RandomVector(probes * dim, dim * 10 + probes);
+      auto v = msa::testing::RandomVector(n * dim, dim * 10 + probes + 1000);
+      std::vector<uint16_t> v16(n * dim);
+      attention::FloatToHalfArray(v.data(), v16.data(), v16.size());
+      std::vector<float> out(n * probes);
+      InnerProductsF16(p.data(), probes, v16.data(), n, dim, out.data());
+      for (size_t i = 0; i < n; ++i) {
+        for (int h = 0; h < probes; ++h) {
+          double ref = 0, mag = 0;
+          for (size_t c = 0; c < dim; ++c) {
+            const double x = attention::HalfToFloat(v16[i * dim + c]);
+            ref += p[h * dim + c] * x;
+            mag += std::abs(p[h * dim + c] * x);
+          }
+          ASSERT_NEAR(out[i * probes + h], ref, 1e-5 * mag + 1e-6) << "dim " << dim << " probes " << probes;
+        }
+      }
+    }
+  }
+}
+
 // Brute force: the top k blocks by the combined score of the group's heads.
 std::vector<uint64_t> BruteForce(const Geometry& g, const std::vector<float>& summaries,
                                  uint64_t blocks, const std::vector<float>& queries, int group,
@@ -122,6 +151,7 @@ TEST(Router, ExactScanIsTheExactTopKForEverySummaryAndCombine) {
     const Geometry g = OneStream(kind);
     const uint64_t blocks = 300;
     auto summaries = msa::testing::RandomVector(blocks * g.summary_width(), 1);
+    for (float& x : summaries) x = attention::HalfToFloat(attention::FloatToHalf(x));  // the router keeps fp16
     Router router(g);
     router.Add(0, summaries);
     const int group = 3;
