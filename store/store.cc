@@ -57,6 +57,8 @@ Store::Store(std::string path, std::unique_ptr<Catalog> catalog, const StoreOpti
       geometry_(catalog_->geometry()),
       options_(options),
       reader_(io::MakeBlockReader({options.queue_depth, options.allow_io_uring})),
+      cache_capacity_(options.cache_bytes),
+      cache_(options.cache_bytes),
       directory_(geometry_.streams()),
       router_(geometry_, options.router),
       staged_locations_(geometry_.streams()),
@@ -298,21 +300,25 @@ Status Store::Commit() {
     return s;
   }
   // 3. Publish to queries. The commit is durable now; publishing must not
-  // fail half-way, so every allocation happens before the state lock and a
-  // failure of it (out of memory) refuses further writes: the store is then
-  // consistent on disk, and a reopen shows the commit.
-  try {
-    for (uint32_t stream = 0; stream < geometry_.streams(); ++stream) {
-      directory_[stream].reserve(directory_[stream].size() + staged_locations_[stream].size());
-      router_.Reserve(stream, staged_locations_[stream].size());
-    }
-  } catch (const std::exception& e) {
-    write_error_ = Status::Internal(std::string("commit is durable but could not be published (") +
-                                    e.what() + "); reopen the store");
-    return write_error_;
-  }
+  // fail half-way, so every allocation (the reserves) happens before the
+  // first change, and a failure of it (out of memory) changes nothing
+  // visible and refuses further writes: the store is then consistent on
+  // disk, and a reopen shows the commit. The reserves need the exclusive
+  // lock too: they reallocate the vectors that queries read under the
+  // shared lock (a data race and use-after-free found by
+  // tests/concurrency_test.cc under ThreadSanitizer).
   {
     std::unique_lock<std::shared_mutex> state(state_mu_);
+    try {
+      for (uint32_t stream = 0; stream < geometry_.streams(); ++stream) {
+        directory_[stream].reserve(directory_[stream].size() + staged_locations_[stream].size());
+        router_.Reserve(stream, staged_locations_[stream].size());
+      }
+    } catch (const std::exception& e) {
+      write_error_ = Status::Internal(std::string("commit is durable but could not be published (") +
+                                      e.what() + "); reopen the store");
+      return write_error_;
+    }
     for (uint32_t stream = 0; stream < geometry_.streams(); ++stream) {
       auto& dir = directory_[stream];
       dir.insert(dir.end(), staged_locations_[stream].begin(), staged_locations_[stream].end());
@@ -433,43 +439,72 @@ Result<int> Store::SegmentFd(uint32_t segment) const {
 }
 
 Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<BlockLocation>& locs,
-                          float* keys, float* values, int32_t* len, AttendStats* stats) const {
+                          float* keys, float* values, int32_t* len, AttendStats* stats,
+                          bool use_cache) const {
   const auto t0 = Clock::now();
-  std::vector<io::ReadRequest> requests(ids.size());
+  const size_t d = geometry_.head_dim;
+  const size_t block_elems = static_cast<size_t>(geometry_.block_tokens) * d;
+  // 1. Cache hits are copied into their slots; the rest are read.
+  std::vector<size_t> misses;
+  uint64_t hits = 0;
+  for (size_t j = 0; j < ids.size(); ++j) {
+    const uint32_t stream = geometry_.StreamOf(ids[j].layer, ids[j].kv_head);
+    auto cached = use_cache ? cache_.Lookup(stream, ids[j].block) : nullptr;
+    if (!cached) {
+      misses.push_back(j);
+      continue;
+    }
+    std::copy(cached->keys.begin(), cached->keys.end(), keys + j * block_elems);
+    std::copy(cached->values.begin(), cached->values.end(), values + j * block_elems);
+    len[j] = static_cast<int32_t>(cached->tokens);
+    ++hits;
+  }
+  std::vector<io::ReadRequest> requests(misses.size());
   uint64_t total = 0;
-  for (const BlockLocation& loc : locs) total += io::AlignUp(loc.record_bytes);
+  for (size_t j : misses) total += io::AlignUp(locs[j].record_bytes);
   io::AlignedBuffer buffer(total);
   uint64_t at = 0;
-  for (size_t j = 0; j < ids.size(); ++j) {
-    MSA_ASSIGN_OR_RETURN(const int fd, SegmentFd(locs[j].segment));
-    const uint32_t padded = static_cast<uint32_t>(io::AlignUp(locs[j].record_bytes));
-    requests[j] = io::ReadRequest{fd, locs[j].offset, padded, buffer.data() + at};
+  for (size_t m = 0; m < misses.size(); ++m) {
+    const BlockLocation& loc = locs[misses[m]];
+    MSA_ASSIGN_OR_RETURN(const int fd, SegmentFd(loc.segment));
+    const uint32_t padded = static_cast<uint32_t>(io::AlignUp(loc.record_bytes));
+    requests[m] = io::ReadRequest{fd, loc.offset, padded, buffer.data() + at};
     at += padded;
   }
   Status read = reader_->ReadAll(requests);
   if (!read.ok()) {
     if (reader_->abandoned()) buffer.Leak();  // the kernel may still write into it
     // Name the block and file, not just the descriptor.
-    return read.WithContext("fetching " + std::to_string(ids.size()) + " blocks from " +
+    return read.WithContext("fetching " + std::to_string(misses.size()) + " blocks from " +
                             SegmentDir(path_));
   }
+  // 2. Decode (checksums verified) into the slots, and keep a copy in the cache.
   const auto t1 = Clock::now();
   BlockDecoder decoder;
-  const size_t block_elems = static_cast<size_t>(geometry_.block_tokens) * geometry_.head_dim;
-  for (size_t j = 0; j < ids.size(); ++j) {
+  for (size_t m = 0; m < misses.size(); ++m) {
+    const size_t j = misses[m];
     const BlockLocation& loc = locs[j];
-    Status s = decoder.Decode(
-        std::span<const uint8_t>(requests[j].dest, loc.record_bytes), ids[j], loc.checksum,
-        loc.tokens, geometry_.head_dim, keys + j * block_elems, values + j * block_elems);
+    float* k = keys + j * block_elems;
+    float* v = values + j * block_elems;
+    Status s = decoder.Decode(std::span<const uint8_t>(requests[m].dest, loc.record_bytes), ids[j],
+                              loc.checksum, loc.tokens, geometry_.head_dim, k, v);
     if (!s.ok()) {
       return s.WithContext(SegmentPath(path_, loc.segment) + " offset " + std::to_string(loc.offset));
     }
     len[j] = static_cast<int32_t>(loc.tokens);
+    if (use_cache && cache_capacity_ > 0) {
+      auto entry = std::make_shared<CachedBlock>();
+      entry->tokens = loc.tokens;
+      entry->keys.assign(k, k + loc.tokens * d);
+      entry->values.assign(v, v + loc.tokens * d);
+      cache_.Insert(geometry_.StreamOf(ids[j].layer, ids[j].kv_head), ids[j].block, std::move(entry));
+    }
   }
   if (stats) {
     stats->fetch_ms += std::chrono::duration<double, std::milli>(t1 - t0).count();
     stats->decode_ms += MsSince(t1);
-    stats->blocks_read += ids.size();
+    stats->blocks_read += misses.size();
+    stats->cache_hits += hits;
     stats->bytes_read += total;
   }
   return Status::OK();
@@ -555,7 +590,9 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
   const size_t block_elems = static_cast<size_t>(g.block_tokens) * d;
   std::vector<float> keys(ids.size() * block_elems), values(ids.size() * block_elems);
   std::vector<int32_t> len(ids.size());
-  MSA_RETURN_IF_ERROR(FetchBlocks(ids, locs, keys.data(), values.data(), len.data(), &st));
+  // Exact mode reads the whole layer: it would only flush the cache.
+  MSA_RETURN_IF_ERROR(FetchBlocks(ids, locs, keys.data(), values.data(), len.data(), &st,
+                                  options.use_cache && !options.exact));
 
   // 3. Attend.
   t0 = Clock::now();
@@ -602,7 +639,8 @@ Status Store::ReadStream(uint32_t layer, uint32_t kv_head, std::vector<float>* k
   const size_t block_elems = static_cast<size_t>(geometry_.block_tokens) * geometry_.head_dim;
   std::vector<float> k(blocks * block_elems), v(blocks * block_elems);
   std::vector<int32_t> len(blocks);
-  MSA_RETURN_IF_ERROR(FetchBlocks(ids, locs, k.data(), v.data(), len.data(), nullptr));
+  // A whole-stream scan would only flush the cache: it bypasses it.
+  MSA_RETURN_IF_ERROR(FetchBlocks(ids, locs, k.data(), v.data(), len.data(), nullptr, false));
   // Compact away the padding of partial blocks (a document's last block).
   keys->clear();
   values->clear();
@@ -644,6 +682,7 @@ StoreStats Store::Stats() const {
     }
   }
   s.reader = reader_->name();
+  s.cache = cache_.Stats();
   for (uint32_t stream = 0; stream < geometry_.streams(); ++stream) s.ivf_streams += router_.has_ivf(stream);
   return s;
 }

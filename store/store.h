@@ -34,6 +34,7 @@
 #include "io/block_reader.h"
 #include "io/segment_file.h"
 #include "msa/status.h"
+#include "store/block_cache.h"
 #include "store/catalog.h"
 #include "store/geometry.h"
 #include "store/router.h"
@@ -58,6 +59,7 @@ struct StoreOptions {
   bool allow_io_uring = true;       // false forces the pread fallback
   uint64_t segment_bytes = 1ull << 30;  // roll over to a new segment file past this size
   RouterOptions router;                 // when streams get an IVF index
+  uint64_t cache_bytes = 256ull << 20;  // host cache of decoded blocks (0: none)
 };
 
 struct AttendOptions {
@@ -67,6 +69,7 @@ struct AttendOptions {
   bool exact_routing = false;  // score every summary, even where the stream has an IVF index
   uint32_t nprobe = 0;         // IVF lists probed per head (0: default)
   uint32_t candidates = 0;     // IVF candidates per head before exact rescoring (0: 4 * top_k)
+  bool use_cache = true;       // false: read every block from disk (cold-path measurements)
 };
 
 // Where one Attend call spent its time, in milliseconds, and what it read.
@@ -74,6 +77,7 @@ struct AttendStats {
   double route_ms = 0, fetch_ms = 0, decode_ms = 0, attend_ms = 0, total_ms = 0;
   uint64_t blocks_read = 0;  // distinct (KV head, block) records read
   uint64_t bytes_read = 0;   // bytes requested from the disk (4096-padded)
+  uint64_t cache_hits = 0;   // blocks served by the block cache (not read)
   double routed_fraction = 0;  // mean share of index vectors scored per routed (row, KV head)
 };
 
@@ -87,6 +91,7 @@ struct StoreStats {
   uint64_t segment_bytes = 0;        // segment files on disk (4096-padded)
   std::string reader;                // "io_uring" or "pread"
   uint32_t ivf_streams = 0;          // streams routed through an IVF index (the rest: exact scan)
+  BlockCacheStats cache;             // this handle's block cache
 };
 
 class Store {
@@ -151,14 +156,18 @@ class Store {
   // ([slot, block_tokens, head_dim]), len[j] its token count.
   // locs[j] is ids[j]'s location, copied from the directory under the state
   // lock (the fetch itself runs without it).
+  // use_cache: look blocks up in the block cache and keep what was read.
   Status FetchBlocks(const std::vector<BlockId>& ids, const std::vector<BlockLocation>& locs,
-                     float* keys, float* values, int32_t* len, AttendStats* stats) const;
+                     float* keys, float* values, int32_t* len, AttendStats* stats,
+                     bool use_cache) const;
 
   const std::string path_;
   const std::unique_ptr<Catalog> catalog_;
   const Geometry geometry_;
   const StoreOptions options_;
   const std::unique_ptr<io::BlockReader> reader_;
+  const uint64_t cache_capacity_;
+  mutable BlockCache cache_;  // internally synchronised
 
   // Committed state seen by queries; guarded by state_mu_ (shared for
   // readers, exclusive while a commit publishes).

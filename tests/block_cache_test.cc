@@ -1,0 +1,103 @@
+// The host block cache: bounded, LRU, shared; and a Store query served from
+// it gives the same answer as one read from disk.
+#include <gtest/gtest.h>
+
+#include "store/block_cache.h"
+#include "store/store.h"
+#include "test_util.h"
+
+namespace msa {
+namespace {
+
+std::shared_ptr<const CachedBlock> Block(uint32_t tokens, uint32_t d, float fill) {
+  auto b = std::make_shared<CachedBlock>();
+  b->tokens = tokens;
+  b->keys.assign(static_cast<size_t>(tokens) * d, fill);
+  b->values.assign(static_cast<size_t>(tokens) * d, -fill);
+  return b;
+}
+
+TEST(BlockCache, StaysWithinCapacityAndEvictsLeastRecentlyUsed) {
+  // 16 shards of 1 KiB: a 512-byte block fits twice per shard.
+  BlockCache cache(16 * 1024);
+  for (uint64_t b = 0; b < 200; ++b) cache.Insert(0, b, Block(8, 8, float(b)));  // 8*8*4*2 = 512 B
+  BlockCacheStats s = cache.Stats();
+  EXPECT_LE(s.used_bytes, s.capacity_bytes);
+  EXPECT_GT(s.evictions, 0u);
+  EXPECT_EQ(s.inserts, 200u);
+  // The most recent block of each shard is still there, bit-exact.
+  auto last = cache.Lookup(0, 199);
+  ASSERT_NE(last, nullptr);
+  EXPECT_EQ(last->keys[0], 199.0f);
+  EXPECT_EQ(last->values[5], -199.0f);
+  EXPECT_EQ(cache.Lookup(0, 0), nullptr);  // long evicted
+  // One shard of two blocks: a touched entry survives the next insert, the
+  // untouched one is evicted.
+  BlockCache lru(1024, 1);
+  lru.Insert(0, 1, Block(8, 8, 1));
+  lru.Insert(0, 2, Block(8, 8, 2));
+  EXPECT_NE(lru.Lookup(0, 1), nullptr);
+  lru.Insert(0, 3, Block(8, 8, 3));
+  EXPECT_NE(lru.Lookup(0, 1), nullptr);
+  EXPECT_EQ(lru.Lookup(0, 2), nullptr);
+  EXPECT_NE(lru.Lookup(0, 3), nullptr);
+  // Hits and misses are counted.
+  BlockCache two(16 * 1024);
+  two.Insert(1, 1, Block(8, 8, 1));
+  EXPECT_NE(two.Lookup(1, 1), nullptr);
+  EXPECT_EQ(two.Lookup(1, 2), nullptr);
+  s = two.Stats();
+  EXPECT_EQ(s.hits, 1u);
+  EXPECT_EQ(s.misses, 1u);
+}
+
+TEST(BlockCache, TooLargeBlocksAndZeroCapacityAreNotKept) {
+  BlockCache none(0);
+  none.Insert(0, 1, Block(8, 8, 1));
+  EXPECT_EQ(none.Lookup(0, 1), nullptr);
+  BlockCache small(16 * 256);  // 256 B per shard
+  small.Insert(0, 1, Block(8, 8, 1));  // 512 B
+  EXPECT_EQ(small.Lookup(0, 1), nullptr);
+  EXPECT_EQ(small.Stats().used_bytes, 0u);
+}
+
+TEST(BlockCache, StoreQueryFromCacheEqualsQueryFromDisk) {
+  msa::testing::TempDir dir;
+  Geometry g;
+  g.layers = 1;
+  g.kv_heads = 2;
+  g.head_dim = 16;
+  g.block_tokens = 8;
+  const uint64_t tokens = 203;
+  auto k = msa::testing::RandomVector(g.streams() * tokens * g.head_dim, 1);
+  auto v = msa::testing::RandomVector(g.streams() * tokens * g.head_dim, 2);
+  auto s = Store::Create(dir.Sub("store"), g);
+  ASSERT_TRUE(s.ok());
+  ASSERT_TRUE((*s)->AppendDocument("d", DocumentKV{k.data(), v.data(), tokens}).ok());
+  ASSERT_TRUE((*s)->Commit().ok());
+  auto q = msa::testing::RandomVector(3 * 4 * g.head_dim, 3);
+  AttendOptions opts;
+  opts.top_k = 5;
+  std::vector<float> cold(q.size()), warm(q.size()), nocache(q.size());
+  std::vector<float> lse_cold(12), lse_warm(12);
+  AttendStats st;
+  ASSERT_TRUE((*s)->Attend(0, q.data(), 3, 4, opts, cold.data(), lse_cold.data(), &st).ok());
+  EXPECT_GT(st.blocks_read, 0u);
+  EXPECT_EQ(st.cache_hits, 0u);
+  const uint64_t read_cold = st.blocks_read;
+  ASSERT_TRUE((*s)->Attend(0, q.data(), 3, 4, opts, warm.data(), lse_warm.data(), &st).ok());
+  EXPECT_EQ(st.blocks_read, 0u);
+  EXPECT_EQ(st.cache_hits, read_cold);
+  EXPECT_EQ(cold, warm);
+  EXPECT_EQ(lse_cold, lse_warm);
+  opts.use_cache = false;
+  ASSERT_TRUE((*s)->Attend(0, q.data(), 3, 4, opts, nocache.data(), nullptr, &st).ok());
+  EXPECT_EQ(st.blocks_read, read_cold);
+  EXPECT_EQ(cold, nocache);
+  const StoreStats stats = (*s)->Stats();
+  EXPECT_EQ(stats.cache.hits, read_cold);
+  EXPECT_EQ(stats.cache.entries, read_cold);
+}
+
+}  // namespace
+}  // namespace msa
