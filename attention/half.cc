@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include <cpuid.h>
 #include <immintrin.h>
 
 namespace msa::attention {
@@ -58,8 +59,14 @@ float HalfToFloat(uint16_t bits) {
 }
 
 namespace {
+// F16C from CPUID leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports
+// does not know "f16c", and the clang build is the fuzzing one.
 bool CpuHasF16c() {
-  static const bool has = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+  static const bool has = [] {
+    unsigned eax, ebx, ecx, edx;
+    return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0 &&
+           __builtin_cpu_supports("avx");
+  }();
   return has;
 }
 

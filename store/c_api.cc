@@ -6,7 +6,9 @@
 #include <exception>
 #include <memory>
 #include <new>
+#include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "store/store.h"
 
@@ -54,6 +56,20 @@ msa_status_t Guard(Fn&& fn) noexcept {
   }
 }
 
+// The integer a C caller put in an enum argument or field. C allows any int
+// there, but in C++ reading an enum object whose value lies outside its
+// enumerators' range is undefined (UBSan: "load of value 7, which is not a
+// valid value for type 'msa_dtype_t'"; found by tests/fuzz/fuzz_c_api.cc).
+// So enums that come from the caller are read as their bytes and checked as
+// integers before anything converts them.
+template <typename Enum>
+int64_t EnumValue(const Enum& e) {
+  std::underlying_type_t<Enum> v;
+  static_assert(sizeof v == sizeof e);
+  std::memcpy(&v, &e, sizeof v);
+  return static_cast<int64_t>(v);
+}
+
 #define MSA_REQUIRE(cond, message) \
   if (!(cond)) return msa::Status::InvalidArgument(message)
 
@@ -76,10 +92,15 @@ msa_status_t msa_store_create(const char* path, const msa_geometry_t* geometry, 
     g.kv_heads = geometry->kv_heads;
     g.head_dim = geometry->head_dim;
     g.block_tokens = geometry->block_tokens == 0 ? 64 : geometry->block_tokens;
-    g.codec = geometry->codec == 0 ? msa::Codec::kF16ShuffleZstd
-                                   : static_cast<msa::Codec>(geometry->codec);
-    g.summary = geometry->summary == 0 ? msa::SummaryKind::kMean
-                                       : static_cast<msa::SummaryKind>(geometry->summary);
+    // Geometry::Validate refuses values that name no codec or summary kind;
+    // one that does not even fit their byte is refused here.
+    const int64_t codec = EnumValue(geometry->codec), summary = EnumValue(geometry->summary);
+    MSA_REQUIRE(codec >= 0 && codec <= 0xff,
+                "msa_store_create: geometry->codec " + std::to_string(codec) + " is unknown");
+    MSA_REQUIRE(summary >= 0 && summary <= 0xff,
+                "msa_store_create: geometry->summary " + std::to_string(summary) + " is unknown");
+    g.codec = codec == 0 ? msa::Codec::kF16ShuffleZstd : static_cast<msa::Codec>(codec);
+    g.summary = summary == 0 ? msa::SummaryKind::kMean : static_cast<msa::SummaryKind>(summary);
     g.summary_centroids = geometry->summary_centroids == 0 ? 4 : geometry->summary_centroids;
     MSA_ASSIGN_OR_RETURN(auto store, msa::Store::Create(path, g));
     *out = new msa_store_t{std::move(store)};
@@ -128,10 +149,11 @@ msa_status_t msa_append_document(msa_store_t* store, const char* name, const voi
     MSA_REQUIRE(name != nullptr, "msa_append_document: name is NULL");
     MSA_REQUIRE(keys != nullptr, "msa_append_document: keys is NULL");
     MSA_REQUIRE(values != nullptr, "msa_append_document: values is NULL");
-    MSA_REQUIRE(dtype == MSA_FLOAT32 || dtype == MSA_FLOAT16,
-                "msa_append_document: dtype " + std::to_string(dtype) + " is unknown");
+    const int64_t type = EnumValue(dtype);
+    MSA_REQUIRE(type == MSA_FLOAT32 || type == MSA_FLOAT16,
+                "msa_append_document: dtype " + std::to_string(type) + " is unknown");
     msa::DocumentKV kv{keys, values, tokens,
-                       dtype == MSA_FLOAT16 ? msa::ElementType::kFloat16 : msa::ElementType::kFloat32};
+                       type == MSA_FLOAT16 ? msa::ElementType::kFloat16 : msa::ElementType::kFloat32};
     MSA_ASSIGN_OR_RETURN(const uint64_t id, store->store->AppendDocument(name, kv));
     if (doc_id != nullptr) *doc_id = id;
     return msa::Status::OK();
@@ -167,9 +189,10 @@ msa_status_t msa_attend(const msa_store_t* store, uint32_t layer, const float* q
     msa::AttendOptions options;
     options.top_k = p.top_k;
     options.exact = p.exact != 0;
-    MSA_REQUIRE(p.gqa_combine == MSA_GQA_MAX || p.gqa_combine == MSA_GQA_SUM,
+    const int64_t combine = EnumValue(p.gqa_combine);
+    MSA_REQUIRE(combine == MSA_GQA_MAX || combine == MSA_GQA_SUM,
                 "msa_attend: params->gqa_combine must be MSA_GQA_MAX or MSA_GQA_SUM");
-    options.combine = p.gqa_combine == MSA_GQA_SUM ? msa::GqaCombine::kSum : msa::GqaCombine::kMax;
+    options.combine = combine == MSA_GQA_SUM ? msa::GqaCombine::kSum : msa::GqaCombine::kMax;
     options.nprobe = p.nprobe;
     options.candidates = p.candidates;
     options.exact_routing = p.exact_routing != 0;
