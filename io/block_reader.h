@@ -2,7 +2,8 @@
 //
 // A query hands all of its block reads to ReadAll at once; the io_uring
 // implementation turns them into one submission at high queue depth, the
-// pread fallback (used where io_uring cannot be set up) reads them in turn.
+// pread fallback (used where io_uring cannot be set up) spreads them over a
+// small thread pool.
 //
 // Thread safety: ReadAll may be called from several threads; calls are
 // serialised internally (one ring per reader).
@@ -42,6 +43,8 @@ class BlockReader {
   virtual const char* name() const = 0;
 };
 
+inline constexpr unsigned kDefaultPreadThreads = 8;
+
 struct BlockReaderOptions {
   unsigned queue_depth = 256;  // io_uring entries (requests in flight)
   bool allow_io_uring = true;  // false forces the pread fallback
@@ -54,7 +57,8 @@ std::unique_ptr<BlockReader> MakeBlockReader(const BlockReaderOptions& options);
 
 // Implementations (exposed for tests that compare the two).
 Result<std::unique_ptr<BlockReader>> MakeUringReader(unsigned queue_depth);
-std::unique_ptr<BlockReader> MakePreadReader();
+// The pread fallback reads with `threads` threads (the caller's included).
+std::unique_ptr<BlockReader> MakePreadReader(unsigned threads = kDefaultPreadThreads);
 
 // Names a failed request in error messages.
 std::string DescribeRequest(size_t index, const ReadRequest& r);

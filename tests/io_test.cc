@@ -81,6 +81,19 @@ TEST_P(BlockReaderTest, ReadsManyRecordsAndReportsEndOfFile) {
   Status s = reader->ReadAll({&past, 1});
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("end of file"), std::string::npos) << s.ToString();
+  // A failure inside a batch fails the batch, naming a failed read (the
+  // pread pool names the lowest-numbered), and the reader stays usable.
+  std::vector<ReadRequest> mixed;
+  for (int i = 0; i < 10; ++i) {
+    const bool bad = i == 3 || i == 7;
+    mixed.push_back({*fd, static_cast<uint64_t>(bad ? records + i : i) * 4096, 4096, buf.data() + i * 4096});
+  }
+  s = reader->ReadAll(mixed);
+  ASSERT_FALSE(s.ok());
+  EXPECT_TRUE(s.message().find("read #3") != std::string::npos || (GetParam() && s.message().find("read #7") != std::string::npos))
+      << s.ToString();
+  ASSERT_TRUE(reader->ReadAll(reqs).ok());
+  EXPECT_EQ(buf.data()[299 * 4096], static_cast<uint8_t>(299));
   ::close(*fd);
 }
 
