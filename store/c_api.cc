@@ -100,7 +100,7 @@ msa_status_t msa_store_create(const char* path, const msa_geometry_t* geometry, 
     MSA_REQUIRE(summary >= 0 && summary <= 0xff,
                 "msa_store_create: geometry->summary " + std::to_string(summary) + " is unknown");
     g.codec = codec == 0 ? msa::Codec::kF16ShuffleZstd : static_cast<msa::Codec>(codec);
-    g.summary = summary == 0 ? msa::SummaryKind::kMean : static_cast<msa::SummaryKind>(summary);
+    g.summary = summary == 0 ? msa::Geometry{}.summary : static_cast<msa::SummaryKind>(summary);
     g.summary_centroids = geometry->summary_centroids == 0 ? 4 : geometry->summary_centroids;
     MSA_ASSIGN_OR_RETURN(auto store, msa::Store::Create(path, g));
     *out = new msa_store_t{std::move(store)};

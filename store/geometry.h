@@ -41,7 +41,9 @@ struct Geometry {
   uint32_t head_dim = 0;
   uint32_t block_tokens = 64;
   Codec codec = Codec::kF16ShuffleZstd;
-  SummaryKind summary = SummaryKind::kMean;
+  // The default from the router benchmark (BENCHMARKS.md): the bound finds
+  // single-token needles the mean and the centroids wash out.
+  SummaryKind summary = SummaryKind::kBound;
   uint32_t summary_centroids = 4;  // centroids per block, for SummaryKind::kCentroids
 
   // Floats of one block's summary: head_dim (mean), 2 * head_dim (bound:
