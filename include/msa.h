@@ -144,12 +144,30 @@ msa_status_t msa_attend(const msa_store_t* store, uint32_t layer, const float* q
                         uint32_t q_heads, const msa_attend_params_t* params, float* out,
                         float* lse);
 
+/* Asynchronous prefetch: routes q now and reads the blocks an msa_attend
+ * with the same arguments will need into the store's block cache, on a
+ * background thread; returns at once (q is copied). Typical use: prefetch
+ * layer l + 1, then attend layer l. *out receives a handle to wait on and
+ * free. A prefetch of exact mode does nothing. Thread-safe like msa_attend. */
+typedef struct msa_prefetch_t msa_prefetch_t;
+msa_status_t msa_prefetch(const msa_store_t* store, uint32_t layer, const float* q, uint32_t n,
+                          uint32_t q_heads, const msa_attend_params_t* params, msa_prefetch_t** out);
+/* Waits for the prefetch; returns its status (an I/O or checksum error of
+ * the reads, for instance). May be called more than once. */
+msa_status_t msa_prefetch_wait(msa_prefetch_t* prefetch);
+/* Waits if still running, then frees. NULL is a no-op. */
+void msa_prefetch_free(msa_prefetch_t* prefetch);
+
 typedef struct msa_stats_t {
   uint64_t documents;         /* committed documents */
   uint64_t tokens;            /* committed tokens per stream */
   uint64_t blocks_per_stream; /* committed blocks per stream */
   uint64_t stored_bytes;      /* compressed block records, all streams */
   uint64_t raw_bytes;         /* the same K/V as plain fp16 */
+  uint64_t cache_capacity_bytes; /* this handle's host block cache */
+  uint64_t cache_used_bytes;
+  uint64_t cache_hits;           /* blocks served from the cache */
+  uint64_t cache_misses;         /* blocks read from disk */
 } msa_stats_t;
 
 msa_status_t msa_store_stats(const msa_store_t* store, msa_stats_t* out);

@@ -4,6 +4,7 @@
 #include "msa.h"
 
 #include <exception>
+#include <future>
 #include <memory>
 #include <new>
 #include <cstring>
@@ -14,6 +15,10 @@
 
 struct msa_store_t {
   std::unique_ptr<msa::Store> store;
+};
+
+struct msa_prefetch_t {
+  std::shared_future<msa::Status> done;
 };
 
 namespace {
@@ -178,6 +183,22 @@ msa_attend_params_t msa_attend_default_params(void) {
   return p;
 }
 
+// The attend params as AttendOptions; `fn` names the entry point in errors.
+msa::Result<msa::AttendOptions> ToOptions(const msa_attend_params_t* params, const char* fn) {
+  const msa_attend_params_t p = params ? *params : msa_attend_default_params();
+  msa::AttendOptions options;
+  options.top_k = p.top_k;
+  options.exact = p.exact != 0;
+  const int64_t combine = EnumValue(p.gqa_combine);
+  MSA_REQUIRE(combine == MSA_GQA_MAX || combine == MSA_GQA_SUM,
+              std::string(fn) + ": params->gqa_combine must be MSA_GQA_MAX or MSA_GQA_SUM");
+  options.combine = combine == MSA_GQA_SUM ? msa::GqaCombine::kSum : msa::GqaCombine::kMax;
+  options.nprobe = p.nprobe;
+  options.candidates = p.candidates;
+  options.exact_routing = p.exact_routing != 0;
+  return options;
+}
+
 msa_status_t msa_attend(const msa_store_t* store, uint32_t layer, const float* q, uint32_t n,
                         uint32_t q_heads, const msa_attend_params_t* params, float* out,
                         float* lse) {
@@ -185,19 +206,38 @@ msa_status_t msa_attend(const msa_store_t* store, uint32_t layer, const float* q
     MSA_REQUIRE(store != nullptr, "msa_attend: store is NULL");
     MSA_REQUIRE(q != nullptr || n == 0, "msa_attend: q is NULL");
     MSA_REQUIRE(out != nullptr || n == 0, "msa_attend: out is NULL");
-    const msa_attend_params_t p = params ? *params : msa_attend_default_params();
-    msa::AttendOptions options;
-    options.top_k = p.top_k;
-    options.exact = p.exact != 0;
-    const int64_t combine = EnumValue(p.gqa_combine);
-    MSA_REQUIRE(combine == MSA_GQA_MAX || combine == MSA_GQA_SUM,
-                "msa_attend: params->gqa_combine must be MSA_GQA_MAX or MSA_GQA_SUM");
-    options.combine = combine == MSA_GQA_SUM ? msa::GqaCombine::kSum : msa::GqaCombine::kMax;
-    options.nprobe = p.nprobe;
-    options.candidates = p.candidates;
-    options.exact_routing = p.exact_routing != 0;
+    MSA_ASSIGN_OR_RETURN(const msa::AttendOptions options, ToOptions(params, "msa_attend"));
     return store->store->Attend(layer, q, n, q_heads, options, out, lse);
   });
+}
+
+msa_status_t msa_prefetch(const msa_store_t* store, uint32_t layer, const float* q, uint32_t n,
+                          uint32_t q_heads, const msa_attend_params_t* params, msa_prefetch_t** out) {
+  return Guard([&]() -> msa::Status {
+    MSA_REQUIRE(out != nullptr, "msa_prefetch: out is NULL");
+    *out = nullptr;
+    MSA_REQUIRE(store != nullptr, "msa_prefetch: store is NULL");
+    MSA_REQUIRE(q != nullptr || n == 0, "msa_prefetch: q is NULL");
+    MSA_ASSIGN_OR_RETURN(const msa::AttendOptions options, ToOptions(params, "msa_prefetch"));
+    *out = new msa_prefetch_t{store->store->Prefetch(layer, q, n, q_heads, options)};
+    return msa::Status::OK();
+  });
+}
+
+msa_status_t msa_prefetch_wait(msa_prefetch_t* prefetch) {
+  return Guard([&]() -> msa::Status {
+    MSA_REQUIRE(prefetch != nullptr, "msa_prefetch_wait: prefetch is NULL");
+    return prefetch->done.get();
+  });
+}
+
+void msa_prefetch_free(msa_prefetch_t* prefetch) {
+  if (prefetch == nullptr) return;
+  try {
+    prefetch->done.wait();
+  } catch (...) {
+  }
+  delete prefetch;
 }
 
 msa_status_t msa_store_stats(const msa_store_t* store, msa_stats_t* out) {
@@ -205,7 +245,9 @@ msa_status_t msa_store_stats(const msa_store_t* store, msa_stats_t* out) {
     MSA_REQUIRE(store != nullptr, "msa_store_stats: store is NULL");
     MSA_REQUIRE(out != nullptr, "msa_store_stats: out is NULL");
     const msa::StoreStats s = store->store->Stats();
-    *out = msa_stats_t{s.documents, s.tokens, s.blocks_per_stream, s.stored_bytes, s.raw_bytes};
+    *out = msa_stats_t{s.documents,        s.tokens,          s.blocks_per_stream,
+                       s.stored_bytes,     s.raw_bytes,       s.cache.capacity_bytes,
+                       s.cache.used_bytes, s.cache.hits,      s.cache.misses};
     return msa::Status::OK();
   });
 }

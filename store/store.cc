@@ -510,10 +510,7 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
   return Status::OK();
 }
 
-Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_heads,
-                     const AttendOptions& options, float* out, float* lse, AttendStats* stats,
-                     std::vector<std::vector<uint64_t>>* selected) const {
-  const auto t_start = Clock::now();
+Status Store::CheckQuery(uint32_t layer, const float* q, uint32_t n, uint32_t q_heads) const {
   const Geometry& g = geometry_;
   if (layer >= g.layers) {
     return Status::InvalidArgument("layer " + std::to_string(layer) + " is out of range (store has " +
@@ -524,12 +521,14 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
                                    " must be a positive multiple of kv_heads = " +
                                    std::to_string(g.kv_heads));
   }
-  if (n == 0) return Status::OK();
-  if (q == nullptr || out == nullptr) return Status::InvalidArgument("q or out is null");
-  AttendStats local;
-  AttendStats& st = stats ? *stats : local;
-  st = AttendStats{};
+  if (n > 0 && q == nullptr) return Status::InvalidArgument("q is null");
+  return Status::OK();
+}
 
+Store::QueryPlan Store::PlanQuery(uint32_t layer, const float* q, uint32_t n, uint32_t q_heads,
+                                  const AttendOptions& options, AttendStats* st) const {
+  const Geometry& g = geometry_;
+  QueryPlan plan;
   // Routing and the directory are read under the state lock; the locations
   // of the chosen blocks are copied out so that the slow part (I/O, decode,
   // attention) runs without it and never holds up a commit.
@@ -539,8 +538,9 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
   const size_t d = g.head_dim;
 
   // 1. Route: per (row, KV head) the chosen blocks, ascending.
-  auto t0 = Clock::now();
-  std::vector<std::vector<uint64_t>> chosen(static_cast<size_t>(n) * g.kv_heads);
+  const auto t0 = Clock::now();
+  auto& chosen = plan.chosen;
+  chosen.resize(static_cast<size_t>(n) * g.kv_heads);
   const bool all = options.exact || uint64_t{options.top_k} + 2 >= blocks;
   RouteOptions route;
   route.top_k = static_cast<uint32_t>(std::min<uint64_t>(options.top_k, blocks));
@@ -563,39 +563,54 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
            router_.Search(g.StreamOf(layer, kv), qg, static_cast<int>(group), route, &rs)) {
         sel.push_back(s.block);
       }
-      st.routed_fraction += rs.scanned_fraction / (static_cast<double>(n) * g.kv_heads);
+      st->routed_fraction += rs.scanned_fraction / (static_cast<double>(n) * g.kv_heads);
       sel.push_back(0);           // sink
       sel.push_back(blocks - 1);  // most recent
       std::sort(sel.begin(), sel.end());
       sel.erase(std::unique(sel.begin(), sel.end()), sel.end());
     }
   }
-  st.route_ms = MsSince(t0);
+  st->route_ms = MsSince(t0);
 
-  // 2. Fetch the distinct (KV head, block) pairs in one batch.
-  std::vector<BlockId> ids;
-  std::vector<BlockLocation> locs;
-  std::vector<std::map<uint64_t, int32_t>> slot_of(g.kv_heads);
+  // 2. The distinct (KV head, block) pairs, to be fetched in one batch.
+  plan.slot_of.resize(g.kv_heads);
   for (uint32_t i = 0; i < n; ++i) {
     for (uint32_t kv = 0; kv < g.kv_heads; ++kv) {
       for (uint64_t b : chosen[static_cast<size_t>(i) * g.kv_heads + kv]) {
-        if (slot_of[kv].emplace(b, static_cast<int32_t>(ids.size())).second) {
-          ids.push_back(BlockId{layer, kv, b});
-          locs.push_back(directory_[g.StreamOf(layer, kv)][b]);
+        if (plan.slot_of[kv].emplace(b, static_cast<int32_t>(plan.ids.size())).second) {
+          plan.ids.push_back(BlockId{layer, kv, b});
+          plan.locs.push_back(directory_[g.StreamOf(layer, kv)][b]);
         }
       }
     }
   }
-  state.unlock();
+  return plan;
+}
+
+Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_heads,
+                     const AttendOptions& options, float* out, float* lse, AttendStats* stats,
+                     std::vector<std::vector<uint64_t>>* selected) const {
+  const auto t_start = Clock::now();
+  const Geometry& g = geometry_;
+  MSA_RETURN_IF_ERROR(CheckQuery(layer, q, n, q_heads));
+  if (n == 0) return Status::OK();
+  if (out == nullptr) return Status::InvalidArgument("out is null");
+  AttendStats local;
+  AttendStats& st = stats ? *stats : local;
+  st = AttendStats{};
+  const size_t d = g.head_dim;
+
+  QueryPlan plan = PlanQuery(layer, q, n, q_heads, options, &st);
+  const auto& chosen = plan.chosen;
   const size_t block_elems = static_cast<size_t>(g.block_tokens) * d;
-  std::vector<float> keys(ids.size() * block_elems), values(ids.size() * block_elems);
-  std::vector<int32_t> len(ids.size());
+  std::vector<float> keys(plan.ids.size() * block_elems), values(plan.ids.size() * block_elems);
+  std::vector<int32_t> len(plan.ids.size());
   // Exact mode reads the whole layer: it would only flush the cache.
-  MSA_RETURN_IF_ERROR(FetchBlocks(ids, locs, keys.data(), values.data(), len.data(), &st,
+  MSA_RETURN_IF_ERROR(FetchBlocks(plan.ids, plan.locs, keys.data(), values.data(), len.data(), &st,
                                   options.use_cache && !options.exact));
 
   // 3. Attend.
-  t0 = Clock::now();
+  const auto t0 = Clock::now();
   size_t max_blocks = 0;
   for (const auto& sel : chosen) max_blocks = std::max(max_blocks, sel.size());
   std::vector<int32_t> index(chosen.size() * std::max<size_t>(max_blocks, 1), -1);
@@ -603,7 +618,7 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
   for (size_t r = 0; r < chosen.size(); ++r) {
     const uint32_t kv = static_cast<uint32_t>(r % g.kv_heads);
     count[r] = static_cast<int32_t>(chosen[r].size());
-    for (size_t j = 0; j < chosen[r].size(); ++j) index[r * max_blocks + j] = slot_of[kv][chosen[r][j]];
+    for (size_t j = 0; j < chosen[r].size(); ++j) index[r * max_blocks + j] = plan.slot_of[kv][chosen[r][j]];
   }
   attention::AttentionShape shape;
   shape.n_queries = static_cast<int>(n);
@@ -612,13 +627,40 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
   shape.head_dim = static_cast<int>(d);
   shape.block_tokens = static_cast<int>(g.block_tokens);
   shape.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
-  attention::BlockTable<float> table{static_cast<int>(ids.size()), keys.data(), values.data(), len.data()};
+  attention::BlockTable<float> table{static_cast<int>(plan.ids.size()), keys.data(), values.data(), len.data()};
   attention::Selection selection{static_cast<int>(max_blocks), index.data(), count.data()};
   attention::SparseAttentionCpu(shape, table, selection, q, out, lse);
   st.attend_ms = MsSince(t0);
   st.total_ms = MsSince(t_start);
-  if (selected) *selected = std::move(chosen);
+  if (selected) *selected = std::move(plan.chosen);
   return Status::OK();
+}
+
+std::shared_future<Status> Store::Prefetch(uint32_t layer, const float* q, uint32_t n,
+                                           uint32_t q_heads, const AttendOptions& options) const {
+  auto promise = std::make_shared<std::promise<Status>>();
+  std::shared_future<Status> done = promise->get_future().share();
+  Status check = CheckQuery(layer, q, n, q_heads);
+  if (!check.ok() || n == 0 || options.exact || !options.use_cache || cache_capacity_ == 0) {
+    // Nothing to do ahead of time (exact mode and cacheless reads bypass the cache).
+    promise->set_value(check);
+    return done;
+  }
+  std::vector<float> q_copy(q, q + static_cast<size_t>(n) * q_heads * geometry_.head_dim);
+  prefetcher_.Post([this, layer, n, q_heads, options, promise, q_copy = std::move(q_copy)]() {
+    try {
+      AttendStats st;
+      QueryPlan plan = PlanQuery(layer, q_copy.data(), n, q_heads, options, &st);
+      const size_t block_elems = static_cast<size_t>(geometry_.block_tokens) * geometry_.head_dim;
+      std::vector<float> keys(plan.ids.size() * block_elems), values(plan.ids.size() * block_elems);
+      std::vector<int32_t> len(plan.ids.size());
+      promise->set_value(FetchBlocks(plan.ids, plan.locs, keys.data(), values.data(), len.data(),
+                                     nullptr, /*use_cache=*/true));
+    } catch (const std::exception& e) {
+      promise->set_value(Status::Internal(std::string("prefetch: ") + e.what()));
+    }
+  });
+  return done;
 }
 
 Status Store::ReadStream(uint32_t layer, uint32_t kv_head, std::vector<float>* keys,

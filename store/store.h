@@ -24,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -34,6 +35,7 @@
 #include "io/block_reader.h"
 #include "io/segment_file.h"
 #include "msa/status.h"
+#include "store/background_worker.h"
 #include "store/block_cache.h"
 #include "store/catalog.h"
 #include "store/geometry.h"
@@ -129,6 +131,15 @@ class Store {
                 const AttendOptions& options, float* out, float* lse, AttendStats* stats = nullptr,
                 std::vector<std::vector<uint64_t>>* selected = nullptr) const;
 
+  // Asynchronous prefetch: routes q now and reads the chosen blocks into
+  // the block cache on a background thread, so that an Attend with the same
+  // arguments later finds them there (typically: prefetch layer l + 1, then
+  // attend layer l). The future holds the fetch's status. q is copied; the
+  // call returns at once. Does nothing (an OK future) for exact mode, with
+  // use_cache off, or without a cache. Prefetches run one at a time, in order.
+  std::shared_future<Status> Prefetch(uint32_t layer, const float* q, uint32_t n,
+                                      uint32_t q_heads, const AttendOptions& options) const;
+
   // Every committed token of one stream, decoded: keys/values
   // [tokens, head_dim] float32 (fp16 values widened exactly). Checksums are
   // verified like any read.
@@ -157,6 +168,18 @@ class Store {
   // locs[j] is ids[j]'s location, copied from the directory under the state
   // lock (the fetch itself runs without it).
   // use_cache: look blocks up in the block cache and keep what was read.
+  Status CheckQuery(uint32_t layer, const float* q, uint32_t n, uint32_t q_heads) const;
+  // A query's routing: chosen[i * kv_heads + kv] (ascending block numbers),
+  // and the distinct blocks to fetch with their locations; slot_of[kv] maps
+  // a block number to its index in ids.
+  struct QueryPlan {
+    std::vector<std::vector<uint64_t>> chosen;
+    std::vector<BlockId> ids;
+    std::vector<BlockLocation> locs;
+    std::vector<std::map<uint64_t, int32_t>> slot_of;
+  };
+  QueryPlan PlanQuery(uint32_t layer, const float* q, uint32_t n, uint32_t q_heads,
+                      const AttendOptions& options, AttendStats* st) const;
   Status FetchBlocks(const std::vector<BlockId>& ids, const std::vector<BlockLocation>& locs,
                      float* keys, float* values, int32_t* len, AttendStats* stats,
                      bool use_cache) const;
@@ -192,6 +215,9 @@ class Store {
   std::map<std::string, uint64_t> staged_names_;
   Status write_error_;  // set by a failed commit: refuse writes until reopen
   std::vector<RouterIndexRecord> saved_indexes_;  // [stream]; generation 0: none saved
+
+  // Last: destroyed first, finishing queued prefetches while all else lives.
+  mutable BackgroundWorker prefetcher_;
 };
 
 }  // namespace msa

@@ -99,5 +99,43 @@ TEST(BlockCache, StoreQueryFromCacheEqualsQueryFromDisk) {
   EXPECT_EQ(stats.cache.entries, read_cold);
 }
 
+TEST(BlockCache, PrefetchedLayerIsAttendedFromTheCache) {
+  msa::testing::TempDir dir;
+  Geometry g;
+  g.layers = 3;
+  g.kv_heads = 2;
+  g.head_dim = 16;
+  g.block_tokens = 8;
+  const uint64_t tokens = 160;
+  auto k = msa::testing::RandomVector(g.streams() * tokens * g.head_dim, 11);
+  auto v = msa::testing::RandomVector(g.streams() * tokens * g.head_dim, 12);
+  auto s = Store::Create(dir.Sub("store"), g);
+  ASSERT_TRUE(s.ok());
+  ASSERT_TRUE((*s)->AppendDocument("d", DocumentKV{k.data(), v.data(), tokens}).ok());
+  ASSERT_TRUE((*s)->Commit().ok());
+  auto q = msa::testing::RandomVector(2 * 4 * g.head_dim, 13);
+  AttendOptions opts;
+  opts.top_k = 4;
+  std::vector<float> out(q.size()), ref(q.size());
+  // The reference answer, read from disk without the cache.
+  AttendOptions nocache = opts;
+  nocache.use_cache = false;
+  ASSERT_TRUE((*s)->Attend(2, q.data(), 2, 4, nocache, ref.data(), nullptr).ok());
+  // Layer by layer: prefetch the next layer, attend this one.
+  std::shared_future<Status> next = (*s)->Prefetch(0, q.data(), 2, 4, opts);
+  for (uint32_t layer = 0; layer < g.layers; ++layer) {
+    ASSERT_TRUE(next.get().ok()) << next.get().ToString();
+    if (layer + 1 < g.layers) next = (*s)->Prefetch(layer + 1, q.data(), 2, 4, opts);
+    AttendStats st;
+    ASSERT_TRUE((*s)->Attend(layer, q.data(), 2, 4, opts, out.data(), nullptr, &st).ok());
+    EXPECT_EQ(st.blocks_read, 0u) << "layer " << layer << " was not prefetched";
+    EXPECT_GT(st.cache_hits, 0u);
+  }
+  EXPECT_EQ(out, ref);
+  // Bad arguments come back through the future, not as a crash.
+  EXPECT_EQ((*s)->Prefetch(9, q.data(), 2, 4, opts).get().code(), Status::Code::kInvalidArgument);
+  EXPECT_EQ((*s)->Prefetch(0, nullptr, 2, 4, opts).get().code(), Status::Code::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace msa

@@ -66,6 +66,19 @@ int main(int argc, char** argv) {
   params.top_k = 1;
   params.gqa_combine = MSA_GQA_SUM;
   CHECK(msa_attend(store, 0, q, 1, QH, &params, out, lse) == MSA_OK);
+  /* Prefetch, then attend from the cache. */
+  msa_prefetch_t* pf = NULL;
+  CHECK(msa_prefetch(store, 0, q, 1, QH, &params, &pf) == MSA_OK);
+  CHECK(msa_prefetch_wait(pf) == MSA_OK);
+  msa_prefetch_free(pf);
+  CHECK(msa_attend(store, 0, q, 1, QH, &params, out, lse) == MSA_OK);
+  CHECK(msa_store_stats(store, &stats) == MSA_OK);
+  CHECK(stats.cache_hits > 0 && stats.cache_capacity_bytes > 0);
+  CHECK(msa_prefetch(store, 9, q, 1, QH, &params, &pf) == MSA_OK); /* errors arrive at the wait */
+  CHECK(msa_prefetch_wait(pf) == MSA_INVALID_ARGUMENT);
+  CHECK(strstr(msa_last_error(), "layer 9") != NULL);
+  msa_prefetch_free(pf);
+  msa_prefetch_free(NULL);
   params.gqa_combine = (msa_gqa_combine_t)7;
   CHECK(msa_attend(store, 0, q, 1, QH, &params, out, lse) == MSA_INVALID_ARGUMENT);
   CHECK(strstr(msa_last_error(), "gqa_combine") != NULL);
