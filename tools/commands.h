@@ -21,6 +21,7 @@ struct SynthOptions {
   float needle_strength = 10;  // needle logit (scaled score) above the noise
   uint32_t outlier_channels = 0;  // key channels scaled by outlier_scale (every token)
   float outlier_scale = 8;
+  bool needle_per_head = false;  // one needle per query head instead of per KV head
   float key_shift = 0;  // every key gets key_shift * w, w a fixed random unit vector
   uint64_t seed = 42;
 };

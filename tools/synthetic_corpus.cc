@@ -45,6 +45,8 @@ void AddSynthOptions(CLI::App* app, SynthOptions& o) {
   app->add_option("--key-shift", o.key_shift,
                   "norm of a common offset added to every key (the query/key shift)")
       ->capture_default_str();
+  app->add_flag("--needle-per-head", o.needle_per_head,
+               "one needle per query head (each head of a GQA group looks for its own)");
   app->add_option("--seed", o.seed)->capture_default_str();
 }
 
@@ -62,29 +64,46 @@ int RunSynth(const SynthOptions& o) {
   // A needle key k = a u gives scaled score q.k / sqrt(d) = a |q| / sqrt(d) = a.
   const float a = o.needle_strength;
 
-  // Queries and needle placements.
+  // Queries and needle placements: one needle per (row, KV head) that all
+  // the group's query heads look for or, with --needle-per-head, one per
+  // (row, query head), each head looking for its own (heads of one GQA
+  // group with different jobs: what separates max from sum).
   std::vector<float> queries(static_cast<size_t>(o.queries) * o.q_heads * d);
-  std::vector<std::vector<float>> dirs(static_cast<size_t>(o.queries) * o.kv_heads);
+  struct Needle {
+    std::vector<float> u;  // unit direction
+    uint32_t kv = 0;
+    uint64_t position = 0;
+  };
+  std::vector<Needle> planted;
   std::uniform_int_distribution<uint64_t> depth(0, o.tokens - o.needle_span);
   nlohmann::json needles = nlohmann::json::array();
-  std::vector<uint64_t> positions(dirs.size());
+  auto random_unit = [&]() {
+    std::vector<float> u(d);
+    float norm = 0;
+    for (auto& x : u) {
+      x = normal(rng);
+      norm += x * x;
+    }
+    for (auto& x : u) x /= std::sqrt(norm);
+    return u;
+  };
   for (uint32_t i = 0; i < o.queries; ++i) {
     for (uint32_t g = 0; g < o.kv_heads; ++g) {
-      auto& u = dirs[i * o.kv_heads + g];
-      u.resize(d);
-      float norm = 0;
-      for (auto& x : u) {
-        x = normal(rng);
-        norm += x * x;
+      const uint32_t per_group = o.needle_per_head ? group : 1;
+      for (uint32_t j = 0; j < per_group; ++j) {
+        Needle nd{random_unit(), g, depth(rng)};
+        const uint32_t h0 = o.needle_per_head ? g * group + j : g * group;
+        const uint32_t h1 = o.needle_per_head ? h0 + 1 : (g + 1) * group;
+        for (uint32_t h = h0; h < h1; ++h) {
+          float* q = &queries[(static_cast<size_t>(i) * o.q_heads + h) * d];
+          for (uint32_t c = 0; c < d; ++c) q[c] = q_norm * nd.u[c] + 0.3f * normal(rng);
+        }
+        nlohmann::json rec = {{"query", i}, {"kv_head", g}, {"layer", 0},
+                              {"position", nd.position}, {"span", o.needle_span}};
+        if (o.needle_per_head) rec["q_head"] = h0;
+        needles.push_back(rec);
+        planted.push_back(std::move(nd));
       }
-      for (auto& x : u) x /= std::sqrt(norm);
-      for (uint32_t h = g * group; h < (g + 1) * group; ++h) {
-        float* q = &queries[(static_cast<size_t>(i) * o.q_heads + h) * d];
-        for (uint32_t c = 0; c < d; ++c) q[c] = q_norm * u[c] + 0.3f * normal(rng);
-      }
-      positions[i * o.kv_heads + g] = depth(rng);
-      needles.push_back({{"query", i}, {"kv_head", g}, {"layer", 0},
-                         {"position", positions[i * o.kv_heads + g]}, {"span", o.needle_span}});
     }
   }
   // The key distribution's distortions: a shift w common to all keys (which
@@ -108,12 +127,11 @@ int RunSynth(const SynthOptions& o) {
     std::vector<float> k(n), v(n);
     for (auto& x : k) x = normal(rng);
     for (auto& x : v) x = normal(rng);
-    for (size_t j = 0; j < positions.size(); ++j) {
-      const uint32_t g = static_cast<uint32_t>(j % o.kv_heads);
-      for (uint64_t p = positions[j]; p < positions[j] + o.needle_span; ++p) {
+    for (const Needle& nd : planted) {
+      for (uint64_t p = nd.position; p < nd.position + o.needle_span; ++p) {
         if (p < start || p >= start + t) continue;
-        float* key = &k[((static_cast<size_t>(g)) * t + (p - start)) * d];  // layer 0
-        for (uint32_t c = 0; c < d; ++c) key[c] = a * dirs[j][c] + 0.1f * normal(rng);
+        float* key = &k[((static_cast<size_t>(nd.kv)) * t + (p - start)) * d];  // layer 0
+        for (uint32_t c = 0; c < d; ++c) key[c] = a * nd.u[c] + 0.1f * normal(rng);
       }
     }
     if (o.key_shift != 0 || o.outlier_channels != 0) {
@@ -138,7 +156,7 @@ int RunSynth(const SynthOptions& o) {
                              {"head_dim", d}, {"docs", o.docs}, {"tokens", o.tokens}};
   std::ofstream(o.dir + "/geometry.json") << geometry.dump(1) << "\n";
   std::printf("wrote %u documents, %llu tokens, %u queries with %zu needles to %s\n", o.docs,
-              static_cast<unsigned long long>(o.tokens), o.queries, positions.size(), o.dir.c_str());
+              static_cast<unsigned long long>(o.tokens), o.queries, planted.size(), o.dir.c_str());
   return kExitOk;
 }
 
