@@ -1,0 +1,295 @@
+// Queries while ingesting: Store::Attend (exact and top-k), ReadStream and
+// Stats from several threads while one thread appends and commits.
+//
+// Every answer must equal a dense float64 reference over a committed
+// snapshot. The documents are only ever appended, so a snapshot is a prefix
+// of the document sequence, i.e. a block count B at a document boundary.
+// Attend reports the blocks it chose (`selected`): in exact mode they are
+// 0..B-1, in top-k mode they include B-1 (the most recent block, always
+// chosen), so B is known exactly, and it must lie between the block counts
+// Stats() gave just before and just after the call. The reference is then
+// computed over exactly the chosen blocks' tokens. Run under ThreadSanitizer
+// (tools/test_sanitizers.sh) this is also the data-race test of the query
+// path against the commit path.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "attention/half.h"
+#include "store/store.h"
+#include "test_util.h"
+
+namespace msa {
+namespace {
+
+using msa::testing::TempDir;
+
+constexpr uint32_t kKvHeads = 2, kHeadDim = 16, kBlockTokens = 8;
+constexpr uint32_t kQHeads = 4;  // GQA: 2 query heads per KV head
+constexpr uint32_t kRows = 2;
+constexpr int kDocs = 24;
+constexpr int kReaders = 3;
+constexpr int kQueriesAfterIngest = 10;  // per reader, once every document is visible
+
+// Everything the writer will ingest, made before any thread starts (so the
+// readers may read it without synchronisation), and its block layout.
+struct Corpus {
+  // Per document: fp16 bits [kv_heads, tokens, head_dim] for K and V (one layer).
+  std::vector<std::vector<uint16_t>> keys, values;
+  std::vector<uint64_t> tokens;
+  // The concatenated streams as float: stream_keys[kv][t * head_dim + c].
+  std::vector<std::vector<float>> stream_keys, stream_values;
+  // Per block: its first token in the stream and its length.
+  std::vector<uint64_t> block_start, block_len;
+  // Block counts at document boundaries: 0, after doc 0, after doc 1, ...
+  std::vector<uint64_t> boundaries;
+};
+
+Corpus MakeCorpus(uint64_t seed) {
+  Corpus c;
+  c.stream_keys.resize(kKvHeads);
+  c.stream_values.resize(kKvHeads);
+  c.boundaries.push_back(0);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  uint64_t stream_tokens = 0;
+  for (int d = 0; d < kDocs; ++d) {
+    const uint64_t tokens = 1 + rng() % 29;  // partial last blocks on purpose
+    c.tokens.push_back(tokens);
+    std::vector<uint16_t> k(kKvHeads * tokens * kHeadDim), v(k.size());
+    for (size_t i = 0; i < k.size(); ++i) {
+      k[i] = attention::FloatToHalf(normal(rng));
+      v[i] = attention::FloatToHalf(normal(rng));
+    }
+    for (uint32_t kv = 0; kv < kKvHeads; ++kv) {
+      for (size_t i = 0; i < tokens * kHeadDim; ++i) {
+        c.stream_keys[kv].push_back(attention::HalfToFloat(k[kv * tokens * kHeadDim + i]));
+        c.stream_values[kv].push_back(attention::HalfToFloat(v[kv * tokens * kHeadDim + i]));
+      }
+    }
+    for (uint64_t t = 0; t < tokens; t += kBlockTokens) {
+      c.block_start.push_back(stream_tokens + t);
+      c.block_len.push_back(std::min<uint64_t>(kBlockTokens, tokens - t));
+    }
+    stream_tokens += tokens;
+    c.boundaries.push_back(c.block_start.size());
+    c.keys.push_back(std::move(k));
+    c.values.push_back(std::move(v));
+  }
+  return c;
+}
+
+// Checks one Attend answer against the float64 reference over the chosen
+// blocks. Returns "" or what is wrong.
+std::string CheckAnswer(const Corpus& c, const std::vector<float>& q, const std::vector<float>& out,
+                        const std::vector<float>& lse,
+                        const std::vector<std::vector<uint64_t>>& selected, bool exact,
+                        uint32_t top_k, uint64_t blocks_before, uint64_t blocks_after) {
+  if (selected.size() != kRows * kKvHeads) return "selected has the wrong size";
+  // The snapshot: B blocks. Every (row, KV head) saw the same one.
+  const uint64_t b = selected[0].empty() ? 0 : selected[0].back() + 1;
+  if (b < blocks_before || b > blocks_after) {
+    return "attended over " + std::to_string(b) + " blocks, outside [" +
+           std::to_string(blocks_before) + ", " + std::to_string(blocks_after) +
+           "] committed around the call";
+  }
+  if (!std::binary_search(c.boundaries.begin(), c.boundaries.end(), b)) {
+    return "attended over " + std::to_string(b) + " blocks: not a document boundary (torn commit)";
+  }
+  for (uint32_t i = 0; i < kRows; ++i) {
+    for (uint32_t kv = 0; kv < kKvHeads; ++kv) {
+      const std::vector<uint64_t>& sel = selected[i * kKvHeads + kv];
+      if (b == 0) {
+        if (!sel.empty()) return "blocks chosen from an empty snapshot";
+        continue;
+      }
+      if (!std::is_sorted(sel.begin(), sel.end()) || sel.back() != b - 1) {
+        return "a selection that is unsorted or misses the recent block of the snapshot";
+      }
+      if (exact && sel.size() != b) return "exact mode skipped blocks";
+      if (!exact && (sel.size() > uint64_t{top_k} + 2 || sel.front() != 0)) {
+        return "top-k chose more than top_k + 2 blocks, or not the sink";
+      }
+      // The chosen blocks' tokens, in the stream of this KV head.
+      std::vector<float> k, v;
+      for (uint64_t blk : sel) {
+        const size_t from = c.block_start[blk] * kHeadDim, n = c.block_len[blk] * kHeadDim;
+        k.insert(k.end(), c.stream_keys[kv].begin() + from, c.stream_keys[kv].begin() + from + n);
+        v.insert(v.end(), c.stream_values[kv].begin() + from, c.stream_values[kv].begin() + from + n);
+      }
+      for (uint32_t h = kv * (kQHeads / kKvHeads); h < (kv + 1) * (kQHeads / kKvHeads); ++h) {
+        const size_t row = static_cast<size_t>(i) * kQHeads + h;
+        std::vector<double> ref(kHeadDim);
+        double ref_lse;
+        msa::testing::DenseReference(&q[row * kHeadDim], k.data(), v.data(), k.size() / kHeadDim,
+                                     kHeadDim, ref.data(), &ref_lse);
+        // float32 accumulation against float64 (as store_test.cc).
+        for (uint32_t ch = 0; ch < kHeadDim; ++ch) {
+          if (!(std::fabs(out[row * kHeadDim + ch] - ref[ch]) <= 1e-4)) {
+            return "out differs from the reference over " + std::to_string(b) + " blocks";
+          }
+        }
+        if (!(std::fabs(lse[row] - ref_lse) <= 1e-4)) {
+          return "lse differs from the reference over " + std::to_string(b) + " blocks";
+        }
+      }
+    }
+  }
+  if (b == 0) {
+    for (float x : out) {
+      if (x != 0.0f) return "nonzero output over an empty snapshot";
+    }
+  }
+  return "";
+}
+
+// A stream read while ingesting must be a document-boundary prefix, bit-exact.
+std::string CheckStream(const Corpus& c, uint32_t kv, const std::vector<float>& keys,
+                        const std::vector<float>& values) {
+  uint64_t tokens = 0;
+  size_t docs = 0;
+  while (tokens * kHeadDim < keys.size() && docs < c.tokens.size()) tokens += c.tokens[docs++];
+  if (tokens * kHeadDim != keys.size() || keys.size() != values.size()) {
+    return "ReadStream returned " + std::to_string(keys.size() / kHeadDim) +
+           " tokens: not a document boundary";
+  }
+  if (!std::equal(keys.begin(), keys.end(), c.stream_keys[kv].begin()) ||
+      !std::equal(values.begin(), values.end(), c.stream_values[kv].begin())) {
+    return "ReadStream returned other values than were committed";
+  }
+  return "";
+}
+
+TEST(Concurrency, QueriesWhileIngestingSeeCommittedSnapshots) {
+  TempDir dir;
+  Geometry g;
+  g.layers = 1;
+  g.kv_heads = kKvHeads;
+  g.head_dim = kHeadDim;
+  g.block_tokens = kBlockTokens;
+  auto created = Store::Create(dir.Sub("store"), g);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  Store& store = **created;
+  const Corpus corpus = MakeCorpus(7);
+
+  std::atomic<bool> ingest_done{false};
+  // Queries finished per Attend reader. Before each commit the writer waits
+  // (a bounded while) until every reader has finished one more query, so the
+  // readers see many snapshots however fast commits are (tmpfs: no real
+  // fsync) and calls keep overlapping commits.
+  std::vector<std::atomic<int>> finished(kReaders);
+  auto wait_for_readers = [&] {
+    std::vector<int> seen(kReaders);
+    for (int r = 0; r < kReaders; ++r) seen[r] = finished[r].load();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (int r = 0; r < kReaders; ++r) {
+      while (finished[r].load() == seen[r] && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::yield();
+      }
+    }
+  };
+  std::string writer_error;
+  std::thread writer([&] {
+    for (int d = 0; d < kDocs && writer_error.empty(); ++d) {
+      wait_for_readers();
+      DocumentKV kv{corpus.keys[d].data(), corpus.values[d].data(), corpus.tokens[d],
+                    ElementType::kFloat16};
+      auto id = store.AppendDocument("doc" + std::to_string(d), kv);
+      Status s = id.ok() ? store.Commit() : id.status();
+      if (!s.ok()) writer_error = "document " + std::to_string(d) + ": " + s.ToString();
+    }
+    ingest_done = true;
+  });
+
+  struct ReaderResult {
+    std::string error;
+    int queries = 0;
+    std::vector<uint64_t> snapshots;  // distinct block counts seen
+  };
+  std::vector<ReaderResult> results(kReaders + 1);
+  std::vector<std::thread> readers;
+  for (int r = 0; r < kReaders; ++r) {
+    readers.emplace_back([&, r] {
+      ReaderResult& res = results[r];
+      std::mt19937_64 rng(100 + r);
+      std::normal_distribution<float> normal(0.0f, 1.5f);
+      int after = 0;
+      while (res.error.empty() && after < kQueriesAfterIngest) {
+        if (ingest_done) ++after;
+        std::vector<float> q(kRows * kQHeads * kHeadDim);
+        for (float& x : q) x = normal(rng);
+        AttendOptions options;
+        options.exact = (res.queries + r) % 2 == 0;
+        options.top_k = static_cast<uint32_t>(rng() % 4);
+        std::vector<float> out(q.size(), NAN), lse(kRows * kQHeads, NAN);
+        std::vector<std::vector<uint64_t>> selected;
+        const uint64_t before = store.Stats().blocks_per_stream;
+        Status s = store.Attend(0, q.data(), kRows, kQHeads, options, out.data(), lse.data(),
+                                nullptr, &selected);
+        const uint64_t after_blocks = store.Stats().blocks_per_stream;
+        if (!s.ok()) {
+          res.error = "Attend: " + s.ToString();
+          break;
+        }
+        res.error = CheckAnswer(corpus, q, out, lse, selected, options.exact, options.top_k, before,
+                                after_blocks);
+        if (!res.error.empty()) res.error += options.exact ? " (exact)" : " (top-k)";
+        const uint64_t b = selected[0].empty() ? 0 : selected[0].back() + 1;
+        if (std::find(res.snapshots.begin(), res.snapshots.end(), b) == res.snapshots.end()) {
+          res.snapshots.push_back(b);
+        }
+        ++res.queries;
+        ++finished[r];
+      }
+    });
+  }
+  // One more reader of whole streams, documents and counters.
+  readers.emplace_back([&] {
+    ReaderResult& res = results[kReaders];
+    int after = 0;
+    while (res.error.empty() && after < kQueriesAfterIngest) {
+      if (ingest_done) ++after;
+      const uint32_t kv = res.queries % kKvHeads;
+      std::vector<float> k, v;
+      Status s = store.ReadStream(0, kv, &k, &v);
+      if (!s.ok()) {
+        res.error = "ReadStream: " + s.ToString();
+        break;
+      }
+      res.error = CheckStream(corpus, kv, k, v);
+      auto docs = store.ListDocuments();
+      const StoreStats st = store.Stats();
+      if (res.error.empty() && (!docs.ok() || docs->size() > st.documents)) {
+        res.error = "ListDocuments shows more documents than the later Stats()";
+      }
+      if (res.error.empty() &&
+          !std::binary_search(corpus.boundaries.begin(), corpus.boundaries.end(), st.blocks_per_stream)) {
+        res.error = "Stats() counts a torn commit";
+      }
+      ++res.queries;
+    }
+  });
+
+  writer.join();
+  for (auto& t : readers) t.join();
+  ASSERT_EQ(writer_error, "");
+  for (int r = 0; r <= kReaders; ++r) {
+    EXPECT_EQ(results[r].error, "") << "reader " << r;
+    EXPECT_GE(results[r].queries, kQueriesAfterIngest) << "reader " << r;
+    // The test is only worth its name if the store changed under the readers.
+    if (r < kReaders) {
+      EXPECT_GT(results[r].snapshots.size(), 2u) << "reader " << r;
+    }
+  }
+  EXPECT_EQ(store.Stats().blocks_per_stream, corpus.boundaries.back());
+}
+
+}  // namespace
+}  // namespace msa
