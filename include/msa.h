@@ -129,6 +129,8 @@ typedef struct msa_attend_params_t {
                           IVF index; 0: the default */
   uint32_t candidates; /* IVF candidates per head, rescored exactly; 0: 4 * top_k */
   int exact_routing;   /* != 0: score every block summary (no IVF) */
+  uint32_t channels;   /* > 0: approximate routing that reads only each head's `channels`
+                          largest query coefficients, then rescores exactly; 0: exact */
 } msa_attend_params_t;
 
 msa_attend_params_t msa_attend_default_params(void);

@@ -180,6 +180,7 @@ msa_attend_params_t msa_attend_default_params(void) {
   p.nprobe = 0;
   p.candidates = 0;
   p.exact_routing = 0;
+  p.channels = 0;
   return p;
 }
 
@@ -196,6 +197,7 @@ msa::Result<msa::AttendOptions> ToOptions(const msa_attend_params_t* params, con
   options.nprobe = p.nprobe;
   options.candidates = p.candidates;
   options.exact_routing = p.exact_routing != 0;
+  options.channels = p.channels;
   return options;
 }
 

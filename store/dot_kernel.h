@@ -1,9 +1,8 @@
-// The router's inner loop: inner products of a few probes with many vectors
-// stored in fp16 (the router keeps its summaries in fp16: half the memory
-// and half the bytes to scan; Quest bounds of fp16 keys are exact in fp16).
-// Debian's FAISS is a generic build whose scans are scalar; this is written
-// for AVX-512 and AVX2+F16C+FMA, picked at run time, with a portable path,
-// and reads each vector once for all probes.
+// The router's inner loop over fp16 summary columns (store/summary_table.h:
+// fp16 halves the memory and the bytes to scan; Quest bounds of fp16 keys
+// are exact in fp16). Debian's FAISS is a generic build whose scans are
+// scalar; this is written for AVX-512 and AVX2+F16C+FMA, picked at run time,
+// with a portable path.
 #pragma once
 
 #include <cstddef>
@@ -11,12 +10,10 @@
 
 namespace msa {
 
-// out[i * n_probes + h] = probes[h] . vectors[i]; vectors [n, dim] fp16 bits,
-// probes [n_probes, dim] float32, n_probes >= 1.
-void InnerProductsF16(const float* probes, int n_probes, const uint16_t* vectors, size_t n,
-                      size_t dim, float* out);
+// y[i] += a * x[i] for n fp16 values x: the column-major scan's step.
+void AxpyF16(float a, const uint16_t* x, float* y, size_t n);
 
-// Which implementation InnerProductsF16 uses here: "avx512", "avx2" or "portable".
-const char* InnerProductsF16Isa();
+// Which implementation AxpyF16 uses here: "avx512", "avx2" or "portable".
+const char* F16KernelIsa();
 
 }  // namespace msa

@@ -16,11 +16,13 @@
 #include "attention/half.h"
 #include "store/dot_kernel.h"
 #include "store/summary.h"
+#include "store/summary_table.h"
 
 namespace msa {
 
 struct Router::Stream {
-  std::vector<uint16_t> summaries;  // [blocks, summary_width] fp16
+  explicit Stream(const Geometry& g) : summaries(IndexVectorsPerBlock(g), IndexVectorDim(g)) {}
+  SummaryTable summaries;
   uint64_t blocks = 0;
   std::unique_ptr<faiss::IndexIVF> ivf;  // null: exact scan
   uint64_t trained_vectors = 0;          // vectors the IVF was trained on
@@ -44,19 +46,17 @@ float Combine(GqaCombine combine, float acc, float score) {
   return combine == GqaCombine::kMax ? std::max(acc, score) : acc + score;
 }
 
-std::vector<float> Widen(const uint16_t* half, size_t n) {
-  std::vector<float> out(n);
-  attention::HalfToFloatArray(half, out.data(), n);
-  return out;
-}
-
-// Adds fp16 vectors to an index in float chunks of 64K vectors.
-void AddInChunks(faiss::Index* index, const uint16_t* vectors, uint64_t n, size_t dim) {
-  constexpr uint64_t kChunk = 1 << 16;
+// Adds blocks [first, first + n) of a table to an index, in float chunks
+// of 16K blocks (never a float copy of the whole stream).
+void AddInChunks(faiss::Index* index, const SummaryTable& table, uint64_t first, uint64_t n,
+                 size_t width, size_t per_block) {
+  constexpr uint64_t kChunk = 1 << 14;
+  std::vector<float> rows;
   for (uint64_t at = 0; at < n; at += kChunk) {
     const uint64_t len = std::min(kChunk, n - at);
-    const std::vector<float> chunk = Widen(vectors + at * dim, len * dim);
-    index->add(static_cast<faiss::Index::idx_t>(len), chunk.data());
+    rows.resize(len * width);
+    table.Rows(first + at, len, rows.data());
+    index->add(static_cast<faiss::Index::idx_t>(len * per_block), rows.data());
   }
 }
 
@@ -74,29 +74,26 @@ void KeepTop(std::vector<ScoredBlock>* scored, size_t k) {
 Router::Router(const Geometry& geometry, const RouterOptions& options)
     : geometry_(geometry), options_(options) {
   streams_.reserve(geometry.streams());
-  for (uint32_t s = 0; s < geometry.streams(); ++s) streams_.push_back(std::make_unique<Stream>());
+  for (uint32_t s = 0; s < geometry.streams(); ++s) streams_.push_back(std::make_unique<Stream>(geometry));
 }
 
 Router::~Router() = default;
 
 void Router::Reserve(uint32_t stream, uint64_t blocks) {
-  Stream& s = *streams_[stream];
-  s.summaries.reserve(s.summaries.size() + blocks * geometry_.summary_width());
+  streams_[stream]->summaries.Reserve(blocks);
 }
 
 void Router::Add(uint32_t stream, std::span<const float> summaries) {
   Stream& s = *streams_[stream];
   const uint64_t n = summaries.size() / geometry_.summary_width();
   if (n == 0) return;
-  const size_t old_size = s.summaries.size();
-  s.summaries.resize(old_size + summaries.size());  // within the reserved capacity
-  attention::FloatToHalfArray(summaries.data(), s.summaries.data() + old_size, summaries.size());
+  const uint64_t first = s.summaries.blocks();
+  s.summaries.Append(summaries.data(), n);  // within the reserved chunks
   if (s.ivf) {
     // Summaries are [block][vector][dim], exactly the index vectors in order.
-    const uint64_t per_block = IndexVectorsPerBlock(geometry_);
     try {
-      const std::vector<float> rounded = Widen(s.summaries.data() + old_size, summaries.size());
-      s.ivf->add(static_cast<faiss::Index::idx_t>(n * per_block), rounded.data());
+      AddInChunks(s.ivf.get(), s.summaries, first, n, geometry_.summary_width(),
+                  IndexVectorsPerBlock(geometry_));
     } catch (const std::exception& e) {
       spdlog::warn("router: adding to the IVF index of stream {} failed ({}); scanning it exactly",
                    stream, e.what());
@@ -123,16 +120,16 @@ bool Router::RefreshIndex(uint32_t stream, std::shared_mutex& publish_mu) {
   quantizer.release();
   // Train on an evenly strided sample of at most 64 points per list, then
   // add everything in chunks: never a float copy of the whole stream.
-  const uint64_t sample = std::min<uint64_t>(vectors, 64ull * nlist);
-  std::vector<float> train(sample * dim);
-  for (uint64_t i = 0; i < sample; ++i) {
-    const uint64_t from = i * vectors / sample;
-    attention::HalfToFloatArray(s.summaries.data() + from * dim, train.data() + i * dim, dim);
+  const uint64_t per_block = IndexVectorsPerBlock(geometry_);
+  const uint64_t sample_blocks = std::min<uint64_t>(s.blocks, (64ull * nlist + per_block - 1) / per_block);
+  std::vector<float> train(sample_blocks * per_block * dim);
+  for (uint64_t i = 0; i < sample_blocks; ++i) {
+    s.summaries.Rows(i * s.blocks / sample_blocks, 1, train.data() + i * per_block * dim);
   }
   ivf->cp.max_points_per_centroid = 64;
-  ivf->train(static_cast<faiss::Index::idx_t>(sample), train.data());
+  ivf->train(static_cast<faiss::Index::idx_t>(sample_blocks * per_block), train.data());
   train = {};
-  AddInChunks(ivf.get(), s.summaries.data(), vectors, dim);
+  AddInChunks(ivf.get(), s.summaries, 0, s.blocks, geometry_.summary_width(), per_block);
   std::unique_lock<std::shared_mutex> lock(publish_mu);
   s.trained_vectors = vectors;
   s.ivf = std::move(ivf);
@@ -177,37 +174,66 @@ Status Router::LoadIndex(uint32_t stream, const std::vector<uint8_t>& bytes, uin
   }
   const uint64_t missing = s.blocks - covered;
   if (missing > 0) {
-    AddInChunks(ivf.get(), s.summaries.data() + covered * geometry_.summary_width(), missing * per_block,
-                IndexVectorDim(geometry_));
+    AddInChunks(ivf.get(), s.summaries, covered, missing, geometry_.summary_width(), per_block);
   }
   s.ivf = std::move(ivf);
   s.trained_vectors = trained_vectors;
   return Status::OK();
 }
 
-std::vector<ScoredBlock> Router::ExactScan(const Stream& s, const std::vector<float>& probes,
-                                           int group_size, const RouteOptions& options) const {
+std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>& probes,
+                                      int group_size, const RouteOptions& options) const {
   const size_t dim = IndexVectorDim(geometry_);
-  const size_t per_block = IndexVectorsPerBlock(geometry_);
-  // In chunks that stay in L1/L2: all heads' dots of a chunk, then their combine.
-  constexpr size_t kChunkBlocks = 256;
-  std::vector<float> dots(kChunkBlocks * per_block * static_cast<size_t>(group_size));
-  std::vector<ScoredBlock> scored(s.blocks);
-  for (uint64_t b0 = 0; b0 < s.blocks; b0 += kChunkBlocks) {
-    const uint64_t nb = std::min<uint64_t>(kChunkBlocks, s.blocks - b0);
-    InnerProductsF16(probes.data(), group_size, s.summaries.data() + b0 * per_block * dim,
-                     nb * per_block, dim, dots.data());
-    for (uint64_t b = 0; b < nb; ++b) {
-      float acc = options.combine == GqaCombine::kMax ? -std::numeric_limits<float>::infinity() : 0.0f;
-      for (int h = 0; h < group_size; ++h) {
-        float best = -std::numeric_limits<float>::infinity();
-        for (size_t j = 0; j < per_block; ++j) {
-          best = std::max(best, dots[(b * per_block + j) * group_size + h]);
-        }
-        acc = Combine(options.combine, acc, best);
-      }
-      scored[b0 + b] = {b0 + b, acc};
+  const uint32_t per_block = IndexVectorsPerBlock(geometry_);
+  // The columns each head reads: those of its non-zero coefficients (half of
+  // a bound's probe is zero), or only the `channels` largest in magnitude.
+  std::vector<std::vector<uint32_t>> columns(group_size);
+  for (int h = 0; h < group_size; ++h) {
+    const float* p = probes.data() + h * dim;
+    for (uint32_t c = 0; c < dim; ++c) {
+      if (p[c] != 0.0f) columns[h].push_back(c);
     }
+    if (options.channels > 0 && options.channels < columns[h].size()) {
+      std::partial_sort(columns[h].begin(), columns[h].begin() + options.channels, columns[h].end(),
+                        [&](uint32_t a, uint32_t b) { return std::abs(p[a]) > std::abs(p[b]); });
+      columns[h].resize(options.channels);
+    }
+  }
+  const float identity = options.combine == GqaCombine::kMax ? -std::numeric_limits<float>::infinity() : 0.0f;
+  std::vector<ScoredBlock> scored(s.blocks);
+  std::vector<float> dots(SummaryTable::kChunkBlocks), best(SummaryTable::kChunkBlocks),
+      total(SummaryTable::kChunkBlocks);
+  for (size_t chunk = 0; chunk < s.summaries.chunks(); ++chunk) {
+    const size_t nb = s.summaries.blocks_in_chunk(chunk);
+    std::fill(total.begin(), total.begin() + nb, identity);
+    for (int h = 0; h < group_size; ++h) {
+      const float* p = probes.data() + h * dim;
+      std::fill(best.begin(), best.begin() + nb, -std::numeric_limits<float>::infinity());
+      for (uint32_t j = 0; j < per_block; ++j) {
+        std::fill(dots.begin(), dots.begin() + nb, 0.0f);
+        for (uint32_t c : columns[h]) AxpyF16(p[c], s.summaries.Column(chunk, j, c), dots.data(), nb);
+        for (size_t b = 0; b < nb; ++b) best[b] = std::max(best[b], dots[b]);
+      }
+      for (size_t b = 0; b < nb; ++b) total[b] = Combine(options.combine, total[b], best[b]);
+    }
+    const uint64_t b0 = chunk * SummaryTable::kChunkBlocks;
+    for (size_t b = 0; b < nb; ++b) scored[b0 + b] = {b0 + b, total[b]};
+  }
+  if (options.channels == 0) {
+    KeepTop(&scored, options.top_k);
+    return scored;
+  }
+  // Approximate scores: keep a wider set, then rescore it exactly.
+  const uint64_t wide = options.candidates ? options.candidates : 8ull * options.top_k;
+  KeepTop(&scored, std::max<uint64_t>(wide, options.top_k));
+  std::vector<float> summary(geometry_.summary_width());
+  for (ScoredBlock& sb : scored) {
+    s.summaries.Rows(sb.block, 1, summary.data());
+    float score = identity;
+    for (int h = 0; h < group_size; ++h) {
+      score = Combine(options.combine, score, ScoreSummary(geometry_, probes.data() + h * dim, summary.data()));
+    }
+    sb.score = score;
   }
   KeepTop(&scored, options.top_k);
   return scored;
@@ -224,9 +250,18 @@ std::vector<ScoredBlock> Router::Search(uint32_t stream, const float* queries, i
     MakeProbe(geometry_, queries + static_cast<size_t>(h) * geometry_.head_dim,
               probes.data() + h * dim);
   }
-  if (!s.ivf || options.exact_scan) {
-    if (stats) *stats = RouteStats{1.0, false};
-    return ExactScan(s, probes, group_size, options);
+  if (!s.ivf || options.exact_scan || options.channels > 0) {
+    if (stats) {
+      // Share of the summary values read (columns of non-zero coefficients).
+      size_t read = 0;
+      for (int h = 0; h < group_size; ++h) {
+        size_t nonzero = 0;
+        for (size_t c = 0; c < dim; ++c) nonzero += probes[h * dim + c] != 0.0f;
+        read += options.channels > 0 ? std::min<size_t>(options.channels, nonzero) : nonzero;
+      }
+      *stats = RouteStats{static_cast<double>(read) / (static_cast<double>(dim) * group_size), false};
+    }
+    return Scan(s, probes, group_size, options);
   }
   // IVF candidates per head, then the union rescored exactly.
   const faiss::IndexIVF& ivf = *s.ivf;
@@ -251,7 +286,7 @@ std::vector<ScoredBlock> Router::Search(uint32_t stream, const float* queries, i
     if (label < 0) continue;
     const uint64_t block = static_cast<uint64_t>(label) / per_block;
     if (!seen.insert(block).second) continue;
-    attention::HalfToFloatArray(s.summaries.data() + block * width, summary.data(), width);
+    s.summaries.Rows(block, 1, summary.data());
     float score = options.combine == GqaCombine::kMax ? -std::numeric_limits<float>::infinity() : 0.0f;
     for (int h = 0; h < group_size; ++h) {
       score = Combine(options.combine, score, ScoreSummary(geometry_, probes.data() + h * dim, summary.data()));

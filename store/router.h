@@ -51,11 +51,16 @@ struct RouteOptions {
   GqaCombine combine = GqaCombine::kMax;
   bool exact_scan = false;  // score every summary even where an IVF exists
   uint32_t nprobe = 0;      // IVF lists probed per head; 0: the default (see router.cc)
-  uint32_t candidates = 0;  // IVF candidates per head before rescoring; 0: 4 * top_k
+  uint32_t candidates = 0;  // candidates rescored exactly; 0: 4 * top_k per head (IVF),
+                            // 8 * top_k (channel scan)
+  // Approximate scan: score with only the `channels` largest-magnitude
+  // probe coefficients of each head (SparQ's idea applied to summaries),
+  // then rescore the best candidates exactly. 0: every non-zero coefficient.
+  uint32_t channels = 0;
 };
 
 struct RouteStats {
-  double scanned_fraction = 0;  // share of the stream's index vectors scored (IVF: expected)
+  double scanned_fraction = 0;  // share of the summaries' values read (IVF: expected share of vectors)
   bool used_ivf = false;
 };
 
@@ -109,8 +114,8 @@ class Router {
 
  private:
   struct Stream;
-  std::vector<ScoredBlock> ExactScan(const Stream& s, const std::vector<float>& probes,
-                                     int group_size, const RouteOptions& options) const;
+  std::vector<ScoredBlock> Scan(const Stream& s, const std::vector<float>& probes,
+                                int group_size, const RouteOptions& options) const;
 
   const Geometry geometry_;
   const RouterOptions options_;

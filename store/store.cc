@@ -548,6 +548,7 @@ Store::QueryPlan Store::PlanQuery(uint32_t layer, const float* q, uint32_t n, ui
   route.exact_scan = options.exact_routing;
   route.nprobe = options.nprobe;
   route.candidates = options.candidates;
+  route.channels = options.channels;
   for (uint32_t i = 0; i < n; ++i) {
     for (uint32_t kv = 0; kv < g.kv_heads; ++kv) {
       auto& sel = chosen[static_cast<size_t>(i) * g.kv_heads + kv];

@@ -71,6 +71,8 @@ struct AttendOptions {
   bool exact_routing = false;  // score every summary, even where the stream has an IVF index
   uint32_t nprobe = 0;         // IVF lists probed per head (0: default)
   uint32_t candidates = 0;     // IVF candidates per head before exact rescoring (0: 4 * top_k)
+  uint32_t channels = 0;       // approximate routing over each head's largest probe
+                               // coefficients, rescored exactly (0: exact scan)
   bool use_cache = true;       // false: read every block from disk (cold-path measurements)
 };
 

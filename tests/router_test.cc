@@ -91,28 +91,18 @@ TEST(Summary, MeanAndCentroidsScoreAsDocumented) {
   }
 }
 
-TEST(DotKernel, Fp16InnerProductsMatchAScalarReferenceForOddShapes) {
-  SCOPED_TRACE(InnerProductsF16Isa());
-  for (size_t dim : {1u, 7u, 16u, 37u, 64u, 130u}) {
-    for (int probes : {1, 2, 3, 4, 8, 9}) {
-      const size_t n = 11;
-      auto p = msa::testing::RandomVector(probes * dim, dim * 10 + probes);
-      auto v = msa::testing::RandomVector(n * dim, dim * 10 + probes + 1000);
-      std::vector<uint16_t> v16(n * dim);
-      attention::FloatToHalfArray(v.data(), v16.data(), v16.size());
-      std::vector<float> out(n * probes);
-      InnerProductsF16(p.data(), probes, v16.data(), n, dim, out.data());
-      for (size_t i = 0; i < n; ++i) {
-        for (int h = 0; h < probes; ++h) {
-          double ref = 0, mag = 0;
-          for (size_t c = 0; c < dim; ++c) {
-            const double x = attention::HalfToFloat(v16[i * dim + c]);
-            ref += p[h * dim + c] * x;
-            mag += std::abs(p[h * dim + c] * x);
-          }
-          ASSERT_NEAR(out[i * probes + h], ref, 1e-5 * mag + 1e-6) << "dim " << dim << " probes " << probes;
-        }
-      }
+TEST(DotKernel, Fp16AxpyMatchesAScalarReferenceForOddLengths) {
+  SCOPED_TRACE(F16KernelIsa());
+  for (size_t n : {1u, 7u, 8u, 15u, 16u, 17u, 100u, 1024u}) {
+    auto x = msa::testing::RandomVector(n, n);
+    auto y = msa::testing::RandomVector(n, n + 1);
+    std::vector<uint16_t> x16(n);
+    attention::FloatToHalfArray(x.data(), x16.data(), n);
+    std::vector<float> out = y;
+    AxpyF16(-1.75f, x16.data(), out.data(), n);
+    for (size_t i = 0; i < n; ++i) {
+      const float ref = y[i] + -1.75f * attention::HalfToFloat(x16[i]);
+      ASSERT_NEAR(out[i], ref, 1e-6f * (std::abs(ref) + 1)) << "n " << n << " i " << i;
     }
   }
 }
@@ -164,6 +154,44 @@ TEST(Router, ExactScanIsTheExactTopKForEverySummaryAndCombine) {
                 BruteForce(g, summaries, blocks, queries, group, combine, 10))
           << SummaryName(kind) << (combine == GqaCombine::kMax ? " max" : " sum");
     }
+  }
+}
+
+TEST(Router, ScanAcrossChunksAndChannelScanAgreeWithBruteForce) {
+  const Geometry g = OneStream(SummaryKind::kBound);
+  const uint64_t blocks = 3000;  // three chunks of the summary table
+  auto summaries = msa::testing::RandomVector(blocks * g.summary_width(), 21);
+  for (float& x : summaries) x = attention::HalfToFloat(attention::FloatToHalf(x));
+  // Block 2222 is a needle: its max channels follow the query's direction.
+  auto q = msa::testing::RandomVector(g.head_dim, 22);
+  for (uint32_t c = 0; c < g.head_dim; ++c) {
+    float& mx = summaries[2222 * g.summary_width() + c];
+    float& mn = summaries[2222 * g.summary_width() + g.head_dim + c];
+    mx = attention::HalfToFloat(attention::FloatToHalf(q[c] > 0 ? 4 * q[c] : mx));
+    mn = attention::HalfToFloat(attention::FloatToHalf(q[c] < 0 ? 4 * q[c] : mn));
+  }
+  Router router(g);
+  router.Reserve(0, blocks);
+  router.Add(0, summaries);
+  RouteOptions opts;
+  opts.top_k = 12;
+  const auto exact = Blocks(router.Search(0, q.data(), 1, opts));
+  EXPECT_EQ(exact, BruteForce(g, summaries, blocks, q, 1, GqaCombine::kMax, 12));
+  EXPECT_TRUE(std::count(exact.begin(), exact.end(), 2222u));
+  // Every non-zero coefficient: the same as the full scan.
+  opts.channels = g.head_dim;
+  EXPECT_EQ(Blocks(router.Search(0, q.data(), 1, opts)), exact);
+  // A few channels: approximate, rescored exactly; the needle is still found.
+  opts.channels = 8;
+  RouteStats stats;
+  const auto approx = router.Search(0, q.data(), 1, opts, &stats);
+  EXPECT_LT(stats.scanned_fraction, 0.2);
+  std::vector<uint64_t> found = Blocks(approx);
+  EXPECT_TRUE(std::count(found.begin(), found.end(), 2222u));
+  std::vector<float> probe(IndexVectorDim(g));
+  MakeProbe(g, q.data(), probe.data());
+  for (const ScoredBlock& sb : approx) {  // scores are the exact ones
+    EXPECT_NEAR(sb.score, ScoreSummary(g, probe.data(), &summaries[sb.block * g.summary_width()]), 1e-3f);
   }
 }
 

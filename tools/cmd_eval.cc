@@ -80,7 +80,8 @@ void AddEvalOptions(CLI::App* app, EvalOptions& o) {
   app->add_option("--combine", o.combine, "GQA combine of head scores: max or sum")->capture_default_str();
   app->add_option("--nprobe", o.nprobe,
                   "IVF lists probed, or a comma-separated list of settings to compare: numbers, "
-                  "'default', 'scan' (exact scoring of every summary)")
+                  "'default', 'scan' (exact scoring of every summary), 'chN' (approximate scan "
+                  "over each head's N largest probe coefficients, rescored exactly)")
       ->capture_default_str();
   app->add_option("--ivf-min-vectors", o.ivf_min_vectors,
                   "streams with this many index vectors get an IVF index at open (0: the store's default)")
@@ -166,6 +167,14 @@ int RunEval(const EvalOptions& o) {
         st.name = "exact scan";
       } else if (item == "default") {
         st.name = "nprobe default";
+      } else if (item.rfind("ch", 0) == 0) {
+        char* end = nullptr;
+        const unsigned long v = std::strtoul(item.c_str() + 2, &end, 10);
+        if (*end != '\0' || v == 0) {
+          return Fail(Status::InvalidArgument("--nprobe: '" + item + "' is not chN with N > 0"));
+        }
+        st.opts.channels = static_cast<uint32_t>(v);
+        st.name = "channels " + item.substr(2);
       } else {
         char* end = nullptr;
         const unsigned long v = std::strtoul(item.c_str(), &end, 10);

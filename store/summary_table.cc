@@ -1,0 +1,39 @@
+#include "store/summary_table.h"
+
+#include <algorithm>
+
+#include "attention/half.h"
+
+namespace msa {
+
+SummaryTable::SummaryTable(uint32_t vectors_per_block, uint32_t dim)
+    : per_block_(vectors_per_block), dim_(dim) {}
+
+void SummaryTable::Reserve(uint64_t more) {
+  const uint64_t need = (blocks_ + more + kChunkBlocks - 1) / kChunkBlocks;
+  chunks_.reserve(need);
+  while (chunks_.size() < need) chunks_.push_back(std::make_unique<uint16_t[]>(chunk_values()));
+}
+
+void SummaryTable::Append(const float* summaries, uint64_t n) {
+  Reserve(n);  // a no-op after the caller's Reserve
+  const size_t width = static_cast<size_t>(per_block_) * dim_;
+  for (uint64_t i = 0; i < n; ++i, ++blocks_) {
+    uint16_t* chunk = chunks_[blocks_ / kChunkBlocks].get();
+    const size_t at = blocks_ % kChunkBlocks;
+    const float* row = summaries + i * width;
+    for (size_t v = 0; v < width; ++v) chunk[v * kChunkBlocks + at] = attention::FloatToHalf(row[v]);
+  }
+}
+
+void SummaryTable::Rows(uint64_t first, uint64_t n, float* out) const {
+  const size_t width = static_cast<size_t>(per_block_) * dim_;
+  for (uint64_t i = 0; i < n; ++i) {
+    const uint64_t b = first + i;
+    const uint16_t* chunk = chunks_[b / kChunkBlocks].get();
+    const size_t at = b % kChunkBlocks;
+    for (size_t v = 0; v < width; ++v) out[i * width + v] = attention::HalfToFloat(chunk[v * kChunkBlocks + at]);
+  }
+}
+
+}  // namespace msa

@@ -1,0 +1,49 @@
+// A stream's block summaries in memory, laid out for scanning: fp16, in
+// chunks of 1024 blocks, each chunk column-major ([index vector][dim][block
+// in chunk]). A scan then streams one column per probe coefficient: columns
+// whose coefficient is zero (half of a Quest bound's probe) are never read,
+// and an approximate scan reads only the columns of the query's largest
+// coefficients (store/router.h). Rows are gathered for exact rescoring.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace msa {
+
+class SummaryTable {
+ public:
+  static constexpr size_t kChunkBlocks = 1024;
+
+  SummaryTable(uint32_t vectors_per_block, uint32_t dim);
+
+  // Allocates room for `more` blocks beyond the current ones, so that an
+  // Append of as many allocates nothing.
+  void Reserve(uint64_t more);
+  // Appends n blocks: summaries[(b * vectors_per_block + j) * dim + c].
+  void Append(const float* summaries, uint64_t n);
+
+  uint64_t blocks() const { return blocks_; }
+  size_t chunks() const { return (blocks_ + kChunkBlocks - 1) / kChunkBlocks; }
+  size_t blocks_in_chunk(size_t chunk) const {
+    return static_cast<size_t>(std::min<uint64_t>(kChunkBlocks, blocks_ - chunk * kChunkBlocks));
+  }
+  // Value (vector j, dim c) of the blocks of `chunk`, fp16 bits.
+  const uint16_t* Column(size_t chunk, uint32_t j, uint32_t c) const {
+    return chunks_[chunk].get() + (static_cast<size_t>(j) * dim_ + c) * kChunkBlocks;
+  }
+  // Blocks [first, first + n) as rows of vectors_per_block * dim floats.
+  void Rows(uint64_t first, uint64_t n, float* out) const;
+
+  uint64_t memory_bytes() const { return chunks_.size() * chunk_values() * sizeof(uint16_t); }
+
+ private:
+  size_t chunk_values() const { return static_cast<size_t>(per_block_) * dim_ * kChunkBlocks; }
+  const uint32_t per_block_, dim_;
+  std::vector<std::unique_ptr<uint16_t[]>> chunks_;
+  uint64_t blocks_ = 0;
+};
+
+}  // namespace msa
