@@ -51,7 +51,49 @@ __attribute__((target("avx2,fma,f16c"))) void AxpyAvx2(float a, const uint16_t* 
   for (; i < n; ++i) y[i] += a * attention::HalfToFloat(x[i]);
 }
 
+__attribute__((target("avx512f"))) void ColumnsAvx512(const float* coef, const uint32_t* cols,
+                                                        size_t ncols, const uint16_t* base,
+                                                        size_t stride, float* out) {
+  __m512 acc[8];
+  for (auto& a : acc) a = _mm512_setzero_ps();
+  for (size_t k = 0; k < ncols; ++k) {
+    const __m512 a = _mm512_set1_ps(coef[k]);
+    const uint16_t* x = base + cols[k] * stride;
+    for (int t = 0; t < 8; ++t) {
+      const __m512 v = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 16 * t)));
+      acc[t] = _mm512_fmadd_ps(a, v, acc[t]);
+    }
+  }
+  for (int t = 0; t < 8; ++t) _mm512_storeu_ps(out + 16 * t, acc[t]);
+}
+
+__attribute__((target("avx2,fma,f16c"))) void ColumnsAvx2(const float* coef, const uint32_t* cols,
+                                                          size_t ncols, const uint16_t* base,
+                                                          size_t stride, float* out) {
+  for (int half = 0; half < 2; ++half) {  // 2 x 64: 8 accumulators fit the 16 ymm registers
+    __m256 acc[8];
+    for (auto& a : acc) a = _mm256_setzero_ps();
+    for (size_t k = 0; k < ncols; ++k) {
+      const __m256 a = _mm256_set1_ps(coef[k]);
+      const uint16_t* x = base + cols[k] * stride + 64 * half;
+      for (int t = 0; t < 8; ++t) {
+        const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + 8 * t)));
+        acc[t] = _mm256_fmadd_ps(a, v, acc[t]);
+      }
+    }
+    for (int t = 0; t < 8; ++t) _mm256_storeu_ps(out + 64 * half + 8 * t, acc[t]);
+  }
+}
+
 }  // namespace
+
+void WeightedColumnSum(const float* coef, const uint32_t* cols, size_t ncols, const uint16_t* base,
+                       size_t stride, float* out) {
+  if (kIsa == Isa::kAvx512) return ColumnsAvx512(coef, cols, ncols, base, stride, out);
+  if (kIsa == Isa::kAvx2) return ColumnsAvx2(coef, cols, ncols, base, stride, out);
+  std::fill(out, out + kColumnTile, 0.0f);
+  for (size_t k = 0; k < ncols; ++k) AxpyF16(coef[k], base + cols[k] * stride, out, kColumnTile);
+}
 
 void AxpyF16(float a, const uint16_t* x, float* y, size_t n) {
   if (kIsa == Isa::kAvx512) return AxpyAvx512(a, x, y, n);

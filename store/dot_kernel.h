@@ -13,7 +13,15 @@ namespace msa {
 // y[i] += a * x[i] for n fp16 values x: the column-major scan's step.
 void AxpyF16(float a, const uint16_t* x, float* y, size_t n);
 
-// Which implementation AxpyF16 uses here: "avx512", "avx2" or "portable".
+// out[b] = sum_k coef[k] * x(cols[k])[b] for b in [0, 128), where column c
+// is the fp16 array base + c * stride. Reads exactly 128 values of each
+// column (the caller pads); the 128 sums stay in registers while the
+// columns stream by, so one tile of a summary chunk is read once per head.
+inline constexpr size_t kColumnTile = 128;
+void WeightedColumnSum(const float* coef, const uint32_t* cols, size_t ncols, const uint16_t* base,
+                       size_t stride, float* out);
+
+// Which implementation these use here: "avx512", "avx2" or "portable".
 const char* F16KernelIsa();
 
 }  // namespace msa

@@ -60,12 +60,38 @@ void AddInChunks(faiss::Index* index, const SummaryTable& table, uint64_t first,
   }
 }
 
+// Better: higher score, then lower block number (a total order, so ties
+// resolve the same way in every path).
+bool Better(const ScoredBlock& a, const ScoredBlock& b) {
+  return a.score > b.score || (a.score == b.score && a.block < b.block);
+}
+
+// Streaming top k.
+class TopK {
+ public:
+  explicit TopK(uint64_t k) : k_(k) { heap_.reserve(static_cast<size_t>(std::min<uint64_t>(k, 1u << 20))); }
+  void Offer(uint64_t block, float score) {
+    if (k_ == 0) return;
+    const ScoredBlock sb{block, score};
+    if (heap_.size() < k_) {
+      heap_.push_back(sb);
+      std::push_heap(heap_.begin(), heap_.end(), Better);  // root: the worst kept
+    } else if (Better(sb, heap_.front())) {
+      std::pop_heap(heap_.begin(), heap_.end(), Better);
+      heap_.back() = sb;
+      std::push_heap(heap_.begin(), heap_.end(), Better);
+    }
+  }
+  std::vector<ScoredBlock> Take() { return std::move(heap_); }
+
+ private:
+  const uint64_t k_;
+  std::vector<ScoredBlock> heap_;
+};
+
 void KeepTop(std::vector<ScoredBlock>* scored, size_t k) {
   k = std::min(k, scored->size());
-  std::partial_sort(scored->begin(), scored->begin() + static_cast<ptrdiff_t>(k), scored->end(),
-                    [](const ScoredBlock& a, const ScoredBlock& b) {
-                      return a.score > b.score || (a.score == b.score && a.block < b.block);
-                    });
+  std::partial_sort(scored->begin(), scored->begin() + static_cast<ptrdiff_t>(k), scored->end(), Better);
   scored->resize(k);
 }
 
@@ -199,33 +225,48 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
       columns[h].resize(options.channels);
     }
   }
+  std::vector<std::vector<float>> coefs(group_size);
+  for (int h = 0; h < group_size; ++h) {
+    for (uint32_t c : columns[h]) coefs[h].push_back(probes[h * dim + c]);
+  }
   const float identity = options.combine == GqaCombine::kMax ? -std::numeric_limits<float>::infinity() : 0.0f;
-  std::vector<ScoredBlock> scored(s.blocks);
-  std::vector<float> dots(SummaryTable::kChunkBlocks), best(SummaryTable::kChunkBlocks),
-      total(SummaryTable::kChunkBlocks);
+  // The best `keep` blocks, selected while scanning: a min-heap whose root
+  // is the bar a block must clear (one comparison for almost every block,
+  // instead of sorting the whole stream).
+  const uint64_t keep = options.channels == 0
+                            ? options.top_k
+                            : std::max<uint64_t>(options.candidates ? options.candidates : 8ull * options.top_k,
+                                                 options.top_k);
+  TopK top(keep);
+  float dots[kColumnTile], best[kColumnTile], total[kColumnTile];
+  // Tiles of 128 blocks: the tile's columns (at most 32 KiB) stay in L1
+  // while every head reads them. Chunks are allocated whole and zeroed, so a
+  // tile may run past the last block; those sums are never used.
+  static_assert(SummaryTable::kChunkBlocks % kColumnTile == 0);
   for (size_t chunk = 0; chunk < s.summaries.chunks(); ++chunk) {
     const size_t nb = s.summaries.blocks_in_chunk(chunk);
-    std::fill(total.begin(), total.begin() + nb, identity);
-    for (int h = 0; h < group_size; ++h) {
-      const float* p = probes.data() + h * dim;
-      std::fill(best.begin(), best.begin() + nb, -std::numeric_limits<float>::infinity());
-      for (uint32_t j = 0; j < per_block; ++j) {
-        std::fill(dots.begin(), dots.begin() + nb, 0.0f);
-        for (uint32_t c : columns[h]) AxpyF16(p[c], s.summaries.Column(chunk, j, c), dots.data(), nb);
-        for (size_t b = 0; b < nb; ++b) best[b] = std::max(best[b], dots[b]);
+    for (size_t t0 = 0; t0 < nb; t0 += kColumnTile) {
+      const size_t nt = std::min(kColumnTile, nb - t0);
+      std::fill(total, total + nt, identity);
+      for (int h = 0; h < group_size; ++h) {
+        std::fill(best, best + nt, -std::numeric_limits<float>::infinity());
+        for (uint32_t j = 0; j < per_block; ++j) {
+          WeightedColumnSum(coefs[h].data(), columns[h].data(), columns[h].size(),
+                            s.summaries.Column(chunk, j, 0) + t0, SummaryTable::kChunkBlocks, dots);
+          for (size_t b = 0; b < nt; ++b) best[b] = std::max(best[b], dots[b]);
+        }
+        for (size_t b = 0; b < nt; ++b) total[b] = Combine(options.combine, total[b], best[b]);
       }
-      for (size_t b = 0; b < nb; ++b) total[b] = Combine(options.combine, total[b], best[b]);
+      const uint64_t b0 = chunk * SummaryTable::kChunkBlocks + t0;
+      for (size_t b = 0; b < nt; ++b) top.Offer(b0 + b, total[b]);
     }
-    const uint64_t b0 = chunk * SummaryTable::kChunkBlocks;
-    for (size_t b = 0; b < nb; ++b) scored[b0 + b] = {b0 + b, total[b]};
   }
+  std::vector<ScoredBlock> scored = top.Take();
   if (options.channels == 0) {
     KeepTop(&scored, options.top_k);
     return scored;
   }
-  // Approximate scores: keep a wider set, then rescore it exactly.
-  const uint64_t wide = options.candidates ? options.candidates : 8ull * options.top_k;
-  KeepTop(&scored, std::max<uint64_t>(wide, options.top_k));
+  // Approximate scores: the wider set is rescored exactly.
   std::vector<float> summary(geometry_.summary_width());
   for (ScoredBlock& sb : scored) {
     s.summaries.Rows(sb.block, 1, summary.data());

@@ -1,9 +1,10 @@
 // A stream's block summaries in memory, laid out for scanning: fp16, in
-// chunks of 1024 blocks, each chunk column-major ([index vector][dim][block
-// in chunk]). A scan then streams one column per probe coefficient: columns
-// whose coefficient is zero (half of a Quest bound's probe) are never read,
-// and an approximate scan reads only the columns of the query's largest
-// coefficients (store/router.h). Rows are gathered for exact rescoring.
+// chunks of 128 blocks, each chunk column-major ([index vector][dim][block
+// in chunk]) and contiguous. A scan reads, per head, only the columns of its
+// non-zero probe coefficients (half of a Quest bound's probe is zero) or,
+// approximately, those of its largest ones (store/router.h); a chunk is one
+// scan tile, so the columns all heads read stay in L1 meanwhile. Rows are
+// gathered for exact rescoring and for the IVF.
 #pragma once
 
 #include <cstddef>
@@ -15,7 +16,7 @@ namespace msa {
 
 class SummaryTable {
  public:
-  static constexpr size_t kChunkBlocks = 1024;
+  static constexpr size_t kChunkBlocks = 128;  // = kColumnTile (store/dot_kernel.h)
 
   SummaryTable(uint32_t vectors_per_block, uint32_t dim);
 

@@ -136,6 +136,23 @@ std::vector<uint64_t> Blocks(const std::vector<ScoredBlock>& v) {
   return out;
 }
 
+TEST(DotKernel, WeightedColumnSumMatchesAScalarReference) {
+  SCOPED_TRACE(F16KernelIsa());
+  const size_t stride = 300, columns = 9;
+  auto x = msa::testing::RandomVector(columns * stride, 31);
+  std::vector<uint16_t> x16(x.size());
+  attention::FloatToHalfArray(x.data(), x16.data(), x.size());
+  const std::vector<uint32_t> cols = {0, 8, 3, 5};
+  const std::vector<float> coef = {0.5f, -2.0f, 1.25f, 3.0f};
+  std::vector<float> out(kColumnTile);
+  WeightedColumnSum(coef.data(), cols.data(), cols.size(), x16.data() + 7, stride, out.data());
+  for (size_t b = 0; b < kColumnTile; ++b) {
+    double ref = 0;
+    for (size_t k = 0; k < cols.size(); ++k) ref += coef[k] * attention::HalfToFloat(x16[cols[k] * stride + 7 + b]);
+    ASSERT_NEAR(out[b], ref, 1e-5 * (std::abs(ref) + 1)) << b;
+  }
+}
+
 TEST(Router, ExactScanIsTheExactTopKForEverySummaryAndCombine) {
   for (SummaryKind kind : {SummaryKind::kMean, SummaryKind::kBound, SummaryKind::kCentroids}) {
     const Geometry g = OneStream(kind);
