@@ -131,6 +131,9 @@ typedef struct msa_attend_params_t {
   int exact_routing;   /* != 0: score every block summary (no IVF) */
   uint32_t channels;   /* > 0: approximate routing that reads only each head's `channels`
                           largest query coefficients, then rescores exactly; 0: exact */
+  const uint64_t* documents; /* restrict to these document ids (from msa_append_document);
+                                NULL: all documents. Not copied: valid during the call */
+  uint32_t n_documents;      /* entries of documents */
 } msa_attend_params_t;
 
 msa_attend_params_t msa_attend_default_params(void);

@@ -181,6 +181,8 @@ msa_attend_params_t msa_attend_default_params(void) {
   p.candidates = 0;
   p.exact_routing = 0;
   p.channels = 0;
+  p.documents = nullptr;
+  p.n_documents = 0;
   return p;
 }
 
@@ -198,6 +200,9 @@ msa::Result<msa::AttendOptions> ToOptions(const msa_attend_params_t* params, con
   options.candidates = p.candidates;
   options.exact_routing = p.exact_routing != 0;
   options.channels = p.channels;
+  MSA_REQUIRE(p.documents != nullptr || p.n_documents == 0,
+              std::string(fn) + ": params->documents is NULL but n_documents is " + std::to_string(p.n_documents));
+  if (p.n_documents > 0) options.documents.assign(p.documents, p.documents + p.n_documents);
   return options;
 }
 

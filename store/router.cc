@@ -243,10 +243,20 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
   // while every head reads them. Chunks are allocated whole and zeroed, so a
   // tile may run past the last block; those sums are never used.
   static_assert(SummaryTable::kChunkBlocks % kColumnTile == 0);
+  // With ranges, only the tiles that meet one are scanned (r: the first
+  // range that may still meet the current tile).
+  size_t r = 0;
   for (size_t chunk = 0; chunk < s.summaries.chunks(); ++chunk) {
     const size_t nb = s.summaries.blocks_in_chunk(chunk);
     for (size_t t0 = 0; t0 < nb; t0 += kColumnTile) {
       const size_t nt = std::min(kColumnTile, nb - t0);
+      const uint64_t tile_first = chunk * SummaryTable::kChunkBlocks + t0;
+      if (options.ranges) {
+        const auto& ranges = *options.ranges;
+        while (r < ranges.size() && ranges[r].second <= tile_first) ++r;
+        if (r == ranges.size()) break;
+        if (ranges[r].first >= tile_first + nt) continue;
+      }
       std::fill(total, total + nt, identity);
       for (int h = 0; h < group_size; ++h) {
         std::fill(best, best + nt, -std::numeric_limits<float>::infinity());
@@ -257,8 +267,16 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
         }
         for (size_t b = 0; b < nt; ++b) total[b] = Combine(options.combine, total[b], best[b]);
       }
-      const uint64_t b0 = chunk * SummaryTable::kChunkBlocks + t0;
-      for (size_t b = 0; b < nt; ++b) top.Offer(b0 + b, total[b]);
+      const uint64_t b0 = tile_first;
+      if (options.ranges) {
+        size_t rr = r;
+        for (size_t b = 0; b < nt; ++b) {
+          while (rr < options.ranges->size() && (*options.ranges)[rr].second <= b0 + b) ++rr;
+          if (rr < options.ranges->size() && (*options.ranges)[rr].first <= b0 + b) top.Offer(b0 + b, total[b]);
+        }
+      } else {
+        for (size_t b = 0; b < nt; ++b) top.Offer(b0 + b, total[b]);
+      }
     }
   }
   std::vector<ScoredBlock> scored = top.Take();
@@ -291,7 +309,7 @@ std::vector<ScoredBlock> Router::Search(uint32_t stream, const float* queries, i
     MakeProbe(geometry_, queries + static_cast<size_t>(h) * geometry_.head_dim,
               probes.data() + h * dim);
   }
-  if (!s.ivf || options.exact_scan || options.channels > 0) {
+  if (!s.ivf || options.exact_scan || options.channels > 0 || options.ranges) {
     if (stats) {
       // Share of the summary values read (columns of non-zero coefficients).
       size_t read = 0;

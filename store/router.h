@@ -28,6 +28,7 @@
 #include <memory>
 #include <shared_mutex>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "msa/status.h"
@@ -57,6 +58,9 @@ struct RouteOptions {
   // probe coefficients of each head (SparQ's idea applied to summaries),
   // then rescore the best candidates exactly. 0: every non-zero coefficient.
   uint32_t channels = 0;
+  // Only blocks inside these [first, end) ranges (sorted, disjoint); null:
+  // all. Restricted searches scan exactly (the IVF cannot filter).
+  const std::vector<std::pair<uint64_t, uint64_t>>* ranges = nullptr;
 };
 
 struct RouteStats {

@@ -148,6 +148,8 @@ Status Store::Load() {
       router_.Add(stream, summaries);
     }
   }
+  MSA_ASSIGN_OR_RETURN(const auto docs, catalog_->ListDocuments());
+  for (const DocumentRecord& doc : docs) doc_blocks_[doc.id] = {doc.first_block, doc.blocks};
   LoadRouterIndexes();
   RefreshRouterIndexes();
   spdlog::info("opened {}: {} documents, {} tokens per stream, router rebuilt in {:.1f} ms",
@@ -271,6 +273,7 @@ Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV
   DocumentRecord doc{doc_id, name, kv.tokens, first_block, n_blocks};
   batch_->PutDocument(doc);
   staged_names_[name] = doc_id;
+  staged_docs_[doc_id] = {first_block, n_blocks};
   staged_.next_doc_id++;
   staged_.blocks_per_stream += n_blocks;
   staged_.tokens += kv.tokens;
@@ -326,6 +329,7 @@ Status Store::Commit() {
       staged_locations_[stream].clear();
       staged_summaries_[stream].clear();
     }
+    doc_blocks_.merge(staged_docs_);  // moves the nodes: allocates nothing
     committed_ = staged_;
   }
   batch_.reset();
@@ -525,17 +529,42 @@ Status Store::CheckQuery(uint32_t layer, const float* q, uint32_t n, uint32_t q_
   return Status::OK();
 }
 
-Store::QueryPlan Store::PlanQuery(uint32_t layer, const float* q, uint32_t n, uint32_t q_heads,
-                                  const AttendOptions& options, AttendStats* st) const {
+Result<Store::QueryPlan> Store::PlanQuery(uint32_t layer, const float* q, uint32_t n,
+                                          uint32_t q_heads, const AttendOptions& options,
+                                          AttendStats* st) const {
   const Geometry& g = geometry_;
   QueryPlan plan;
   // Routing and the directory are read under the state lock; the locations
   // of the chosen blocks are copied out so that the slow part (I/O, decode,
   // attention) runs without it and never holds up a commit.
   std::shared_lock<std::shared_mutex> state(state_mu_);
-  const uint64_t blocks = committed_.blocks_per_stream;
   const uint32_t group = q_heads / g.kv_heads;
   const size_t d = g.head_dim;
+  // The block ranges the query may use: every block, or its documents'.
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;  // [first, end), sorted, disjoint
+  if (options.documents.empty()) {
+    if (committed_.blocks_per_stream > 0) ranges.push_back({0, committed_.blocks_per_stream});
+  } else {
+    for (uint64_t id : options.documents) {
+      auto it = doc_blocks_.find(id);
+      if (it == doc_blocks_.end()) {
+        return Status::NotFound("document id " + std::to_string(id) + " is not in store " + path_);
+      }
+      ranges.push_back({it->second.first, it->second.first + it->second.second});
+    }
+    std::sort(ranges.begin(), ranges.end());
+    std::vector<std::pair<uint64_t, uint64_t>> merged;
+    for (const auto& r : ranges) {
+      if (!merged.empty() && r.first <= merged.back().second) {
+        merged.back().second = std::max(merged.back().second, r.second);
+      } else {
+        merged.push_back(r);
+      }
+    }
+    ranges = std::move(merged);
+  }
+  uint64_t blocks = 0;  // blocks the query may use
+  for (const auto& r : ranges) blocks += r.second - r.first;
 
   // 1. Route: per (row, KV head) the chosen blocks, ascending.
   const auto t0 = Clock::now();
@@ -543,6 +572,7 @@ Store::QueryPlan Store::PlanQuery(uint32_t layer, const float* q, uint32_t n, ui
   chosen.resize(static_cast<size_t>(n) * g.kv_heads);
   const bool all = options.exact || uint64_t{options.top_k} + 2 >= blocks;
   RouteOptions route;
+  if (!options.documents.empty()) route.ranges = &ranges;
   route.top_k = static_cast<uint32_t>(std::min<uint64_t>(options.top_k, blocks));
   route.combine = options.combine;
   route.exact_scan = options.exact_routing;
@@ -554,8 +584,9 @@ Store::QueryPlan Store::PlanQuery(uint32_t layer, const float* q, uint32_t n, ui
       auto& sel = chosen[static_cast<size_t>(i) * g.kv_heads + kv];
       if (blocks == 0) continue;
       if (all) {
-        sel.resize(blocks);
-        for (uint64_t b = 0; b < blocks; ++b) sel[b] = b;
+        for (const auto& r : ranges) {
+          for (uint64_t b = r.first; b < r.second; ++b) sel.push_back(b);
+        }
         continue;
       }
       const float* qg = q + (static_cast<size_t>(i) * q_heads + static_cast<size_t>(kv) * group) * d;
@@ -565,8 +596,8 @@ Store::QueryPlan Store::PlanQuery(uint32_t layer, const float* q, uint32_t n, ui
         sel.push_back(s.block);
       }
       st->routed_fraction += rs.scanned_fraction / (static_cast<double>(n) * g.kv_heads);
-      sel.push_back(0);           // sink
-      sel.push_back(blocks - 1);  // most recent
+      sel.push_back(ranges.front().first);       // sink
+      sel.push_back(ranges.back().second - 1);   // most recent
       std::sort(sel.begin(), sel.end());
       sel.erase(std::unique(sel.begin(), sel.end()), sel.end());
     }
@@ -601,7 +632,7 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
   st = AttendStats{};
   const size_t d = g.head_dim;
 
-  QueryPlan plan = PlanQuery(layer, q, n, q_heads, options, &st);
+  MSA_ASSIGN_OR_RETURN(QueryPlan plan, PlanQuery(layer, q, n, q_heads, options, &st));
   const auto& chosen = plan.chosen;
   const size_t block_elems = static_cast<size_t>(g.block_tokens) * d;
   std::vector<float> keys(plan.ids.size() * block_elems), values(plan.ids.size() * block_elems);
@@ -651,7 +682,12 @@ std::shared_future<Status> Store::Prefetch(uint32_t layer, const float* q, uint3
   prefetcher_.Post([this, layer, n, q_heads, options, promise, q_copy = std::move(q_copy)]() {
     try {
       AttendStats st;
-      QueryPlan plan = PlanQuery(layer, q_copy.data(), n, q_heads, options, &st);
+      auto planned = PlanQuery(layer, q_copy.data(), n, q_heads, options, &st);
+      if (!planned.ok()) {
+        promise->set_value(planned.status());
+        return;
+      }
+      QueryPlan& plan = *planned;
       const size_t block_elems = static_cast<size_t>(geometry_.block_tokens) * geometry_.head_dim;
       std::vector<float> keys(plan.ids.size() * block_elems), values(plan.ids.size() * block_elems);
       std::vector<int32_t> len(plan.ids.size());

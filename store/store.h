@@ -71,6 +71,12 @@ struct AttendOptions {
   bool exact_routing = false;  // score every summary, even where the stream has an IVF index
   uint32_t nprobe = 0;         // IVF lists probed per head (0: default)
   uint32_t candidates = 0;     // IVF candidates per head before exact rescoring (0: 4 * top_k)
+  // Restrict the query to these documents (ids from AppendDocument or
+  // ListDocuments; empty: all). Routing, the sink and the recent block then
+  // come from their blocks only: the sink is the first block of the first
+  // of them, the recent block the last block of the last. An unknown id is
+  // NotFound.
+  std::vector<uint64_t> documents;
   uint32_t channels = 0;       // approximate routing over each head's largest probe
                                // coefficients, rescored exactly (0: exact scan)
   bool use_cache = true;       // false: read every block from disk (cold-path measurements)
@@ -180,8 +186,8 @@ class Store {
     std::vector<BlockLocation> locs;
     std::vector<std::map<uint64_t, int32_t>> slot_of;
   };
-  QueryPlan PlanQuery(uint32_t layer, const float* q, uint32_t n, uint32_t q_heads,
-                      const AttendOptions& options, AttendStats* st) const;
+  Result<QueryPlan> PlanQuery(uint32_t layer, const float* q, uint32_t n, uint32_t q_heads,
+                              const AttendOptions& options, AttendStats* st) const;
   Status FetchBlocks(const std::vector<BlockId>& ids, const std::vector<BlockLocation>& locs,
                      float* keys, float* values, int32_t* len, AttendStats* stats,
                      bool use_cache) const;
@@ -199,6 +205,7 @@ class Store {
   mutable std::shared_mutex state_mu_;
   CatalogCounters committed_;
   std::vector<std::vector<BlockLocation>> directory_;  // [stream][block]
+  std::map<uint64_t, std::pair<uint64_t, uint64_t>> doc_blocks_;  // doc id -> (first block, blocks)
   Router router_;
 
   // Read descriptors per segment, opened on first use; guarded by fd_mu_.
@@ -215,6 +222,7 @@ class Store {
   std::vector<std::vector<BlockLocation>> staged_locations_;  // [stream] new blocks
   std::vector<std::vector<float>> staged_summaries_;          // [stream] new summaries
   std::map<std::string, uint64_t> staged_names_;
+  std::map<uint64_t, std::pair<uint64_t, uint64_t>> staged_docs_;  // merged into doc_blocks_
   Status write_error_;  // set by a failed commit: refuse writes until reopen
   std::vector<RouterIndexRecord> saved_indexes_;  // [stream]; generation 0: none saved
 

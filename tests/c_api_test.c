@@ -79,6 +79,17 @@ int main(int argc, char** argv) {
   CHECK(strstr(msa_last_error(), "layer 9") != NULL);
   msa_prefetch_free(pf);
   msa_prefetch_free(NULL);
+  /* Restricted to the one document (by id), then to an unknown one. */
+  params.gqa_combine = MSA_GQA_MAX;
+  params.documents = &id;
+  params.n_documents = 1;
+  CHECK(msa_attend(store, 0, q, 1, QH, &params, out, lse) == MSA_OK);
+  uint64_t unknown = id + 100;
+  params.documents = &unknown;
+  CHECK(msa_attend(store, 0, q, 1, QH, &params, out, lse) == MSA_NOT_FOUND);
+  params.documents = NULL;
+  CHECK(msa_attend(store, 0, q, 1, QH, &params, out, lse) == MSA_INVALID_ARGUMENT);
+  params.n_documents = 0;
   params.gqa_combine = (msa_gqa_combine_t)7;
   CHECK(msa_attend(store, 0, q, 1, QH, &params, out, lse) == MSA_INVALID_ARGUMENT);
   CHECK(strstr(msa_last_error(), "gqa_combine") != NULL);

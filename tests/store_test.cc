@@ -155,6 +155,69 @@ TEST(Store, RouterFindsTheNeedleBlockPlusSinkAndRecent) {
   EXPECT_EQ(sel.back(), 199u);   // most recent
 }
 
+TEST(Store, QueriesRestrictedToDocumentsUseOnlyTheirBlocks) {
+  TempDir dir;
+  const Geometry g = SmallGeometry();
+  std::vector<Doc> docs = {MakeDoc(g, "a", 40, 31), MakeDoc(g, "b", 27, 32), MakeDoc(g, "c", 50, 33)};
+  auto s = Store::Create(dir.Sub("store"), g);
+  ASSERT_TRUE(s.ok());
+  std::vector<uint64_t> ids;
+  for (const Doc& d : docs) {
+    auto id = (*s)->AppendDocument(d.name, DocumentKV{d.keys.data(), d.values.data(), d.tokens});
+    ASSERT_TRUE(id.ok());
+    ids.push_back(*id);
+  }
+  ASSERT_TRUE((*s)->Commit().ok());
+  auto listed = (*s)->ListDocuments();
+  ASSERT_TRUE(listed.ok());
+  const uint32_t qh = 4, d = g.head_dim;
+  auto q = msa::testing::RandomVector(qh * d, 34);
+  // Exact over document b alone equals dense attention over b's tokens.
+  AttendOptions opts;
+  opts.exact = true;
+  opts.documents = {ids[1]};
+  std::vector<float> out(qh * d), lse(qh);
+  ASSERT_TRUE((*s)->Attend(1, q.data(), 1, qh, opts, out.data(), lse.data()).ok());
+  for (uint32_t h = 0; h < qh; ++h) {
+    const uint32_t kv = h / (qh / g.kv_heads);
+    const auto k = StreamOf(g, {docs[1]}, 1, kv, true), v = StreamOf(g, {docs[1]}, 1, kv, false);
+    std::vector<double> ref(d);
+    double ref_lse;
+    msa::testing::DenseReference(&q[h * d], k.data(), v.data(), docs[1].tokens, d, ref.data(), &ref_lse);
+    for (uint32_t c = 0; c < d; ++c) ASSERT_NEAR(out[h * d + c], ref[c], 1e-4);
+    ASSERT_NEAR(lse[h], ref_lse, 1e-4);
+  }
+  // Top-k over documents a and c: every chosen block is theirs, with a's
+  // first block as the sink and c's last as the recent one.
+  opts.exact = false;
+  opts.top_k = 2;
+  opts.documents = {ids[2], ids[0]};
+  std::vector<std::vector<uint64_t>> selected;
+  ASSERT_TRUE((*s)->Attend(0, q.data(), 1, qh, opts, out.data(), nullptr, nullptr, &selected).ok());
+  const DocumentRecord& a = (*listed)[0];
+  const DocumentRecord& c = (*listed)[2];
+  for (const auto& sel : selected) {
+    EXPECT_EQ(sel.size(), 4u);
+    EXPECT_EQ(sel.front(), a.first_block);
+    EXPECT_EQ(sel.back(), c.first_block + c.blocks - 1);
+    for (uint64_t b : sel) {
+      const bool in_a = b >= a.first_block && b < a.first_block + a.blocks;
+      const bool in_c = b >= c.first_block && b < c.first_block + c.blocks;
+      EXPECT_TRUE(in_a || in_c) << "block " << b << " belongs to neither document";
+    }
+  }
+  opts.documents = {999};
+  EXPECT_EQ((*s)->Attend(0, q.data(), 1, qh, opts, out.data(), nullptr).code(), Status::Code::kNotFound);
+  // After a restart the documents' blocks are known again.
+  opts.documents = {ids[2], ids[0]};
+  s->reset();
+  s = Store::Open(dir.Sub("store"));
+  ASSERT_TRUE(s.ok());
+  std::vector<std::vector<uint64_t>> again;
+  ASSERT_TRUE((*s)->Attend(0, q.data(), 1, qh, opts, out.data(), nullptr, nullptr, &again).ok());
+  EXPECT_EQ(again, selected);
+}
+
 TEST(Store, ChecksumMismatchIsReportedNamingTheBlock) {
   TempDir dir;
   const Geometry g = SmallGeometry();
