@@ -29,6 +29,17 @@ namespace {
 
 constexpr int kIterations = 200;
 
+// The kill comes 5..60 ms after the child starts, times this factor.
+// Sanitizer builds start and run several times slower, so
+// tools/test_sanitizers.sh sets MSA_CRASH_TEST_SLOWDOWN to stretch the window
+// (otherwise no child would commit before its kill, and the test would fail
+// as having exercised nothing).
+int Slowdown() {
+  const char* s = std::getenv("MSA_CRASH_TEST_SLOWDOWN");
+  const int factor = s != nullptr ? std::atoi(s) : 1;
+  return factor >= 1 ? factor : 1;
+}
+
 Geometry CrashGeometry() {
   Geometry g;
   g.layers = 2;
@@ -92,7 +103,8 @@ TEST(CrashTest, KillNineDuringIngestLosesNothingCommitted) {
       ::_exit(127);
     }
     ::close(fds[1]);
-    std::this_thread::sleep_for(std::chrono::microseconds(std::uniform_int_distribution<int>(5000, 60000)(rng)));
+    std::this_thread::sleep_for(std::chrono::microseconds(
+        std::uniform_int_distribution<int>(5000, 60000)(rng) * Slowdown()));
     ::kill(pid, SIGKILL);
     int status = 0;
     ::waitpid(pid, &status, 0);
