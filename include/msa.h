@@ -69,7 +69,8 @@ typedef enum msa_codec_t {
 typedef enum msa_summary_t {
   MSA_SUMMARY_MEAN = 1,
   MSA_SUMMARY_BOUND = 2,
-  MSA_SUMMARY_CENTROIDS = 3
+  MSA_SUMMARY_CENTROIDS = 3,
+  MSA_SUMMARY_HYBRID = 4 /* the bound and the mean, as two rankings taken in turn */
 } msa_summary_t;
 
 /* The fixed shape of a store, chosen at creation. */

@@ -19,6 +19,7 @@ const char* SummaryName(SummaryKind kind) {
     case SummaryKind::kMean: return "mean";
     case SummaryKind::kBound: return "bound";
     case SummaryKind::kCentroids: return "centroids";
+    case SummaryKind::kHybrid: return "hybrid";
   }
   return "unknown";
 }
@@ -27,7 +28,8 @@ Result<SummaryKind> ParseSummary(const std::string& name) {
   if (name == "mean") return SummaryKind::kMean;
   if (name == "bound") return SummaryKind::kBound;
   if (name == "centroids") return SummaryKind::kCentroids;
-  return Status::InvalidArgument("unknown summary '" + name + "' (available: mean, bound, centroids)");
+  if (name == "hybrid") return SummaryKind::kHybrid;
+  return Status::InvalidArgument("unknown summary '" + name + "' (available: mean, bound, centroids, hybrid)");
 }
 
 uint32_t Geometry::summary_width() const {
@@ -35,6 +37,7 @@ uint32_t Geometry::summary_width() const {
     case SummaryKind::kMean: return head_dim;
     case SummaryKind::kBound: return 2 * head_dim;
     case SummaryKind::kCentroids: return summary_centroids * head_dim;
+    case SummaryKind::kHybrid: return 4 * head_dim;
   }
   return head_dim;
 }
@@ -57,7 +60,7 @@ Status Geometry::Validate() const {
                                    " is unknown");
   }
   if (summary != SummaryKind::kMean && summary != SummaryKind::kBound &&
-      summary != SummaryKind::kCentroids) {
+      summary != SummaryKind::kCentroids && summary != SummaryKind::kHybrid) {
     return Status::InvalidArgument("summary kind " + std::to_string(static_cast<int>(summary)) +
                                    " is unknown");
   }

@@ -23,6 +23,7 @@ enum class SummaryKind : uint8_t {
   kMean = 1,       // the mean key (MoBA)
   kBound = 2,      // per-channel max and min of the keys (Quest's bound)
   kCentroids = 3,  // a few k-means centroids of the keys
+  kHybrid = 4,     // the bound and the mean key, as two rankings
 };
 
 const char* SummaryName(SummaryKind kind);

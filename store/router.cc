@@ -136,6 +136,7 @@ bool Router::RefreshIndex(uint32_t stream, std::shared_mutex& publish_mu) {
   Stream& s = *streams_[stream];
   const uint64_t vectors = s.blocks * IndexVectorsPerBlock(geometry_);
   if (vectors < options_.ivf_min_vectors) return false;
+  if (geometry_.summary == SummaryKind::kHybrid) return false;  // two rankings: exact scan only
   if (s.ivf && vectors < 4 * s.trained_vectors) return false;
   const size_t dim = IndexVectorDim(geometry_);
   const size_t nlist = ListCount(vectors);
@@ -233,12 +234,19 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
   // The best `keep` blocks, selected while scanning: a min-heap whose root
   // is the bar a block must clear (one comparison for almost every block,
   // instead of sorting the whole stream).
-  const uint64_t keep = options.channels == 0
+  // The hybrid summary ranks blocks twice, by its bound and by its mean
+  // (index vectors 0 and 1), and takes the two rankings in turn; the other
+  // kinds take the max over their index vectors, one ranking.
+  const bool hybrid = geometry_.summary == SummaryKind::kHybrid;
+  const uint32_t rankings = hybrid ? per_block : 1;
+  const bool approximate = options.channels > 0 && !hybrid;
+  const uint64_t keep = !approximate
                             ? options.top_k
                             : std::max<uint64_t>(options.candidates ? options.candidates : 8ull * options.top_k,
                                                  options.top_k);
-  TopK top(keep);
-  float dots[kColumnTile], best[kColumnTile], total[kColumnTile];
+  std::vector<TopK> tops;
+  for (uint32_t i = 0; i < rankings; ++i) tops.emplace_back(keep);
+  float dots[kColumnTile], best[kColumnTile], totals[2][kColumnTile];
   // Tiles of 128 blocks: the tile's columns (at most 32 KiB) stay in L1
   // while every head reads them. Chunks are allocated whole and zeroed, so a
   // tile may run past the last block; those sums are never used.
@@ -257,30 +265,60 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
         if (r == ranges.size()) break;
         if (ranges[r].first >= tile_first + nt) continue;
       }
-      std::fill(total, total + nt, identity);
+      for (uint32_t i = 0; i < rankings; ++i) std::fill(totals[i], totals[i] + nt, identity);
       for (int h = 0; h < group_size; ++h) {
         std::fill(best, best + nt, -std::numeric_limits<float>::infinity());
         for (uint32_t j = 0; j < per_block; ++j) {
           WeightedColumnSum(coefs[h].data(), columns[h].data(), columns[h].size(),
                             s.summaries.Column(chunk, j, 0) + t0, SummaryTable::kChunkBlocks, dots);
-          for (size_t b = 0; b < nt; ++b) best[b] = std::max(best[b], dots[b]);
+          if (hybrid) {
+            for (size_t b = 0; b < nt; ++b) totals[j][b] = Combine(options.combine, totals[j][b], dots[b]);
+          } else {
+            for (size_t b = 0; b < nt; ++b) best[b] = std::max(best[b], dots[b]);
+          }
         }
-        for (size_t b = 0; b < nt; ++b) total[b] = Combine(options.combine, total[b], best[b]);
+        if (!hybrid) {
+          for (size_t b = 0; b < nt; ++b) totals[0][b] = Combine(options.combine, totals[0][b], best[b]);
+        }
       }
       const uint64_t b0 = tile_first;
-      if (options.ranges) {
-        size_t rr = r;
-        for (size_t b = 0; b < nt; ++b) {
-          while (rr < options.ranges->size() && (*options.ranges)[rr].second <= b0 + b) ++rr;
-          if (rr < options.ranges->size() && (*options.ranges)[rr].first <= b0 + b) top.Offer(b0 + b, total[b]);
+      for (uint32_t i = 0; i < rankings; ++i) {
+        if (options.ranges) {
+          size_t rr = r;
+          for (size_t b = 0; b < nt; ++b) {
+            while (rr < options.ranges->size() && (*options.ranges)[rr].second <= b0 + b) ++rr;
+            if (rr < options.ranges->size() && (*options.ranges)[rr].first <= b0 + b) tops[i].Offer(b0 + b, totals[i][b]);
+          }
+        } else {
+          for (size_t b = 0; b < nt; ++b) tops[i].Offer(b0 + b, totals[i][b]);
         }
-      } else {
-        for (size_t b = 0; b < nt; ++b) top.Offer(b0 + b, total[b]);
       }
     }
   }
-  std::vector<ScoredBlock> scored = top.Take();
-  if (options.channels == 0) {
+  if (hybrid) {
+    // In turn from each ranking, best first, skipping blocks already taken.
+    std::vector<std::vector<ScoredBlock>> lists;
+    for (TopK& t : tops) {
+      lists.push_back(t.Take());
+      KeepTop(&lists.back(), lists.back().size());
+    }
+    std::vector<ScoredBlock> merged;
+    std::unordered_set<uint64_t> taken;
+    std::vector<size_t> next(lists.size(), 0);
+    for (bool progress = true; merged.size() < options.top_k && progress;) {
+      progress = false;
+      for (size_t i = 0; i < lists.size() && merged.size() < options.top_k; ++i) {
+        while (next[i] < lists[i].size() && !taken.insert(lists[i][next[i]].block).second) ++next[i];
+        if (next[i] < lists[i].size()) {
+          merged.push_back(lists[i][next[i]++]);
+          progress = true;
+        }
+      }
+    }
+    return merged;
+  }
+  std::vector<ScoredBlock> scored = tops[0].Take();
+  if (!approximate) {
     KeepTop(&scored, options.top_k);
     return scored;
   }

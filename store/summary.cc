@@ -67,11 +67,16 @@ void KMeans(const float* keys, uint32_t tokens, uint32_t d, uint32_t c, float* c
 }  // namespace
 
 uint32_t IndexVectorsPerBlock(const Geometry& g) {
-  return g.summary == SummaryKind::kCentroids ? g.summary_centroids : 1;
+  switch (g.summary) {
+    case SummaryKind::kCentroids: return g.summary_centroids;
+    case SummaryKind::kHybrid: return 2;
+    default: return 1;
+  }
 }
 
 uint32_t IndexVectorDim(const Geometry& g) {
-  return g.summary == SummaryKind::kBound ? 2 * g.head_dim : g.head_dim;
+  return g.summary == SummaryKind::kBound || g.summary == SummaryKind::kHybrid ? 2 * g.head_dim
+                                                                                : g.head_dim;
 }
 
 void Summarize(const Geometry& g, const float* keys, uint32_t tokens, float* out) {
@@ -102,12 +107,24 @@ void Summarize(const Geometry& g, const float* keys, uint32_t tokens, float* out
     case SummaryKind::kCentroids:
       KMeans(keys, tokens, d, g.summary_centroids, out);
       return;
+    case SummaryKind::kHybrid: {
+      // [max, min] then [mean, mean]: with the probe [q+, q-] the second
+      // vector scores q . mean.
+      Geometry bound = g;
+      bound.summary = SummaryKind::kBound;
+      Summarize(bound, keys, tokens, out);
+      Geometry mean = g;
+      mean.summary = SummaryKind::kMean;
+      Summarize(mean, keys, tokens, out + 2 * d);
+      std::copy(out + 2 * d, out + 3 * d, out + 3 * d);
+      return;
+    }
   }
 }
 
 void MakeProbe(const Geometry& g, const float* q, float* probe) {
   const uint32_t d = g.head_dim;
-  if (g.summary == SummaryKind::kBound) {
+  if (g.summary == SummaryKind::kBound || g.summary == SummaryKind::kHybrid) {
     for (uint32_t c = 0; c < d; ++c) {
       probe[c] = std::max(q[c], 0.0f);      // pairs with max
       probe[d + c] = std::min(q[c], 0.0f);  // pairs with min

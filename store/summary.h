@@ -7,6 +7,9 @@
 //              q . k over the block's keys, exact as the inner product of
 //              [q+, q-] with [max, min])
 //   centroids  max_j q . centroid_j               (k-means of the keys)
+//   hybrid     the bound and the mean, as two rankings the router takes in
+//              turn (the bound finds sharp single tokens, the mean finds
+//              spans of moderately aligned keys that the bound misses)
 // Every score is a maximum of inner products between a probe made from q and
 // the block's index vectors, so one FAISS inner-product index serves all
 // three: mean and bound have one index vector per block (the summary), the
@@ -30,7 +33,8 @@ void Summarize(const Geometry& g, const float* keys, uint32_t tokens, float* out
 // Probe of one query head: q [head_dim] -> probe [IndexVectorDim()].
 void MakeProbe(const Geometry& g, const float* q, float* probe);
 
-// The block's score for probe (the max over its index vectors).
+// The block's score for probe (the max over its index vectors; for the
+// hybrid, the bound's).
 float ScoreSummary(const Geometry& g, const float* probe, const float* summary);
 
 }  // namespace msa

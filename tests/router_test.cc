@@ -212,6 +212,40 @@ TEST(Router, ScanAcrossChunksAndChannelScanAgreeWithBruteForce) {
   }
 }
 
+TEST(Router, HybridTakesTheBoundsAndTheMeansRankingsInTurn) {
+  const Geometry g = OneStream(SummaryKind::kHybrid, 16);
+  const uint32_t d = g.head_dim, width = g.summary_width();  // [max, min, mean, mean]
+  ASSERT_EQ(width, 4 * d);
+  const uint64_t blocks = 500;
+  auto q = msa::testing::RandomVector(d, 41);
+  std::vector<float> summaries(blocks * width);
+  auto noise = msa::testing::RandomVector(blocks * width, 42, 0.1f);
+  for (uint64_t b = 0; b < blocks; ++b) {
+    for (uint32_t c = 0; c < d; ++c) {
+      float* row = &summaries[b * width];
+      row[c] = 2.0f + noise[b * width + c];           // max
+      row[d + c] = -2.0f + noise[b * width + d + c];  // min
+      row[2 * d + c] = row[3 * d + c] = noise[b * width + 2 * d + c];  // mean
+    }
+  }
+  // Block 100: a sharp token lifts its bound; block 300: its mean follows q.
+  for (uint32_t c = 0; c < d; ++c) {
+    float* sharp = &summaries[100 * width];
+    if (q[c] > 0) sharp[c] = 6.0f; else sharp[d + c] = -6.0f;
+    float* spread = &summaries[300 * width];
+    spread[2 * d + c] = spread[3 * d + c] = 0.8f * q[c];
+  }
+  for (float& x : summaries) x = attention::HalfToFloat(attention::FloatToHalf(x));
+  Router router(g);
+  router.Add(0, summaries);
+  RouteOptions opts;
+  opts.top_k = 2;
+  EXPECT_EQ(Blocks(router.Search(0, q.data(), 1, opts)), (std::vector<uint64_t>{100, 300}));
+  // The bound alone would rank block 100 first and never reach block 300.
+  opts.top_k = 1;
+  EXPECT_EQ(Blocks(router.Search(0, q.data(), 1, opts)), (std::vector<uint64_t>{100}));
+}
+
 TEST(Router, IvfFindsWhatTheExactScanFinds) {
   for (SummaryKind kind : {SummaryKind::kMean, SummaryKind::kBound}) {
     const Geometry g = OneStream(kind);

@@ -3,7 +3,7 @@
 # summary kind, all evaluated with the same queries, budget and settings in
 # one run. Prints a markdown table; the JSON of every eval is kept in WORKDIR.
 #   usage: tools/bench_router.sh [WORKDIR] [TOKENS] [TOP_K]
-# Environment: SUITES (names below), SUMMARIES (mean bound centroids),
+# Environment: SUITES (names below), SUMMARIES (mean bound centroids hybrid),
 #              STRENGTH (needle logit above the noise), COMBINE (max|sum).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,18 +12,20 @@ tokens=${2:-1048576}
 top_k=${3:-64}
 strength=${STRENGTH:-16}
 combine=${COMBINE:-max}
-summaries=${SUMMARIES:-mean bound centroids}
+summaries=${SUMMARIES:-mean bound centroids hybrid}
 suites=${SUITES:-needle1 needle4 needle16 shift16 outlier16}
 rm -rf "$work"; mkdir -p "$work"
 cp build/msa "$work/msa"  # a rebuild during the run must not change the binary
 msa="$work/msa"
 suite_args() {
   case $1 in
-    needle1)   echo "--needle-span 1" ;;
-    needle4)   echo "--needle-span 4" ;;
-    needle16)  echo "--needle-span 16" ;;
-    shift16)   echo "--needle-span 16 --key-shift 16" ;;
-    outlier16) echo "--needle-span 16 --outlier-channels 4 --outlier-scale 8" ;;
+    needle1)   echo "--needle-strength $strength --needle-span 1" ;;
+    needle4)   echo "--needle-strength $strength --needle-span 4" ;;
+    needle16)  echo "--needle-strength $strength --needle-span 16" ;;
+    weak16)    echo "--needle-strength 10 --needle-span 16" ;;  # the demo's needles
+    shift16)   echo "--needle-strength $strength --needle-span 16 --key-shift 16" ;;
+    outlier16) echo "--needle-strength $strength --needle-span 16 --outlier-channels 4 --outlier-scale 8" ;;
+    gqa1)      echo "--needle-strength $strength --needle-span 1 --needle-per-head" ;;
     *) echo "unknown suite $1" >&2; exit 2 ;;
   esac
 }
@@ -32,7 +34,7 @@ echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for suite in $suites; do
   # shellcheck disable=SC2046
   $msa synth "$work/$suite" --tokens "$tokens" --docs 4 --layers 1 --kv-heads 2 --q-heads 8 \
-    --head-dim 64 --queries 32 --needle-strength "$strength" $(suite_args "$suite") >/dev/null
+    --head-dim 64 --queries 32 $(suite_args "$suite") >/dev/null
   for summary in $summaries; do
     store="$work/$suite-$summary"
     $msa create "$store" --layers 1 --kv-heads 2 --head-dim 64 --summary "$summary" >/dev/null

@@ -195,7 +195,7 @@ int main(int argc, char** argv) {
   std::string summary = msa::SummaryName(g.summary);
   create->add_option("--summary", summary,
                      "block summary the router scores: mean (mean key), bound (Quest's "
-                     "per-channel min/max) or centroids (k-means)")
+                     "per-channel min/max), centroids (k-means) or hybrid (bound and mean)")
       ->capture_default_str();
   create->add_option("--centroids", g.summary_centroids, "centroids per block (--summary centroids)")
       ->capture_default_str();
