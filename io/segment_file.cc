@@ -1,6 +1,7 @@
 #include "io/segment_file.h"
 
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -36,7 +37,8 @@ Status WriteFully(int fd, const uint8_t* data, size_t size, uint64_t offset, con
 }  // namespace
 
 Result<std::unique_ptr<SegmentWriter>> SegmentWriter::Open(const std::string& path,
-                                                           uint64_t committed_length) {
+                                                           uint64_t committed_length,
+                                                           uint64_t preallocate_bytes) {
   if (committed_length % kIoAlignment != 0) {
     return Status::Corruption("segment " + path + ": committed length " +
                               std::to_string(committed_length) + " is not 4096-aligned");
@@ -64,6 +66,11 @@ Result<std::unique_ptr<SegmentWriter>> SegmentWriter::Open(const std::string& pa
       ::close(fd);
       return Status::FromErrno("truncate uncommitted tail of segment " + path, err);
     }
+  }
+  if (preallocate_bytes > committed_length) {
+    // Best effort: EOPNOTSUPP (tmpfs, some network file systems) just means
+    // appends allocate as they go.
+    (void)::fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(preallocate_bytes));
   }
   if (!existed) {
     Status st_dir = SyncDirectory(DirName(path));

@@ -26,9 +26,14 @@ class SegmentWriter {
   // Opens `path` for appending at `committed_length`, creating it (and
   // syncing its directory so the new name survives a crash) if absent.
   // A file longer than committed_length is truncated to it; a shorter one is
-  // Corruption (committed bytes are missing).
+  // Corruption (committed bytes are missing). preallocate_bytes > 0
+  // reserves the segment's disk space up front (fallocate with KEEP_SIZE:
+  // the file's size, which recovery trusts, does not change), so appends
+  // do not allocate and the segment stays contiguous; file systems that
+  // cannot do it are skipped silently.
   static Result<std::unique_ptr<SegmentWriter>> Open(const std::string& path,
-                                                     uint64_t committed_length);
+                                                     uint64_t committed_length,
+                                                     uint64_t preallocate_bytes = 0);
   ~SegmentWriter();
   SegmentWriter(const SegmentWriter&) = delete;
   SegmentWriter& operator=(const SegmentWriter&) = delete;

@@ -163,7 +163,8 @@ Status Store::Load() {
 }
 
 Status Store::OpenWriter(uint32_t segment, uint64_t committed_length) {
-  MSA_ASSIGN_OR_RETURN(writer_, io::SegmentWriter::Open(SegmentPath(path_, segment), committed_length));
+  MSA_ASSIGN_OR_RETURN(writer_, io::SegmentWriter::Open(SegmentPath(path_, segment), committed_length,
+                                                         options_.segment_bytes));
   return Status::OK();
 }
 
@@ -228,7 +229,7 @@ Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV
           // failure here leaves the writer as it was.
           const uint32_t next = staged_.active_segment + 1;
           MSA_ASSIGN_OR_RETURN(auto next_writer,
-                               io::SegmentWriter::Open(SegmentPath(path_, next), 0));
+                               io::SegmentWriter::Open(SegmentPath(path_, next), 0, options_.segment_bytes));
           dirty_segments_[staged_.active_segment] = writer_.get();
           retired_writers_.push_back(std::move(writer_));
           writer_ = std::move(next_writer);

@@ -1,5 +1,6 @@
 // Segment files and the block readers (io_uring and pread give the same bytes).
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -38,6 +39,24 @@ TEST(SegmentWriter, AppendsAlignedRecordsAndCutsUncommittedTail) {
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().code(), Status::Code::kCorruption);
   EXPECT_NE(bad.status().message().find(path), std::string::npos);
+}
+
+TEST(SegmentWriter, PreallocatesWithoutChangingTheSizeRecoveryTrusts) {
+  msa::testing::TempDir dir;
+  const std::string path = dir.Sub("1.seg");
+  auto w = SegmentWriter::Open(path, 0, 8 << 20);
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  ASSERT_TRUE((*w)->Append("x", 1).ok());
+  struct stat st;
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 4096);  // one padded record: the reserved space is not "data"
+  if (static_cast<uint64_t>(st.st_blocks) * 512 < (8u << 20)) {
+    GTEST_SKIP() << "this file system does not preallocate (fallocate KEEP_SIZE)";
+  }
+  w->reset();
+  auto again = SegmentWriter::Open(path, 4096, 8 << 20);  // reopen at the committed length
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ((*again)->length(), 4096u);
 }
 
 class BlockReaderTest : public ::testing::TestWithParam<bool> {};
