@@ -80,7 +80,7 @@ typedef struct msa_geometry_t {
   uint32_t head_dim;     /* channels per head (>= 1) */
   uint32_t block_tokens; /* tokens per block; 0 means the default, 64 */
   msa_codec_t codec;     /* 0 means the default, MSA_CODEC_F16 */
-  msa_summary_t summary; /* 0 means the default, MSA_SUMMARY_BOUND */
+  msa_summary_t summary; /* 0 means the default, MSA_SUMMARY_HYBRID */
   uint32_t summary_centroids; /* centroids per block for MSA_SUMMARY_CENTROIDS; 0: 4 */
 } msa_geometry_t;
 

@@ -43,8 +43,9 @@ struct Geometry {
   uint32_t block_tokens = 64;
   Codec codec = Codec::kF16ShuffleZstd;
   // The default from the router benchmark (BENCHMARKS.md): the bound finds
-  // single-token needles the mean and the centroids wash out.
-  SummaryKind summary = SummaryKind::kBound;
+  // single-token needles the mean washes out, the mean finds spans of
+  // moderately aligned keys the bound misses; the hybrid finds both.
+  SummaryKind summary = SummaryKind::kHybrid;
   uint32_t summary_centroids = 4;  // centroids per block, for SummaryKind::kCentroids
 
   // Floats of one block's summary: head_dim (mean), 2 * head_dim (bound:

@@ -197,7 +197,8 @@ TEST(Store, QueriesRestrictedToDocumentsUseOnlyTheirBlocks) {
   const DocumentRecord& a = (*listed)[0];
   const DocumentRecord& c = (*listed)[2];
   for (const auto& sel : selected) {
-    EXPECT_EQ(sel.size(), 4u);
+    EXPECT_LE(sel.size(), 4u);  // 2 routed (which may be the sink or the recent block) + 2
+    EXPECT_GE(sel.size(), 2u);
     EXPECT_EQ(sel.front(), a.first_block);
     EXPECT_EQ(sel.back(), c.first_block + c.blocks - 1);
     for (uint64_t b : sel) {
