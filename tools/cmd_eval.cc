@@ -166,7 +166,7 @@ int RunEval(const EvalOptions& o) {
         st.opts.exact_routing = true;
         st.name = "exact scan";
       } else if (item == "default") {
-        st.name = "nprobe default";
+        st.name = "default routing";
       } else if (item.rfind("ch", 0) == 0) {
         char* end = nullptr;
         const unsigned long v = std::strtoul(item.c_str() + 2, &end, 10);
