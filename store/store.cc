@@ -734,6 +734,123 @@ Status Store::ReadStream(uint32_t layer, uint32_t kv_head, std::vector<float>* k
   return Status::OK();
 }
 
+Status Store::Verify(VerifyReport* report) const {
+  *report = VerifyReport{};
+  std::shared_lock<std::shared_mutex> state(state_mu_);
+  const CatalogCounters committed = committed_;
+  const auto directory = directory_;  // a snapshot: the checks run unlocked
+  state.unlock();
+  auto problem = [&](std::string what) { report->problems.push_back(std::move(what)); };
+  const Geometry& g = geometry_;
+  std::map<uint32_t, uint64_t> segment_length;
+  for (uint32_t stream = 0; stream < g.streams(); ++stream) {
+    const uint32_t layer = stream / g.kv_heads, head = stream % g.kv_heads;
+    const auto& dir = directory[stream];
+    if (dir.size() < committed.blocks_per_stream) {
+      problem("layer " + std::to_string(layer) + " kv-head " + std::to_string(head) + ": " +
+              std::to_string(dir.size()) + " blocks, the catalog says " + std::to_string(committed.blocks_per_stream));
+    }
+    const uint64_t blocks = std::min<uint64_t>(dir.size(), committed.blocks_per_stream);
+    // Batches of 256 blocks; each block decoded on its own so that one bad
+    // block does not hide the others.
+    constexpr uint64_t kBatch = 256;
+    for (uint64_t b0 = 0; b0 < blocks; b0 += kBatch) {
+      const uint64_t n = std::min(kBatch, blocks - b0);
+      uint64_t total = 0;
+      for (uint64_t b = b0; b < b0 + n; ++b) total += io::AlignUp(dir[b].record_bytes);
+      io::AlignedBuffer buffer(total);
+      std::vector<io::ReadRequest> requests;
+      std::vector<uint64_t> requested;
+      uint64_t at = 0;
+      for (uint64_t b = b0; b < b0 + n; ++b) {
+        const BlockLocation& loc = dir[b];
+        const std::string where = "block " + std::to_string(b) + " of layer " + std::to_string(layer) +
+                                  " kv-head " + std::to_string(head) + " (" +
+                                  SegmentPath(path_, loc.segment) + " offset " + std::to_string(loc.offset) + ")";
+        auto len_it = segment_length.find(loc.segment);
+        if (len_it == segment_length.end()) {
+          MSA_ASSIGN_OR_RETURN(const uint64_t len, catalog_->ReadSegmentLength(loc.segment));
+          len_it = segment_length.emplace(loc.segment, len).first;
+        }
+        if (loc.offset + io::AlignUp(loc.record_bytes) > len_it->second) {
+          problem(where + ": lies past the segment's committed length " + std::to_string(len_it->second));
+          continue;
+        }
+        auto fd = SegmentFd(loc.segment);
+        if (!fd.ok()) {
+          problem(where + ": " + fd.status().ToString());
+          continue;
+        }
+        const uint32_t padded = static_cast<uint32_t>(io::AlignUp(loc.record_bytes));
+        requests.push_back(io::ReadRequest{*fd, loc.offset, padded, buffer.data() + at});
+        requested.push_back(b);
+        at += padded;
+      }
+      Status read = reader_->ReadAll(requests);
+      if (!read.ok()) {
+        if (reader_->abandoned()) buffer.Leak();
+        // Read one by one to name each unreadable block.
+        for (size_t i = 0; i < requests.size(); ++i) {
+          Status one = reader_->ReadAll({&requests[i], 1});
+          if (!one.ok()) {
+            const BlockLocation& loc = dir[requested[i]];
+            problem("block " + std::to_string(requested[i]) + " of layer " + std::to_string(layer) +
+                    " kv-head " + std::to_string(head) + " (" + SegmentPath(path_, loc.segment) +
+                    " offset " + std::to_string(loc.offset) + "): " + one.ToString());
+            requests[i].length = 0;  // skip its decode
+          }
+        }
+      }
+      BlockDecoder decoder;
+      std::vector<float> k(static_cast<size_t>(g.block_tokens) * g.head_dim), v(k.size());
+      for (size_t i = 0; i < requests.size(); ++i) {
+        if (requests[i].length == 0) continue;
+        const uint64_t b = requested[i];
+        const BlockLocation& loc = dir[b];
+        Status s = decoder.Decode(std::span<const uint8_t>(requests[i].dest, loc.record_bytes),
+                                  BlockId{layer, head, b}, loc.checksum, loc.tokens, g.head_dim, k.data(),
+                                  v.data());
+        if (!s.ok()) {
+          problem(SegmentPath(path_, loc.segment) + " offset " + std::to_string(loc.offset) + ": " + s.ToString());
+        }
+        ++report->blocks_checked;
+      }
+    }
+  }
+  // Documents tile [0, blocks_per_stream) in id order, each with the tokens
+  // its blocks hold (stream 0's blocks; every stream has the same counts).
+  MSA_ASSIGN_OR_RETURN(auto docs, ListDocuments());
+  uint64_t next_block = 0, tokens = 0;
+  for (const DocumentRecord& doc : docs) {
+    ++report->documents_checked;
+    const std::string name = "document " + std::to_string(doc.id) + " '" + doc.name + "'";
+    if (doc.first_block != next_block) {
+      problem(name + ": starts at block " + std::to_string(doc.first_block) + ", expected " + std::to_string(next_block));
+    }
+    uint64_t held = 0;
+    for (uint64_t b = doc.first_block; b < doc.first_block + doc.blocks && !directory.empty() && b < directory[0].size(); ++b) {
+      held += directory[0][b].tokens;
+      if (directory[0][b].doc_id != doc.id) {
+        problem(name + ": block " + std::to_string(b) + " says it belongs to document " +
+                std::to_string(directory[0][b].doc_id));
+      }
+    }
+    if (held != doc.tokens) {
+      problem(name + ": " + std::to_string(doc.tokens) + " tokens, its blocks hold " + std::to_string(held));
+    }
+    next_block = doc.first_block + doc.blocks;
+    tokens += doc.tokens;
+  }
+  if (next_block != committed.blocks_per_stream || tokens != committed.tokens ||
+      docs.size() != committed.documents) {
+    problem("catalog counters say " + std::to_string(committed.documents) + " documents, " +
+            std::to_string(committed.blocks_per_stream) + " blocks and " + std::to_string(committed.tokens) +
+            " tokens per stream; the documents add up to " + std::to_string(docs.size()) + ", " +
+            std::to_string(next_block) + " and " + std::to_string(tokens));
+  }
+  return Status::OK();
+}
+
 Result<std::vector<DocumentRecord>> Store::ListDocuments() const {
   // The catalog holds a commit a moment before it is published to queries;
   // list only what queries can see.

@@ -91,6 +91,15 @@ struct AttendStats {
   double routed_fraction = 0;  // mean share of index vectors scored per routed (row, KV head)
 };
 
+// What `msa verify` found: every block read and checked, every catalog
+// invariant tested. Each problem names the block, file and offset (or the
+// document) and says what is wrong.
+struct VerifyReport {
+  uint64_t blocks_checked = 0;
+  uint64_t documents_checked = 0;
+  std::vector<std::string> problems;  // empty: the store is sound
+};
+
 struct StoreStats {
   Geometry geometry;
   uint64_t documents = 0;
@@ -155,6 +164,12 @@ class Store {
                     std::vector<float>* values) const;
 
   Result<std::vector<DocumentRecord>> ListDocuments() const;
+  // Reads every committed block (bypassing the cache), verifying checksums
+  // and identities, and checks the catalog's invariants: block locations
+  // inside their segments' committed lengths, documents tiling the block
+  // range with the token counts their blocks hold. Problems are collected,
+  // not returned as errors; the Status is for failures to run at all.
+  Status Verify(VerifyReport* report) const;
   StoreStats Stats() const;
 
  private:

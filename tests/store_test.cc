@@ -251,6 +251,43 @@ TEST(Store, ChecksumMismatchIsReportedNamingTheBlock) {
   EXPECT_NE(st.message().find("000001.seg"), std::string::npos) << st.ToString();
   // Another layer is intact and still answers.
   EXPECT_TRUE((*s)->Attend(1, q.data(), 1, 2, opts, out.data(), nullptr).ok());
+  // Verify lists exactly the damaged block, naming it and its file, and
+  // checks every other block.
+  VerifyReport report;
+  ASSERT_TRUE((*s)->Verify(&report).ok());
+  EXPECT_EQ(report.blocks_checked, 4u * 5u);  // 4 streams x ceil(40 / 8) blocks
+  EXPECT_EQ(report.documents_checked, 1u);
+  ASSERT_EQ(report.problems.size(), 1u);
+  EXPECT_NE(report.problems[0].find("layer 0 kv-head 0 block 0"), std::string::npos) << report.problems[0];
+  EXPECT_NE(report.problems[0].find("000001.seg"), std::string::npos) << report.problems[0];
+}
+
+TEST(Cli, VerifyExitsZeroOnASoundStoreAndFiveOnADamagedOne) {
+  TempDir dir;
+  const Geometry g = SmallGeometry();
+  {
+    auto s = Store::Create(dir.Sub("store"), g);
+    ASSERT_TRUE(s.ok());
+    ASSERT_TRUE(Append(**s, MakeDoc(g, "a", 40, 41)).ok());
+    ASSERT_TRUE(Append(**s, MakeDoc(g, "b", 13, 42)).ok());
+    ASSERT_TRUE((*s)->Commit().ok());
+  }
+  const std::string out = dir.Sub("verify.txt");
+  ASSERT_EQ(std::system((std::string(MSA_CLI_PATH) + " verify " + dir.Sub("store") + " > " + out + " 2>&1").c_str()), 0);
+  {
+    std::ifstream f(out);
+    std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    EXPECT_NE(text.find("28 blocks and 2 documents checked, 0 problems"), std::string::npos) << text;
+  }
+  // Cut the last segment short: the blocks past the cut are reported.
+  std::filesystem::resize_file(dir.Sub("store/segments/000001.seg"), 4096 * 20);
+  const int rc = std::system((std::string(MSA_CLI_PATH) + " verify " + dir.Sub("store") + " > " + out + " 2>&1").c_str());
+  ASSERT_TRUE(WIFEXITED(rc));
+  EXPECT_EQ(WEXITSTATUS(rc), 5);
+  std::ifstream f(out);
+  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("problem: "), std::string::npos) << text;
+  EXPECT_NE(text.find("000001.seg"), std::string::npos) << text;
 }
 
 // Tiny segments force a rollover every few records; commits spanning several
