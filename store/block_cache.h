@@ -44,6 +44,7 @@ class BlockCache {
   // shard until it fits; a block larger than a shard's share is not kept.
   void Insert(uint32_t stream, uint64_t block, std::shared_ptr<const CachedBlock> value);
   BlockCacheStats Stats() const;
+  uint64_t capacity() const { return capacity_; }
 
  private:
   struct Key {

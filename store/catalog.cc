@@ -77,6 +77,12 @@ std::string SegmentKey(uint32_t seg) {
   return k;
 }
 
+std::string RouterIndexKey(uint32_t stream) {
+  std::string k = "R";
+  AppendBe32(&k, stream);
+  return k;
+}
+
 std::string EncodeGeometry(const Geometry& g) {
   std::string v;
   AppendLe32(&v, kGeometryVersion);
@@ -261,10 +267,8 @@ Result<uint64_t> Catalog::ReadSegmentLength(uint32_t segment) const {
 }
 
 Result<std::optional<RouterIndexRecord>> Catalog::ReadRouterIndex(uint32_t stream) const {
-  std::string key = "R";
-  AppendBe32(&key, stream);
   std::string v;
-  const rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), key, &v);
+  const rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), RouterIndexKey(stream), &v);
   if (s.IsNotFound()) return std::optional<RouterIndexRecord>();
   MSA_RETURN_IF_ERROR(FromRocks(s, "read router index record"));
   Reader r(v);
@@ -356,15 +360,13 @@ void Catalog::Batch::PutSegmentLength(uint32_t segment, uint64_t length) {
 }
 
 void Catalog::Batch::PutRouterIndex(uint32_t stream, const RouterIndexRecord& rec) {
-  std::string key = "R";
-  AppendBe32(&key, stream);
   std::string v;
   AppendLe64(&v, rec.generation);
   AppendLe64(&v, rec.blocks);
   AppendLe64(&v, rec.trained_vectors);
   AppendLe64(&v, rec.file_bytes);
   AppendLe64(&v, rec.checksum);
-  batch_->Put(key, v);
+  batch_->Put(RouterIndexKey(stream), v);
 }
 
 void Catalog::Batch::PutCounters(const CatalogCounters& counters) {

@@ -22,8 +22,7 @@ namespace msa {
 
 struct Router::Stream {
   explicit Stream(const Geometry& g) : summaries(IndexVectorsPerBlock(g), IndexVectorDim(g)) {}
-  SummaryTable summaries;
-  uint64_t blocks = 0;
+  SummaryTable summaries;  // its block count is the stream's
   std::unique_ptr<faiss::IndexIVF> ivf;  // null: exact scan
   uint64_t trained_vectors = 0;          // vectors the IVF was trained on
 };
@@ -126,15 +125,14 @@ void Router::Add(uint32_t stream, std::span<const float> summaries) {
       s.ivf.reset();
     }
   }
-  s.blocks += n;
 }
 
-uint64_t Router::blocks(uint32_t stream) const { return streams_[stream]->blocks; }
+uint64_t Router::blocks(uint32_t stream) const { return streams_[stream]->summaries.blocks(); }
 bool Router::has_ivf(uint32_t stream) const { return streams_[stream]->ivf != nullptr; }
 
 bool Router::RefreshIndex(uint32_t stream, std::shared_mutex& publish_mu) {
   Stream& s = *streams_[stream];
-  const uint64_t vectors = s.blocks * IndexVectorsPerBlock(geometry_);
+  const uint64_t vectors = s.summaries.blocks() * IndexVectorsPerBlock(geometry_);
   if (vectors < options_.ivf_min_vectors) return false;
   if (geometry_.summary == SummaryKind::kHybrid) return false;  // two rankings: exact scan only
   if (s.ivf && vectors < 4 * s.trained_vectors) return false;
@@ -148,15 +146,15 @@ bool Router::RefreshIndex(uint32_t stream, std::shared_mutex& publish_mu) {
   // Train on an evenly strided sample of at most 64 points per list, then
   // add everything in chunks: never a float copy of the whole stream.
   const uint64_t per_block = IndexVectorsPerBlock(geometry_);
-  const uint64_t sample_blocks = std::min<uint64_t>(s.blocks, (64ull * nlist + per_block - 1) / per_block);
+  const uint64_t sample_blocks = std::min<uint64_t>(s.summaries.blocks(), (64ull * nlist + per_block - 1) / per_block);
   std::vector<float> train(sample_blocks * per_block * dim);
   for (uint64_t i = 0; i < sample_blocks; ++i) {
-    s.summaries.Rows(i * s.blocks / sample_blocks, 1, train.data() + i * per_block * dim);
+    s.summaries.Rows(i * s.summaries.blocks() / sample_blocks, 1, train.data() + i * per_block * dim);
   }
   ivf->cp.max_points_per_centroid = 64;
   ivf->train(static_cast<faiss::Index::idx_t>(sample_blocks * per_block), train.data());
   train = {};
-  AddInChunks(ivf.get(), s.summaries, 0, s.blocks, geometry_.summary_width(), per_block);
+  AddInChunks(ivf.get(), s.summaries, 0, s.summaries.blocks(), geometry_.summary_width(), per_block);
   std::unique_lock<std::shared_mutex> lock(publish_mu);
   s.trained_vectors = vectors;
   s.ivf = std::move(ivf);
@@ -177,9 +175,9 @@ Status Router::LoadIndex(uint32_t stream, const std::vector<uint8_t>& bytes, uin
                          uint64_t trained_vectors) {
   Stream& s = *streams_[stream];
   const uint64_t per_block = IndexVectorsPerBlock(geometry_);
-  if (covered > s.blocks) {
+  if (covered > s.summaries.blocks()) {
     return Status::Corruption("covers " + std::to_string(covered) + " blocks but the stream has " +
-                              std::to_string(s.blocks));
+                              std::to_string(s.summaries.blocks()));
   }
   std::unique_ptr<faiss::IndexIVF> ivf;
   try {
@@ -199,7 +197,7 @@ Status Router::LoadIndex(uint32_t stream, const std::vector<uint8_t>& bytes, uin
                               std::to_string(ivf->d) + "; expected " + std::to_string(covered * per_block) +
                               " of dimension " + std::to_string(IndexVectorDim(geometry_)));
   }
-  const uint64_t missing = s.blocks - covered;
+  const uint64_t missing = s.summaries.blocks() - covered;
   if (missing > 0) {
     AddInChunks(ivf.get(), s.summaries, covered, missing, geometry_.summary_width(), per_block);
   }
@@ -339,7 +337,7 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
 std::vector<ScoredBlock> Router::Search(uint32_t stream, const float* queries, int group_size,
                                         const RouteOptions& options, RouteStats* stats) const {
   const Stream& s = *streams_[stream];
-  if (s.blocks == 0 || group_size <= 0 || options.top_k == 0) return {};
+  if (s.summaries.blocks() == 0 || group_size <= 0 || options.top_k == 0) return {};
   const size_t dim = IndexVectorDim(geometry_);
   const size_t per_block = IndexVectorsPerBlock(geometry_);
   std::vector<float> probes(group_size * dim);

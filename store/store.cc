@@ -57,7 +57,6 @@ Store::Store(std::string path, std::unique_ptr<Catalog> catalog, const StoreOpti
       geometry_(catalog_->geometry()),
       options_(options),
       reader_(io::MakeBlockReader({options.queue_depth, options.allow_io_uring})),
-      cache_capacity_(options.cache_bytes),
       cache_(options.cache_bytes),
       directory_(geometry_.streams()),
       router_(geometry_, options.router),
@@ -497,7 +496,7 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
       return s.WithContext(SegmentPath(path_, loc.segment) + " offset " + std::to_string(loc.offset));
     }
     len[j] = static_cast<int32_t>(loc.tokens);
-    if (use_cache && cache_capacity_ > 0) {
+    if (use_cache && cache_.capacity() > 0) {
       auto entry = std::make_shared<CachedBlock>();
       entry->tokens = loc.tokens;
       entry->keys.assign(k, k + loc.tokens * d);
@@ -674,7 +673,7 @@ std::shared_future<Status> Store::Prefetch(uint32_t layer, const float* q, uint3
   auto promise = std::make_shared<std::promise<Status>>();
   std::shared_future<Status> done = promise->get_future().share();
   Status check = CheckQuery(layer, q, n, q_heads);
-  if (!check.ok() || n == 0 || options.exact || !options.use_cache || cache_capacity_ == 0) {
+  if (!check.ok() || n == 0 || options.exact || !options.use_cache || cache_.capacity() == 0) {
     // Nothing to do ahead of time (exact mode and cacheless reads bypass the cache).
     promise->set_value(check);
     return done;

@@ -212,7 +212,6 @@ class Store {
   const Geometry geometry_;
   const StoreOptions options_;
   const std::unique_ptr<io::BlockReader> reader_;
-  const uint64_t cache_capacity_;
   mutable BlockCache cache_;  // internally synchronised
 
   // Committed state seen by queries; guarded by state_mu_ (shared for

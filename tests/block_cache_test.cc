@@ -61,58 +61,59 @@ TEST(BlockCache, TooLargeBlocksAndZeroCapacityAreNotKept) {
   EXPECT_EQ(small.Stats().used_bytes, 0u);
 }
 
-TEST(BlockCache, StoreQueryFromCacheEqualsQueryFromDisk) {
-  msa::testing::TempDir dir;
+// A store of `layers` layers (2 KV heads, head_dim 16, 8-token blocks)
+// holding one committed document of random K/V.
+std::unique_ptr<Store> StoreWithOneDocument(const std::string& path, uint32_t layers,
+                                            uint64_t tokens, uint64_t seed) {
   Geometry g;
-  g.layers = 1;
+  g.layers = layers;
   g.kv_heads = 2;
   g.head_dim = 16;
   g.block_tokens = 8;
-  const uint64_t tokens = 203;
-  auto k = msa::testing::RandomVector(g.streams() * tokens * g.head_dim, 1);
-  auto v = msa::testing::RandomVector(g.streams() * tokens * g.head_dim, 2);
-  auto s = Store::Create(dir.Sub("store"), g);
-  ASSERT_TRUE(s.ok());
-  ASSERT_TRUE((*s)->AppendDocument("d", DocumentKV{k.data(), v.data(), tokens}).ok());
-  ASSERT_TRUE((*s)->Commit().ok());
+  auto k = msa::testing::RandomVector(g.streams() * tokens * g.head_dim, seed);
+  auto v = msa::testing::RandomVector(g.streams() * tokens * g.head_dim, seed + 1);
+  auto s = Store::Create(path, g);
+  if (!s.ok() || !(*s)->AppendDocument("d", DocumentKV{k.data(), v.data(), tokens}).ok() ||
+      !(*s)->Commit().ok()) {
+    return nullptr;
+  }
+  return std::move(s).value();
+}
+
+TEST(BlockCache, StoreQueryFromCacheEqualsQueryFromDisk) {
+  msa::testing::TempDir dir;
+  auto s = StoreWithOneDocument(dir.Sub("store"), 1, 203, 1);
+  ASSERT_NE(s, nullptr);
+  const Geometry g = s->geometry();
   auto q = msa::testing::RandomVector(3 * 4 * g.head_dim, 3);
   AttendOptions opts;
   opts.top_k = 5;
   std::vector<float> cold(q.size()), warm(q.size()), nocache(q.size());
   std::vector<float> lse_cold(12), lse_warm(12);
   AttendStats st;
-  ASSERT_TRUE((*s)->Attend(0, q.data(), 3, 4, opts, cold.data(), lse_cold.data(), &st).ok());
+  ASSERT_TRUE(s->Attend(0, q.data(), 3, 4, opts, cold.data(), lse_cold.data(), &st).ok());
   EXPECT_GT(st.blocks_read, 0u);
   EXPECT_EQ(st.cache_hits, 0u);
   const uint64_t read_cold = st.blocks_read;
-  ASSERT_TRUE((*s)->Attend(0, q.data(), 3, 4, opts, warm.data(), lse_warm.data(), &st).ok());
+  ASSERT_TRUE(s->Attend(0, q.data(), 3, 4, opts, warm.data(), lse_warm.data(), &st).ok());
   EXPECT_EQ(st.blocks_read, 0u);
   EXPECT_EQ(st.cache_hits, read_cold);
   EXPECT_EQ(cold, warm);
   EXPECT_EQ(lse_cold, lse_warm);
   opts.use_cache = false;
-  ASSERT_TRUE((*s)->Attend(0, q.data(), 3, 4, opts, nocache.data(), nullptr, &st).ok());
+  ASSERT_TRUE(s->Attend(0, q.data(), 3, 4, opts, nocache.data(), nullptr, &st).ok());
   EXPECT_EQ(st.blocks_read, read_cold);
   EXPECT_EQ(cold, nocache);
-  const StoreStats stats = (*s)->Stats();
+  const StoreStats stats = s->Stats();
   EXPECT_EQ(stats.cache.hits, read_cold);
   EXPECT_EQ(stats.cache.entries, read_cold);
 }
 
 TEST(BlockCache, PrefetchedLayerIsAttendedFromTheCache) {
   msa::testing::TempDir dir;
-  Geometry g;
-  g.layers = 3;
-  g.kv_heads = 2;
-  g.head_dim = 16;
-  g.block_tokens = 8;
-  const uint64_t tokens = 160;
-  auto k = msa::testing::RandomVector(g.streams() * tokens * g.head_dim, 11);
-  auto v = msa::testing::RandomVector(g.streams() * tokens * g.head_dim, 12);
-  auto s = Store::Create(dir.Sub("store"), g);
-  ASSERT_TRUE(s.ok());
-  ASSERT_TRUE((*s)->AppendDocument("d", DocumentKV{k.data(), v.data(), tokens}).ok());
-  ASSERT_TRUE((*s)->Commit().ok());
+  auto s = StoreWithOneDocument(dir.Sub("store"), 3, 160, 11);
+  ASSERT_NE(s, nullptr);
+  const Geometry g = s->geometry();
   auto q = msa::testing::RandomVector(2 * 4 * g.head_dim, 13);
   AttendOptions opts;
   opts.top_k = 4;
@@ -120,21 +121,21 @@ TEST(BlockCache, PrefetchedLayerIsAttendedFromTheCache) {
   // The reference answer, read from disk without the cache.
   AttendOptions nocache = opts;
   nocache.use_cache = false;
-  ASSERT_TRUE((*s)->Attend(2, q.data(), 2, 4, nocache, ref.data(), nullptr).ok());
+  ASSERT_TRUE(s->Attend(2, q.data(), 2, 4, nocache, ref.data(), nullptr).ok());
   // Layer by layer: prefetch the next layer, attend this one.
-  std::shared_future<Status> next = (*s)->Prefetch(0, q.data(), 2, 4, opts);
+  std::shared_future<Status> next = s->Prefetch(0, q.data(), 2, 4, opts);
   for (uint32_t layer = 0; layer < g.layers; ++layer) {
     ASSERT_TRUE(next.get().ok()) << next.get().ToString();
-    if (layer + 1 < g.layers) next = (*s)->Prefetch(layer + 1, q.data(), 2, 4, opts);
+    if (layer + 1 < g.layers) next = s->Prefetch(layer + 1, q.data(), 2, 4, opts);
     AttendStats st;
-    ASSERT_TRUE((*s)->Attend(layer, q.data(), 2, 4, opts, out.data(), nullptr, &st).ok());
+    ASSERT_TRUE(s->Attend(layer, q.data(), 2, 4, opts, out.data(), nullptr, &st).ok());
     EXPECT_EQ(st.blocks_read, 0u) << "layer " << layer << " was not prefetched";
     EXPECT_GT(st.cache_hits, 0u);
   }
   EXPECT_EQ(out, ref);
   // Bad arguments come back through the future, not as a crash.
-  EXPECT_EQ((*s)->Prefetch(9, q.data(), 2, 4, opts).get().code(), Status::Code::kInvalidArgument);
-  EXPECT_EQ((*s)->Prefetch(0, nullptr, 2, 4, opts).get().code(), Status::Code::kInvalidArgument);
+  EXPECT_EQ(s->Prefetch(9, q.data(), 2, 4, opts).get().code(), Status::Code::kInvalidArgument);
+  EXPECT_EQ(s->Prefetch(0, nullptr, 2, 4, opts).get().code(), Status::Code::kInvalidArgument);
 }
 
 }  // namespace
