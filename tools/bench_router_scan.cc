@@ -1,0 +1,68 @@
+// Router scan micro-benchmark (issue 3): Router::Search alone over random
+// Quest bounds, exact and with the approximate channel scan, plus the raw
+// column kernel from L1 (what the scan would cost if memory were free).
+//   msa_bench_router_scan [BLOCKS (163840)] [HEAD_DIM (64)] [GROUP (4)] [TOP_K (64)]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "store/dot_kernel.h"
+#include "store/router.h"
+
+using Clock = std::chrono::steady_clock;
+
+int main(int argc, char** argv) {
+  const uint64_t blocks = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 163840;
+  const uint32_t head_dim = argc > 2 ? std::atoi(argv[2]) : 64;
+  const int group = argc > 3 ? std::atoi(argv[3]) : 4;
+  const uint32_t top_k = argc > 4 ? std::atoi(argv[4]) : 64;
+  msa::Geometry g;
+  g.layers = 1;
+  g.kv_heads = 1;
+  g.head_dim = head_dim;
+  g.summary = msa::SummaryKind::kBound;
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal;
+  std::vector<float> summaries(blocks * g.summary_width());
+  for (float& x : summaries) x = normal(rng);
+  msa::Router router(g);
+  router.Reserve(0, blocks);
+  router.Add(0, summaries);
+  std::vector<float> q(group * head_dim);
+  for (float& x : q) x = normal(rng);
+  std::printf("# %llu bound summaries, head_dim %u, %d query heads, top-k %u, kernel isa %s\n",
+              static_cast<unsigned long long>(blocks), head_dim, group, top_k, msa::F16KernelIsa());
+  for (uint32_t channels : {0u, 8u, 16u, 32u}) {
+    msa::RouteOptions options;
+    options.top_k = top_k;
+    options.channels = channels;
+    std::vector<double> ms;
+    for (int i = 0; i < 31; ++i) {
+      const auto t0 = Clock::now();
+      auto found = router.Search(0, q.data(), group, options);
+      ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    }
+    std::sort(ms.begin(), ms.end());
+    std::printf("search %-12s p50 %.3f ms  min %.3f ms\n",
+                channels ? ("channels " + std::to_string(channels)).c_str() : "exact", ms[15], ms[0]);
+  }
+  // The column kernel on one L1-resident tile: 64 columns x 128 blocks.
+  std::vector<uint16_t> tile(128 * msa::kColumnTile, 0x3c00);
+  std::vector<uint32_t> cols(64);
+  for (uint32_t i = 0; i < 64; ++i) cols[i] = 2 * i;
+  std::vector<float> coef(64, 0.5f), out(msa::kColumnTile);
+  const int iters = 200000;
+  float sink = 0;
+  const auto t0 = Clock::now();
+  for (int i = 0; i < iters; ++i) {
+    msa::WeightedColumnSum(coef.data(), cols.data(), cols.size(), tile.data(), msa::kColumnTile, out.data());
+    sink += out[i % msa::kColumnTile];
+  }
+  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  std::printf("kernel: 64 columns x 128 blocks from L1 in %.1f ns (%.1f G fp16 multiply-adds/s)%s\n",
+              s / iters * 1e9, iters * 64.0 * msa::kColumnTile / s / 1e9, sink < 0 ? " " : "");
+  return 0;
+}
