@@ -16,9 +16,20 @@
  *   - Arrays are C order; shapes are written [a, b, c] meaning element
  *     (i, j, k) is at x[(i * b + j) * c + k].
  *   - Thread safety: one msa_store_t may be used from several threads.
- *     Queries (msa_attend, msa_store_stats) run concurrently with each other
- *     and with one writer (msa_append_document, msa_commit); a query sees the
- *     documents of the last completed commit.
+ *     Queries (msa_attend, msa_prefetch, msa_store_stats,
+ *     msa_store_geometry, msa_list_documents) run concurrently with each
+ *     other and with one writer (msa_append_document, msa_commit); a query
+ *     sees the documents of the last completed commit. Functions without a
+ *     store argument may be called from any thread at any time.
+ *   - Output: on success nothing is printed. The library logs warnings (a
+ *     fallback taken) and errors to stderr; see msa_set_log_level.
+ *   - Linking: libmsa.so (CMake target msa_shared) exports exactly the msa_*
+ *     functions below; libmsa.a (target msa) is the same code for static
+ *     linking (link it with a C++ linker).
+ *   - ABI: include/msa.abi records every prototype, struct layout and enum
+ *     value of this header; tools/check_abi.sh (ctest abi_check) fails when
+ *     they change without the version changing. Additions bump the minor
+ *     version, changes to what exists the major version.
  */
 #ifndef MSA_H_
 #define MSA_H_
@@ -30,15 +41,26 @@
 extern "C" {
 #endif
 
+/* Marks the functions of the API: the only symbols libmsa.so exports (its
+ * linker version script hides all else, also when this is defined empty). */
+#ifndef MSA_EXPORT
+#if defined(__GNUC__) || defined(__clang__)
+#define MSA_EXPORT __attribute__((visibility("default")))
+#else
+#define MSA_EXPORT
+#endif
+#endif
+
 #define MSA_VERSION_MAJOR 0
-#define MSA_VERSION_MINOR 2
+#define MSA_VERSION_MINOR 3
 #define MSA_VERSION_PATCH 0
 /* (major << 16) | (minor << 8) | patch: compare with msa_version(). */
 #define MSA_VERSION ((MSA_VERSION_MAJOR << 16) | (MSA_VERSION_MINOR << 8) | MSA_VERSION_PATCH)
 
 /* The library's MSA_VERSION. A caller built against another major version
- * should refuse to run. */
-uint32_t msa_version(void);
+ * should refuse to run; one built against a later minor version may call
+ * functions this library lacks. */
+MSA_EXPORT uint32_t msa_version(void);
 
 typedef enum msa_status_t {
   MSA_OK = 0,
@@ -52,8 +74,9 @@ typedef enum msa_status_t {
 } msa_status_t;
 
 /* Message of the calling thread's last failed call ("" if none). The string
- * is owned by msa and valid until this thread's next msa call. */
-const char* msa_last_error(void);
+ * is owned by msa and valid until this thread's next msa call. It names the
+ * function and the argument, file or document at fault. */
+MSA_EXPORT const char* msa_last_error(void);
 
 typedef enum msa_dtype_t {
   MSA_FLOAT32 = 0,
@@ -84,43 +107,85 @@ typedef struct msa_geometry_t {
   uint32_t summary_centroids; /* centroids per block for MSA_SUMMARY_CENTROIDS; 0: 4 */
 } msa_geometry_t;
 
+/* The defaults of a geometry: block_tokens 64, codec MSA_CODEC_F16, summary
+ * MSA_SUMMARY_HYBRID, summary_centroids 4; layers, kv_heads and head_dim are
+ * 0, which the caller must set. (All-zero fields in msa_store_create mean
+ * the same defaults; this spells them out.) */
+MSA_EXPORT msa_geometry_t msa_geometry_default_params(void);
+
+/* An open store. Created by msa_store_create or msa_store_open, freed by
+ * msa_store_close; owns its files' descriptors, a block cache and a
+ * background prefetch thread. */
 typedef struct msa_store_t msa_store_t;
 
 /* Creates a new store in directory `path` (created if absent; it must not
- * already hold a store) and opens it for writing. *out receives the handle. */
-msa_status_t msa_store_create(const char* path, const msa_geometry_t* geometry, msa_store_t** out);
+ * already hold a store) and opens it for writing. *out receives the handle,
+ * which the caller owns and closes with msa_store_close; on failure *out is
+ * NULL. geometry is read during the call only. */
+MSA_EXPORT msa_status_t msa_store_create(const char* path, const msa_geometry_t* geometry,
+                                         msa_store_t** out);
 
 /* Opens an existing store. read_only != 0 opens without the writer lock
  * (several read-only processes may share a store with one writer process);
  * appends then fail. A read-only handle sees the documents committed when it
- * was opened. */
-msa_status_t msa_store_open(const char* path, int read_only, msa_store_t** out);
+ * was opened. Only one handle, in one process, may have a store open for
+ * writing. *out receives the handle (NULL on failure; MSA_NOT_FOUND when
+ * path holds no store), which the caller closes with msa_store_close. */
+MSA_EXPORT msa_status_t msa_store_open(const char* path, int read_only, msa_store_t** out);
 
 /* Closes the handle. Staged but uncommitted documents are discarded. NULL is
  * a no-op. No call on the handle may be in flight. */
-void msa_store_close(msa_store_t* store);
+MSA_EXPORT void msa_store_close(msa_store_t* store);
 
-/* The store's geometry. */
-msa_status_t msa_store_geometry(const msa_store_t* store, msa_geometry_t* out);
+/* Copies the store's geometry (fixed at creation) into *out. */
+MSA_EXPORT msa_status_t msa_store_geometry(const msa_store_t* store, msa_geometry_t* out);
 
 /* Stages one document: keys and values of shape
  * [layers, kv_heads, tokens, head_dim], of type dtype (float32 input is
  * rounded to fp16 by the f16 codec). The arrays are copied; the caller keeps
  * ownership. `name` must be unique in the store. The document is neither
  * durable nor visible until msa_commit() returns MSA_OK. *doc_id (may be
- * NULL) receives its id. */
-msa_status_t msa_append_document(msa_store_t* store, const char* name, const void* keys,
-                                 const void* values, uint64_t tokens, msa_dtype_t dtype,
-                                 uint64_t* doc_id);
+ * NULL) receives its id. The element (l, h, t, c) of keys is at
+ * keys[((l * kv_heads + h) * tokens + t) * head_dim + c]; float16 arrays
+ * hold uint16_t bits. Writer calls (this and msa_commit) are serialised on
+ * a store; they run concurrently with queries. MSA_INVALID_ARGUMENT on a
+ * read-only handle. */
+MSA_EXPORT msa_status_t msa_append_document(msa_store_t* store, const char* name, const void* keys,
+                                            const void* values, uint64_t tokens, msa_dtype_t dtype,
+                                            uint64_t* doc_id);
 
-/* Makes every staged document durable (synced to disk) and visible. */
-msa_status_t msa_commit(msa_store_t* store);
+/* Makes every staged document durable (synced to disk) and visible; returns
+ * once both hold. After a failed commit the handle refuses further writes
+ * until the store is reopened, which restores the last committed state. */
+MSA_EXPORT msa_status_t msa_commit(msa_store_t* store);
+
+/* One committed document, as msa_list_documents reports it. Every document
+ * occupies the same block range in every stream (layer, KV head). */
+typedef struct msa_document_t {
+  uint64_t id;          /* as msa_append_document returned it */
+  const char* name;     /* NUL-terminated; lives in the array's allocation */
+  uint64_t tokens;      /* tokens of the document (in every stream) */
+  uint64_t first_block; /* its first block number in every stream */
+  uint64_t blocks;      /* its blocks per stream */
+} msa_document_t;
+
+/* The committed documents, in id order (the order they were appended).
+ * *documents receives an array of *count entries, names included, in one
+ * allocation that the caller owns and frees with msa_documents_free (not
+ * free()); it is NULL when *count is 0. Staged, uncommitted documents are
+ * not listed; a read-only handle lists those committed when it was opened.
+ * Thread-safe like msa_attend. */
+MSA_EXPORT msa_status_t msa_list_documents(const msa_store_t* store, msa_document_t** documents,
+                                           size_t* count);
+/* Frees what msa_list_documents returned. NULL is a no-op. */
+MSA_EXPORT void msa_documents_free(msa_document_t* documents);
 
 /* A GQA group's query heads share their KV head's blocks; a block's score
  * for the group is the max or the sum of its heads' scores. */
 typedef enum msa_gqa_combine_t { MSA_GQA_MAX = 0, MSA_GQA_SUM = 1 } msa_gqa_combine_t;
 
-/* Options of one attend call. Fill with msa_attend_default_params(). */
+/* Options of one attend or prefetch call. Fill with
+ * msa_attend_default_params(), then change what you need. */
 typedef struct msa_attend_params_t {
   uint32_t top_k; /* routed blocks per KV head, besides the first (sink) and
                      last (recent) block, always included; default 16 */
@@ -132,12 +197,14 @@ typedef struct msa_attend_params_t {
   int exact_routing;   /* != 0: score every block summary (no IVF) */
   uint32_t channels;   /* > 0: approximate routing that reads only each head's `channels`
                           largest query coefficients, then rescores exactly; 0: exact */
-  const uint64_t* documents; /* restrict to these document ids (from msa_append_document);
-                                NULL: all documents. Not copied: valid during the call */
+  const uint64_t* documents; /* restrict to these document ids (from msa_append_document or
+                                msa_list_documents); NULL: all documents. Read during the
+                                call (msa_prefetch copies them) */
   uint32_t n_documents;      /* entries of documents */
 } msa_attend_params_t;
 
-msa_attend_params_t msa_attend_default_params(void);
+/* top_k 16, gqa_combine MSA_GQA_MAX, every other field 0 (NULL). */
+MSA_EXPORT msa_attend_params_t msa_attend_default_params(void);
 
 /* Attention of queries over the memory of one layer.
  *   q   : [n, q_heads, head_dim] float32; q_heads a multiple of kv_heads,
@@ -145,24 +212,35 @@ msa_attend_params_t msa_attend_default_params(void);
  *   out : [n, q_heads, head_dim] float32, written
  *   lse : [n, q_heads] float32, written (may be NULL): natural log of the
  *         softmax denominator of the scaled scores q.k / sqrt(head_dim)
- * params NULL means the defaults. An empty store yields out = 0, lse = -inf. */
-msa_status_t msa_attend(const msa_store_t* store, uint32_t layer, const float* q, uint32_t n,
-                        uint32_t q_heads, const msa_attend_params_t* params, float* out,
-                        float* lse);
+ * The caller owns all arrays; they are read or written during the call
+ * only, and out/lse must not overlap q. params NULL means the defaults. An
+ * empty store yields out = 0, lse = -inf. Thread-safe: any number of
+ * concurrent calls on one store, alongside one writer. */
+MSA_EXPORT msa_status_t msa_attend(const msa_store_t* store, uint32_t layer, const float* q,
+                                   uint32_t n, uint32_t q_heads, const msa_attend_params_t* params,
+                                   float* out, float* lse);
 
 /* Asynchronous prefetch: routes q now and reads the blocks an msa_attend
  * with the same arguments will need into the store's block cache, on a
- * background thread; returns at once (q is copied). Typical use: prefetch
- * layer l + 1, then attend layer l. *out receives a handle to wait on and
- * free. A prefetch of exact mode does nothing. Thread-safe like msa_attend. */
+ * background thread; returns at once (q and params, documents included,
+ * are copied). Typical use: prefetch layer l + 1, then attend layer l.
+ * Shapes as msa_attend's. *out receives a handle that the caller owns and
+ * frees with msa_prefetch_free (it may outlive the store: closing the store
+ * finishes its queued prefetches first). Prefetches of one store run one at
+ * a time, in order. A prefetch of exact mode does nothing. Thread-safe like
+ * msa_attend. */
 typedef struct msa_prefetch_t msa_prefetch_t;
-msa_status_t msa_prefetch(const msa_store_t* store, uint32_t layer, const float* q, uint32_t n,
-                          uint32_t q_heads, const msa_attend_params_t* params, msa_prefetch_t** out);
-/* Waits for the prefetch; returns its status (an I/O or checksum error of
- * the reads, for instance). May be called more than once. */
-msa_status_t msa_prefetch_wait(msa_prefetch_t* prefetch);
-/* Waits if still running, then frees. NULL is a no-op. */
-void msa_prefetch_free(msa_prefetch_t* prefetch);
+MSA_EXPORT msa_status_t msa_prefetch(const msa_store_t* store, uint32_t layer, const float* q,
+                                     uint32_t n, uint32_t q_heads,
+                                     const msa_attend_params_t* params, msa_prefetch_t** out);
+/* Waits for the prefetch; returns its status (a bad argument, or an I/O or
+ * checksum error of the reads, with msa_last_error set on this thread). May
+ * be called more than once, but not from several threads at once on one
+ * handle. */
+MSA_EXPORT msa_status_t msa_prefetch_wait(msa_prefetch_t* prefetch);
+/* Waits if still running, then frees. NULL is a no-op. No msa_prefetch_wait
+ * on the handle may be in flight. */
+MSA_EXPORT void msa_prefetch_free(msa_prefetch_t* prefetch);
 
 typedef struct msa_stats_t {
   uint64_t documents;         /* committed documents */
@@ -176,7 +254,30 @@ typedef struct msa_stats_t {
   uint64_t cache_misses;         /* blocks read from disk */
 } msa_stats_t;
 
-msa_status_t msa_store_stats(const msa_store_t* store, msa_stats_t* out);
+/* Fills *out with the committed state's sizes and this handle's cache
+ * counters. Thread-safe like msa_attend. */
+MSA_EXPORT msa_status_t msa_store_stats(const msa_store_t* store, msa_stats_t* out);
+
+/* Logging. msa logs through spdlog's default logger. When the library is
+ * loaded it sets that logger's level to MSA_LOG_WARN, so that nothing is
+ * printed on the happy path, only warnings (a fallback taken, such as no
+ * io_uring) and errors, and, unless the host installed a logger of its own,
+ * replaces spdlog's stdout logger with one writing to stderr. The
+ * environment variable MSA_LOG_LEVEL (trace, debug, info, warn, error, off)
+ * overrides the default level; msa_set_log_level overrides both. The level
+ * is process-wide: in a process that uses spdlog itself, it is that
+ * process's default logger's level too. */
+typedef enum msa_log_level_t {
+  MSA_LOG_TRACE = 0,
+  MSA_LOG_DEBUG = 1,
+  MSA_LOG_INFO = 2, /* e.g. a line per store opened, a router index trained */
+  MSA_LOG_WARN = 3,
+  MSA_LOG_ERROR = 4,
+  MSA_LOG_OFF = 6
+} msa_log_level_t;
+
+/* Sets the log level: one of msa_log_level_t (MSA_INVALID_ARGUMENT else). */
+MSA_EXPORT msa_status_t msa_set_log_level(int level);
 
 #ifdef __cplusplus
 }

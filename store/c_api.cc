@@ -3,13 +3,17 @@
 // c_api/macros_impl.h pattern) and records a thread-local message.
 #include "msa.h"
 
+#include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <future>
 #include <memory>
 #include <new>
-#include <cstring>
 #include <string>
 #include <type_traits>
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
 
 #include "store/store.h"
 
@@ -78,11 +82,58 @@ int64_t EnumValue(const Enum& e) {
 #define MSA_REQUIRE(cond, message) \
   if (!(cond)) return msa::Status::InvalidArgument(message)
 
+// The C API's logging (msa.h, msa_set_log_level), set up when the library is
+// loaded, before any call (the CLI, which does not use the C API, sets its
+// own in main()):
+//   - warnings and errors only, unless MSA_LOG_LEVEL says otherwise, so that
+//     a host program sees nothing on the happy path (Store logs an info line
+//     per open);
+//   - to stderr: spdlog's own default logger writes to stdout, which is the
+//     host's (a pipe of data, a notebook's output). Only that untouched
+//     default is replaced; a logger the host installed is left alone.
+const bool logging_set_up = [] {
+  try {
+    const std::shared_ptr<spdlog::logger> current = spdlog::default_logger();
+    if (current != nullptr && current->name().empty() && current->sinks().size() == 1 &&
+        dynamic_cast<spdlog::sinks::stdout_color_sink_mt*>(current->sinks()[0].get()) != nullptr) {
+      spdlog::set_default_logger(spdlog::stderr_color_mt("msa"));
+    }
+    const char* env = std::getenv("MSA_LOG_LEVEL");
+    spdlog::set_level(env != nullptr ? spdlog::level::from_str(env) : spdlog::level::warn);
+  } catch (...) {
+    // Logging set-up must not keep the library from loading.
+  }
+  return true;
+}();
+
 }  // namespace
 
 extern "C" {
 
 uint32_t msa_version(void) { return MSA_VERSION; }
+
+msa_status_t msa_set_log_level(int level) {
+  return Guard([&]() -> msa::Status {
+    MSA_REQUIRE(level >= MSA_LOG_TRACE && level <= MSA_LOG_OFF && level != 5,
+                "msa_set_log_level: level " + std::to_string(level) + " is not an msa_log_level_t");
+    static_assert(MSA_LOG_TRACE == spdlog::level::trace && MSA_LOG_INFO == spdlog::level::info &&
+                  MSA_LOG_WARN == spdlog::level::warn && MSA_LOG_ERROR == spdlog::level::err &&
+                  MSA_LOG_OFF == spdlog::level::off);
+    spdlog::set_level(static_cast<spdlog::level::level_enum>(level));
+    return msa::Status::OK();
+  });
+}
+
+msa_geometry_t msa_geometry_default_params(void) {
+  const msa::Geometry g;
+  msa_geometry_t out;
+  std::memset(&out, 0, sizeof out);
+  out.block_tokens = g.block_tokens;
+  out.codec = static_cast<msa_codec_t>(g.codec);
+  out.summary = static_cast<msa_summary_t>(g.summary);
+  out.summary_centroids = g.summary_centroids;
+  return out;
+}
 
 const char* msa_last_error(void) { return fixed_error != nullptr ? fixed_error : last_error.c_str(); }
 
@@ -155,10 +206,12 @@ msa_status_t msa_append_document(msa_store_t* store, const char* name, const voi
     MSA_REQUIRE(keys != nullptr, "msa_append_document: keys is NULL");
     MSA_REQUIRE(values != nullptr, "msa_append_document: values is NULL");
     const int64_t type = EnumValue(dtype);
-    MSA_REQUIRE(type == MSA_FLOAT32 || type == MSA_FLOAT16,
+    MSA_REQUIRE(type == MSA_FLOAT32 || type == MSA_FLOAT16 || type == MSA_BFLOAT16,
                 "msa_append_document: dtype " + std::to_string(type) + " is unknown");
     msa::DocumentKV kv{keys, values, tokens,
-                       type == MSA_FLOAT16 ? msa::ElementType::kFloat16 : msa::ElementType::kFloat32};
+                       type == MSA_FLOAT16    ? msa::ElementType::kFloat16
+                       : type == MSA_BFLOAT16 ? msa::ElementType::kBFloat16
+                                              : msa::ElementType::kFloat32};
     MSA_ASSIGN_OR_RETURN(const uint64_t id, store->store->AppendDocument(name, kv));
     if (doc_id != nullptr) *doc_id = id;
     return msa::Status::OK();
@@ -171,6 +224,38 @@ msa_status_t msa_commit(msa_store_t* store) {
     return store->store->Commit();
   });
 }
+
+msa_status_t msa_list_documents(const msa_store_t* store, msa_document_t** documents,
+                                size_t* count) {
+  return Guard([&]() -> msa::Status {
+    MSA_REQUIRE(documents != nullptr, "msa_list_documents: documents is NULL");
+    *documents = nullptr;
+    MSA_REQUIRE(count != nullptr, "msa_list_documents: count is NULL");
+    *count = 0;
+    MSA_REQUIRE(store != nullptr, "msa_list_documents: store is NULL");
+    MSA_ASSIGN_OR_RETURN(const auto docs, store->store->ListDocuments());
+    if (docs.empty()) return msa::Status::OK();
+    // One allocation: the entries, then their names, so one free releases all
+    // and the caller cannot free a name on its own.
+    size_t bytes = docs.size() * sizeof(msa_document_t);
+    for (const msa::DocumentRecord& d : docs) bytes += d.name.size() + 1;
+    auto* block = static_cast<char*>(std::malloc(bytes));
+    if (block == nullptr) throw std::bad_alloc();
+    auto* entries = reinterpret_cast<msa_document_t*>(block);
+    char* names = block + docs.size() * sizeof(msa_document_t);
+    for (size_t i = 0; i < docs.size(); ++i) {
+      const msa::DocumentRecord& d = docs[i];
+      std::memcpy(names, d.name.c_str(), d.name.size() + 1);
+      entries[i] = msa_document_t{d.id, names, d.tokens, d.first_block, d.blocks};
+      names += d.name.size() + 1;
+    }
+    *documents = entries;
+    *count = docs.size();
+    return msa::Status::OK();
+  });
+}
+
+void msa_documents_free(msa_document_t* documents) { std::free(documents); }
 
 msa_attend_params_t msa_attend_default_params(void) {
   msa_attend_params_t p;

@@ -1,0 +1,379 @@
+"""msa.Store: the C API's store handle, with numpy (and torch CPU) arrays.
+
+Arrays go to the library without a copy when they already have the layout
+it reads: C order, aligned, and the dtype of the argument (float32, or
+float16 for keys and values). Anything else is converted once, with a copy.
+Outputs are allocated here, or written in place into `out=` / `lse=` arrays
+that must already have the exact shape, dtype and layout (a converted copy
+would silently drop the result).
+
+Thread safety follows the C API: one Store may be used from several threads
+(ctypes releases the GIL during each call, so queries run in parallel);
+close() must not run while another call on the store is in flight.
+"""
+
+import ctypes
+import os
+import sys
+from collections import namedtuple
+
+import numpy as np
+
+from . import _lib
+from .errors import InvalidArgument, NotSupported, from_status
+
+_c = _lib.lib
+
+CODECS = {"f16": 1}
+SUMMARIES = {"mean": 1, "bound": 2, "centroids": 3, "hybrid": 4}
+GQA_COMBINE = {"max": 0, "sum": 1}
+LOG_LEVELS = {"trace": 0, "debug": 1, "info": 2, "warn": 3, "warning": 3, "error": 4, "off": 6}
+_DTYPE_CODES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1}  # msa_dtype_t
+
+Geometry = namedtuple(
+    "Geometry", "layers kv_heads head_dim block_tokens codec summary summary_centroids")
+Geometry.__doc__ = """A store's fixed shape. codec and summary are names ('f16', 'hybrid', ...),
+or the number where this wrapper has no name for it."""
+
+Document = namedtuple("Document", "id name tokens first_block blocks")
+Document.__doc__ = "A committed document: its id, name, token count and block range."
+
+
+def _check(status):
+    if status != 0:
+        message = _c.msa_last_error().decode("utf-8", "replace")
+        raise from_status(status, message)
+
+
+def _name_of(table, value):
+    for name, v in table.items():
+        if v == value:
+            return name
+    return value
+
+
+def _code_of(table, value, what):
+    if value is None:
+        return 0  # the library's default
+    if isinstance(value, str):
+        try:
+            return table[value.lower()]
+        except KeyError:
+            raise InvalidArgument(
+                f"{what} {value!r} is unknown (one of {', '.join(sorted(table))})") from None
+    return int(value)
+
+
+def version():
+    """The loaded library's version, (major, minor, patch)."""
+    return _lib.version
+
+
+def library_path():
+    """The path of the loaded libmsa.so."""
+    return str(_lib.path)
+
+
+def set_log_level(level):
+    """Sets the library's log level: 'trace', 'debug', 'info', 'warn', 'error', 'off'
+    (or the msa_log_level_t number). The default is 'warn' (MSA_LOG_LEVEL overrides)."""
+    _check(_c.msa_set_log_level(_code_of(LOG_LEVELS, level, "log level")))
+
+
+# ---- arrays in and out ---------------------------------------------------------
+
+def _is_torch(x):
+    return type(x).__module__.startswith("torch") and "torch" in sys.modules and \
+        isinstance(x, sys.modules["torch"].Tensor)
+
+
+def _to_numpy(x, name):
+    """x as a numpy array sharing its memory where it can; torch CPU tensors
+    through .numpy() (zero-copy)."""
+    if _is_torch(x):
+        if x.device.type != "cpu":
+            raise NotSupported(
+                f"{name} is a {x.device.type} tensor; this version takes CPU tensors only "
+                "(move it with .cpu())")
+        x = x.detach()
+        if x.dtype not in (sys.modules["torch"].float32, sys.modules["torch"].float16):
+            x = x.float()  # bfloat16 and others have no numpy view
+        return x.resolve_conj().resolve_neg().numpy()
+    return np.asarray(x)
+
+
+def _input(x, name, dtypes):
+    """A C-ordered, aligned array of one of `dtypes` (a copy only if x is not one)."""
+    a = _to_numpy(x, name)
+    if a.dtype.kind not in "fiub":
+        raise InvalidArgument(f"{name} must be a real-valued array, got dtype {a.dtype}")
+    dtype = a.dtype if a.dtype in dtypes else dtypes[0]
+    return np.require(a, dtype=dtype, requirements=["C", "A"])
+
+
+def _output(x, name, shape):
+    """The caller's output array, written in place: it must be float32, C
+    order and `shape` already, since writing into a converted copy would lose
+    the result."""
+    if _is_torch(x):
+        if x.device.type != "cpu":
+            raise NotSupported(f"{name} is a {x.device.type} tensor; this version takes CPU tensors only")
+        x = x.detach().numpy()
+    if not isinstance(x, np.ndarray):
+        raise InvalidArgument(f"{name} must be a numpy array or torch CPU tensor, got {type(x).__name__}")
+    if x.dtype != np.float32 or tuple(x.shape) != tuple(shape) or not x.flags.c_contiguous \
+            or not x.flags.aligned or not x.flags.writeable:
+        raise InvalidArgument(
+            f"{name} must be a writable C-ordered float32 array of shape {tuple(shape)}, "
+            f"got {x.dtype} {tuple(x.shape)}{'' if x.flags.c_contiguous else ' (not C-ordered)'}")
+    return x
+
+
+def _shape_error(name, expected, got):
+    return InvalidArgument(f"{name}: expected shape [{expected}], got {tuple(got)}")
+
+
+# ---- the store -------------------------------------------------------------------
+
+class Prefetch:
+    """A prefetch in flight (Store.prefetch). wait() blocks until its blocks are
+    in the cache and raises what the reads hit; the handle is freed by close(),
+    on leaving a `with` block, or when garbage-collected."""
+
+    def __init__(self, store, handle):
+        self._store = store  # keeps the store open while the prefetch is pending
+        self._handle = handle
+
+    def wait(self):
+        if self._handle is None:
+            raise InvalidArgument("Prefetch.wait: the prefetch was closed")
+        _check(_c.msa_prefetch_wait(self._handle))
+
+    def close(self):
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            _c.msa_prefetch_free(handle)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Store:
+    """An open msa store (include/msa.h's msa_store_t).
+
+    Make one with Store.create() or Store.open(); close it with close() or a
+    `with` block (garbage collection closes it too). Staged documents that
+    were not committed are discarded on close.
+    """
+
+    def __init__(self, handle, path):
+        # Use Store.create / Store.open.
+        self._handle = handle
+        self.path = path
+        g = _lib.Geometry()
+        try:
+            _check(_c.msa_store_geometry(self._handle, ctypes.byref(g)))
+        except Exception:
+            self.close()
+            raise
+        self._geometry = Geometry(g.layers, g.kv_heads, g.head_dim, g.block_tokens,
+                                  _name_of(CODECS, g.codec), _name_of(SUMMARIES, g.summary),
+                                  g.summary_centroids)
+
+    @classmethod
+    def create(cls, path, *, layers, kv_heads, head_dim, block_tokens=None, codec=None,
+               summary=None, summary_centroids=None):
+        """Creates a store in directory `path` (created if absent; it must not hold a
+        store) and opens it for writing. codec: 'f16' (default) or an msa_codec_t
+        number; summary: 'hybrid' (default), 'bound', 'mean' or 'centroids';
+        None: the library's default."""
+        g = _c.msa_geometry_default_params()
+        g.layers, g.kv_heads, g.head_dim = layers, kv_heads, head_dim
+        if block_tokens is not None:
+            g.block_tokens = block_tokens
+        if codec is not None:
+            g.codec = _code_of(CODECS, codec, "codec")
+        if summary is not None:
+            g.summary = _code_of(SUMMARIES, summary, "summary")
+        if summary_centroids is not None:
+            g.summary_centroids = summary_centroids
+        handle = ctypes.c_void_p()
+        _check(_c.msa_store_create(_path_bytes(path), ctypes.byref(g), ctypes.byref(handle)))
+        return cls(handle, str(path))
+
+    @classmethod
+    def open(cls, path, *, read_only=False):
+        """Opens an existing store (msa.NotFound if `path` holds none). read_only: no
+        writer lock, no appends; sees what was committed when opened."""
+        handle = ctypes.c_void_p()
+        _check(_c.msa_store_open(_path_bytes(path), 1 if read_only else 0, ctypes.byref(handle)))
+        return cls(handle, str(path))
+
+    def close(self):
+        """Closes the store (idempotent). No other call on it may be in flight."""
+        handle, self._handle = getattr(self, "_handle", None), None
+        if handle:
+            _c.msa_store_close(handle)
+
+    @property
+    def closed(self):
+        return not self._handle
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self):
+        state = "closed" if self.closed else repr(self._geometry)
+        return f"msa.Store({self.path!r}, {state})"
+
+    def _live(self, what):
+        if not self._handle:
+            raise InvalidArgument(f"{what}: the store {self.path} is closed")
+        return self._handle
+
+    @property
+    def geometry(self):
+        """The store's Geometry (fixed at creation)."""
+        return self._geometry
+
+    # -- writing --
+
+    def append_document(self, name, keys, values):
+        """Stages a document and returns its id. keys and values:
+        [layers, kv_heads, tokens, head_dim], float16 or float32 (anything else is
+        converted to float32; float32 is rounded to fp16 by the f16 codec). Neither
+        durable nor visible to queries until commit()."""
+        handle = self._live("append_document")
+        g = self._geometry
+        k = _input(keys, "keys", (np.dtype(np.float32), np.dtype(np.float16)))
+        v = _input(values, "values", (np.dtype(np.float32), np.dtype(np.float16)))
+        expected = f"layers={g.layers}, kv_heads={g.kv_heads}, tokens, head_dim={g.head_dim}"
+        for arg, a in (("keys", k), ("values", v)):
+            if a.ndim != 4 or a.shape[0] != g.layers or a.shape[1] != g.kv_heads \
+                    or a.shape[3] != g.head_dim:
+                raise _shape_error(arg, expected, a.shape)
+        if v.shape != k.shape:
+            raise InvalidArgument(f"values: shape {v.shape} differs from keys' {k.shape}")
+        if k.dtype != v.dtype:  # one dtype for both in the C API; float16 widens exactly
+            k, v = k.astype(np.float32), v.astype(np.float32)
+        doc_id = ctypes.c_uint64()
+        _check(_c.msa_append_document(handle, str(name).encode("utf-8"), k.ctypes.data,
+                                      v.ctypes.data, k.shape[2], _DTYPE_CODES[k.dtype],
+                                      ctypes.byref(doc_id)))
+        return doc_id.value
+
+    def commit(self):
+        """Makes every staged document durable (synced) and visible."""
+        _check(_c.msa_commit(self._live("commit")))
+
+    # -- reading --
+
+    def _query(self, what, q, top_k, exact, gqa_combine, nprobe, candidates, exact_routing,
+               channels, documents):
+        """q as a float32 array [n, q_heads, head_dim], the params struct, and the
+        documents array the struct points into (keep it alive for the call)."""
+        g = self._geometry
+        qa = _input(q, "q", (np.dtype(np.float32),))
+        if qa.ndim != 3 or qa.shape[2] != g.head_dim or qa.shape[1] == 0 \
+                or qa.shape[1] % g.kv_heads != 0:
+            raise _shape_error("q", f"n, q_heads (a multiple of kv_heads={g.kv_heads}), "
+                                    f"head_dim={g.head_dim}", qa.shape)
+        p = _c.msa_attend_default_params()
+        if top_k is not None:
+            p.top_k = top_k
+        p.exact = 1 if exact else 0
+        p.gqa_combine = _code_of(GQA_COMBINE, gqa_combine, "gqa_combine")
+        p.nprobe, p.candidates, p.channels = nprobe, candidates, channels
+        p.exact_routing = 1 if exact_routing else 0
+        docs = None
+        if documents is not None:
+            docs = np.ascontiguousarray(np.asarray(documents, dtype=np.uint64).reshape(-1))
+            if docs.size == 0:
+                raise InvalidArgument(f"{what}: documents is empty (None means all documents)")
+            p.documents = docs.ctypes.data_as(ctypes.POINTER(ctypes.c_uint64))
+            p.n_documents = docs.size
+        return qa, p, docs
+
+    def attend(self, layer, q, *, top_k=None, exact=False, gqa_combine="max", nprobe=0,
+               candidates=0, exact_routing=False, channels=0, documents=None, out=None, lse=None):
+        """Attention of queries over the memory of one layer; returns (out, lse).
+
+        q: [n, q_heads, head_dim] float32 (q_heads a multiple of kv_heads; query head h
+        reads KV head h // (q_heads // kv_heads)). out: [n, q_heads, head_dim] float32;
+        lse: [n, q_heads] float32, the natural log of the softmax denominator of the
+        scaled scores q.k / sqrt(head_dim), for merging with other attention.
+        top_k: routed blocks per KV head besides the first and last (None: 16);
+        exact: every block of the layer; documents: ids to restrict the query to.
+        out=/lse=: arrays to write into (exact shape, float32, C order).
+        A torch q gives torch results (sharing memory with numpy arrays)."""
+        handle = self._live("attend")
+        qa, p, docs = self._query("attend", q, top_k, exact, gqa_combine, nprobe, candidates,
+                                  exact_routing, channels, documents)
+        n, q_heads = qa.shape[0], qa.shape[1]
+        o = np.empty(qa.shape, np.float32) if out is None else _output(out, "out", qa.shape)
+        s = np.empty((n, q_heads), np.float32) if lse is None else _output(lse, "lse", (n, q_heads))
+        _check(_c.msa_attend(handle, layer, qa.ctypes.data, n, q_heads, ctypes.byref(p),
+                             o.ctypes.data, s.ctypes.data))
+        del docs  # the C call is done with it
+        if out is not None or lse is not None:
+            return (o if out is None else out), (s if lse is None else lse)
+        if _is_torch(q):
+            torch = sys.modules["torch"]
+            return torch.from_numpy(o), torch.from_numpy(s)
+        return o, s
+
+    def prefetch(self, layer, q, *, top_k=None, exact=False, gqa_combine="max", nprobe=0,
+                 candidates=0, exact_routing=False, channels=0, documents=None):
+        """Starts reading the blocks attend() with the same arguments will need into
+        the block cache, on a background thread, and returns a Prefetch at once
+        (q is copied). Typical use: prefetch layer l + 1, then attend layer l,
+        then wait() and attend layer l + 1."""
+        handle = self._live("prefetch")
+        qa, p, docs = self._query("prefetch", q, top_k, exact, gqa_combine, nprobe, candidates,
+                                  exact_routing, channels, documents)
+        out = ctypes.c_void_p()
+        _check(_c.msa_prefetch(handle, layer, qa.ctypes.data, qa.shape[0], qa.shape[1],
+                               ctypes.byref(p), ctypes.byref(out)))
+        del docs
+        return Prefetch(self, out)
+
+    def documents(self):
+        """The committed documents, in id order, as a list of Document."""
+        handle = self._live("documents")
+        arr = ctypes.POINTER(_lib.Document)()
+        count = ctypes.c_size_t()
+        _check(_c.msa_list_documents(handle, ctypes.byref(arr), ctypes.byref(count)))
+        try:
+            return [Document(arr[i].id, arr[i].name.decode("utf-8", "replace"), arr[i].tokens,
+                             arr[i].first_block, arr[i].blocks) for i in range(count.value)]
+        finally:
+            _c.msa_documents_free(arr)
+
+    def stats(self):
+        """Sizes of the committed state and this handle's cache counters, as a dict
+        (the fields of msa_stats_t)."""
+        s = _lib.Stats()
+        _check(_c.msa_store_stats(self._live("stats"), ctypes.byref(s)))
+        return {name: getattr(s, name) for name, _ in _lib.Stats._fields_}
+
+
+def _path_bytes(path):
+    return os.fsencode(path)
