@@ -117,6 +117,13 @@ def _field(reader, name):
     return None if f is None else f.contents()
 
 
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF rows -> GGUF rows: llama.cpp's convert_hf_to_gguf.py permute()."""
+    out, inp = w.shape
+    hd = out // n_head
+    return w.reshape(n_head, 2, hd // 2, inp).swapaxes(1, 2).reshape(out, inp)
+
+
 def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     """GGUF rows -> HF rows for one attn_q/attn_k weight [n_head*hd, in].
 
