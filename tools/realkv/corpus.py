@@ -7,7 +7,8 @@ then the next round) so that even a small token budget mixes them:
   man       /usr/share/man/man{1,5,7,8}/*.gz        rendered by `man --nh --nj -P cat -l`
                                                     (less google-cloud-cli's 16,000 gcloud_* pages)
   copyright /usr/share/doc/*/copyright             (deduplicated by content)
-Files are taken in a seeded shuffle of their sorted order (licences in order);
+Files are taken in a seeded order (by a hash of seed and path; licences in
+order), so adding a package inserts its files without reordering the rest;
 the corpus records every file it used with its
 sha256, so another machine (other packages installed) can tell whether its
 corpus is the same.
@@ -183,9 +184,9 @@ def build_corpus(tok, tokens: int, max_tokens: int = 2048, passkeys: int = 16, s
     rng = random.Random(seed)
     margin = 128  # room for passkey sentences (about 35 tokens each)
     all_kinds = source_files(root)
-    for k in kinds_order:  # a seeded order, so a small budget still samples many files
-        if k != "licence":
-            rng.shuffle(all_kinds.get(k, []))
+    for k in kinds_order:  # a seeded order, so a small budget still samples many files; a
+        if k != "licence":  # per-path hash, so a package installed later does not reorder the rest
+            all_kinds.get(k, []).sort(key=lambda f: hashlib.sha256(f"{seed}:{f[0]}".encode()).digest())
     sources_used = []
     gens = [_kind_documents(all_kinds[k], tok, max_tokens - margin, sources_used)
             for k in kinds_order if all_kinds.get(k)]

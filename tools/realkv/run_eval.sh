@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Real K/V end to end: corpus -> SmolLM2-135M export -> msa create/ingest -> msa eval per layer.
+#
+#   bash tools/realkv/run_eval.sh [TOKENS] [OUT]
+#
+# TOKENS: token budget of the corpus (default 50000; about 6-10 s per 1K tokens
+# of numpy forward on a 2-core VM, all 30 layers). OUT: output folder (default
+# tools/realkv/out/run-TOKENS; removed and rebuilt). Environment:
+#   LAYERS=all|0,5,10-12   model layers exported (store layer j = j-th of them)
+#   TOP_K=16               msa eval --top-k
+#   PASSKEYS=16            planted passkeys (2 query texts each)
+#   MAX_TOKENS=2048        tokens per document at most
+#   DEVICE=numpy|cpu|cuda  forward backend (cpu/cuda need torch)
+#   PY, MSA                the Python of tools/realkv/setup.sh, the msa binary (build/msa)
+# Writes OUT/corpus.json, OUT/kv/ (queries, needles, token ids), OUT/store,
+# OUT/eval/layer_J.json (msa eval --json) and OUT/summary.md (the table).
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+TOKENS=${1:-50000}
+OUT=${2:-$HERE/out/run-$TOKENS}
+PY=${PY:-$HERE/.venv/bin/python}
+MSA=${MSA:-$ROOT/build/msa}
+LAYERS=${LAYERS:-all}
+TOP_K=${TOP_K:-16}
+PASSKEYS=${PASSKEYS:-16}
+MAX_TOKENS=${MAX_TOKENS:-2048}
+DEVICE=${DEVICE:-numpy}
+[ -x "$PY" ] || { echo "run_eval: $PY missing: run 'bash tools/realkv/setup.sh' first" >&2; exit 2; }
+[ -x "$MSA" ] || { echo "run_eval: $MSA missing: build msa first (cmake --build build)" >&2; exit 2; }
+rm -rf "$OUT"
+mkdir -p "$OUT/eval"
+t0=$(date +%s)
+nice -n 19 "$PY" "$HERE/corpus.py" --out "$OUT/corpus.json" --tokens "$TOKENS" \
+  --max-tokens "$MAX_TOKENS" --passkeys "$PASSKEYS"
+nice -n 19 "$PY" "$HERE/export.py" --corpus "$OUT/corpus.json" --out "$OUT/kv" --layers "$LAYERS" \
+  --device "$DEVICE" --ingest "$OUT/store" --msa "$MSA"
+t1=$(date +%s)
+"$MSA" stats "$OUT/store"
+n=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['layers'])" "$OUT/kv/geometry.json")
+for ((j = 0; j < n; j++)); do
+  "$MSA" eval "$OUT/store" --layer "$j" --queries "$OUT/kv/queries_l$j.npy" \
+    --needles "$OUT/kv/needles.json" --top-k "$TOP_K" --json > "$OUT/eval/layer_$j.json"
+  echo "eval layer $j done"
+done
+t2=$(date +%s)
+"$PY" "$HERE/summarize.py" "$OUT" | tee "$OUT/summary.md"
+echo "run_eval: corpus+export+ingest $((t1 - t0)) s, eval $((t2 - t1)) s; results in $OUT"

@@ -1,0 +1,56 @@
+"""Per-layer table (markdown) of the msa eval results of a run_eval.sh folder.
+
+    python summarize.py OUT        # reads OUT/kv/geometry.json, OUT/eval/layer_*.json
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def main(argv=None):
+    argv = argv if argv is not None else sys.argv[1:]
+    out = argv[0]
+    geo = json.load(open(os.path.join(out, "kv", "geometry.json")))
+    stats_path = os.path.join(out, "kv", "export_stats.json")
+    stats = json.load(open(stats_path)) if os.path.exists(stats_path) else {}
+    rows = []
+    for j, L in enumerate(geo["model_layers"]):
+        p = os.path.join(out, "eval", f"layer_{j}.json")
+        if os.path.exists(p):
+            rows.append((j, L, json.load(open(p))))
+    if not rows:
+        print("no eval results")
+        return 1
+    e0 = rows[0][2]
+    print(f"SmolLM2-135M-Instruct (Q4_1 GGUF, sha256 {geo['model_sha256'][:16]}...), "
+          f"{geo['docs']} documents, {e0['tokens']} tokens per stream, {e0['blocks_per_stream']} blocks; "
+          f"{e0['queries']} queries x {e0['q_heads']} heads; top-k {e0['top_k']} (+ sink + recent) = "
+          f"{e0['avg_blocks_selected']:.1f} blocks per KV head ({100 * e0['fraction_of_tokens']:.2f}% of tokens); "
+          f"summary {e0['summary']}, GQA {e0['combine']}")
+    if stats:
+        print(f"export: {stats['tokens']} tokens, {stats['layers']} layers, forward "
+              f"{stats['forward_s_per_1k_tokens']:.2f} s per 1K tokens ({stats['device']})")
+    print()
+    print("| layer | mass recall mean | p5 | p1 | oracle blocks mean | oracle tokens mean | out err mean | p95 "
+          "| block recall@k | needle hits |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    tot_hits = tot_needles = 0
+    for j, L, e in rows:
+        hits = round(e["needle_hit_rate"] * e["needles"])
+        tot_hits += hits
+        tot_needles += e["needles"]
+        m, o, err = e["mass_recall"], e["oracle_block_mass_recall"], e["output_error"]
+        print(f"| {L} | {m['mean']:.4f} | {m['p5']:.4f} | {m['p1']:.4f} | {o['mean']:.4f} | "
+              f"{e['oracle_token_mass_recall']['mean']:.4f} | {err['mean']:.4f} | {err['p95']:.4f} | "
+              f"{e['block_recall']:.4f} | {hits} / {e['needles']} |")
+    mean = lambda k, s: sum(e[k][s] for _, _, e in rows) / len(rows)  # noqa: E731
+    print(f"| all | {mean('mass_recall', 'mean'):.4f} | | | {mean('oracle_block_mass_recall', 'mean'):.4f} | | "
+          f"{mean('output_error', 'mean'):.4f} | | {sum(e['block_recall'] for _, _, e in rows) / len(rows):.4f} "
+          f"| {tot_hits} / {tot_needles} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
