@@ -116,9 +116,9 @@ msa_status_t msa_set_log_level(int level) {
   return Guard([&]() -> msa::Status {
     MSA_REQUIRE(level >= MSA_LOG_TRACE && level <= MSA_LOG_OFF && level != 5,
                 "msa_set_log_level: level " + std::to_string(level) + " is not an msa_log_level_t");
-    static_assert(MSA_LOG_TRACE == spdlog::level::trace && MSA_LOG_INFO == spdlog::level::info &&
-                  MSA_LOG_WARN == spdlog::level::warn && MSA_LOG_ERROR == spdlog::level::err &&
-                  MSA_LOG_OFF == spdlog::level::off);
+    static_assert(int{MSA_LOG_TRACE} == spdlog::level::trace && int{MSA_LOG_DEBUG} == spdlog::level::debug &&
+                  int{MSA_LOG_INFO} == spdlog::level::info && int{MSA_LOG_WARN} == spdlog::level::warn &&
+                  int{MSA_LOG_ERROR} == spdlog::level::err && int{MSA_LOG_OFF} == spdlog::level::off);
     spdlog::set_level(static_cast<spdlog::level::level_enum>(level));
     return msa::Status::OK();
   });
