@@ -248,3 +248,29 @@ def test_version_and_library():
     assert (major, minor) >= (0, 3)
     assert msa.__version__.startswith(f"{major}.{minor}.")
     assert os.path.exists(msa.library_path()) and ".so" in os.path.basename(msa.library_path())
+
+
+def test_queries_from_several_threads(corpus):
+    """ctypes releases the GIL during each call: queries of one store run in
+    parallel threads, and each gets the answer it gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+    path, _, _ = corpus
+    qs = [queries(20 + i) for i in range(8)]
+    with msa.Store.open(path, read_only=True) as store:
+        alone = [store.attend(i % LAYERS, q, top_k=2) for i, q in enumerate(qs)]
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(lambda iq: store.attend(iq[0] % LAYERS, iq[1], top_k=2),
+                                     enumerate(qs)))
+    for (out, lse), (out2, lse2) in zip(alone, together):
+        np.testing.assert_array_equal(out, out2)
+        np.testing.assert_array_equal(lse, lse2)
+
+
+def test_a_library_of_another_major_version_is_refused():
+    from types import SimpleNamespace
+    from msa import _lib
+    fake = SimpleNamespace(msa_version=lambda: (1 << 16) | (3 << 8))  # 1.3.0
+    with pytest.raises(ImportError, match="version 1.3.0; this wrapper needs 0.3"):
+        _lib._check_version(fake, "libmsa.so.1")
+    fake = SimpleNamespace(msa_version=lambda: (_lib.HEADER_MAJOR << 16) | (_lib.HEADER_MINOR + 1) << 8)
+    assert _lib._check_version(fake, "libmsa.so")[1] == _lib.HEADER_MINOR + 1  # newer minor: fine
