@@ -80,11 +80,18 @@ MSA_EXPORT const char* msa_last_error(void);
 
 typedef enum msa_dtype_t {
   MSA_FLOAT32 = 0,
-  MSA_FLOAT16 = 1 /* IEEE binary16, passed as uint16_t bits */
+  MSA_FLOAT16 = 1, /* IEEE binary16, passed as uint16_t bits */
+  MSA_BFLOAT16 = 2 /* bfloat16 (the top half of a float32), passed as uint16_t bits */
 } msa_dtype_t;
 
+/* How blocks are stored. Lossless codecs keep their own dtype bit-exact and
+ * round other input to it; the quantised ones bound each element's error by
+ * half its group's step (README "Codecs" has ratios and measured errors). */
 typedef enum msa_codec_t {
-  MSA_CODEC_F16 = 1 /* fp16, byte-shuffled, zstd: lossless for fp16 input */
+  MSA_CODEC_F16 = 1,  /* fp16, byte-shuffled, zstd: lossless for fp16 input */
+  MSA_CODEC_BF16 = 2, /* bfloat16, byte-shuffled, zstd: lossless for bf16 input */
+  MSA_CODEC_INT8 = 3, /* 8-bit: keys per channel, values per token (about 1.9x smaller than fp16) */
+  MSA_CODEC_INT4 = 4  /* 4-bit, groups of 32: keys per channel, values per token (about 3.2x) */
 } msa_codec_t;
 
 /* How the router summarises a block (see store/summary.h): the mean key,

@@ -7,6 +7,7 @@
 #include <zstd.h>
 
 #include "attention/half.h"
+#include "store/codec_quantized.h"
 
 namespace msa {
 
@@ -57,6 +58,36 @@ void Unshuffle(const uint8_t* in, size_t n, uint16_t* out) {
   for (size_t i = 0; i < n; ++i) out[i] = static_cast<uint16_t>(in[i] | (in[n + i] << 8));
 }
 
+// bfloat16: the top half of a float32, rounded to nearest-even; nan stays a
+// (quiet) nan.
+void FloatToBf16Array(const float* in, uint16_t* out, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t x;
+    std::memcpy(&x, in + i, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u) {
+      out[i] = static_cast<uint16_t>((x >> 16) | 0x40u);
+    } else {
+      out[i] = static_cast<uint16_t>((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+    }
+  }
+}
+void Bf16ToFloatArray(const uint16_t* in, float* out, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t x = static_cast<uint32_t>(in[i]) << 16;
+    std::memcpy(out + i, &x, 4);
+  }
+}
+
+// The 16-bit codecs' element conversions.
+void ToHalves(Codec codec, const float* in, uint16_t* out, size_t n) {
+  if (codec == Codec::kBF16ShuffleZstd) return FloatToBf16Array(in, out, n);
+  attention::FloatToHalfArray(in, out, n);
+}
+void FromHalves(Codec codec, const uint16_t* in, float* out, size_t n) {
+  if (codec == Codec::kBF16ShuffleZstd) return Bf16ToFloatArray(in, out, n);
+  attention::HalfToFloatArray(in, out, n);
+}
+
 }  // namespace
 
 uint64_t Checksum(const void* data, size_t size) { return XXH3_64bits(data, size); }
@@ -69,17 +100,15 @@ std::string DescribeBlock(const BlockId& id) {
 BlockEncoder::BlockEncoder() : cctx_(ZSTD_createCCtx()) {}
 BlockEncoder::~BlockEncoder() { ZSTD_freeCCtx(cctx_); }
 
-Result<std::span<const uint8_t>> BlockEncoder::Encode(Codec codec, const BlockId& id,
-                                                      uint32_t tokens, uint32_t head_dim,
-                                                      const uint16_t* keys, const uint16_t* values,
-                                                      BlockRecordHeader* header) {
-  if (codec != Codec::kF16ShuffleZstd) {
-    return Status::NotSupported("codec " + std::string(CodecName(codec)) + " cannot encode");
-  }
-  const size_t n = static_cast<size_t>(tokens) * head_dim;  // values per tensor
+Status BlockEncoder::EncodeShuffled(Codec codec, const BlockId& id, size_t n, const float* keys,
+                                    const float* values, float* keys_as_stored) {
+  halves_.resize(2 * n);
+  ToHalves(codec, keys, halves_.data(), n);
+  ToHalves(codec, values, halves_.data() + n, n);
+  if (keys_as_stored) FromHalves(codec, halves_.data(), keys_as_stored, n);
   shuffled_.resize(4 * n);
-  Shuffle(keys, n, shuffled_.data());
-  Shuffle(values, n, shuffled_.data() + 2 * n);
+  Shuffle(halves_.data(), n, shuffled_.data());
+  Shuffle(halves_.data() + n, n, shuffled_.data() + 2 * n);
   const size_t bound = ZSTD_compressBound(shuffled_.size());
   record_.resize(kBlockRecordHeaderSize + bound);
   const size_t written = ZSTD_compressCCtx(cctx_, record_.data() + kBlockRecordHeaderSize, bound,
@@ -89,14 +118,39 @@ Result<std::span<const uint8_t>> BlockEncoder::Encode(Codec codec, const BlockId
                             ZSTD_getErrorName(written));
   }
   record_.resize(kBlockRecordHeaderSize + written);
+  return Status::OK();
+}
+
+Result<std::span<const uint8_t>> BlockEncoder::Encode(Codec codec, const BlockId& id,
+                                                      uint32_t tokens, uint32_t head_dim,
+                                                      const float* keys, const float* values,
+                                                      BlockRecordHeader* header,
+                                                      float* keys_as_stored) {
+  const size_t n = static_cast<size_t>(tokens) * head_dim;  // values per tensor
+  if (quantized::Handles(codec)) {
+    record_.resize(kBlockRecordHeaderSize + quantized::PayloadBytes(codec, tokens, head_dim));
+    MSA_RETURN_IF_ERROR(quantized::Encode(codec, keys, values, tokens, head_dim,
+                                          record_.data() + kBlockRecordHeaderSize, keys_as_stored,
+                                          DescribeBlock(id)));
+  } else if (codec == Codec::kF16ShuffleZstd || codec == Codec::kBF16ShuffleZstd) {
+    MSA_RETURN_IF_ERROR(EncodeShuffled(codec, id, n, keys, values, keys_as_stored));
+  } else {
+    return Status::NotSupported("codec " + std::to_string(static_cast<int>(codec)) +
+                                " cannot encode");
+  }
+  const size_t payload = record_.size() - kBlockRecordHeaderSize;
   header->codec = codec;
   header->id = id;
   header->tokens = tokens;
   header->head_dim = head_dim;
-  header->payload_bytes = static_cast<uint32_t>(written);
-  header->checksum = Checksum(record_.data() + kBlockRecordHeaderSize, written);
+  header->payload_bytes = static_cast<uint32_t>(payload);
+  header->checksum = Checksum(record_.data() + kBlockRecordHeaderSize, payload);
   WriteHeader(*header, record_.data());
   return std::span<const uint8_t>(record_);
+}
+
+size_t FixedPayloadBytes(Codec codec, uint32_t tokens, uint32_t head_dim) {
+  return quantized::Handles(codec) ? quantized::PayloadBytes(codec, tokens, head_dim) : 0;
 }
 
 Status ParseBlockRecordHeader(std::span<const uint8_t> record, BlockRecordHeader* h) {
@@ -110,7 +164,7 @@ Status ParseBlockRecordHeader(std::span<const uint8_t> record, BlockRecordHeader
     return Status::Corruption("unknown block record version " + std::to_string(version));
   }
   const uint8_t codec = Get<uint8_t>(p + 6);
-  if (codec != static_cast<uint8_t>(Codec::kF16ShuffleZstd)) {
+  if (!IsKnownCodec(codec)) {
     return Status::Corruption("unknown block codec " + std::to_string(codec));
   }
   h->codec = static_cast<Codec>(codec);
@@ -153,6 +207,16 @@ Status BlockDecoder::Decode(std::span<const uint8_t> record, const BlockId& expe
                               ", catalog " + std::to_string(expected_checksum) + ")");
   }
   const size_t n = static_cast<size_t>(h.tokens) * head_dim;
+  if (quantized::Handles(h.codec)) {
+    const size_t expected = quantized::PayloadBytes(h.codec, h.tokens, head_dim);
+    if (h.payload_bytes != expected) {
+      return Status::Corruption(what + ": " + CodecName(h.codec) + " payload of " +
+                                std::to_string(h.payload_bytes) + " bytes, expected " +
+                                std::to_string(expected));
+    }
+    quantized::Decode(h.codec, payload, h.tokens, head_dim, keys_out, values_out, &params_);
+    return Status::OK();
+  }
   shuffled_.resize(4 * n);
   const size_t got = ZSTD_decompressDCtx(dctx_, shuffled_.data(), shuffled_.size(), payload,
                                          h.payload_bytes);
@@ -165,8 +229,8 @@ Status BlockDecoder::Decode(std::span<const uint8_t> record, const BlockId& expe
   halves_.resize(2 * n);
   Unshuffle(shuffled_.data(), n, halves_.data());
   Unshuffle(shuffled_.data() + 2 * n, n, halves_.data() + n);
-  attention::HalfToFloatArray(halves_.data(), keys_out, n);
-  attention::HalfToFloatArray(halves_.data() + n, values_out, n);
+  FromHalves(h.codec, halves_.data(), keys_out, n);
+  FromHalves(h.codec, halves_.data() + n, values_out, n);
   return Status::OK();
 }
 

@@ -4,10 +4,19 @@
 // segment file pads it to 4096 bytes. The header repeats the block's identity
 // (stream, block number) so that a misdirected read is caught, not attended.
 //
-// Codec f16 (Codec::kF16ShuffleZstd): K then V as fp16 [tokens, head_dim],
-// byte-shuffled (all low bytes, then all high bytes: neighbouring fp16 values
-// share exponents, which zstd then finds) and zstd-compressed. Lossless for
-// fp16 input; float32 input is rounded to nearest fp16 first.
+// The codec is chosen per store (Geometry::codec) and written in every
+// record's header, so a decoder needs nothing but the record:
+//   f16  (kF16ShuffleZstd): K then V as fp16 [tokens, head_dim], byte-shuffled
+//        (all low bytes, then all high bytes: neighbouring values share
+//        exponents, which zstd then finds) and zstd-compressed. Lossless for
+//        fp16 input; other input is rounded to nearest fp16 (relative error
+//        <= 2^-11; beyond +-65504 it becomes +-inf).
+//   bf16 (kBF16ShuffleZstd): the same with bfloat16. Lossless for bf16 input;
+//        other input is rounded to nearest bf16 (relative error <= 2^-8),
+//        float32's whole range.
+//   int8, int4: asymmetric scalar quantisation, keys per channel and values
+//        per token; layouts and error bounds in store/codec_quantized.h.
+// Decoding always yields float32 [tokens, head_dim] for K and V.
 //
 // Checksum: XXH3-64 of the payload, stored in the header and in the catalog.
 //
@@ -54,15 +63,23 @@ class BlockEncoder {
   BlockEncoder(const BlockEncoder&) = delete;
   BlockEncoder& operator=(const BlockEncoder&) = delete;
 
-  // keys/values: fp16 bits, [tokens, head_dim]. Returns the whole record
+  // keys/values: float32 [tokens, head_dim]. Returns the whole record
   // (header + payload, unpadded) in an internal buffer valid until the next
-  // call; *header receives the header as written.
+  // call; *header receives the header as written. keys_as_stored (may be
+  // null, else [tokens, head_dim]) receives the keys exactly as a decoder
+  // will return them (the router summarises those). InvalidArgument, naming
+  // the block, for input the codec cannot store (store/codec_quantized.h).
   Result<std::span<const uint8_t>> Encode(Codec codec, const BlockId& id, uint32_t tokens,
-                                          uint32_t head_dim, const uint16_t* keys,
-                                          const uint16_t* values, BlockRecordHeader* header);
+                                          uint32_t head_dim, const float* keys,
+                                          const float* values, BlockRecordHeader* header,
+                                          float* keys_as_stored = nullptr);
 
  private:
+  Status EncodeShuffled(Codec codec, const BlockId& id, size_t n, const float* keys,
+                        const float* values, float* keys_as_stored);
+
   ZSTD_CCtx_s* cctx_;
+  std::vector<uint16_t> halves_;
   std::vector<uint8_t> shuffled_;
   std::vector<uint8_t> record_;
 };
@@ -86,9 +103,16 @@ class BlockDecoder {
   ZSTD_DCtx_s* dctx_;
   std::vector<uint8_t> shuffled_;
   std::vector<uint16_t> halves_;
+  std::vector<float> params_;  // quantisation parameters, widened
 };
 
+// Bytes of a record's payload for the fixed-size codecs (int8, int4), 0 for
+// the compressed ones (their size depends on the data).
+size_t FixedPayloadBytes(Codec codec, uint32_t tokens, uint32_t head_dim);
+
 // Parses a header (no payload check). Corruption on bad magic/version/codec.
+// A record written by any version of msa so far parses (version 1; codecs
+// are told apart by the header's codec byte, not by the version).
 Status ParseBlockRecordHeader(std::span<const uint8_t> record, BlockRecordHeader* header);
 
 // XXH3-64 of bytes.

@@ -5,13 +5,24 @@ namespace msa {
 const char* CodecName(Codec codec) {
   switch (codec) {
     case Codec::kF16ShuffleZstd: return "f16";
+    case Codec::kBF16ShuffleZstd: return "bf16";
+    case Codec::kInt8: return "int8";
+    case Codec::kInt4: return "int4";
   }
   return "unknown";
 }
 
 Result<Codec> ParseCodec(const std::string& name) {
   if (name == "f16") return Codec::kF16ShuffleZstd;
-  return Status::InvalidArgument("unknown codec '" + name + "' (available: f16)");
+  if (name == "bf16") return Codec::kBF16ShuffleZstd;
+  if (name == "int8") return Codec::kInt8;
+  if (name == "int4") return Codec::kInt4;
+  return Status::InvalidArgument("unknown codec '" + name + "' (available: f16, bf16, int8, int4)");
+}
+
+bool IsKnownCodec(uint8_t value) {
+  return value >= static_cast<uint8_t>(Codec::kF16ShuffleZstd) &&
+         value <= static_cast<uint8_t>(Codec::kInt4);
 }
 
 const char* SummaryName(SummaryKind kind) {
@@ -55,7 +66,7 @@ Status Geometry::Validate() const {
   MSA_RETURN_IF_ERROR(check("kv_heads", kv_heads, 1, 1024));
   MSA_RETURN_IF_ERROR(check("head_dim", head_dim, 1, 1024));
   MSA_RETURN_IF_ERROR(check("block_tokens", block_tokens, 1, 4096));
-  if (codec != Codec::kF16ShuffleZstd) {
+  if (!IsKnownCodec(static_cast<uint8_t>(codec))) {
     return Status::InvalidArgument("codec " + std::to_string(static_cast<int>(codec)) +
                                    " is unknown");
   }

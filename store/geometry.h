@@ -8,14 +8,19 @@
 
 namespace msa {
 
-// How a block's K/V are stored. Recorded per block too, so a store can mix
-// codecs once more exist. Values are persisted: never renumber.
+// How a block's K/V are stored (store/codec.h has the formats and their
+// error bounds). Recorded per block too, so blocks of any codec read back
+// whatever the store's current one. Values are persisted: never renumber.
 enum class Codec : uint8_t {
-  kF16ShuffleZstd = 1,  // fp16, byte planes split (shuffle), zstd: lossless for fp16 input
+  kF16ShuffleZstd = 1,   // fp16, byte planes split (shuffle), zstd: lossless for fp16 input
+  kBF16ShuffleZstd = 2,  // bfloat16, shuffled, zstd: lossless for bf16 input
+  kInt8 = 3,             // 8-bit asymmetric: keys per channel, values per token (KIVI)
+  kInt4 = 4,             // 4-bit asymmetric, groups of 32: keys per channel, values per token
 };
 
 const char* CodecName(Codec codec);
-Result<Codec> ParseCodec(const std::string& name);  // "f16"
+Result<Codec> ParseCodec(const std::string& name);  // "f16", "bf16", "int8", "int4"
+bool IsKnownCodec(uint8_t value);
 
 // How a block is summarised for the router (store/summary.h). Persisted in
 // the geometry: never renumber.

@@ -44,6 +44,27 @@ Status MakeDirectory(const std::string& dir) {
   return Status::OK();
 }
 
+// count elements of a DocumentKV array from element `at`, as float32
+// (fp16 and bf16 widen exactly).
+void WidenToFloat(const void* array, ElementType dtype, size_t at, size_t count, float* out) {
+  switch (dtype) {
+    case ElementType::kFloat32:
+      std::memcpy(out, static_cast<const float*>(array) + at, count * sizeof(float));
+      return;
+    case ElementType::kFloat16:
+      attention::HalfToFloatArray(static_cast<const uint16_t*>(array) + at, out, count);
+      return;
+    case ElementType::kBFloat16: {
+      const uint16_t* in = static_cast<const uint16_t*>(array) + at;
+      for (size_t i = 0; i < count; ++i) {
+        const uint32_t bits = static_cast<uint32_t>(in[i]) << 16;
+        std::memcpy(out + i, &bits, 4);
+      }
+      return;
+    }
+  }
+}
+
 bool IsDirectory(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
@@ -163,8 +184,17 @@ Status Store::Load() {
 
 Status Store::OpenWriter(uint32_t segment, uint64_t committed_length) {
   MSA_ASSIGN_OR_RETURN(writer_, io::SegmentWriter::Open(SegmentPath(path_, segment), committed_length,
-                                                         options_.segment_bytes));
+                                                         PreallocateBytes()));
   return Status::OK();
+}
+
+uint64_t Store::PreallocateBytes() const {
+  // Reserving a whole segment (1 GiB by default) for every store, however
+  // small, filled this machine's disk when a test suite made a few dozen
+  // stores; the first 64 MiB keeps a large ingest's first extent
+  // contiguous, and beyond it appends allocate as they go.
+  constexpr uint64_t kPreallocateLimit = 64ull << 20;
+  return std::min(options_.segment_bytes, kPreallocateLimit);
 }
 
 Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV& kv) {
@@ -199,8 +229,7 @@ Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV
   std::vector<std::vector<BlockLocation>> locations(g.streams());
   std::vector<std::vector<float>> summaries(g.streams());
   std::vector<std::pair<BlockId, size_t>> ids;  // (id, index into locations[stream])
-  std::vector<uint16_t> k16(bt * d), v16(bt * d);
-  std::vector<float> kf(bt * d);
+  std::vector<float> kin(bt * d), vin(bt * d), kf(bt * d);
   BlockEncoder encoder;
   for (uint32_t layer = 0; layer < g.layers; ++layer) {
     for (uint32_t head = 0; head < g.kv_heads; ++head) {
@@ -211,24 +240,21 @@ Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV
         const uint32_t tokens = static_cast<uint32_t>(std::min<uint64_t>(bt, kv.tokens - t0));
         const size_t count = static_cast<size_t>(tokens) * d;
         const size_t at = stream_offset + t0 * d;
-        if (kv.dtype == ElementType::kFloat16) {
-          std::memcpy(k16.data(), static_cast<const uint16_t*>(kv.keys) + at, count * 2);
-          std::memcpy(v16.data(), static_cast<const uint16_t*>(kv.values) + at, count * 2);
-        } else {
-          attention::FloatToHalfArray(static_cast<const float*>(kv.keys) + at, k16.data(), count);
-          attention::FloatToHalfArray(static_cast<const float*>(kv.values) + at, v16.data(), count);
-        }
+        WidenToFloat(kv.keys, kv.dtype, at, count, kin.data());
+        WidenToFloat(kv.values, kv.dtype, at, count, vin.data());
         const BlockId id{layer, head, first_block + b};
         BlockRecordHeader header;
-        MSA_ASSIGN_OR_RETURN(auto record, encoder.Encode(g.codec, id, tokens, g.head_dim,
-                                                         k16.data(), v16.data(), &header));
+        auto encoded = encoder.Encode(g.codec, id, tokens, g.head_dim, kin.data(), vin.data(),
+                                      &header, kf.data());
+        if (!encoded.ok()) return encoded.status().WithContext("document " + name);
+        const std::span<const uint8_t> record = *encoded;
         if (writer_->length() > 0 && writer_->length() + record.size() > options_.segment_bytes) {
           // Roll over: the full segment is synced at the next commit. The
           // next writer is opened before the current one is retired, so a
           // failure here leaves the writer as it was.
           const uint32_t next = staged_.active_segment + 1;
           MSA_ASSIGN_OR_RETURN(auto next_writer,
-                               io::SegmentWriter::Open(SegmentPath(path_, next), 0, options_.segment_bytes));
+                               io::SegmentWriter::Open(SegmentPath(path_, next), 0, PreallocateBytes()));
           dirty_segments_[staged_.active_segment] = writer_.get();
           retired_writers_.push_back(std::move(writer_));
           writer_ = std::move(next_writer);
@@ -246,8 +272,7 @@ Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV
         loc.first_position = t0;
         loc.codec = g.codec;
         locations[stream].push_back(loc);
-        // Summary, from the keys as stored (fp16).
-        attention::HalfToFloatArray(k16.data(), kf.data(), count);
+        // Summary, from the keys as stored (what attention will see).
         auto& s = summaries[stream];
         const size_t base = s.size();
         s.resize(base + width);
@@ -870,12 +895,17 @@ StoreStats Store::Stats() const {
   s.documents = committed_.documents;
   s.tokens = committed_.tokens;
   s.blocks_per_stream = committed_.blocks_per_stream;
-  for (const auto& dir : directory_) {
-    for (const BlockLocation& loc : dir) {
-      s.stored_bytes += loc.record_bytes;
-      s.segment_bytes += io::AlignUp(loc.record_bytes);
-      s.raw_bytes += 4ull * loc.tokens * geometry_.head_dim;
+  s.streams.resize(directory_.size());
+  for (size_t stream = 0; stream < directory_.size(); ++stream) {
+    StreamBytes& b = s.streams[stream];
+    for (const BlockLocation& loc : directory_[stream]) {
+      b.stored_bytes += loc.record_bytes;
+      b.segment_bytes += io::AlignUp(loc.record_bytes);
+      b.raw_bytes += 4ull * loc.tokens * geometry_.head_dim;
     }
+    s.stored_bytes += b.stored_bytes;
+    s.segment_bytes += b.segment_bytes;
+    s.raw_bytes += b.raw_bytes;
   }
   s.reader = reader_->name();
   s.cache = cache_.Stats();

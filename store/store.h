@@ -43,11 +43,13 @@
 
 namespace msa {
 
-enum class ElementType { kFloat32, kFloat16 };
+enum class ElementType { kFloat32, kFloat16, kBFloat16 };
 
 // One document's keys and values for every stream, as the model produced
 // them: keys[((layer * kv_heads + kv_head) * tokens + t) * head_dim + c],
-// values likewise. fp16 input is stored bit-exact; float32 is rounded to fp16.
+// values likewise. The store's codec decides what is kept (store/codec.h):
+// f16 stores fp16 input bit-exact and rounds the rest to fp16, bf16 the same
+// with bfloat16, int8/int4 quantise.
 struct DocumentKV {
   const void* keys = nullptr;
   const void* values = nullptr;
@@ -100,6 +102,14 @@ struct VerifyReport {
   std::vector<std::string> problems;  // empty: the store is sound
 };
 
+// Bytes of one stream (layer, KV head): its block records as stored, and
+// the same K/V as plain fp16 (what the codec saved is raw / stored).
+struct StreamBytes {
+  uint64_t raw_bytes = 0;      // tokens * head_dim * 2 (K and V) * 2 bytes
+  uint64_t stored_bytes = 0;   // block records, unpadded
+  uint64_t segment_bytes = 0;  // the same, 4096-padded as on disk
+};
+
 struct StoreStats {
   Geometry geometry;
   uint64_t documents = 0;
@@ -111,6 +121,7 @@ struct StoreStats {
   std::string reader;                // "io_uring" or "pread"
   uint32_t ivf_streams = 0;          // streams routed through an IVF index (the rest: exact scan)
   BlockCacheStats cache;             // this handle's block cache
+  std::vector<StreamBytes> streams;  // [layer * kv_heads + kv_head]
 };
 
 class Store {
@@ -176,6 +187,7 @@ class Store {
   Store(std::string path, std::unique_ptr<Catalog> catalog, const StoreOptions& options);
   Status Load();
   Status OpenWriter(uint32_t segment, uint64_t committed_length);
+  uint64_t PreallocateBytes() const;  // disk reserved when a segment is opened for writing
   // Trains IVF indexes for streams that are due (Router::RefreshIndex); a
   // failure only logs (the stream keeps its exact scan).
   void RefreshRouterIndexes();

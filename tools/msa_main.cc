@@ -39,10 +39,6 @@ Result<formats::Tensor> LoadKv(const std::string& path, const std::string& tenso
     MSA_ASSIGN_OR_RETURN(t, formats::ReadNpy(path));
   }
   const std::string where = std::string(what) + " " + path;
-  if (t.dtype != formats::DType::kFloat16 && t.dtype != formats::DType::kFloat32) {
-    return Status::InvalidArgument(where + ": dtype " + formats::DTypeName(t.dtype) +
-                                   " is not float16 or float32");
-  }
   if (t.shape.size() != 4) {
     return Status::InvalidArgument(where + ": shape " + formats::ShapeToString(t.shape) +
                                    " is not [layers, kv_heads, tokens, head_dim]");
@@ -73,8 +69,10 @@ int RunIngest(const std::string& path, const std::string& doc, const std::string
                                         formats::ShapeToString(values->shape) + " " +
                                         formats::DTypeName(values->dtype) + " differ"));
   }
-  DocumentKV kv{keys->data.data(), values->data.data(), static_cast<uint64_t>(keys->shape[2]),
-                keys->dtype == formats::DType::kFloat16 ? ElementType::kFloat16 : ElementType::kFloat32};
+  const ElementType dtype = keys->dtype == formats::DType::kFloat16    ? ElementType::kFloat16
+                           : keys->dtype == formats::DType::kBFloat16 ? ElementType::kBFloat16
+                                                                      : ElementType::kFloat32;
+  DocumentKV kv{keys->data.data(), values->data.data(), static_cast<uint64_t>(keys->shape[2]), dtype};
   auto id = (*store)->AppendDocument(doc, kv);
   if (!id.ok()) return Fail(id.status());
   Status s = (*store)->Commit();
@@ -163,8 +161,21 @@ int RunStats(const std::string& path, bool json) {
   auto store = Store::Open(path, options);
   if (!store.ok()) return Fail(store.status());
   const StoreStats s = (*store)->Stats();
-  const double ratio = s.stored_bytes ? static_cast<double>(s.raw_bytes) / s.stored_bytes : 0.0;
+  auto ratio = [](uint64_t raw, uint64_t stored) {
+    return stored ? static_cast<double>(raw) / static_cast<double>(stored) : 0.0;
+  };
+  const uint32_t kv_heads = s.geometry.kv_heads;
   if (json) {
+    nlohmann::json streams = nlohmann::json::array();
+    for (size_t i = 0; i < s.streams.size(); ++i) {
+      const StreamBytes& b = s.streams[i];
+      streams.push_back({{"layer", i / kv_heads},
+                         {"kv_head", i % kv_heads},
+                         {"raw_bytes", b.raw_bytes},
+                         {"stored_bytes", b.stored_bytes},
+                         {"segment_bytes", b.segment_bytes},
+                         {"compression_ratio", ratio(b.raw_bytes, b.stored_bytes)}});
+    }
     nlohmann::json j = {{"layers", s.geometry.layers},
                         {"kv_heads", s.geometry.kv_heads},
                         {"head_dim", s.geometry.head_dim},
@@ -178,17 +189,27 @@ int RunStats(const std::string& path, bool json) {
                         {"raw_bytes", s.raw_bytes},
                         {"stored_bytes", s.stored_bytes},
                         {"segment_bytes", s.segment_bytes},
-                        {"compression_ratio", ratio},
-                        {"reader", s.reader}};
+                        {"compression_ratio", ratio(s.raw_bytes, s.stored_bytes)},
+                        {"segment_ratio", ratio(s.raw_bytes, s.segment_bytes)},
+                        {"reader", s.reader},
+                        {"streams", streams}};
     std::printf("%s\n", j.dump(2).c_str());
-  } else {
-    std::printf("store         %s\ngeometry      %s\ndocuments     %llu\ntokens        %llu per stream\n"
-                "blocks        %llu per stream\nraw fp16      %llu bytes\nstored        %llu bytes "
-                "(%.2fx)\nsegments      %llu bytes\nreader        %s\n",
-                path.c_str(), s.geometry.ToString().c_str(), (unsigned long long)s.documents,
-                (unsigned long long)s.tokens, (unsigned long long)s.blocks_per_stream,
-                (unsigned long long)s.raw_bytes, (unsigned long long)s.stored_bytes, ratio,
-                (unsigned long long)s.segment_bytes, s.reader.c_str());
+    return kExitOk;
+  }
+  std::printf("store         %s\ngeometry      %s\ndocuments     %llu\ntokens        %llu per stream\n"
+              "blocks        %llu per stream\nraw fp16      %llu bytes\nstored        %llu bytes "
+              "(%.2fx)\nsegments      %llu bytes (%.2fx, records padded to 4 KiB)\nreader        %s\n",
+              path.c_str(), s.geometry.ToString().c_str(), (unsigned long long)s.documents,
+              (unsigned long long)s.tokens, (unsigned long long)s.blocks_per_stream,
+              (unsigned long long)s.raw_bytes, (unsigned long long)s.stored_bytes,
+              ratio(s.raw_bytes, s.stored_bytes), (unsigned long long)s.segment_bytes,
+              ratio(s.raw_bytes, s.segment_bytes), s.reader.c_str());
+  std::printf("per stream    layer kv-head       raw fp16         stored  ratio\n");
+  for (size_t i = 0; i < s.streams.size(); ++i) {
+    const StreamBytes& b = s.streams[i];
+    std::printf("              %5zu %7zu %14llu %14llu %6.2fx\n", i / kv_heads, i % kv_heads,
+                (unsigned long long)b.raw_bytes, (unsigned long long)b.stored_bytes,
+                ratio(b.raw_bytes, b.stored_bytes));
   }
   return kExitOk;
 }
@@ -215,7 +236,7 @@ int main(int argc, char** argv) {
   create->add_option("--kv-heads", g.kv_heads, "KV heads per layer")->required();
   create->add_option("--head-dim", g.head_dim, "channels per head")->required();
   create->add_option("--block-tokens", g.block_tokens, "tokens per block")->capture_default_str();
-  create->add_option("--codec", codec, "block codec (f16)")->capture_default_str();
+  create->add_option("--codec", codec, "block codec: f16 | bf16 (lossless for their dtype) | int8 | int4 (quantised)")->capture_default_str();
   std::string summary = msa::SummaryName(g.summary);
   create->add_option("--summary", summary,
                      "block summary the router scores: mean (mean key), bound (Quest's "

@@ -80,26 +80,31 @@ bool Safetensors(const fs::path& dir) {
 bool BlockDecoder(const fs::path& dir) {
   const uint32_t tokens = 3, head_dim = 4;
   const msa::BlockId id{1, 0, 2};
-  std::vector<uint16_t> k(tokens * head_dim), v(tokens * head_dim);
+  std::vector<float> k(tokens * head_dim), v(tokens * head_dim);
   for (size_t i = 0; i < k.size(); ++i) {
-    k[i] = static_cast<uint16_t>(0x3c00 + i);
-    v[i] = static_cast<uint16_t>(0xbc00 + 3 * i);
+    k[i] = 1.0f + 0.125f * static_cast<float>(i);
+    v[i] = -1.0f - 0.375f * static_cast<float>(i);
   }
   msa::BlockEncoder encoder;
-  msa::BlockRecordHeader h;
-  auto record = encoder.Encode(msa::Codec::kF16ShuffleZstd, id, tokens, head_dim, k.data(), v.data(), &h);
-  if (!Ok(record.status())) return false;
-  for (uint8_t flags : {0, 3}) {
-    std::vector<uint8_t> in(16, 0);
-    in[0] = flags;
-    in[1] = tokens;
-    in[2] = head_dim - 1;
-    in[3] = static_cast<uint8_t>(id.layer);
-    in[4] = static_cast<uint8_t>(id.kv_head);
-    in[5] = static_cast<uint8_t>(id.block);
-    std::memcpy(in.data() + 8, &h.checksum, 8);
-    in.insert(in.end(), record->begin(), record->end());
-    if (!WriteBytes(dir / ("record_flags" + std::to_string(flags)), in)) return false;
+  for (msa::Codec codec : {msa::Codec::kF16ShuffleZstd, msa::Codec::kBF16ShuffleZstd,
+                           msa::Codec::kInt8, msa::Codec::kInt4}) {
+    msa::BlockRecordHeader h;
+    auto record = encoder.Encode(codec, id, tokens, head_dim, k.data(), v.data(), &h);
+    if (!Ok(record.status())) return false;
+    for (uint8_t flags : {0, 3}) {
+      std::vector<uint8_t> in(16, 0);
+      in[0] = flags;
+      in[1] = tokens;
+      in[2] = head_dim - 1;
+      in[3] = static_cast<uint8_t>(id.layer);
+      in[4] = static_cast<uint8_t>(id.kv_head);
+      in[5] = static_cast<uint8_t>(id.block);
+      std::memcpy(in.data() + 8, &h.checksum, 8);
+      in.insert(in.end(), record->begin(), record->end());
+      const std::string name = "record_" + std::string(msa::CodecName(codec)) + "_flags" +
+                               std::to_string(flags);
+      if (!WriteBytes(dir / name, in)) return false;
+    }
   }
   return true;
 }
