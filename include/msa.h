@@ -11,8 +11,8 @@
  *     On failure, msa_last_error() gives a readable message for the calling
  *     thread, valid until that thread's next msa call. Nothing in this API
  *     throws, aborts or exits.
- *   - Handles are opaque. What msa allocates, msa frees (msa_store_close).
- *     Closing NULL is a no-op.
+ *   - Handles are opaque. What msa allocates, msa frees (msa_store_close,
+ *     msa_prefetch_free, msa_documents_free); each also accepts NULL.
  *   - Arrays are C order; shapes are written [a, b, c] meaning element
  *     (i, j, k) is at x[(i * b + j) * c + k].
  *   - Thread safety: one msa_store_t may be used from several threads.
