@@ -289,7 +289,7 @@ class TorchModel:
         self.torch = torch
         self.m = m
         self.device = torch.device(device)
-        T = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)  # noqa: E731
+        T = lambda a: torch.from_numpy(np.array(a, dtype=np.float32, copy=True)).to(self.device)  # noqa: E731
         self.embed = T(m.embed)
         self.out_norm = T(m.out_norm)
         self.lm_head = self.embed if m.lm_head is m.embed else T(m.lm_head)
@@ -331,9 +331,15 @@ class TorchModel:
                     for name, a in (("q", q), ("k", k), ("v", v)):
                         if name in want:
                             res[name][i] = a.float().cpu().numpy()
-                o = torch.nn.functional.scaled_dot_product_attention(
-                    q.transpose(0, 1), k.repeat_interleave(g, dim=1).transpose(0, 1),
-                    v.repeat_interleave(g, dim=1).transpose(0, 1), is_causal=True)
+                qh = q.transpose(0, 1)
+                kh = k.repeat_interleave(g, dim=1).transpose(0, 1)
+                vh = v.repeat_interleave(g, dim=1).transpose(0, 1)
+                if hasattr(torch.nn.functional, "scaled_dot_product_attention"):
+                    o = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, is_causal=True)
+                else:  # torch < 2.0
+                    s = (qh @ kh.transpose(1, 2)) / float(np.sqrt(cfg.head_dim))
+                    s = s.masked_fill(torch.ones(t, t, dtype=torch.bool, device=s.device).triu(1), float("-inf"))
+                    o = torch.softmax(s, dim=-1) @ vh
                 x = x + o.transpose(0, 1).reshape(t, -1) @ L["wo"]
                 h = norm(x, L["ffn_norm"])
                 x = x + (torch.nn.functional.silu(h @ L["wg"]) * (h @ L["wu"])) @ L["wd"]
