@@ -52,7 +52,7 @@ extern "C" {
 #endif
 
 #define MSA_VERSION_MAJOR 0
-#define MSA_VERSION_MINOR 3
+#define MSA_VERSION_MINOR 4
 #define MSA_VERSION_PATCH 0
 /* (major << 16) | (minor << 8) | patch: compare with msa_version(). */
 #define MSA_VERSION ((MSA_VERSION_MAJOR << 16) | (MSA_VERSION_MINOR << 8) | MSA_VERSION_PATCH)

@@ -24,7 +24,7 @@ from .errors import InvalidArgument, NotSupported, from_status
 
 _c = _lib.lib
 
-CODECS = {"f16": 1}
+CODECS = {"f16": 1, "bf16": 2, "int8": 3, "int4": 4}
 SUMMARIES = {"mean": 1, "bound": 2, "centroids": 3, "hybrid": 4}
 GQA_COMBINE = {"max": 0, "sum": 1}
 LOG_LEVELS = {"trace": 0, "debug": 1, "info": 2, "warn": 3, "warning": 3, "error": 4, "off": 6}
@@ -193,9 +193,9 @@ class Store:
     def create(cls, path, *, layers, kv_heads, head_dim, block_tokens=None, codec=None,
                summary=None, summary_centroids=None):
         """Creates a store in directory `path` (created if absent; it must not hold a
-        store) and opens it for writing. codec: 'f16' (default) or an msa_codec_t
-        number; summary: 'hybrid' (default), 'bound', 'mean' or 'centroids';
-        None: the library's default."""
+        store) and opens it for writing. codec: 'f16' (default), 'bf16', 'int8', 'int4'
+        or an msa_codec_t number (README "Codecs"); summary: 'hybrid' (default),
+        'bound', 'mean' or 'centroids'; None: the library's default."""
         g = _c.msa_geometry_default_params()
         g.layers, g.kv_heads, g.head_dim = layers, kv_heads, head_dim
         if block_tokens is not None:
