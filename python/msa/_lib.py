@@ -11,7 +11,7 @@ from pathlib import Path
 
 # The header version this wrapper was written for (include/msa.h).
 HEADER_MAJOR = 0
-HEADER_MINOR = 3
+HEADER_MINOR = 4
 
 _LIB_NAMES = ("libmsa.so", "libmsa.so.0")
 

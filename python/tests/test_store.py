@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import msa
+from msa import _lib
 from reference import dense_attention, float32_tolerance, fp16
 
 LAYERS, KV_HEADS, HEAD_DIM, BLOCK = 2, 2, 16, 8
@@ -245,7 +246,7 @@ def test_torch_cpu_tensors(corpus):
 
 def test_version_and_library():
     major, minor, _ = msa.version()
-    assert (major, minor) >= (0, 3)
+    assert (major, minor) >= (_lib.HEADER_MAJOR, _lib.HEADER_MINOR)
     assert msa.__version__.startswith(f"{major}.{minor}.")
     assert os.path.exists(msa.library_path()) and ".so" in os.path.basename(msa.library_path())
 
@@ -268,9 +269,8 @@ def test_queries_from_several_threads(corpus):
 
 def test_a_library_of_another_major_version_is_refused():
     from types import SimpleNamespace
-    from msa import _lib
     fake = SimpleNamespace(msa_version=lambda: (1 << 16) | (3 << 8))  # 1.3.0
-    with pytest.raises(ImportError, match="version 1.3.0; this wrapper needs 0.3"):
+    with pytest.raises(ImportError, match=f"version 1.3.0; this wrapper needs 0.{_lib.HEADER_MINOR}"):
         _lib._check_version(fake, "libmsa.so.1")
     fake = SimpleNamespace(msa_version=lambda: (_lib.HEADER_MAJOR << 16) | (_lib.HEADER_MINOR + 1) << 8)
     assert _lib._check_version(fake, "libmsa.so")[1] == _lib.HEADER_MINOR + 1  # newer minor: fine
