@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "io/block_reader.h"
+#include "io/file_ops.h"
 
 namespace msa::io {
 
@@ -19,10 +20,11 @@ namespace {
 Status ReadOne(size_t i, const ReadRequest& r) {
   uint32_t done = 0;
   while (done < r.length) {
-    const ssize_t n = ::pread(r.fd, r.dest + done, r.length - done, static_cast<off_t>(r.offset + done));
+    const ssize_t n = sys::PRead(r.fd, r.dest + done, r.length - done, static_cast<off_t>(r.offset + done));
     if (n < 0) {
-      if (errno == EINTR || errno == EAGAIN) continue;
-      return Status::FromErrno(DescribeRequest(i, r), errno);
+      const int err = errno;
+      if (err == EINTR || err == EAGAIN) continue;
+      return Status::FromErrno(DescribeRequest(i, r), err);
     }
     if (n == 0) {
       return Status::IOError(DescribeRequest(i, r) + ": end of file after " + std::to_string(done) + " bytes");

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "io/aligned_buffer.h"
+#include "io/file_ops.h"
 
 namespace msa::io {
 
@@ -23,10 +24,15 @@ std::string DirName(const std::string& path) {
 
 Status WriteFully(int fd, const uint8_t* data, size_t size, uint64_t offset, const std::string& path) {
   while (size > 0) {
-    const ssize_t n = ::pwrite(fd, data, size, static_cast<off_t>(offset));
+    const ssize_t n = sys::PWrite(fd, data, size, static_cast<off_t>(offset), path);
     if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno("write " + path + " at offset " + std::to_string(offset), errno);
+      const int err = errno;  // before anything that may allocate
+      if (err == EINTR) continue;
+      return Status::FromErrno("write " + path + " at offset " + std::to_string(offset), err);
+    }
+    if (n == 0) {  // no progress and no error: would loop forever
+      return Status::IOError("write " + path + " at offset " + std::to_string(offset) +
+                             ": wrote nothing");
     }
     data += n;
     size -= static_cast<size_t>(n);
@@ -44,8 +50,11 @@ Result<std::unique_ptr<SegmentWriter>> SegmentWriter::Open(const std::string& pa
                               std::to_string(committed_length) + " is not 4096-aligned");
   }
   const bool existed = ::access(path.c_str(), F_OK) == 0;
-  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) return Status::FromErrno("open segment " + path, errno);
+  const int fd = sys::Open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    const int err = errno;
+    return Status::FromErrno("open segment " + path, err);
+  }
   struct stat st;
   if (::fstat(fd, &st) != 0) {
     const int err = errno;
@@ -61,16 +70,21 @@ Result<std::unique_ptr<SegmentWriter>> SegmentWriter::Open(const std::string& pa
   }
   if (size > committed_length) {
     // The tail of an append that crashed before its commit: invisible, drop it.
-    if (::ftruncate(fd, static_cast<off_t>(committed_length)) != 0 || ::fdatasync(fd) != 0) {
+    if (sys::FTruncate(fd, static_cast<off_t>(committed_length), path) != 0) {
       const int err = errno;
       ::close(fd);
       return Status::FromErrno("truncate uncommitted tail of segment " + path, err);
+    }
+    if (sys::FDataSync(fd, path) != 0) {
+      const int err = errno;
+      ::close(fd);
+      return Status::FromErrno("fdatasync segment " + path + " after truncating its uncommitted tail", err);
     }
   }
   if (preallocate_bytes > committed_length) {
     // Best effort: EOPNOTSUPP (tmpfs, some network file systems) just means
     // appends allocate as they go.
-    (void)::fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(preallocate_bytes));
+    (void)sys::FAllocate(fd, FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(preallocate_bytes), path);
   }
   if (!existed) {
     Status st_dir = SyncDirectory(DirName(path));
@@ -97,14 +111,20 @@ Result<uint64_t> SegmentWriter::Append(const void* data, size_t size) {
 }
 
 Status SegmentWriter::Sync() {
-  if (::fdatasync(fd_) != 0) return Status::FromErrno("fdatasync " + path_, errno);
+  if (sys::FDataSync(fd_, path_) != 0) {
+    const int err = errno;
+    return Status::FromErrno("fdatasync " + path_, err);
+  }
   return Status::OK();
 }
 
 Status SyncDirectory(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return Status::FromErrno("open directory " + dir, errno);
-  const int rc = ::fsync(fd);
+  const int fd = sys::Open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    return Status::FromErrno("open directory " + dir, err);
+  }
+  const int rc = sys::FSync(fd, dir);
   const int err = errno;
   ::close(fd);
   if (rc != 0) return Status::FromErrno("fsync directory " + dir, err);
@@ -112,10 +132,13 @@ Status SyncDirectory(const std::string& dir) {
 }
 
 Result<int> OpenSegmentForRead(const std::string& path, bool* direct) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+  int fd = sys::Open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
   *direct = fd >= 0;
-  if (fd < 0 && errno == EINVAL) fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Status::FromErrno("open segment " + path, errno);
+  if (fd < 0 && errno == EINVAL) fd = sys::Open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    return Status::FromErrno("open segment " + path, err);
+  }
   return fd;
 }
 

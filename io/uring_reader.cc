@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "io/block_reader.h"
+#include "io/file_ops.h"
 
 namespace msa::io {
 
@@ -55,14 +56,19 @@ class UringReader final : public BlockReader {
         io_uring_sqe_set_data64(sqe, i);
         ++queued;
       }
-      const int rc = io_uring_submit_and_wait(&ring_, 1);
+      int rc = 0;
+      FaultInjector* const inj = sys::FaultInjectionActive();
+      if (inj != nullptr) [[unlikely]] rc = sys::UringSubmitInjected(inj);
+      if (rc == 0) rc = io_uring_submit_and_wait(&ring_, 1);
       if (rc > 0) {
         // The kernel consumed rc SQEs; the rest stay queued in the ring and
         // go out with the next submit.
         queued -= static_cast<size_t>(rc);
         in_flight += static_cast<size_t>(rc);
       } else if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
-        return Abandon(in_flight, Status::FromErrno("io_uring_submit", -rc));
+        // The queued SQEs are in the submission ring already and go to the
+        // kernel with the next submit, into these buffers: wait for them too.
+        return Abandon(in_flight + queued, Status::FromErrno("io_uring_submit", -rc));
       }
       // Reap every completion that is ready, not just the one waited for.
       io_uring_cqe* cqe;
@@ -74,7 +80,11 @@ class UringReader final : public BlockReader {
         --in_flight;
         const size_t i = io_uring_cqe_get_data64(cqe);
         const ReadRequest& r = requests[i];
-        const int res = cqe->res;
+        int res = cqe->res;
+        if (inj != nullptr) [[unlikely]] {
+          res = sys::UringCompletionInjected(inj, r.fd, r.offset + done_[i], r.length - done_[i],
+                                             r.dest + done_[i], res);
+        }
         if (res == -EAGAIN || res == -EINTR) {
           pending_.push_back(i);
         } else if (res < 0) {
