@@ -56,48 +56,48 @@ uint16_t HalfAtLeast(float x) {
   return attention::HalfToFloat(h) < x ? NextUp(h) : h;
 }
 
-void PutHalf(uint8_t* base, size_t index, uint16_t h) { std::memcpy(base + 2 * index, &h, 2); }
-
-// One group: `count` elements x[i * stride], i < count. Fits (scale, min),
-// stores them at params index `at`, and writes the codes through set(i, u).
-template <typename SetCode>
-Status QuantizeGroup(const float* x, size_t stride, size_t count, uint32_t levels, uint8_t* scales,
-                     uint8_t* mins, size_t at, SetCode set, const std::string& what) {
-  float lo = std::numeric_limits<float>::infinity(), hi = -lo;
-  bool nan = false;
-  for (size_t i = 0; i < count; ++i) {
-    const float v = x[i * stride];
-    nan |= v != v;
-    lo = std::min(lo, v);
-    hi = std::max(hi, v);
-  }
+// A group's fp16 parameters from its range: min rounded down and scale up,
+// so that min + levels * scale >= max and every element is within half a
+// step of a code. Refuses NaN and what fp16 parameters cannot hold.
+Status FitGroup(float lo, float hi, bool nan, uint32_t levels, uint16_t* scale16, uint16_t* min16,
+                float* scale, float* min, const std::string& block, const char* part) {
+  const auto what = [&] { return block + " " + part; };  // built only for an error
   constexpr float kHalfMax = 65504.0f;
   if (nan || !(lo >= -kHalfMax && hi <= kHalfMax)) {
-    return Status::InvalidArgument(what + ": a value outside fp16's range or not finite (min " +
+    return Status::InvalidArgument(what() + ": a value outside fp16's range or not finite (min " +
                                    std::to_string(lo) + ", max " + std::to_string(hi) +
                                    "); the quantised codecs need |x| <= 65504, bf16 stores it");
   }
-  const uint16_t min16 = HalfAtMost(lo);
-  const float min = attention::HalfToFloat(min16);
-  uint16_t scale16 = HalfAtLeast((hi - min) / static_cast<float>(levels));
-  float scale = attention::HalfToFloat(scale16);
+  *min16 = HalfAtMost(lo);
+  *min = attention::HalfToFloat(*min16);
+  *scale16 = HalfAtLeast((hi - *min) / static_cast<float>(levels));
+  *scale = attention::HalfToFloat(*scale16);
   // min + levels * scale must reach hi despite float rounding of the product.
-  while (std::fma(scale, static_cast<float>(levels), min) < hi) {
-    scale16 = NextUp(scale16);
-    scale = attention::HalfToFloat(scale16);
+  while (std::fma(*scale, static_cast<float>(levels), *min) < hi) {
+    *scale16 = NextUp(*scale16);
+    *scale = attention::HalfToFloat(*scale16);
   }
-  if (!std::isfinite(scale)) {
-    return Status::InvalidArgument(what + ": range " + std::to_string(lo) + " .. " +
+  if (!std::isfinite(*scale)) {
+    return Status::InvalidArgument(what() + ": range " + std::to_string(lo) + " .. " +
                                    std::to_string(hi) + " is too wide for an fp16 scale");
   }
-  PutHalf(scales, at, scale16);
-  PutHalf(mins, at, min16);
-  const float inv = scale > 0 ? 1.0f / scale : 0.0f;
-  for (size_t i = 0; i < count; ++i) {
-    const float q = std::nearbyint((x[i * stride] - min) * inv);
-    set(i, static_cast<uint8_t>(std::clamp(q, 0.0f, static_cast<float>(levels))));
-  }
   return Status::OK();
+}
+
+// The nearest code of x: x >= min always (min was rounded down), so adding
+// a half and truncating rounds to nearest; the clamp absorbs float rounding.
+inline uint8_t Code(float x, float min, float inv, float levels) {
+  return static_cast<uint8_t>(std::min((x - min) * inv + 0.5f, levels));
+}
+
+// One row of codes (n of them) into its packed form.
+void PackRow(const uint8_t* codes, size_t n, uint32_t bits, uint8_t* out) {
+  if (bits == 8) {
+    std::memcpy(out, codes, n);
+    return;
+  }
+  for (size_t c = 0; c + 1 < n; c += 2) out[c / 2] = static_cast<uint8_t>(codes[c] | (codes[c + 1] << 4));
+  if (n % 2) out[n / 2] = codes[n - 1];
 }
 
 void DecodeKeys(const Layout& l, const uint8_t* payload, float* keys, std::vector<float>* scratch) {
@@ -155,42 +155,63 @@ size_t PayloadBytes(Codec codec, uint32_t tokens, uint32_t head_dim) {
 Status Encode(Codec codec, const float* keys, const float* values, uint32_t tokens,
               uint32_t head_dim, uint8_t* out, float* keys_as_stored, const std::string& what) {
   const Layout l(codec, tokens, head_dim);
-  const size_t d = head_dim;
-  std::memset(out, 0, l.bytes());  // nibble packing ORs into zeroed bytes
-  uint8_t* key_scales = out;
-  uint8_t* key_mins = out + 2 * l.key_params();
-  uint8_t* value_scales = out + 4 * l.key_params();
-  uint8_t* value_mins = value_scales + 2 * l.value_params();
+  const size_t d = head_dim, row = l.row_bytes();
+  const float levels = static_cast<float>(l.levels());
+  uint16_t* key_scales = reinterpret_cast<uint16_t*>(out);
+  uint16_t* key_mins = key_scales + l.key_params();
+  uint16_t* value_scales = key_mins + l.key_params();
+  uint16_t* value_mins = value_scales + l.value_params();
   uint8_t* key_codes = out + l.key_codes_at();
   uint8_t* value_codes = out + l.value_codes_at();
-  const size_t row = l.row_bytes();
-  auto set_code = [&](uint8_t* codes, size_t t, size_t c, uint8_t u) {
-    if (l.bits == 8) {
-      codes[t * row + c] = u;
-    } else {
-      codes[t * row + c / 2] |= static_cast<uint8_t>(u << ((c & 1) * 4));
-    }
-  };
+  // Row-wise passes (contiguous, vectorisable) rather than a strided walk
+  // down each key channel.
+  std::vector<float> lo(d), hi(d), min(d), inv(d), scale(d);
+  std::vector<uint8_t> codes(d);
   // Keys: per channel, groups along the tokens.
   for (size_t g = 0; g < l.key_groups(); ++g) {
-    const size_t t0 = g * l.key_group;
-    const size_t count = std::min<size_t>(l.key_group, tokens - t0);
+    const size_t t0 = g * l.key_group, t1 = std::min<size_t>(tokens, t0 + l.key_group);
+    std::fill(lo.begin(), lo.end(), std::numeric_limits<float>::infinity());
+    std::fill(hi.begin(), hi.end(), -std::numeric_limits<float>::infinity());
+    bool nan = false;
+    for (size_t t = t0; t < t1; ++t) {
+      const float* x = keys + t * d;
+      for (size_t c = 0; c < d; ++c) {
+        nan |= x[c] != x[c];
+        lo[c] = std::min(lo[c], x[c]);
+        hi[c] = std::max(hi[c], x[c]);
+      }
+    }
     for (size_t c = 0; c < d; ++c) {
-      MSA_RETURN_IF_ERROR(QuantizeGroup(
-          keys + t0 * d + c, d, count, l.levels(), key_scales, key_mins, g * d + c,
-          [&](size_t i, uint8_t u) { set_code(key_codes, t0 + i, c, u); }, what + " keys"));
+      MSA_RETURN_IF_ERROR(FitGroup(lo[c], hi[c], nan, l.levels(), &key_scales[g * d + c],
+                                   &key_mins[g * d + c], &scale[c], &min[c], what, "keys"));
+      inv[c] = scale[c] > 0 ? 1.0f / scale[c] : 0.0f;
+    }
+    for (size_t t = t0; t < t1; ++t) {
+      const float* x = keys + t * d;
+      for (size_t c = 0; c < d; ++c) codes[c] = Code(x[c], min[c], inv[c], levels);
+      PackRow(codes.data(), d, l.bits, key_codes + t * row);
     }
   }
   // Values: per token, groups along the channels.
   const size_t groups = l.value_groups();
   for (size_t t = 0; t < tokens; ++t) {
+    const float* x = values + t * d;
     for (size_t gi = 0; gi < groups; ++gi) {
-      const size_t c0 = gi * l.value_group;
-      const size_t count = std::min<size_t>(l.value_group, d - c0);
-      MSA_RETURN_IF_ERROR(QuantizeGroup(
-          values + t * d + c0, 1, count, l.levels(), value_scales, value_mins, t * groups + gi,
-          [&](size_t i, uint8_t u) { set_code(value_codes, t, c0 + i, u); }, what + " values"));
+      const size_t c0 = gi * l.value_group, c1 = std::min<size_t>(d, c0 + l.value_group);
+      float glo = std::numeric_limits<float>::infinity(), ghi = -glo;
+      bool nan = false;
+      for (size_t c = c0; c < c1; ++c) {
+        nan |= x[c] != x[c];
+        glo = std::min(glo, x[c]);
+        ghi = std::max(ghi, x[c]);
+      }
+      float gscale, gmin;
+      MSA_RETURN_IF_ERROR(FitGroup(glo, ghi, nan, l.levels(), &value_scales[t * groups + gi],
+                                   &value_mins[t * groups + gi], &gscale, &gmin, what, "values"));
+      const float ginv = gscale > 0 ? 1.0f / gscale : 0.0f;
+      for (size_t c = c0; c < c1; ++c) codes[c] = Code(x[c], gmin, ginv, levels);
     }
+    PackRow(codes.data(), d, l.bits, value_codes + t * row);
   }
   if (keys_as_stored) {
     std::vector<float> scratch;
