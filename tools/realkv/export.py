@@ -15,7 +15,14 @@ For the query texts (one row per query of corpus.json):
                         doc_offset, model_layer: ignored by msa eval); position is the
                         stream position of the passkey's first digit (documents in
                         corpus order, as ingested), span its digit tokens
-  OUT/queries.json      query rows: text, token ids, passkey, position of the last token
+  OUT/queries_doc_l<j>.npy  the same rows with the passkey's own document in the
+                        context (dense attention over it, positions 0..T-1, the prompt
+                        still at --query-position): the query the model would form
+                        had retrieval brought it exactly that document (an upper
+                        bound; queries_l<j> are the no-memory queries)
+  OUT/queries.json      query rows: text, token ids, passkey, position of the last token;
+                        with --answers the greedy continuation with no memory and with
+                        the passkey's document in context, and whether it is the passkey
   OUT/geometry.json     layers, model_layers, kv_heads, q_heads, head_dim, docs, tokens,
                         query_position, model file and sha256, package versions
   OUT/export_stats.json seconds per document and per 1K tokens
@@ -91,6 +98,16 @@ def to_f16(a: np.ndarray, what: str) -> np.ndarray:
     return a.astype(np.float16)
 
 
+def greedy(m, tok, ids, pos0, past, n=6) -> str:
+    """n greedy tokens after ids (numpy model; past: a cached prefix)."""
+    ids = list(ids)
+    out = []
+    for _ in range(n):
+        lg = m.forward(ids + out, pos0=pos0, want=("logits",), logits_last_only=True, past=past)["logits"][-1]
+        out.append(int(np.argmax(lg)))
+    return tok.decode(out)
+
+
 def package_versions():
     from importlib import metadata
 
@@ -118,9 +135,19 @@ def main(argv=None):
     ap.add_argument("--keep", action="store_true", help="with --ingest: keep the K/V files")
     ap.add_argument("--resume", action="store_true", help="skip documents whose K/V files exist (no --ingest)")
     ap.add_argument("--max-docs", type=int, default=0, help="export only the first N documents (0: all)")
+    ap.add_argument("--no-doc-queries", action="store_true",
+                    help="skip queries_doc_l<j>.npy (queries with the passkey's document in context)")
+    ap.add_argument("--answers", action="store_true",
+                    help="greedy-decode 6 tokens per query, with no memory and with the passkey's document "
+                         "in context (dense); written to queries.json")
+    ap.add_argument("--queries-only", action="store_true",
+                    help="write the query files only (run the passkeys' documents for the in-context "
+                         "queries, write and ingest no K/V)")
     a = ap.parse_args(argv)
     if a.resume and a.ingest:
         ap.error("--resume works on K/V files; with --ingest start from an empty store")
+    if a.queries_only and a.ingest:
+        ap.error("--queries-only writes no K/V to ingest")
 
     corpus = json.load(open(a.corpus))
     t_load = time.time()
@@ -148,6 +175,7 @@ def main(argv=None):
 
     # Queries: the last position's post-RoPE query of every exported layer.
     t0 = time.time()
+    pk_key = {p["id"]: p["key"] for p in corpus["passkeys"]}
     qrows = {j: [] for j in range(len(layers))}
     qmeta = []
     for q in corpus["queries"]:
@@ -156,14 +184,16 @@ def main(argv=None):
         for j, L in enumerate(layers):
             qrows[j].append(r["q"][L][-1])
         qmeta.append(dict(q, ids=ids, last_position=qpos + len(ids) - 1))
+        if a.answers:
+            got = greedy(m, tok, ids, qpos, None)
+            qmeta[-1].update(answer_no_memory=got, hit_no_memory=got.strip().startswith(pk_key[q["passkey"]]))
     for j in range(len(layers)):
         arr = np.stack(qrows[j]).astype(np.float32) if qrows[j] else np.zeros((0, cfg.q_heads, cfg.head_dim), np.float32)
         np.save(os.path.join(a.out, f"queries_l{j}.npy"), arr)
-    with open(os.path.join(a.out, "queries.json"), "w") as f:
-        json.dump(qmeta, f, indent=1)
     needles = []
     pk = {p["id"]: p for p in corpus["passkeys"]}
     names = {d["name"] for d in docs}
+    pk_doc = {p["id"]: p["doc"] for p in corpus["passkeys"]}
     for q in corpus["queries"]:
         p = pk[q["passkey"]]
         if p["doc"] not in names:  # --max-docs cut it off
@@ -184,7 +214,14 @@ def main(argv=None):
     per_doc = []
     start = 0
     t_all = time.time()
+    doc_queries = not a.no_doc_queries
+    qdoc = {}  # query row -> {store layer: q}
     for i, d in enumerate(docs):
+        mine = [q for q in corpus["queries"] if pk_doc[q["passkey"]] == d["name"]]
+        in_context = bool(mine) and (doc_queries or a.answers)
+        if a.queries_only and not in_context:
+            start += d["tokens"]
+            continue
         base = os.path.join(a.out, d["name"])
         files = [base + ".safetensors"] if a.format == "safetensors" else [base + "_keys.npy", base + "_values.npy"]
         ids, offs = tok.encode_with_offsets(d["text"])
@@ -193,14 +230,29 @@ def main(argv=None):
         with open(base + ".json", "w") as f:
             json.dump({"name": d["name"], "kind": d["kind"], "sources": d["sources"], "position": start,
                        "tokens": ids, "spans": offs}, f)
-        if a.resume and all(os.path.exists(p) for p in files):
+        if a.resume and not in_context and all(os.path.exists(p) for p in files):
             start += len(ids)
             continue
         t1 = time.time()
-        r = runner.forward(ids, pos0=0, want=("k", "v"), layers=keep)
+        # every layer's K/V when the document is the context of in-context queries
+        r = runner.forward(ids, pos0=0, want=("k", "v"), layers=None if in_context else keep)
+        fwd = time.time() - t1
+        t_q = time.time()
+        if in_context:
+            past = {"k": r["k"], "v": r["v"]}
+            for q in mine:
+                qi = q["query"]
+                rq = m.forward(qmeta[qi]["ids"], pos0=qpos, want=("q",), layers=keep, past=past)
+                qdoc[qi] = {j: rq["q"][L][-1] for j, L in enumerate(layers)}
+                if a.answers:
+                    got = greedy(m, tok, qmeta[qi]["ids"], qpos, past)
+                    qmeta[qi].update(answer_with_doc=got, hit_with_doc=got.strip().startswith(pk_key[q["passkey"]]))
+        query_s += time.time() - t_q
+        if a.queries_only:
+            start += len(ids)
+            continue
         k = to_f16(np.stack([r["k"][L].transpose(1, 0, 2) for L in layers]), d["name"] + " keys")
         v = to_f16(np.stack([r["v"][L].transpose(1, 0, 2) for L in layers]), d["name"] + " values")
-        fwd = time.time() - t1
         if a.format == "safetensors":
             write_safetensors(files[0] + ".tmp", {"keys": k, "values": v})
             os.replace(files[0] + ".tmp", files[0])
@@ -227,11 +279,27 @@ def main(argv=None):
         print(f"{d['name']}: {len(ids)} tokens, forward {fwd:.1f} s ({1000 * fwd / len(ids):.2f} s per 1K)"
               f"{f', ingest {ing:.1f} s' if a.ingest else ''}; {i + 1}/{len(docs)} docs, "
               f"{done / max(el, 1e-9):.0f} tokens/s", flush=True)
+    if doc_queries:
+        for j in range(len(layers)):  # rows whose document --max-docs cut off: the no-memory query
+            arr = np.stack([qdoc[i][j] if i in qdoc else qrows[j][i] for i in range(len(qmeta))]) \
+                if qmeta else np.zeros((0, cfg.q_heads, cfg.head_dim))
+            np.save(os.path.join(a.out, f"queries_doc_l{j}.npy"), arr.astype(np.float32))
+    for qm in qmeta:
+        qm["doc_query"] = qm["query"] in qdoc
+    with open(os.path.join(a.out, "queries.json"), "w") as f:
+        json.dump(qmeta, f, indent=1)
+    if a.answers:
+        for key in ("hit_no_memory", "hit_with_doc"):
+            v = [qm[key] for qm in qmeta if key in qm]
+            print(f"answers {key}: {sum(v)} / {len(v)}")
+    if a.queries_only:
+        return
     fwd_total = sum(x["forward_s"] for x in per_doc)
     tok_total = sum(x["tokens"] for x in per_doc)
     stats = {"model_load_s": load_s, "queries_s": query_s, "documents": per_doc, "tokens": tok_total,
              "forward_s": fwd_total, "wall_s": time.time() - t_all,
              "forward_s_per_1k_tokens": 1000 * fwd_total / max(tok_total, 1), "layers": len(layers),
+             "note": "forward_s: the documents' forward only; queries_s: query rows, in-context queries, answers",
              "device": a.device}
     with open(os.path.join(a.out, "export_stats.json"), "w") as f:
         json.dump(stats, f, indent=1)

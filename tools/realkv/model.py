@@ -100,16 +100,18 @@ class Model:
     meta: dict = field(default_factory=dict)
 
     def forward(self, ids, pos0: int = 0, want=("logits",), layers=None, dtype=np.float32,
-                logits_last_only: bool = False):
+                logits_last_only: bool = False, past=None):
         """Runs the decoder over token ids (one sequence, causal).
 
         want: any of "logits", "q", "k", "v". Positions are pos0 .. pos0+T-1.
         Returns a dict: "logits" [T, vocab] (or [1, vocab] with
         logits_last_only), "q" {layer: [T, q_heads, head_dim]}, "k"/"v"
         {layer: [T, kv_heads, head_dim]}; q and k after RoPE. `layers` limits
-        which layers' q/k/v are kept (all by default)."""
+        which layers' q/k/v are kept (all by default). past: {"k": {layer:
+        [P, kv_heads, head_dim]}, "v": ...} of an earlier forward (post-RoPE,
+        at its own positions), attended before these tokens (a cached prefix)."""
         return forward_numpy(self, np.asarray(ids, dtype=np.int64), pos0, set(want), layers,
-                             logits_last_only)
+                             logits_last_only, past)
 
 
 def _field(reader, name):
@@ -222,9 +224,12 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
 
 
 def causal_attention(q, k, v, q_chunk: int = 512):
-    """q [T, Hq, d], k/v [T, Hkv, d] -> [T, Hq*d]; GQA by repeating KV heads."""
+    """q [T, Hq, d], k/v [P+T, Hkv, d] -> [T, Hq*d]; GQA by repeating KV heads.
+
+    The first P keys (P = len(k) - len(q): a cached prefix) precede every query."""
     t, hq, d = q.shape
     hkv = k.shape[1]
+    p0 = k.shape[0] - t
     g = hq // hkv
     scale = np.float32(1.0 / np.sqrt(d))
     kh = k.transpose(1, 0, 2)  # [Hkv, T, d]
@@ -234,20 +239,23 @@ def causal_attention(q, k, v, q_chunk: int = 512):
         b = min(t, a + q_chunk)
         # [Hkv, g, n, d] query heads h = kv * g + j read KV head kv
         qh = q[a:b].reshape(b - a, hkv, g, d).transpose(1, 2, 0, 3)
-        s = np.matmul(qh.reshape(hkv, g * (b - a), d), kh[:, :b].transpose(0, 2, 1)).reshape(hkv, g, b - a, b)
+        nk = p0 + b
+        s = np.matmul(qh.reshape(hkv, g * (b - a), d), kh[:, :nk].transpose(0, 2, 1)).reshape(hkv, g, b - a, nk)
         s *= scale
-        mask = np.arange(b)[None, :] > np.arange(a, b)[:, None]  # key after query
+        mask = np.arange(nk)[None, :] > p0 + np.arange(a, b)[:, None]  # key after query
         s[:, :, mask] = -np.inf
         s -= s.max(axis=-1, keepdims=True)
         np.exp(s, out=s)
         s /= s.sum(axis=-1, keepdims=True)
-        o = np.matmul(s.reshape(hkv, g * (b - a), b), vh[:, :b]).reshape(hkv, g, b - a, d)
+        o = np.matmul(s.reshape(hkv, g * (b - a), nk), vh[:, :nk]).reshape(hkv, g, b - a, d)
         out[a:b] = o.transpose(2, 0, 1, 3).reshape(b - a, hq, d)
     return out.reshape(t, hq * d)
 
 
-def forward_numpy(m: Model, ids, pos0, want, keep_layers, logits_last_only):
+def forward_numpy(m: Model, ids, pos0, want, keep_layers, logits_last_only, past=None):
     cfg = m.cfg
+    if past is not None and len(past["k"]) < len(m.layers) and ("logits" in want or keep_layers is None):
+        raise ValueError("past: K/V of every layer needed")
     t = len(ids)
     x = m.embed[ids].astype(np.float32)
     cos, sin = rope_tables(cfg, np.arange(pos0, pos0 + t))
@@ -264,6 +272,8 @@ def forward_numpy(m: Model, ids, pos0, want, keep_layers, logits_last_only):
                 res["k"][i] = k
             if "v" in want:
                 res["v"][i] = v
+        if past is not None:
+            k, v = np.concatenate([past["k"][i], k]), np.concatenate([past["v"][i], v])
         x = x + causal_attention(q, k, v) @ L.wo
         h = rms_norm(x, L.ffn_norm, cfg.rms_eps)
         gate = h @ L.wg
@@ -297,7 +307,9 @@ class TorchModel:
         self.cfg = m.cfg
 
     def forward(self, ids, pos0: int = 0, want=("logits",), layers=None, dtype=None,
-                logits_last_only: bool = False):
+                logits_last_only: bool = False, past=None):
+        if past is not None:
+            raise NotImplementedError("past (a cached prefix) is numpy-only")
         torch = self.torch
         cfg, layout = self.cfg, self.m.layout
         want = set(want)
