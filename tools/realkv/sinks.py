@@ -29,6 +29,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("kvdir")
     ap.add_argument("--layers", default="", help="store layers (default: all)")
+    ap.add_argument("--queries", choices=("none", "doc"), default="none",
+                    help="query set: none = queries_l<j> (no memory), doc = queries_doc_l<j> (document in context)")
     ap.add_argument("--json", help="write the table here")
     a = ap.parse_args(argv)
     geo = json.load(open(os.path.join(a.kvdir, "geometry.json")))
@@ -48,7 +50,7 @@ def main(argv=None):
     for j in layers:
         K = np.concatenate([np.load(os.path.join(a.kvdir, f"{d['name']}_keys.npy"), mmap_mode="r")[j]
                             .astype(np.float32) for d in docs], axis=1)  # [kv, T, d]
-        q = np.load(os.path.join(a.kvdir, f"queries_l{j}.npy"))
+        q = np.load(os.path.join(a.kvdir, f"queries{'_doc' if a.queries == 'doc' else ''}_l{j}.npy"))
         s = np.einsum("nhd,htd->nht", q, np.repeat(K, group, axis=0)) * scale
         s -= s.max(-1, keepdims=True)
         w = np.exp(s)

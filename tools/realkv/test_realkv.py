@@ -219,6 +219,17 @@ def test_query_position_only_rotates(tok, model):
     assert not np.allclose(a["q"][5], b["q"][5], atol=1e-2)
 
 
+@needs_model
+def test_cached_prefix_equals_one_sequence(tok, model):
+    doc = tok.encode("The pass key of the amber vault is 48213. Remember it. Some more text follows here.")
+    prompt = tok.encode(" What is the pass key of the amber vault? The pass key of the amber vault is")
+    whole = model.forward(doc + prompt, want=("q", "logits"))
+    pre = model.forward(doc, want=("k", "v"))
+    cont = model.forward(prompt, pos0=len(doc), want=("q", "logits"), past={"k": pre["k"], "v": pre["v"]})
+    np.testing.assert_allclose(cont["logits"], whole["logits"][len(doc):], rtol=1e-3, atol=2e-3)
+    np.testing.assert_allclose(cont["q"][20], whole["q"][20][len(doc):], rtol=1e-3, atol=1e-3)
+
+
 # --- the model is SmolLM2-135M ----------------------------------------------
 
 
