@@ -128,7 +128,7 @@ int main(int argc, char** argv) {
   msa_store_close(store);
   CHECK(msa_store_open("/nonexistent/msa", 0, &store) == MSA_NOT_FOUND);
   CHECK(store == NULL);
-  /* A store holds its preallocated segment (1 GiB of disk): leave none behind
+  /* A store holds its preallocated segment (64 MiB of disk): leave none behind
    * (a failed check above keeps it, to look at). */
   if (system(cmd) != 0) return 1;
   printf("c_api_test: OK\n");

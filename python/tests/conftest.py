@@ -14,7 +14,7 @@ sys.path.insert(0, str(PYTHON_DIR))
 
 @pytest.fixture(autouse=True)
 def remove_tmp_path_after_test(tmp_path):
-    """A store opened for writing preallocates its segment file (1 GiB of
+    """A store opened for writing preallocates its segment file (64 MiB of
     disk, however small the store), and pytest keeps the temporary folders of
     its last runs: remove each test's folder as soon as the test is done."""
     yield
