@@ -942,6 +942,14 @@ TEST(FaultInjection, RandomFaultsAgainstAModel) {
               static_cast<unsigned long long>(seed), static_cast<unsigned long long>(steps),
               static_cast<unsigned long long>(sched.injected()), faults.c_str(), calls.c_str(),
               static_cast<unsigned long long>(reopen_checks), committed.size());
+  uint64_t ok_total = 0, failed_total = 0;
+  for (const auto& [k, n] : ok_calls) ok_total += n;
+  for (const auto& [k, n] : failed_calls) failed_total += n;
+  // For tools/fault_soak.sh.
+  std::printf("random totals: faults=%llu ok_calls=%llu failed_calls=%llu reopens=%llu documents=%zu\n",
+              static_cast<unsigned long long>(sched.injected()), static_cast<unsigned long long>(ok_total),
+              static_cast<unsigned long long>(failed_total), static_cast<unsigned long long>(reopen_checks),
+              committed.size());
 }
 
 }  // namespace
