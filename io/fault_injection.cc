@@ -73,7 +73,27 @@ std::string FaultSchedule::Injection::ToString() const {
   return fault.ToString() + " on " + FileOpName(op) + " " + path + " at " + std::to_string(offset);
 }
 
-FaultSchedule::FaultSchedule(std::vector<Rule> rules, uint64_t seed) : rng_(seed) {
+namespace {
+// splitmix64's finaliser: a well-mixed 64-bit hash step.
+uint64_t Mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// What identifies an operation across runs: its kind, the file's name
+// without its directory (temporary directories differ), offset and length.
+uint64_t OperationKey(const FileOperation& op) {
+  const size_t slash = op.path.find_last_of('/');
+  const std::string_view name = slash == std::string_view::npos ? op.path : op.path.substr(slash + 1);
+  uint64_t h = Mix(static_cast<uint64_t>(op.op) + 1);
+  for (char c : name) h = Mix(h ^ static_cast<uint8_t>(c));
+  return Mix(Mix(h ^ op.offset) ^ op.length);
+}
+}  // namespace
+
+FaultSchedule::FaultSchedule(std::vector<Rule> rules, uint64_t seed) : seed_(seed) {
   Reset(std::move(rules));
 }
 
@@ -98,6 +118,8 @@ Fault FaultSchedule::Decide(const FileOperation& op) {
       }
     }
   }
+  uint64_t draw_key = 0;  // for random rules: this operation, this time
+  bool have_key = false;
   for (size_t i = 0; i < rules_.size(); ++i) {
     const Rule& rule = rules_[i];
     if ((rule.ops & OpMask(op.op)) == 0) continue;
@@ -106,7 +128,13 @@ Fault FaultSchedule::Decide(const FileOperation& op) {
     const uint64_t k = matched_[i]++;
     bool fire;
     if (rule.probability > 0) {
-      fire = std::uniform_real_distribution<double>(0.0, 1.0)(rng_) < rule.probability;
+      if (!have_key) {
+        const uint64_t key = OperationKey(op);
+        draw_key = Mix(seed_ ^ Mix(key ^ seen_[key]++));
+        have_key = true;
+      }
+      const uint64_t draw = Mix(draw_key ^ (i + 1));
+      fire = static_cast<double>(draw >> 11) * 0x1.0p-53 < rule.probability;
     } else {
       fire = k >= rule.first && k - rule.first < rule.count;
     }

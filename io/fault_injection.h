@@ -28,9 +28,10 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
-#include <random>
+#include <utility>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 namespace msa::io {
@@ -104,8 +105,10 @@ struct Fault {
 class FaultInjector {
  public:
   virtual ~FaultInjector() = default;
-  // Called before (kSubmit, and every op but kRead) or instead of reporting
-  // the result of (kRead) each intercepted call. Any thread.
+  // Called once per intercepted call, from the thread making it: before the
+  // call runs (a pread too: an error or end of file then replaces it), or,
+  // for an io_uring read, when its completion is reaped (the fault then
+  // replaces or alters the kernel's result). Must be thread-safe.
   virtual Fault Decide(const FileOperation& op) = 0;
 };
 
@@ -127,8 +130,15 @@ class ScopedFaultInjector {
 
 // The injector the tests and tools/fault_soak.sh use: a list of rules, each
 // matching some operations and faulting either the ones at chosen positions
-// (the k-th match, k counted from 0 per rule) or each with a probability
-// drawn from a seeded generator. Rules are tried in order; the first that
+// (the k-th match, k counted from 0 per rule) or each with a probability.
+// A random draw depends only on the seed, the rule and the operation (its
+// kind, file name without directory, offset, length, and how many times
+// that same operation was seen before), not on the order in which threads
+// ask: a seed replays the same faults although the pread pool's workers
+// and io_uring completions come in a different order each run (short of
+// the rare read that a failed io_uring batch does or does not get to
+// continue, depending on timing). Rules are
+// tried in order; the first that
 // fires decides, and the rules after it do not see (or count) the
 // operation. Every injected fault is logged. Thread-safe.
 //
@@ -175,7 +185,10 @@ class FaultSchedule final : public FaultInjector {
   std::vector<Rule> rules_;          // guarded by mu_
   std::vector<uint64_t> matched_;    // per rule; guarded by mu_
   std::vector<Injection> log_;       // guarded by mu_
-  std::mt19937_64 rng_;              // guarded by mu_
+  const uint64_t seed_;
+  // Times each operation was seen (a hash of what identifies it), for the
+  // random draws; guarded by mu_.
+  std::unordered_map<uint64_t, uint64_t> seen_;
   // Where short reads with then_eof stopped: (fd, offset) whose read gets
   // end of file; guarded by mu_.
   std::vector<std::pair<int, uint64_t>> eof_at_;
