@@ -24,6 +24,11 @@ void AppendBe32(std::string* s, uint32_t v) {
 void AppendBe64(std::string* s, uint64_t v) {
   for (int i = 7; i >= 0; --i) s->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
 }
+uint32_t ReadBe32(const char* p) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v = (v << 8) | static_cast<uint8_t>(p[i]);
+  return v;
+}
 uint64_t ReadBe64(const char* p) {
   uint64_t v = 0;
   for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<uint8_t>(p[i]);
@@ -68,6 +73,11 @@ std::string BlockKey(char kind, const BlockId& id) {
 }
 std::string DocKey(uint64_t id) {
   std::string k = "D";
+  AppendBe64(&k, id);
+  return k;
+}
+std::string DeletedDocKey(uint64_t id) {
+  std::string k = "X";
   AppendBe64(&k, id);
   return k;
 }
@@ -304,6 +314,41 @@ Result<std::vector<DocumentRecord>> Catalog::ListDocuments() const {
   return docs;
 }
 
+Result<std::vector<DocumentRecord>> Catalog::ListDeletedDocuments() const {
+  std::vector<DocumentRecord> docs;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek("X"); it->Valid() && it->key().starts_with("X"); it->Next()) {
+    MSA_ASSIGN_OR_RETURN(DocumentRecord d, DecodeDocument(it->value().ToString()));
+    docs.push_back(std::move(d));
+  }
+  MSA_RETURN_IF_ERROR(FromRocks(it->status(), "list deleted documents"));
+  return docs;
+}
+
+Result<std::optional<DocumentRecord>> Catalog::ReadDocument(uint64_t id) const {
+  std::string v;
+  const rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), DocKey(id), &v);
+  if (s.IsNotFound()) return std::optional<DocumentRecord>();
+  MSA_RETURN_IF_ERROR(FromRocks(s, "read document " + std::to_string(id)));
+  MSA_ASSIGN_OR_RETURN(DocumentRecord d, DecodeDocument(v));
+  return std::optional<DocumentRecord>(std::move(d));
+}
+
+Result<std::vector<std::pair<uint32_t, uint64_t>>> Catalog::ListSegments() const {
+  std::vector<std::pair<uint32_t, uint64_t>> out;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek("L"); it->Valid() && it->key().starts_with("L"); it->Next()) {
+    if (it->key().size() != 5 || it->value().size() != 8) {
+      return Status::Corruption("malformed segment length record");
+    }
+    uint64_t len;
+    std::memcpy(&len, it->value().data(), 8);
+    out.emplace_back(ReadBe32(it->key().data() + 1), len);
+  }
+  MSA_RETURN_IF_ERROR(FromRocks(it->status(), "list segments"));
+  return out;
+}
+
 Status Catalog::ScanBlocks(uint32_t layer, uint32_t kv_head,
                            const std::function<Status(uint64_t, const BlockLocation&)>& fn) const {
   const std::string prefix = StreamPrefix('B', layer, kv_head);
@@ -352,6 +397,18 @@ void Catalog::Batch::PutDocument(const DocumentRecord& doc) {
   AppendLe64(&id, doc.id);
   batch_->Put("N" + doc.name, id);
 }
+
+void Catalog::Batch::DeleteDocument(const DocumentRecord& doc) {
+  batch_->Delete(DocKey(doc.id));
+  batch_->Delete("N" + doc.name);
+  batch_->Put(DeletedDocKey(doc.id), EncodeDocument(doc));
+}
+
+void Catalog::Batch::PutBlockLocation(const BlockId& id, const BlockLocation& loc) {
+  batch_->Put(BlockKey('B', id), EncodeLocation(loc));
+}
+
+void Catalog::Batch::DeleteSegmentLength(uint32_t segment) { batch_->Delete(SegmentKey(segment)); }
 
 void Catalog::Batch::PutSegmentLength(uint32_t segment, uint64_t length) {
   std::string v;

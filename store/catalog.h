@@ -10,6 +10,8 @@
 //   'G'                                   -> geometry
 //   'C'                                   -> counters (CatalogCounters)
 //   'D' doc_id:be64                       -> DocumentRecord
+//   'X' doc_id:be64                       -> DocumentRecord of a deleted document
+//                                            (its blocks stay numbered; see Store)
 //   'N' name                              -> doc_id:le64 (names are unique)
 //   'B' layer:be32 kv_head:be32 block:be64 -> BlockLocation
 //   'S' layer:be32 kv_head:be32 block:be64 -> summary, Geometry::summary_width() float32
@@ -42,7 +44,8 @@ namespace msa {
 
 // Where one block's record lives and what it must contain.
 struct BlockLocation {
-  uint32_t segment = 0;       // segment file number
+  uint32_t segment = 0;       // segment file number (from 1); 0: the block's document
+                              // was deleted and compaction removed its record
   uint64_t offset = 0;        // byte offset of the record, 4096-aligned
   uint32_t record_bytes = 0;  // header + payload, unpadded
   uint32_t tokens = 0;        // valid tokens, 1..block_tokens
@@ -97,6 +100,10 @@ class Catalog {
   Result<std::optional<uint64_t>> FindDocument(const std::string& name) const;
   Result<std::optional<RouterIndexRecord>> ReadRouterIndex(uint32_t stream) const;
   Result<std::vector<DocumentRecord>> ListDocuments() const;
+  Result<std::vector<DocumentRecord>> ListDeletedDocuments() const;
+  Result<std::optional<DocumentRecord>> ReadDocument(uint64_t id) const;
+  // Every segment with a committed length: segment -> length.
+  Result<std::vector<std::pair<uint32_t, uint64_t>>> ListSegments() const;
 
   // Visits every block of one stream in block order.
   Status ScanBlocks(uint32_t layer, uint32_t kv_head,
@@ -112,7 +119,12 @@ class Catalog {
     ~Batch();
     void PutBlock(const BlockId& id, const BlockLocation& loc, std::span<const float> summary);
     void PutDocument(const DocumentRecord& doc);
+    // Removes the document and its name, and records it as deleted.
+    void DeleteDocument(const DocumentRecord& doc);
+    // A block's new location (compaction); its summary is unchanged.
+    void PutBlockLocation(const BlockId& id, const BlockLocation& loc);
     void PutSegmentLength(uint32_t segment, uint64_t length);
+    void DeleteSegmentLength(uint32_t segment);
     void PutCounters(const CatalogCounters& counters);
     void PutRouterIndex(uint32_t stream, const RouterIndexRecord& record);
     size_t count() const;

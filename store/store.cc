@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <set>
 
 #include <spdlog/spdlog.h>
 
@@ -140,8 +141,9 @@ Status Store::Load() {
                                     " kv-head " + std::to_string(head) + " skips block " +
                                     std::to_string(dir.size()));
         }
-        if (loc.tokens == 0 || loc.tokens > geometry_.block_tokens || loc.record_bytes == 0 ||
-            loc.offset % io::kIoAlignment != 0) {
+        const bool compacted_away = loc.segment == 0;  // a deleted document's, removed
+        if (loc.tokens == 0 || loc.tokens > geometry_.block_tokens ||
+            (!compacted_away && loc.record_bytes == 0) || loc.offset % io::kIoAlignment != 0) {
           return Status::Corruption("block " + std::to_string(block) + " of layer " +
                                     std::to_string(layer) + " kv-head " + std::to_string(head) +
                                     " has an impossible location (tokens " +
@@ -170,15 +172,77 @@ Status Store::Load() {
   }
   MSA_ASSIGN_OR_RETURN(const auto docs, catalog_->ListDocuments());
   for (const DocumentRecord& doc : docs) doc_blocks_[doc.id] = {doc.first_block, doc.blocks};
+  live_ranges_ = LiveRanges(doc_blocks_);
   LoadRouterIndexes();
   RefreshRouterIndexes();
   spdlog::info("opened {}: {} documents, {} tokens per stream, router rebuilt in {:.1f} ms",
                path_, committed_.documents, committed_.tokens, MsSince(t0));
   staged_ = committed_;
   if (!options_.read_only) {
+    RemoveOrphanSegments();
     MSA_ASSIGN_OR_RETURN(const uint64_t len, catalog_->ReadSegmentLength(committed_.active_segment));
     MSA_RETURN_IF_ERROR(OpenWriter(committed_.active_segment, len));
   }
+  return Status::OK();
+}
+
+void Store::RemoveOrphanSegments() {
+  auto segments = catalog_->ListSegments();
+  if (!segments.ok()) {
+    spdlog::warn("{}: not looking for leftover segments: {}", path_, segments.status().ToString());
+    return;
+  }
+  std::set<uint32_t> referenced = {committed_.active_segment};
+  for (const auto& [segment, length] : *segments) referenced.insert(segment);
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(SegmentDir(path_), ec)) {
+    const std::string name = entry.path().filename().string();
+    char* end = nullptr;
+    const unsigned long n = std::strtoul(name.c_str(), &end, 10);
+    if (end == name.c_str() || std::string(end) != ".seg" || referenced.count(static_cast<uint32_t>(n))) {
+      continue;
+    }
+    if (::unlink(entry.path().c_str()) == 0) {
+      spdlog::info("{}: removed {}, which no commit references (an interrupted compaction or rollover)",
+                   path_, entry.path().string());
+    } else {
+      spdlog::warn("{}: could not remove unreferenced {}: {}", path_, entry.path().string(),
+                   std::strerror(errno));
+    }
+  }
+}
+
+std::vector<std::pair<uint64_t, uint64_t>> Store::LiveRanges(
+    const std::map<uint64_t, std::pair<uint64_t, uint64_t>>& docs) {
+  // Document ids grow with their blocks, so the map's order is block order.
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  for (const auto& [id, blocks] : docs) {
+    const uint64_t first = blocks.first, end = blocks.first + blocks.second;
+    if (!ranges.empty() && ranges.back().second == first) {
+      ranges.back().second = end;
+    } else {
+      ranges.emplace_back(first, end);
+    }
+  }
+  return ranges;
+}
+
+Status Store::AppendRecord(std::span<const uint8_t> record, uint32_t* segment, uint64_t* offset) {
+  if (writer_->length() > 0 && writer_->length() + record.size() > options_.segment_bytes) {
+    // Roll over: the full segment is synced at the next commit. The next
+    // writer is opened before the current one is retired, so a failure
+    // here leaves the writer as it was.
+    const uint32_t next = staged_.active_segment + 1;
+    MSA_ASSIGN_OR_RETURN(auto next_writer,
+                         io::SegmentWriter::Open(SegmentPath(path_, next), 0, PreallocateBytes()));
+    dirty_segments_[staged_.active_segment] = writer_.get();
+    retired_writers_.push_back(std::move(writer_));
+    writer_ = std::move(next_writer);
+    staged_.active_segment = next;
+  }
+  MSA_ASSIGN_OR_RETURN(*offset, writer_->Append(record.data(), record.size()));
+  dirty_segments_[staged_.active_segment] = writer_.get();
+  *segment = staged_.active_segment;
   return Status::OK();
 }
 
@@ -248,22 +312,11 @@ Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV
                                       &header, kf.data());
         if (!encoded.ok()) return encoded.status().WithContext("document " + name);
         const std::span<const uint8_t> record = *encoded;
-        if (writer_->length() > 0 && writer_->length() + record.size() > options_.segment_bytes) {
-          // Roll over: the full segment is synced at the next commit. The
-          // next writer is opened before the current one is retired, so a
-          // failure here leaves the writer as it was.
-          const uint32_t next = staged_.active_segment + 1;
-          MSA_ASSIGN_OR_RETURN(auto next_writer,
-                               io::SegmentWriter::Open(SegmentPath(path_, next), 0, PreallocateBytes()));
-          dirty_segments_[staged_.active_segment] = writer_.get();
-          retired_writers_.push_back(std::move(writer_));
-          writer_ = std::move(next_writer);
-          staged_.active_segment = next;
-        }
-        MSA_ASSIGN_OR_RETURN(const uint64_t offset, writer_->Append(record.data(), record.size()));
-        dirty_segments_[staged_.active_segment] = writer_.get();
+        uint32_t segment;
+        uint64_t offset;
+        MSA_RETURN_IF_ERROR(AppendRecord(record, &segment, &offset));
         BlockLocation loc;
-        loc.segment = staged_.active_segment;
+        loc.segment = segment;
         loc.offset = offset;
         loc.record_bytes = static_cast<uint32_t>(record.size());
         loc.tokens = tokens;
@@ -306,6 +359,32 @@ Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV
   return doc_id;
 }
 
+Status Store::DeleteDocument(uint64_t id) {
+  if (options_.read_only) return Status::InvalidArgument("store " + path_ + " is open read-only");
+  std::lock_guard<std::mutex> lock(write_mu_);
+  MSA_RETURN_IF_ERROR(write_error_);
+  // doc_blocks_ changes only under write_mu_ (held), so it is read unlocked.
+  if (!doc_blocks_.count(id) || staged_deletions_.count(id)) {
+    return Status::NotFound("document id " + std::to_string(id) + " is not a committed document of " +
+                            path_ + (staged_deletions_.count(id) ? " (its deletion is staged)" : ""));
+  }
+  MSA_ASSIGN_OR_RETURN(auto doc, catalog_->ReadDocument(id));
+  if (!doc.has_value()) {
+    return Status::Corruption("document id " + std::to_string(id) + " is live in " + path_ +
+                              " but has no catalog record");
+  }
+  if (!batch_) batch_ = std::make_unique<Catalog::Batch>();
+  batch_->DeleteDocument(*doc);
+  staged_.documents--;
+  staged_.tokens -= doc->tokens;
+  staged_deletions_.emplace(id, std::move(*doc));
+  return Status::OK();
+}
+
+Result<std::vector<DocumentRecord>> Store::ListDeletedDocuments() const {
+  return catalog_->ListDeletedDocuments();
+}
+
 Status Store::Commit() {
   if (options_.read_only) return Status::InvalidArgument("store " + path_ + " is open read-only");
   std::lock_guard<std::mutex> lock(write_mu_);
@@ -328,16 +407,34 @@ Status Store::Commit() {
     return s;
   }
   // 3. Publish to queries. The commit is durable now; publishing must not
-  // fail half-way, so every allocation (the reserves) happens before the
-  // first change, and a failure of it (out of memory) changes nothing
+  // fail half-way, so every allocation (the reserves, the new live ranges)
+  // happens before the first change, and a failure of it (out of memory) changes nothing
   // visible and refuses further writes: the store is then consistent on
   // disk, and a reopen shows the commit. The reserves need the exclusive
   // lock too: they reallocate the vectors that queries read under the
   // shared lock (a data race and use-after-free found by
   // tests/concurrency_test.cc under ThreadSanitizer).
   {
-    std::unique_lock<std::shared_mutex> state(state_mu_);
+    std::vector<std::pair<uint64_t, uint64_t>> live_ranges;
+    std::unique_lock<std::shared_mutex> state(state_mu_, std::defer_lock);
     try {
+      // doc_blocks_ changes only under write_mu_ (held): computed unlocked.
+      if (staged_deletions_.empty()) {
+        live_ranges = live_ranges_;
+        for (const auto& [id, blocks] : staged_docs_) {  // appended in block order
+          if (!live_ranges.empty() && live_ranges.back().second == blocks.first) {
+            live_ranges.back().second = blocks.first + blocks.second;
+          } else {
+            live_ranges.emplace_back(blocks.first, blocks.first + blocks.second);
+          }
+        }
+      } else {
+        auto docs = doc_blocks_;
+        for (const auto& [id, blocks] : staged_docs_) docs[id] = blocks;
+        for (const auto& [id, doc] : staged_deletions_) docs.erase(id);
+        live_ranges = LiveRanges(docs);
+      }
+      state.lock();
       for (uint32_t stream = 0; stream < geometry_.streams(); ++stream) {
         directory_[stream].reserve(directory_[stream].size() + staged_locations_[stream].size());
         router_.Reserve(stream, staged_locations_[stream].size());
@@ -355,13 +452,179 @@ Status Store::Commit() {
       staged_summaries_[stream].clear();
     }
     doc_blocks_.merge(staged_docs_);  // moves the nodes: allocates nothing
+    for (const auto& [id, doc] : staged_deletions_) doc_blocks_.erase(id);
+    live_ranges_.swap(live_ranges);
     committed_ = staged_;
   }
+  staged_deletions_.clear();
   batch_.reset();
   dirty_segments_.clear();
   retired_writers_.clear();
   staged_names_.clear();
   RefreshRouterIndexes();
+  return Status::OK();
+}
+
+Status Store::Compact(CompactStats* out) {
+  if (options_.read_only) return Status::InvalidArgument("store " + path_ + " is open read-only");
+  std::lock_guard<std::mutex> lock(write_mu_);
+  MSA_RETURN_IF_ERROR(write_error_);
+  if (batch_) {
+    return Status::InvalidArgument("compact " + path_ +
+                                   ": documents or deletions are staged; commit them first");
+  }
+  CompactStats stats;
+  const Geometry& g = geometry_;
+  // 1. The segments holding a record of a deleted document. directory_
+  // changes only under write_mu_ (held), so it is read unlocked.
+  MSA_ASSIGN_OR_RETURN(const auto deleted, catalog_->ListDeletedDocuments());
+  std::vector<std::pair<uint64_t, uint64_t>> dead_ranges;
+  for (const DocumentRecord& doc : deleted) dead_ranges.emplace_back(doc.first_block, doc.first_block + doc.blocks);
+  std::sort(dead_ranges.begin(), dead_ranges.end());
+  auto is_dead = [&](uint64_t b) {
+    auto it = std::upper_bound(dead_ranges.begin(), dead_ranges.end(), std::make_pair(b, UINT64_MAX));
+    return it != dead_ranges.begin() && b < std::prev(it)->second;
+  };
+  std::set<uint32_t> victims;
+  for (uint32_t stream = 0; stream < g.streams(); ++stream) {
+    for (const auto& [first, end] : dead_ranges) {
+      for (uint64_t b = first; b < end && b < directory_[stream].size(); ++b) {
+        if (directory_[stream][b].segment != 0) victims.insert(directory_[stream][b].segment);
+      }
+    }
+  }
+  if (victims.empty()) {
+    if (out) *out = stats;
+    return Status::OK();
+  }
+  // Any failure from here on leaves bytes in the active segment that no
+  // commit references: refuse writes until reopened (which cuts them off),
+  // as after a failed commit. The committed state is untouched.
+  auto fail = [&](Status s) {
+    write_error_ = s.WithContext("compaction failed; reopen the store");
+    return s;
+  };
+  // 2. Never copy into a segment that is about to go.
+  if (victims.count(staged_.active_segment)) {
+    const uint32_t next = staged_.active_segment + 1;
+    auto next_writer = io::SegmentWriter::Open(SegmentPath(path_, next), 0, PreallocateBytes());
+    if (!next_writer.ok()) return fail(next_writer.status());
+    retired_writers_.push_back(std::move(writer_));  // nothing uncommitted in it
+    writer_ = std::move(*next_writer);
+    staged_.active_segment = next;
+  }
+  // 3. Copy the live records of the victims, unchanged (header, payload and
+  // checksum), checking each against the catalog on the way.
+  struct Move {
+    uint32_t stream;
+    uint64_t block;
+    BlockLocation loc;
+  };
+  std::vector<Move> moves;
+  std::vector<Move> batch;
+  auto copy_batch = [&]() -> Status {
+    uint64_t total = 0;
+    for (const Move& m : batch) total += io::AlignUp(m.loc.record_bytes);
+    io::AlignedBuffer buffer(total);
+    std::vector<io::ReadRequest> requests;
+    uint64_t at = 0;
+    for (const Move& m : batch) {
+      MSA_ASSIGN_OR_RETURN(const int fd, SegmentFd(m.loc.segment));
+      const uint32_t padded = static_cast<uint32_t>(io::AlignUp(m.loc.record_bytes));
+      requests.push_back(io::ReadRequest{fd, m.loc.offset, padded, buffer.data() + at});
+      at += padded;
+    }
+    Status read = reader_->ReadAll(requests);
+    if (!read.ok()) {
+      if (reader_->abandoned()) buffer.Leak();
+      return read.WithContext("compaction reading " + SegmentDir(path_));
+    }
+    for (size_t i = 0; i < batch.size(); ++i) {
+      Move m = batch[i];
+      const std::span<const uint8_t> record(requests[i].dest, m.loc.record_bytes);
+      const BlockId id{m.stream / g.kv_heads, m.stream % g.kv_heads, m.block};
+      BlockRecordHeader h;
+      MSA_RETURN_IF_ERROR(ParseBlockRecordHeader(record, &h).WithContext(DescribeBlock(id)));
+      if (Checksum(record.data() + kBlockRecordHeaderSize, h.payload_bytes) != m.loc.checksum) {
+        return Status::Corruption(DescribeBlock(id) + " (" + SegmentPath(path_, m.loc.segment) +
+                                  " offset " + std::to_string(m.loc.offset) +
+                                  "): checksum mismatch; not compacting (msa verify lists the damage)");
+      }
+      MSA_RETURN_IF_ERROR(AppendRecord(record, &m.loc.segment, &m.loc.offset));
+      stats.bytes_moved += io::AlignUp(m.loc.record_bytes);
+      moves.push_back(m);
+    }
+    batch.clear();
+    return Status::OK();
+  };
+  std::vector<Move> drops;
+  for (uint32_t stream = 0; stream < g.streams(); ++stream) {
+    const auto& dir = directory_[stream];
+    for (uint64_t b = 0; b < dir.size(); ++b) {
+      if (dir[b].segment == 0 || !victims.count(dir[b].segment)) continue;
+      if (is_dead(b)) {
+        BlockLocation gone = dir[b];
+        gone.segment = 0;
+        gone.offset = 0;
+        gone.record_bytes = 0;
+        drops.push_back({stream, b, gone});
+        continue;
+      }
+      batch.push_back({stream, b, dir[b]});
+      if (batch.size() == 256) {
+        Status s = copy_batch();
+        if (!s.ok()) return fail(s);
+      }
+    }
+  }
+  if (Status s = copy_batch(); !s.ok()) return fail(s);
+  // 4. The copies durable, then one catalog batch: the new locations, the
+  // dropped records, the victims forgotten. The commit point.
+  Catalog::Batch cb;
+  for (auto& [segment, writer] : dirty_segments_) {
+    if (Status s = writer->Sync(); !s.ok()) return fail(s);
+    cb.PutSegmentLength(segment, writer->length());
+  }
+  for (const Move& m : moves) cb.PutBlockLocation({m.stream / g.kv_heads, m.stream % g.kv_heads, m.block}, m.loc);
+  for (const Move& m : drops) cb.PutBlockLocation({m.stream / g.kv_heads, m.stream % g.kv_heads, m.block}, m.loc);
+  for (uint32_t segment : victims) cb.DeleteSegmentLength(segment);
+  cb.PutCounters(staged_);
+  if (Status s = catalog_->Commit(cb); !s.ok()) return fail(s);
+  dirty_segments_.clear();
+  retired_writers_.clear();
+  // 5. Publish (assignments in place, nothing allocated), then remove the
+  // victims once no query planned with the old layout still reads them.
+  // Taking io_mu_ while holding state_mu_ stops new queries from planning
+  // meanwhile, so a steady stream of queries cannot starve the compaction.
+  {
+    std::unique_lock<std::shared_mutex> state(state_mu_);
+    for (const Move& m : moves) directory_[m.stream][m.block] = m.loc;
+    for (const Move& m : drops) directory_[m.stream][m.block] = m.loc;
+    committed_ = staged_;
+    std::unique_lock<std::shared_mutex> io(io_mu_);
+    state.unlock();
+    std::lock_guard<std::mutex> fds(fd_mu_);
+    for (uint32_t segment : victims) {
+      auto it = read_fds_.find(segment);
+      if (it != read_fds_.end()) {
+        ::close(it->second);
+        read_fds_.erase(it);
+      }
+      const std::string file = SegmentPath(path_, segment);
+      struct stat st;
+      if (::stat(file.c_str(), &st) == 0) stats.bytes_reclaimed += static_cast<uint64_t>(st.st_blocks) * 512;
+      if (::unlink(file.c_str()) != 0) {
+        // Committed without it; the next open for writing tries again.
+        spdlog::warn("compaction: could not remove {}: {}", file, std::strerror(errno));
+      }
+    }
+  }
+  stats.segments_removed = victims.size();
+  stats.blocks_moved = moves.size();
+  stats.blocks_dropped = drops.size();
+  spdlog::info("compacted {}: {} segments removed ({} bytes), {} live blocks moved, {} deleted blocks dropped",
+               path_, stats.segments_removed, stats.bytes_reclaimed, stats.blocks_moved, stats.blocks_dropped);
+  if (out) *out = stats;
   return Status::OK();
 }
 
@@ -563,12 +826,14 @@ Result<Store::QueryPlan> Store::PlanQuery(uint32_t layer, const float* q, uint32
   // of the chosen blocks are copied out so that the slow part (I/O, decode,
   // attention) runs without it and never holds up a commit.
   std::shared_lock<std::shared_mutex> state(state_mu_);
+  plan.io_lock = std::shared_lock<std::shared_mutex>(io_mu_);
   const uint32_t group = q_heads / g.kv_heads;
   const size_t d = g.head_dim;
-  // The block ranges the query may use: every block, or its documents'.
+  // The block ranges the query may use: every live document's, or the
+  // requested documents'.
   std::vector<std::pair<uint64_t, uint64_t>> ranges;  // [first, end), sorted, disjoint
   if (options.documents.empty()) {
-    if (committed_.blocks_per_stream > 0) ranges.push_back({0, committed_.blocks_per_stream});
+    ranges = live_ranges_;
   } else {
     for (uint64_t id : options.documents) {
       auto it = doc_blocks_.find(id);
@@ -597,7 +862,9 @@ Result<Store::QueryPlan> Store::PlanQuery(uint32_t layer, const float* q, uint32
   chosen.resize(static_cast<size_t>(n) * g.kv_heads);
   const bool all = options.exact || uint64_t{options.top_k} + 2 >= blocks;
   RouteOptions route;
-  if (!options.documents.empty()) route.ranges = &ranges;
+  const bool whole_stream = ranges.size() == 1 && ranges[0].first == 0 &&
+                            ranges[0].second == committed_.blocks_per_stream;
+  if (!whole_stream) route.ranges = &ranges;  // documents asked for, or some deleted
   route.top_k = static_cast<uint32_t>(std::min<uint64_t>(options.top_k, blocks));
   route.combine = options.combine;
   route.exact_scan = options.exact_routing;
@@ -665,6 +932,7 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
   // Exact mode reads the whole layer: it would only flush the cache.
   MSA_RETURN_IF_ERROR(FetchBlocks(plan.ids, plan.locs, keys.data(), values.data(), len.data(), &st,
                                   options.use_cache && !options.exact));
+  plan.io_lock.unlock();  // the blocks are read
 
   // 3. Attend.
   const auto t0 = Clock::now();
@@ -731,15 +999,21 @@ Status Store::ReadStream(uint32_t layer, uint32_t kv_head, std::vector<float>* k
     return Status::InvalidArgument("stream (layer " + std::to_string(layer) + ", kv-head " +
                                    std::to_string(kv_head) + ") is out of range");
   }
+  // Live documents' blocks only, in block order.
   std::shared_lock<std::shared_mutex> state(state_mu_);
-  const uint64_t blocks = committed_.blocks_per_stream;
+  std::shared_lock<std::shared_mutex> io(io_mu_);  // until the reads are done
   const uint64_t tokens = committed_.tokens;
-  const std::vector<BlockLocation> locs(directory_[geometry_.StreamOf(layer, kv_head)].begin(),
-                                        directory_[geometry_.StreamOf(layer, kv_head)].begin() +
-                                            static_cast<ptrdiff_t>(blocks));
+  const auto& dir = directory_[geometry_.StreamOf(layer, kv_head)];
+  std::vector<BlockId> ids;
+  std::vector<BlockLocation> locs;
+  for (const auto& [first, end] : live_ranges_) {
+    for (uint64_t b = first; b < end; ++b) {
+      ids.push_back(BlockId{layer, kv_head, b});
+      locs.push_back(dir[b]);
+    }
+  }
   state.unlock();
-  std::vector<BlockId> ids(blocks);
-  for (uint64_t b = 0; b < blocks; ++b) ids[b] = BlockId{layer, kv_head, b};
+  const uint64_t blocks = ids.size();
   const size_t block_elems = static_cast<size_t>(geometry_.block_tokens) * geometry_.head_dim;
   std::vector<float> k(blocks * block_elems), v(blocks * block_elems);
   std::vector<int32_t> len(blocks);
@@ -760,7 +1034,12 @@ Status Store::ReadStream(uint32_t layer, uint32_t kv_head, std::vector<float>* k
 
 Status Store::Verify(VerifyReport* report) const {
   *report = VerifyReport{};
+  // The documents first: ListDocuments takes state_mu_, which must not be
+  // waited for while io_mu_ is held (compaction takes them in that order).
+  MSA_ASSIGN_OR_RETURN(auto docs, ListDocuments());
+  MSA_ASSIGN_OR_RETURN(auto deleted, catalog_->ListDeletedDocuments());
   std::shared_lock<std::shared_mutex> state(state_mu_);
+  std::shared_lock<std::shared_mutex> io(io_mu_);  // segment files stay while we read them
   const CatalogCounters committed = committed_;
   const auto directory = directory_;  // a snapshot: the checks run unlocked
   state.unlock();
@@ -781,13 +1060,16 @@ Status Store::Verify(VerifyReport* report) const {
     for (uint64_t b0 = 0; b0 < blocks; b0 += kBatch) {
       const uint64_t n = std::min(kBatch, blocks - b0);
       uint64_t total = 0;
-      for (uint64_t b = b0; b < b0 + n; ++b) total += io::AlignUp(dir[b].record_bytes);
+      for (uint64_t b = b0; b < b0 + n; ++b) {
+        if (dir[b].segment != 0) total += io::AlignUp(dir[b].record_bytes);
+      }
       io::AlignedBuffer buffer(total);
       std::vector<io::ReadRequest> requests;
       std::vector<uint64_t> requested;
       uint64_t at = 0;
       for (uint64_t b = b0; b < b0 + n; ++b) {
         const BlockLocation& loc = dir[b];
+        if (loc.segment == 0) continue;  // a deleted document's, compacted away
         const std::string where = "block " + std::to_string(b) + " of layer " + std::to_string(layer) +
                                   " kv-head " + std::to_string(head) + " (" +
                                   SegmentPath(path_, loc.segment) + " offset " + std::to_string(loc.offset) + ")";
@@ -841,13 +1123,25 @@ Status Store::Verify(VerifyReport* report) const {
       }
     }
   }
-  // Documents tile [0, blocks_per_stream) in id order, each with the tokens
-  // its blocks hold (stream 0's blocks; every stream has the same counts).
-  MSA_ASSIGN_OR_RETURN(auto docs, ListDocuments());
-  uint64_t next_block = 0, tokens = 0;
+  // Documents, live and deleted, tile [0, blocks_per_stream) in block
+  // order, each with the tokens its blocks hold (stream 0's blocks; every
+  // stream has the same counts); the counters count the live ones.
+  const size_t live_docs = docs.size();
+  uint64_t live_tokens = 0;
+  for (const DocumentRecord& doc : docs) live_tokens += doc.tokens;
+  std::set<uint64_t> deleted_ids;
+  for (DocumentRecord& doc : deleted) {
+    deleted_ids.insert(doc.id);
+    docs.push_back(std::move(doc));
+  }
+  std::sort(docs.begin(), docs.end(),
+            [](const DocumentRecord& a, const DocumentRecord& b) { return a.first_block < b.first_block; });
+  uint64_t next_block = 0;
   for (const DocumentRecord& doc : docs) {
     ++report->documents_checked;
-    const std::string name = "document " + std::to_string(doc.id) + " '" + doc.name + "'";
+    const bool is_deleted = deleted_ids.count(doc.id) > 0;
+    const std::string name = std::string(is_deleted ? "deleted " : "") + "document " +
+                             std::to_string(doc.id) + " '" + doc.name + "'";
     if (doc.first_block != next_block) {
       problem(name + ": starts at block " + std::to_string(doc.first_block) + ", expected " + std::to_string(next_block));
     }
@@ -858,19 +1152,26 @@ Status Store::Verify(VerifyReport* report) const {
         problem(name + ": block " + std::to_string(b) + " says it belongs to document " +
                 std::to_string(directory[0][b].doc_id));
       }
+      if (!is_deleted) {
+        for (uint32_t stream = 0; stream < g.streams(); ++stream) {
+          if (b < directory[stream].size() && directory[stream][b].segment == 0) {
+            problem(name + ": block " + std::to_string(b) + " of stream " + std::to_string(stream) +
+                    " has no record (removed as if deleted)");
+          }
+        }
+      }
     }
     if (held != doc.tokens) {
       problem(name + ": " + std::to_string(doc.tokens) + " tokens, its blocks hold " + std::to_string(held));
     }
     next_block = doc.first_block + doc.blocks;
-    tokens += doc.tokens;
   }
-  if (next_block != committed.blocks_per_stream || tokens != committed.tokens ||
-      docs.size() != committed.documents) {
+  if (next_block != committed.blocks_per_stream || live_tokens != committed.tokens ||
+      live_docs != committed.documents) {
     problem("catalog counters say " + std::to_string(committed.documents) + " documents, " +
             std::to_string(committed.blocks_per_stream) + " blocks and " + std::to_string(committed.tokens) +
-            " tokens per stream; the documents add up to " + std::to_string(docs.size()) + ", " +
-            std::to_string(next_block) + " and " + std::to_string(tokens));
+            " tokens per stream; the documents add up to " + std::to_string(live_docs) + ", " +
+            std::to_string(next_block) + " and " + std::to_string(live_tokens));
   }
   return Status::OK();
 }
@@ -899,6 +1200,7 @@ StoreStats Store::Stats() const {
   for (size_t stream = 0; stream < directory_.size(); ++stream) {
     StreamBytes& b = s.streams[stream];
     for (const BlockLocation& loc : directory_[stream]) {
+      if (loc.segment == 0) continue;  // a deleted document's, compacted away
       b.stored_bytes += loc.record_bytes;
       b.segment_bytes += io::AlignUp(loc.record_bytes);
       b.raw_bytes += 4ull * loc.tokens * geometry_.head_dim;

@@ -15,9 +15,15 @@
 // crash at any point leaves the last committed state; segment bytes past the
 // committed length are cut off when the store is next opened for writing.
 //
-// Thread safety: Attend, ReadStream, Stats and ListDocuments may be called
-// from any number of threads, concurrently with one writer calling
-// AppendDocument/Commit. Queries see the state of the last completed commit.
+// Deletion: DeleteDocument stages a deletion that Commit makes durable and
+// visible, like an append. A deleted document's blocks keep their numbers
+// (block numbers never change) but are never routed, fetched or read again;
+// Compact() copies the live records out of every segment that holds a
+// deleted one, commits their new locations, and removes those segments.
+//
+// Thread safety: Attend, Prefetch, ReadStream, Verify, Stats and
+// ListDocuments may be called from any number of threads, concurrently with
+// one writer calling AppendDocument/DeleteDocument/Commit/Compact. Queries see the state of the last completed commit.
 // A second process may open the same store read-only; only one may write
 // (RocksDB's lock file enforces it). A read-only handle sees the documents
 // committed when it was opened; reopen it to see later commits.
@@ -29,6 +35,7 @@
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -110,10 +117,19 @@ struct StreamBytes {
   uint64_t segment_bytes = 0;  // the same, 4096-padded as on disk
 };
 
+// What Compact() did.
+struct CompactStats {
+  uint64_t segments_removed = 0;
+  uint64_t bytes_reclaimed = 0;  // size of the removed segment files
+  uint64_t blocks_moved = 0;     // live records copied to the active segment
+  uint64_t bytes_moved = 0;      // their bytes, 4096-padded
+  uint64_t blocks_dropped = 0;   // records of deleted documents removed
+};
+
 struct StoreStats {
   Geometry geometry;
-  uint64_t documents = 0;
-  uint64_t tokens = 0;               // per stream
+  uint64_t documents = 0;            // live (not deleted) documents
+  uint64_t tokens = 0;               // per stream, of live documents
   uint64_t blocks_per_stream = 0;
   uint64_t stored_bytes = 0;         // block records, unpadded, all streams
   uint64_t raw_bytes = 0;            // the same K/V as plain fp16
@@ -141,7 +157,13 @@ class Store {
   // Not visible to queries, and not durable, until Commit() returns OK.
   // Names must be unique and non-empty (AlreadyExists otherwise).
   Result<uint64_t> AppendDocument(const std::string& name, const DocumentKV& kv);
-  // Makes every staged document durable and visible. After a failed commit
+  // Stages the deletion of committed document `id` (from AppendDocument or
+  // ListDocuments): once Commit() returns OK it is gone from queries,
+  // ListDocuments and ReadStream, and its name may be used again. NotFound
+  // if no such document is committed (or its deletion is already staged).
+  // Its disk space comes back with Compact().
+  Status DeleteDocument(uint64_t id);
+  // Makes every staged document and deletion durable and visible. After a failed commit
   // the store refuses further writes until reopened (what reached the disk
   // is then unknown; reopening restores the last committed state).
   Status Commit();
@@ -175,6 +197,15 @@ class Store {
                     std::vector<float>* values) const;
 
   Result<std::vector<DocumentRecord>> ListDocuments() const;
+  Result<std::vector<DocumentRecord>> ListDeletedDocuments() const;
+  // Reclaims the space of deleted documents: every segment holding one of
+  // their records is rewritten (its live records copied, unchanged, to the
+  // active segment) and removed, in one commit. Queries go on meanwhile;
+  // the files are removed once no query still reads them. InvalidArgument
+  // while appends or deletions are staged (commit them first). A crash
+  // leaves either the old or the new layout; leftover files are removed on
+  // the next open for writing. stats may be null.
+  Status Compact(CompactStats* stats = nullptr);
   // Reads every committed block (bypassing the cache), verifying checksums
   // and identities, and checks the catalog's invariants: block locations
   // inside their segments' committed lengths, documents tiling the block
@@ -187,6 +218,16 @@ class Store {
   Store(std::string path, std::unique_ptr<Catalog> catalog, const StoreOptions& options);
   Status Load();
   Status OpenWriter(uint32_t segment, uint64_t committed_length);
+  // Appends one record to the active segment (rolling over to a new one
+  // past options_.segment_bytes); *segment/*offset receive where it went.
+  Status AppendRecord(std::span<const uint8_t> record, uint32_t* segment, uint64_t* offset);
+  // Segment files the catalog no longer references (a compaction that
+  // crashed before removing them, an uncommitted rollover): removed.
+  void RemoveOrphanSegments();
+  // The block ranges of live documents, merged ([first, end), ascending),
+  // for `docs` (id -> (first block, blocks)).
+  static std::vector<std::pair<uint64_t, uint64_t>> LiveRanges(
+      const std::map<uint64_t, std::pair<uint64_t, uint64_t>>& docs);
   uint64_t PreallocateBytes() const;  // disk reserved when a segment is opened for writing
   // Trains IVF indexes for streams that are due (Router::RefreshIndex); a
   // failure only logs (the stream keeps its exact scan).
@@ -208,6 +249,9 @@ class Store {
   // and the distinct blocks to fetch with their locations; slot_of[kv] maps
   // a block number to its index in ids.
   struct QueryPlan {
+    // Held from planning until the reads are done: compaction removes a
+    // segment file only once no planned query can still read it.
+    std::shared_lock<std::shared_mutex> io_lock;
     std::vector<std::vector<uint64_t>> chosen;
     std::vector<BlockId> ids;
     std::vector<BlockLocation> locs;
@@ -231,9 +275,13 @@ class Store {
   mutable std::shared_mutex state_mu_;
   CatalogCounters committed_;
   std::vector<std::vector<BlockLocation>> directory_;  // [stream][block]
-  std::map<uint64_t, std::pair<uint64_t, uint64_t>> doc_blocks_;  // doc id -> (first block, blocks)
+  std::map<uint64_t, std::pair<uint64_t, uint64_t>> doc_blocks_;  // live doc id -> (first block, blocks)
+  std::vector<std::pair<uint64_t, uint64_t>> live_ranges_;  // LiveRanges(doc_blocks_)
   Router router_;
 
+  // Shared by queries from planning to the end of their reads, exclusive
+  // while compaction closes and removes segment files.
+  mutable std::shared_mutex io_mu_;
   // Read descriptors per segment, opened on first use; guarded by fd_mu_.
   mutable std::mutex fd_mu_;
   mutable std::map<uint32_t, int> read_fds_;
@@ -249,6 +297,7 @@ class Store {
   std::vector<std::vector<float>> staged_summaries_;          // [stream] new summaries
   std::map<std::string, uint64_t> staged_names_;
   std::map<uint64_t, std::pair<uint64_t, uint64_t>> staged_docs_;  // merged into doc_blocks_
+  std::map<uint64_t, DocumentRecord> staged_deletions_;            // removed from doc_blocks_
   Status write_error_;  // set by a failed commit: refuse writes until reopen
   std::vector<RouterIndexRecord> saved_indexes_;  // [stream]; generation 0: none saved
 
