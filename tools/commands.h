@@ -1,4 +1,5 @@
-// The demo's subcommands: `msa synth` writes a synthetic corpus, `msa eval`
+// Subcommands with their own files: `msa synth` writes a synthetic corpus
+// (or streams it into a store), `msa ingest` adds documents, `msa eval`
 // measures sparse attention on a store against dense attention.
 #pragma once
 
@@ -24,9 +25,32 @@ struct SynthOptions {
   bool needle_per_head = false;  // one needle per query head instead of per KV head
   float key_shift = 0;  // every key gets key_shift * w, w a fixed random unit vector
   uint64_t seed = 42;
+  std::string rng = "mt19937";  // document noise: mt19937 (as always) or fast (tools/synth_generator.h)
+  uint64_t doc_tokens = 0;      // > 0: documents of this many tokens (the last may be shorter); overrides docs
+  std::string into_store;       // stream the documents into this store instead of writing .npy files
+  uint32_t commit_docs = 64;    // --into-store: commit every N documents ...
+  double commit_mb = 1024;      // ... or every M MB of K/V, whichever comes first
+  bool json = false;            // --into-store: the ingest report as JSON
 };
 void AddSynthOptions(CLI::App* app, SynthOptions& o);
 int RunSynth(const SynthOptions& o);
+
+// `msa ingest`: one document (--doc), every shard of a directory (--dir) or
+// a raw stream (--stdin); tools/cmd_ingest.cc.
+struct IngestOptions {
+  std::string store;
+  std::string doc, keys, values;  // one document
+  std::string dir;                // NAME_keys.npy + NAME_values.npy pairs and NAME.safetensors
+  bool from_stdin = false;        // raw K/V documents on stdin
+  uint64_t doc_tokens = 0;        // --stdin: tokens per document (the last may be shorter)
+  std::string dtype = "f16";      // --stdin: f16, bf16 or f32
+  std::string prefix = "stdin";   // --stdin: documents are PREFIX_00000000, PREFIX_00000001, ...
+  uint32_t commit_docs = 64;      // commit every N documents ...
+  double commit_mb = 1024;        // ... or every M MB of input, whichever comes first
+  bool json = false;
+};
+void AddIngestOptions(CLI::App* app, IngestOptions& o);
+int RunIngest(const IngestOptions& o);
 
 struct EvalOptions {
   std::string store, queries, needles;

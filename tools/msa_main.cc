@@ -1,6 +1,6 @@
 // msa: the command-line tool. Subcommands:
 //   create  make a store with a fixed geometry
-//   ingest  append one document's K/V (.npy or safetensors); exit 0 = durable
+//   ingest  append documents' K/V (.npy, safetensors, a directory, stdin); exit 0 = durable
 //   query   attend queries over one layer's memory
 //   stats   what a store holds
 //   synth   write a synthetic corpus with planted needles (for the demo)
@@ -25,60 +25,6 @@ int RunCreate(const std::string& path, const Geometry& g) {
   auto store = Store::Create(path, g);
   if (!store.ok()) return Fail(store.status());
   std::printf("created %s (%s)\n", path.c_str(), g.ToString().c_str());
-  return kExitOk;
-}
-
-// Loads a K or V tensor and checks it against the geometry.
-Result<formats::Tensor> LoadKv(const std::string& path, const std::string& tensor_name,
-                               const Geometry& g, const char* what) {
-  formats::Tensor t;
-  if (path.size() > 12 && path.substr(path.size() - 12) == ".safetensors") {
-    MSA_ASSIGN_OR_RETURN(auto file, formats::ReadSafetensors(path));
-    MSA_ASSIGN_OR_RETURN(t, file.Take(tensor_name));
-  } else {
-    MSA_ASSIGN_OR_RETURN(t, formats::ReadNpy(path));
-  }
-  const std::string where = std::string(what) + " " + path;
-  if (t.shape.size() != 4) {
-    return Status::InvalidArgument(where + ": shape " + formats::ShapeToString(t.shape) +
-                                   " is not [layers, kv_heads, tokens, head_dim]");
-  }
-  if (t.shape[0] != g.layers || t.shape[1] != g.kv_heads || t.shape[3] != g.head_dim) {
-    return Status::InvalidArgument(where + ": shape " + formats::ShapeToString(t.shape) +
-                                   " does not match the store's [layers=" + std::to_string(g.layers) +
-                                   ", kv_heads=" + std::to_string(g.kv_heads) + ", tokens, head_dim=" +
-                                   std::to_string(g.head_dim) + "]");
-  }
-  if (t.shape[2] == 0) return Status::InvalidArgument(where + ": no tokens");
-  return t;
-}
-
-int RunIngest(const std::string& path, const std::string& doc, const std::string& keys_path,
-              const std::string& values_path) {
-  auto store = Store::Open(path);
-  if (!store.ok()) return Fail(store.status());
-  const Geometry& g = (*store)->geometry();
-  // Safetensors: one file may hold both, under the names "keys" and "values".
-  auto keys = LoadKv(keys_path, "keys", g, "keys");
-  if (!keys.ok()) return Fail(keys.status());
-  auto values = LoadKv(values_path.empty() ? keys_path : values_path, "values", g, "values");
-  if (!values.ok()) return Fail(values.status());
-  if (keys->shape != values->shape || keys->dtype != values->dtype) {
-    return Fail(Status::InvalidArgument("keys " + formats::ShapeToString(keys->shape) + " " +
-                                        formats::DTypeName(keys->dtype) + " and values " +
-                                        formats::ShapeToString(values->shape) + " " +
-                                        formats::DTypeName(values->dtype) + " differ"));
-  }
-  const ElementType dtype = keys->dtype == formats::DType::kFloat16    ? ElementType::kFloat16
-                           : keys->dtype == formats::DType::kBFloat16 ? ElementType::kBFloat16
-                                                                      : ElementType::kFloat32;
-  DocumentKV kv{keys->data.data(), values->data.data(), static_cast<uint64_t>(keys->shape[2]), dtype};
-  auto id = (*store)->AppendDocument(doc, kv);
-  if (!id.ok()) return Fail(id.status());
-  Status s = (*store)->Commit();
-  if (!s.ok()) return Fail(s);
-  std::printf("ingested %s: document %llu, %lld tokens\n", doc.c_str(),
-              static_cast<unsigned long long>(*id), static_cast<long long>(kv.tokens));
   return kExitOk;
 }
 
@@ -245,16 +191,10 @@ int main(int argc, char** argv) {
   create->add_option("--centroids", g.summary_centroids, "centroids per block (--summary centroids)")
       ->capture_default_str();
 
-  std::string doc, keys, values;
-  auto* ingest = app.add_subcommand("ingest", "Append one document's K/V; exit 0 means durable");
-  ingest->footer(
-      "K and V: [layers, kv_heads, tokens, head_dim], float16 or float32, C order, as .npy\n"
-      "files, or one .safetensors file holding tensors named 'keys' and 'values'.\n"
-      "Example: msa ingest /data/mem --doc chapter1 --keys k.npy --values v.npy");
-  ingest->add_option("STORE", store, "store directory")->required();
-  ingest->add_option("--doc", doc, "document name (unique)")->required();
-  ingest->add_option("--keys", keys, "keys .npy (or .safetensors with 'keys' and 'values')")->required();
-  ingest->add_option("--values", values, "values .npy (omit with a .safetensors --keys)");
+  IngestOptions ingest_opts;
+  auto* ingest = app.add_subcommand(
+      "ingest", "Append documents' K/V: one (--doc), a directory of shards (--dir) or a stream (--stdin)");
+  AddIngestOptions(ingest, ingest_opts);
 
   uint32_t layer = 0, top_k = msa::AttendOptions{}.top_k;
   std::string q_path, out_path, lse_path;
@@ -310,7 +250,7 @@ int main(int argc, char** argv) {
     g.summary = *sk;
     return RunCreate(store, g);
   }
-  if (*ingest) return RunIngest(store, doc, keys, values);
+  if (*ingest) return RunIngest(ingest_opts);
   if (*query) return RunQuery(store, layer, q_path, out_path, lse_path, top_k, exact, json);
   if (*stats) return RunStats(store, json);
   if (*verify) return RunVerify(store, json);

@@ -13,18 +13,28 @@
 // Output (DIR): doc_<i>_keys.npy / doc_<i>_values.npy
 // [layers, kv_heads, tokens_i, head_dim] float16, queries.npy
 // [queries, q_heads, head_dim] float32, needles.json, geometry.json.
+//
+// --into-store STORE streams the documents straight into an existing store
+// (made by `msa create` with the same layers, kv_heads and head_dim) as
+// doc_<i>, with no .npy files: DIR then receives only queries.npy,
+// needles.json and geometry.json. Commits are batched
+// (tools/ingest_pipeline.h), a generator thread runs ahead of the writer,
+// and a re-run of the same command continues after the last committed
+// document. The generator itself is tools/synth_generator.h; --rng fast
+// makes corpora of 1e8 tokens practical.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <sys/stat.h>
+#include <unistd.h>
 
-#include <cmath>
-#include <fstream>
-#include <random>
+#include <cstdio>
 
-#include "attention/half.h"
+#include "store/store.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
+#include "tools/ingest_pipeline.h"
 #include "tools/npy_file.h"
+#include "tools/synth_generator.h"
 
 namespace msa::cli {
 
@@ -36,6 +46,8 @@ void AddSynthOptions(CLI::App* app, SynthOptions& o) {
   app->add_option("--head-dim", o.head_dim)->capture_default_str();
   app->add_option("--tokens", o.tokens, "tokens in all documents together")->capture_default_str();
   app->add_option("--docs", o.docs)->capture_default_str();
+  app->add_option("--doc-tokens", o.doc_tokens,
+                  "tokens per document instead of --docs (the last may be shorter)");
   app->add_option("--queries", o.queries, "query rows (one needle per row and KV head)")->capture_default_str();
   app->add_option("--needle-span", o.needle_span, "tokens per needle")->capture_default_str();
   app->add_option("--needle-strength", o.needle_strength, "needle's scaled score")->capture_default_str();
@@ -48,115 +60,125 @@ void AddSynthOptions(CLI::App* app, SynthOptions& o) {
   app->add_flag("--needle-per-head", o.needle_per_head,
                "one needle per query head (each head of a GQA group looks for its own)");
   app->add_option("--seed", o.seed)->capture_default_str();
+  app->add_option("--rng", o.rng,
+                  "document noise: mt19937 (exact Gaussian, sequential) or fast (a 16-bit quantile "
+                  "table, per-document streams; same queries and needles)")
+      ->capture_default_str();
+  app->add_option("--into-store", o.into_store,
+                  "stream the documents into this store (made by msa create) instead of .npy files; "
+                  "DIR gets queries.npy, needles.json, geometry.json");
+  app->add_option("--commit-docs", o.commit_docs, "--into-store: commit every N documents")->capture_default_str();
+  app->add_option("--commit-mb", o.commit_mb, "--into-store: ... or every M MB of K/V")->capture_default_str();
+  app->add_flag("--json", o.json, "--into-store: the ingest report as JSON");
 }
 
-int RunSynth(const SynthOptions& o) {
-  if (o.docs == 0 || o.tokens < o.docs || o.kv_heads == 0 || o.q_heads % o.kv_heads != 0 ||
-      o.needle_span == 0 || o.head_dim == 0 || o.layers == 0) {
-    return Fail(Status::InvalidArgument("synth: inconsistent sizes (need docs >= 1, tokens >= docs, "
-                                        "q_heads a multiple of kv_heads, needle span >= 1)"));
-  }
-  ::mkdir(o.dir.c_str(), 0755);
-  std::mt19937_64 rng(o.seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  const uint32_t d = o.head_dim, group = o.q_heads / o.kv_heads;
-  const float q_norm = std::sqrt(static_cast<float>(d));  // background scaled score ~ N(0, 1)
-  // A needle key k = a u gives scaled score q.k / sqrt(d) = a |q| / sqrt(d) = a.
-  const float a = o.needle_strength;
+namespace {
 
-  // Queries and needle placements: one needle per (row, KV head) that all
-  // the group's query heads look for or, with --needle-per-head, one per
-  // (row, query head), each head looking for its own (heads of one GQA
-  // group with different jobs: what separates max from sum).
-  std::vector<float> queries(static_cast<size_t>(o.queries) * o.q_heads * d);
-  struct Needle {
-    std::vector<float> u;  // unit direction
-    uint32_t kv = 0;
-    uint64_t position = 0;
-  };
-  std::vector<Needle> planted;
-  std::uniform_int_distribution<uint64_t> depth(0, o.tokens - o.needle_span);
-  nlohmann::json needles = nlohmann::json::array();
-  auto random_unit = [&]() {
-    std::vector<float> u(d);
-    float norm = 0;
-    for (auto& x : u) {
-      x = normal(rng);
-      norm += x * x;
-    }
-    for (auto& x : u) x /= std::sqrt(norm);
-    return u;
-  };
-  for (uint32_t i = 0; i < o.queries; ++i) {
-    for (uint32_t g = 0; g < o.kv_heads; ++g) {
-      const uint32_t per_group = o.needle_per_head ? group : 1;
-      for (uint32_t j = 0; j < per_group; ++j) {
-        Needle nd{random_unit(), g, depth(rng)};
-        const uint32_t h0 = o.needle_per_head ? g * group + j : g * group;
-        const uint32_t h1 = o.needle_per_head ? h0 + 1 : (g + 1) * group;
-        for (uint32_t h = h0; h < h1; ++h) {
-          float* q = &queries[(static_cast<size_t>(i) * o.q_heads + h) * d];
-          for (uint32_t c = 0; c < d; ++c) q[c] = q_norm * nd.u[c] + 0.3f * normal(rng);
-        }
-        nlohmann::json rec = {{"query", i}, {"kv_head", g}, {"layer", 0},
-                              {"position", nd.position}, {"span", o.needle_span}};
-        if (o.needle_per_head) rec["q_head"] = h0;
-        needles.push_back(rec);
-        planted.push_back(std::move(nd));
-      }
+int SynthIntoStore(SynthCorpus& corpus, const SynthOptions& o) {
+  auto opened = Store::Open(o.into_store);
+  if (!opened.ok()) return Fail(opened.status());
+  Store& store = **opened;
+  const Geometry& g = store.geometry();
+  if (g.layers != o.layers || g.kv_heads != o.kv_heads || g.head_dim != o.head_dim) {
+    return Fail(Status::InvalidArgument(
+        "synth: store " + o.into_store + " is " + g.ToString() + "; the corpus has layers=" +
+        std::to_string(o.layers) + ", kv_heads=" + std::to_string(o.kv_heads) + ", head_dim=" +
+        std::to_string(o.head_dim)));
+  }
+  // Needle positions count tokens from the corpus's first document, so the
+  // store must hold nothing but a prefix of this corpus (what an earlier,
+  // interrupted run of the same command committed).
+  auto docs = store.ListDocuments();
+  if (!docs.ok()) return Fail(docs.status());
+  std::sort(docs->begin(), docs->end(), [](const DocumentRecord& a, const DocumentRecord& b) {
+    return a.first_block < b.first_block;
+  });
+  const uint32_t done = static_cast<uint32_t>(docs->size());
+  for (uint32_t i = 0; i < done; ++i) {
+    const DocumentRecord& doc = (*docs)[i];
+    if (i >= corpus.docs() || doc.name != corpus.doc_name(i) || doc.tokens != corpus.doc_tokens(i)) {
+      return Fail(Status::InvalidArgument(
+          "synth: store " + o.into_store + " holds document '" + doc.name + "' (" + std::to_string(doc.tokens) +
+          " tokens) where this corpus has " +
+          (i < corpus.docs() ? corpus.doc_name(i) + " (" + std::to_string(corpus.doc_tokens(i)) + " tokens)"
+                             : std::string("no document")) +
+          "; needle positions would not match (use an empty store, or the same options to resume)"));
     }
   }
-  // The key distribution's distortions: a shift w common to all keys (which
-  // queries do not share) and outlier channels.
-  std::vector<float> shift(d, 0.0f);
-  if (o.key_shift != 0) {
-    float norm = 0;
-    for (auto& x : shift) {
-      x = normal(rng);
-      norm += x * x;
+  IngestPipelineOptions p;
+  p.commit_docs = std::max(1u, o.commit_docs);
+  p.commit_bytes = static_cast<uint64_t>(std::max(1.0, o.commit_mb) * 1e6);
+  p.progress = ::isatty(STDERR_FILENO) != 0;
+  for (uint32_t i = done; i < corpus.docs(); ++i) p.expected_tokens += corpus.doc_tokens(i);
+  uint32_t next = done;
+  if (!corpus.fast()) next = 0;  // mt19937: the skipped documents are generated (and dropped) to advance it
+  struct Buffers {
+    std::vector<uint16_t> keys, values;
+  };
+  IngestProducer producer = [&]() -> Result<std::optional<IngestItem>> {
+    for (;;) {
+      if (next == corpus.docs()) return std::optional<IngestItem>();
+      const uint32_t doc = next++;
+      auto buffers = std::make_shared<Buffers>();
+      MSA_RETURN_IF_ERROR(corpus.Document(doc, &buffers->keys, &buffers->values));
+      if (doc < done) continue;
+      IngestItem item;
+      item.name = corpus.doc_name(doc);
+      item.source = "synthetic " + item.name;
+      item.kv = DocumentKV{buffers->keys.data(), buffers->values.data(), corpus.doc_tokens(doc),
+                           ElementType::kFloat16};
+      item.input_bytes = 2 * buffers->keys.size() * sizeof(uint16_t);
+      item.storage = buffers;
+      return std::optional<IngestItem>(std::move(item));
     }
-    for (auto& x : shift) x *= o.key_shift / std::sqrt(norm);
+  };
+  IngestReport report;
+  Status s = RunIngestPipeline(store, producer, p, &report);
+  if (o.json) {
+    nlohmann::json j = report.ToJson();
+    j.update({{"skipped", done}, {"ok", s.ok() && !report.interrupted}, {"rng", o.rng},
+              {"needles", corpus.needle_count()}, {"corpus_docs", corpus.docs()}});
+    if (!s.ok()) j["error"] = s.ToString();
+    std::printf("%s\n", j.dump(2).c_str());
+  } else {
+    std::printf("synth into %s: %llu documents, %llu tokens, %.1f MB of fp16 K/V in %.2f s (%.1f MB/s in, "
+                "%.1f MB/s written, %llu commits; %u already there); %zu needles and %u queries in %s\n",
+                o.into_store.c_str(), (unsigned long long)report.documents, (unsigned long long)report.tokens,
+                report.input_bytes / 1e6, report.seconds,
+                report.seconds > 0 ? report.input_bytes / 1e6 / report.seconds : 0.0,
+                report.seconds > 0 ? report.written_bytes / 1e6 / report.seconds : 0.0,
+                (unsigned long long)report.commits, done, corpus.needle_count(), o.queries, o.dir.c_str());
   }
-  std::vector<float> channel_scale(d, 1.0f);
-  for (uint32_t c = 0; c < std::min(o.outlier_channels, d); ++c) channel_scale[(c * 7919u) % d] = o.outlier_scale;
-  // Documents, generated one at a time.
-  uint64_t start = 0;
-  for (uint32_t doc = 0; doc < o.docs; ++doc) {
-    const uint64_t t = o.tokens / o.docs + (doc < o.tokens % o.docs ? 1 : 0);
-    const size_t n = static_cast<size_t>(o.layers) * o.kv_heads * t * d;
-    std::vector<float> k(n), v(n);
-    for (auto& x : k) x = normal(rng);
-    for (auto& x : v) x = normal(rng);
-    for (const Needle& nd : planted) {
-      for (uint64_t p = nd.position; p < nd.position + o.needle_span; ++p) {
-        if (p < start || p >= start + t) continue;
-        float* key = &k[((static_cast<size_t>(nd.kv)) * t + (p - start)) * d];  // layer 0
-        for (uint32_t c = 0; c < d; ++c) key[c] = a * nd.u[c] + 0.1f * normal(rng);
-      }
-    }
-    if (o.key_shift != 0 || o.outlier_channels != 0) {
-      for (size_t row = 0; row < n / d; ++row) {
-        for (uint32_t c = 0; c < d; ++c) k[row * d + c] = k[row * d + c] * channel_scale[c] + shift[c];
-      }
-    }
-    std::vector<uint16_t> k16(n), v16(n);
-    attention::FloatToHalfArray(k.data(), k16.data(), n);
-    attention::FloatToHalfArray(v.data(), v16.data(), n);
-    const std::vector<int64_t> shape{o.layers, o.kv_heads, static_cast<int64_t>(t), d};
+  if (!s.ok()) return Fail(s);
+  if (report.interrupted) {
+    std::fprintf(stderr, "msa: interrupted; what was ingested is committed; run the same command again to continue\n");
+    return 130;
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+int RunSynth(const SynthOptions& o) {
+  auto made = SynthCorpus::Make(o);
+  if (!made.ok()) return Fail(made.status());
+  SynthCorpus& corpus = **made;
+  // The sidecars first: an interrupted --into-store run has them already.
+  Status s = corpus.WriteSidecars(o.dir);
+  if (!s.ok()) return Fail(s);
+  if (!o.into_store.empty()) return SynthIntoStore(corpus, o);
+  std::vector<uint16_t> k16, v16;
+  for (uint32_t doc = 0; doc < corpus.docs(); ++doc) {
+    s = corpus.Document(doc, &k16, &v16);
+    if (!s.ok()) return Fail(s);
+    const std::vector<int64_t> shape{o.layers, o.kv_heads, static_cast<int64_t>(corpus.doc_tokens(doc)), o.head_dim};
     const std::string base = o.dir + "/doc_" + std::to_string(doc);
-    Status s = formats::WriteNpy(base + "_keys.npy", formats::MakeFloat16Tensor(shape, k16.data()));
+    s = formats::WriteNpy(base + "_keys.npy", formats::MakeFloat16Tensor(shape, k16.data()));
     if (s.ok()) s = formats::WriteNpy(base + "_values.npy", formats::MakeFloat16Tensor(shape, v16.data()));
     if (!s.ok()) return Fail(s);
-    start += t;
   }
-  Status s = formats::WriteNpyFloat32(o.dir + "/queries.npy", {o.queries, o.q_heads, d}, queries.data());
-  if (!s.ok()) return Fail(s);
-  std::ofstream(o.dir + "/needles.json") << needles.dump(1) << "\n";
-  nlohmann::json geometry = {{"layers", o.layers}, {"kv_heads", o.kv_heads}, {"q_heads", o.q_heads},
-                             {"head_dim", d}, {"docs", o.docs}, {"tokens", o.tokens}};
-  std::ofstream(o.dir + "/geometry.json") << geometry.dump(1) << "\n";
-  std::printf("wrote %u documents, %llu tokens, %u queries with %zu needles to %s\n", o.docs,
-              static_cast<unsigned long long>(o.tokens), o.queries, planted.size(), o.dir.c_str());
+  std::printf("wrote %u documents, %llu tokens, %u queries with %zu needles to %s\n", corpus.docs(),
+              static_cast<unsigned long long>(o.tokens), o.queries, corpus.needle_count(), o.dir.c_str());
   return kExitOk;
 }
 
