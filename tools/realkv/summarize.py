@@ -1,6 +1,7 @@
 """Per-layer tables (markdown) of the msa eval results of a run_eval.sh folder.
 
     python summarize.py OUT        # reads OUT/kv/geometry.json, OUT/eval/layer_*.json
+    python summarize.py --compact OUT   # one row per layer, both query sets side by side
 
 One table per query set present: the no-memory queries (eval/layer_J.json)
 and the queries formed with the passkey's document in context
@@ -43,8 +44,44 @@ def table(out, geo, suffix):
     return rows, lines
 
 
+def compact(out, geo):
+    """One row per layer, both query sets side by side."""
+    print("| layer | mass recall mean / p5 / p1 | block-oracle mass mean / p5 | token-oracle mass mean | "
+          "output error mean / p95 | block recall@k | needle hits | in-context q: mass mean / p5 | "
+          "in-context q: needle hits |")
+    print("|---:|---|---|---:|---|---:|---:|---|---:|")
+    tot = [0, 0, 0, 0]
+    for j, L in enumerate(geo["model_layers"]):
+        p0 = os.path.join(out, "eval", f"layer_{j}.json")
+        p1 = os.path.join(out, "eval", f"layer_{j}_doc.json")
+        if not os.path.exists(p0):
+            continue
+        e = json.load(open(p0))
+        d = json.load(open(p1)) if os.path.exists(p1) else None
+        h0 = round(e["needle_hit_rate"] * e["needles"])
+        tot[0] += h0
+        tot[1] += e["needles"]
+        m, o, err = e["mass_recall"], e["oracle_block_mass_recall"], e["output_error"]
+        row = (f"| {L} | {m['mean']:.3f} / {m['p5']:.3f} / {m['p1']:.3f} | {o['mean']:.3f} / {o['p5']:.3f} | "
+               f"{e['oracle_token_mass_recall']['mean']:.3f} | {err['mean']:.3f} / {err['p95']:.3f} | "
+               f"{e['block_recall']:.3f} | {h0}/{e['needles']} |")
+        if d:
+            h1 = round(d["needle_hit_rate"] * d["needles"])
+            tot[2] += h1
+            tot[3] += d["needles"]
+            row += f" {d['mass_recall']['mean']:.3f} / {d['mass_recall']['p5']:.3f} | {h1}/{d['needles']} |"
+        else:
+            row += " | |"
+        print(row)
+    print(f"| all | | | | | | {tot[0]}/{tot[1]} | | {tot[2]}/{tot[3]} |")
+
+
 def main(argv=None):
     argv = argv if argv is not None else sys.argv[1:]
+    if argv and argv[0] == "--compact":
+        out = argv[1]
+        compact(out, json.load(open(os.path.join(out, "kv", "geometry.json"))))
+        return 0
     out = argv[0]
     geo = json.load(open(os.path.join(out, "kv", "geometry.json")))
     stats_path = os.path.join(out, "kv", "export_stats.json")
