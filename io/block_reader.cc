@@ -5,11 +5,14 @@
 
 #include <spdlog/spdlog.h>
 
+#include "io/file_ops.h"
+
 namespace msa::io {
 
 std::string DescribeRequest(size_t index, const ReadRequest& r) {
-  return "read #" + std::to_string(index) + " (fd " + std::to_string(r.fd) + ", offset " +
-         std::to_string(r.offset) + ", " + std::to_string(r.length) + " bytes)";
+  // Only failures are described: resolving the descriptor's file is cheap enough.
+  return "read #" + std::to_string(index) + " of " + sys::PathOfFd(r.fd) + " (fd " + std::to_string(r.fd) +
+         ", offset " + std::to_string(r.offset) + ", " + std::to_string(r.length) + " bytes)";
 }
 
 std::unique_ptr<BlockReader> MakeBlockReader(const BlockReaderOptions& options) {

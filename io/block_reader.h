@@ -60,7 +60,8 @@ Result<std::unique_ptr<BlockReader>> MakeUringReader(unsigned queue_depth);
 // The pread fallback reads with `threads` threads (the caller's included).
 std::unique_ptr<BlockReader> MakePreadReader(unsigned threads = kDefaultPreadThreads);
 
-// Names a failed request in error messages.
+// Names a failed request in error messages: its index, file (resolved from
+// the descriptor), descriptor, offset and length.
 std::string DescribeRequest(size_t index, const ReadRequest& r);
 
 }  // namespace msa::io

@@ -591,6 +591,9 @@ class ReadFaults : public ::testing::TestWithParam<bool> {
         ASSERT_FALSE(st.ok()) << "returned OK although " << sched.injections().front().ToString();
         EXPECT_TRUE(st.code() == Status::Code::kIOError || st.code() == Status::Code::kCorruption)
             << st.ToString();
+        // The message names the segment file (the reader's request, or the
+        // decoder's block).
+        EXPECT_NE(st.message().find("/segments/"), std::string::npos) << st.ToString();
         ++*failures;
       }
       // Faults gone: right answers from the same handle, through its cache.
