@@ -52,7 +52,7 @@ extern "C" {
 #endif
 
 #define MSA_VERSION_MAJOR 0
-#define MSA_VERSION_MINOR 4
+#define MSA_VERSION_MINOR 5
 #define MSA_VERSION_PATCH 0
 /* (major << 16) | (minor << 8) | patch: compare with msa_version(). */
 #define MSA_VERSION ((MSA_VERSION_MAJOR << 16) | (MSA_VERSION_MINOR << 8) | MSA_VERSION_PATCH)
@@ -186,6 +186,31 @@ MSA_EXPORT msa_status_t msa_list_documents(const msa_store_t* store, msa_documen
                                            size_t* count);
 /* Frees what msa_list_documents returned. NULL is a no-op. */
 MSA_EXPORT void msa_documents_free(msa_document_t* documents);
+
+/* Stages the deletion of committed document doc_id; msa_commit makes it
+ * durable and visible, like an append. Once committed the document is gone
+ * from queries, msa_list_documents and restrictions (an id given in
+ * msa_attend_params_t.documents is then MSA_NOT_FOUND), and its name may be
+ * used again. MSA_NOT_FOUND if no such document is committed or its
+ * deletion is already staged. Its disk space comes back with msa_compact.
+ * A writer call, serialised with msa_append_document and msa_commit. */
+MSA_EXPORT msa_status_t msa_delete_document(msa_store_t* store, uint64_t doc_id);
+
+/* What msa_compact did. */
+typedef struct msa_compact_stats_t {
+  uint64_t segments_removed; /* segment files removed */
+  uint64_t bytes_reclaimed;  /* their size on disk */
+  uint64_t blocks_moved;     /* live block records copied out of them */
+  uint64_t blocks_dropped;   /* deleted documents' records removed */
+} msa_compact_stats_t;
+
+/* Reclaims the disk space of deleted documents: every segment file holding
+ * one of their records is rewritten (live records copied unchanged) and
+ * removed, in one commit. Queries may run meanwhile. MSA_INVALID_ARGUMENT
+ * while appends or deletions are staged (commit first). A crash leaves the
+ * old or the new layout, never a mix; leftover files are removed the next
+ * time the store is opened for writing. stats may be NULL. A writer call. */
+MSA_EXPORT msa_status_t msa_compact(msa_store_t* store, msa_compact_stats_t* stats);
 
 /* A GQA group's query heads share their KV head's blocks; a block's score
  * for the group is the max or the sum of its heads' scores. */

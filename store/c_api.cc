@@ -225,6 +225,26 @@ msa_status_t msa_commit(msa_store_t* store) {
   });
 }
 
+msa_status_t msa_delete_document(msa_store_t* store, uint64_t doc_id) {
+  return Guard([&]() -> msa::Status {
+    MSA_REQUIRE(store != nullptr, "msa_delete_document: store is NULL");
+    return store->store->DeleteDocument(doc_id).WithContext("msa_delete_document");
+  });
+}
+
+msa_status_t msa_compact(msa_store_t* store, msa_compact_stats_t* stats) {
+  return Guard([&]() -> msa::Status {
+    MSA_REQUIRE(store != nullptr, "msa_compact: store is NULL");
+    msa::CompactStats cs;
+    MSA_RETURN_IF_ERROR(store->store->Compact(&cs).WithContext("msa_compact"));
+    if (stats != nullptr) {
+      *stats = msa_compact_stats_t{cs.segments_removed, cs.bytes_reclaimed, cs.blocks_moved,
+                                   cs.blocks_dropped};
+    }
+    return msa::Status::OK();
+  });
+}
+
 msa_status_t msa_list_documents(const msa_store_t* store, msa_document_t** documents,
                                 size_t* count) {
   return Guard([&]() -> msa::Status {

@@ -9,6 +9,8 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <sys/wait.h>
 #include <thread>
 #include <vector>
 
@@ -366,6 +368,51 @@ TEST(CompactTest, ALeftoverSegmentFileIsRemovedOnOpenAndNothingCommittedIsLost) 
   ASSERT_TRUE(store.ok());
   EXPECT_FALSE(std::filesystem::exists(stray));
   ExpectExactOver(**store, {&a}, 1);
+}
+
+}  // namespace
+}  // namespace msa
+
+namespace msa {
+namespace {
+
+int Cli(const std::string& args, const std::string& out) {
+  const int rc = std::system((std::string(MSA_CLI_PATH) + " " + args + " > " + out + " 2>&1").c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+TEST(DocsCliTest, DeleteByNameOrIdIsAllOrNothingAndCompactReclaims) {
+  TempDir dir;
+  const std::string store = dir.Sub("s"), out = dir.Sub("out.txt");
+  {
+    auto s = Store::Create(store, SmallGeometry());
+    ASSERT_TRUE(s.ok());
+    for (int i = 0; i < 4; ++i) Append(**s, MakeDoc("doc" + std::to_string(i), 40, 10 + i));
+    ASSERT_TRUE((*s)->Commit().ok());
+  }
+  // One unknown name: exit 4 and nothing deleted.
+  EXPECT_EQ(Cli("docs delete " + store + " doc1 nosuch", out), 4);
+  EXPECT_NE(ReadAll(out).find("nothing deleted"), std::string::npos) << ReadAll(out);
+  ASSERT_EQ(Cli("docs list " + store + " --json", out), 0);
+  EXPECT_NE(ReadAll(out).find("\"doc1\""), std::string::npos);
+  // By name and by id (doc2 is document 3).
+  ASSERT_EQ(Cli("docs delete " + store + " doc1 3", out), 0) << ReadAll(out);
+  ASSERT_EQ(Cli("docs list " + store, out), 0);
+  const std::string listed = ReadAll(out);
+  EXPECT_EQ(listed.find("doc1"), std::string::npos) << listed;
+  EXPECT_EQ(listed.find("doc2"), std::string::npos) << listed;
+  EXPECT_NE(listed.find("2 documents"), std::string::npos) << listed;
+  ASSERT_EQ(Cli("docs list " + store + " --deleted", out), 0);
+  EXPECT_NE(ReadAll(out).find("2 deleted documents"), std::string::npos);
+  EXPECT_EQ(Cli("docs show " + store + " doc1", out), 4) << "deleted: not found";
+  ASSERT_EQ(Cli("compact " + store + " --json", out), 0) << ReadAll(out);
+  EXPECT_NE(ReadAll(out).find("\"segments_removed\": 1"), std::string::npos) << ReadAll(out);
+  ASSERT_EQ(Cli("verify " + store, out), 0) << ReadAll(out);
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace CLI {
 class App;
@@ -66,5 +67,23 @@ struct EvalOptions {
 };
 void AddEvalOptions(CLI::App* app, EvalOptions& o);
 int RunEval(const EvalOptions& o);
+
+// `msa docs list|show|delete` and `msa compact`; tools/cmd_docs.cc.
+struct DocsOptions {
+  std::string store;
+  std::string action;                // list, show or delete (set by the subcommand)
+  std::vector<std::string> targets;  // document ids or names
+  bool deleted = false;              // list: the deleted documents
+  bool json = false;
+};
+void AddDocsCommands(CLI::App* docs, DocsOptions& o);
+int RunDocs(const DocsOptions& o);
+
+struct CompactOptions {
+  std::string store;
+  bool json = false;
+};
+void AddCompactOptions(CLI::App* compact, CompactOptions& o);
+int RunCompact(const CompactOptions& o);
 
 }  // namespace msa::cli

@@ -235,6 +235,14 @@ int main(int argc, char** argv) {
   eval->footer("Example: msa eval /data/mem --queries /tmp/corpus/queries.npy --needles /tmp/corpus/needles.json");
   AddEvalOptions(eval, eval_opts);
 
+  DocsOptions docs_opts;
+  auto* docs = app.add_subcommand("docs", "List, show or delete documents");
+  AddDocsCommands(docs, docs_opts);
+
+  CompactOptions compact_opts;
+  auto* compact = app.add_subcommand("compact", "Reclaim the disk space of deleted documents");
+  AddCompactOptions(compact, compact_opts);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -256,5 +264,7 @@ int main(int argc, char** argv) {
   if (*verify) return RunVerify(store, json);
   if (*synth) return RunSynth(synth_opts);
   if (*eval) return RunEval(eval_opts);
+  if (*docs) return RunDocs(docs_opts);
+  if (*compact) return RunCompact(compact_opts);
   return kExitUsage;
 }

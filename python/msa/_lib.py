@@ -11,7 +11,7 @@ from pathlib import Path
 
 # The header version this wrapper was written for (include/msa.h).
 HEADER_MAJOR = 0
-HEADER_MINOR = 4
+HEADER_MINOR = 5
 
 _LIB_NAMES = ("libmsa.so", "libmsa.so.0")
 
@@ -66,12 +66,22 @@ class Document(ctypes.Structure):
     ]
 
 
+class CompactStats(ctypes.Structure):
+    _fields_ = [
+        ("segments_removed", ctypes.c_uint64),
+        ("bytes_reclaimed", ctypes.c_uint64),
+        ("blocks_moved", ctypes.c_uint64),
+        ("blocks_dropped", ctypes.c_uint64),
+    ]
+
+
 # Struct name in msa.h -> ctypes mirror (the ABI test walks this).
 STRUCTS = {
     "msa_geometry_t": Geometry,
     "msa_attend_params_t": AttendParams,
     "msa_stats_t": Stats,
     "msa_document_t": Document,
+    "msa_compact_stats_t": CompactStats,
 }
 
 
@@ -117,6 +127,8 @@ def _declare(lib):
         "msa_commit": (i32, [vp]),
         "msa_list_documents": (i32, [vp, c.POINTER(c.POINTER(Document)), c.POINTER(c.c_size_t)]),
         "msa_documents_free": (None, [c.POINTER(Document)]),
+        "msa_delete_document": (i32, [vp, c.c_uint64]),
+        "msa_compact": (i32, [vp, c.POINTER(CompactStats)]),
         "msa_attend_default_params": (AttendParams, []),
         "msa_attend": (i32, [vp, u32, vp, u32, u32, c.POINTER(AttendParams), vp, vp]),
         "msa_prefetch": (i32, [vp, u32, vp, u32, u32, c.POINTER(AttendParams), c.POINTER(vp)]),

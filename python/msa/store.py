@@ -284,6 +284,19 @@ class Store:
         """Makes every staged document durable (synced) and visible."""
         _check(_c.msa_commit(self._live("commit")))
 
+    def delete_document(self, doc_id):
+        """Stages the deletion of committed document doc_id (an id from
+        append_document or documents()); commit() makes it durable and visible.
+        Raises msa.NotFound if no such document is committed."""
+        _check(_c.msa_delete_document(self._live("delete_document"), int(doc_id)))
+
+    def compact(self):
+        """Reclaims the disk space of deleted documents (one commit); returns a dict
+        of segments_removed, bytes_reclaimed, blocks_moved and blocks_dropped."""
+        st = _lib.CompactStats()
+        _check(_c.msa_compact(self._live("compact"), ctypes.byref(st)))
+        return {name: getattr(st, name) for name, _ in st._fields_}
+
     # -- reading --
 
     def _query(self, what, q, top_k, exact, gqa_combine, nprobe, candidates, exact_routing,

@@ -291,3 +291,26 @@ def test_every_codec_by_name(tmp_path, codec):
     # finite, and every row inside the values' range.
     assert np.all(np.isfinite(out)) and np.all(np.isfinite(lse))
     assert out.max() <= values[0].max() + 0.05 and out.min() >= values[0].min() - 0.05
+
+
+def test_delete_and_compact(corpus):
+    path, docs, ids = corpus
+    q = queries(9)
+    with msa.Store.open(path) as store:
+        store.delete_document(ids[0])
+        # Staged only: both documents still answer.
+        assert [d.id for d in store.documents()] == ids
+        with pytest.raises(msa.InvalidArgument, match="commit them first"):
+            store.compact()
+        store.commit()
+        assert [d.id for d in store.documents()] == [ids[1]]
+        with pytest.raises(msa.NotFound):
+            store.delete_document(ids[0])
+        out, lse = store.attend(0, q, exact=True)
+        check_against_dense(out, lse, q, *layer_kv(docs, 0, which=[1]))
+        done = store.compact()
+        assert done["segments_removed"] == 1 and done["blocks_dropped"] > 0, done
+        out2, _ = store.attend(0, q, exact=True)
+        np.testing.assert_array_equal(out, out2)
+    with msa.Store.open(path, read_only=True) as store:
+        assert [d.name for d in store.documents()] == ["doc1"]
