@@ -11,9 +11,12 @@
 // cost is one relaxed atomic load per call. The store (store/store.cc) needs
 // nothing: it sees faults exactly as it would see them from the kernel.
 //
-// Outside the seam: RocksDB's own files (the catalog), the store's mkdir
-// calls, close() and fstat(). A catalog write that fails is therefore not
-// injectable here; everything that holds block data is.
+// Outside the seam: RocksDB's own files (the catalog: its writes, syncs
+// and reads go through RocksDB's Env, which this does not wrap), the calls
+// store/store.cc makes itself (mkdir, the rename that puts a new catalog in
+// place, unlink of leftovers), close() and fstat(). A failing catalog
+// commit is therefore not injectable here; every byte of block data, and
+// every sync that makes it durable before the catalog points at it, is.
 //
 // Thread safety: an injector is installed process-wide and may be consulted
 // from any thread (the pread pool's workers, the prefetch thread), so its
@@ -28,10 +31,10 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
-#include <utility>
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace msa::io {

@@ -45,5 +45,5 @@ for ((i = 0; i < seeds; i++)); do
   echo "seed $seed: $(echo "$out" | grep '^random faults:' | sed 's/^random faults: seed [0-9]*, //')"
 done
 echo "fault soak: $seeds seeds x $steps steps in $(( $(date +%s) - start )) s: $faults faults injected;" \
-     "$failed calls failed (each with a fault it had to report), $ok calls OK (each checked against the" \
+     "$failed calls failed (each after a fault it had to report, or a write refused after a failed commit), $ok calls OK (each checked against the" \
      "model); $reopens reopens held exactly the committed documents ($docs committed); nothing lost, no wrong answer"
