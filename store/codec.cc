@@ -7,6 +7,7 @@
 #include <zstd.h>
 
 #include "attention/half.h"
+#include "io/aligned_buffer.h"
 #include "store/codec_quantized.h"
 
 namespace msa {
@@ -117,7 +118,18 @@ Status BlockEncoder::EncodeShuffled(Codec codec, const BlockId& id, size_t n, co
     return Status::Internal("zstd compress " + DescribeBlock(id) + ": " +
                             ZSTD_getErrorName(written));
   }
-  record_.resize(kBlockRecordHeaderSize + written);
+  // Compressed only where it saves a 4 KiB page of the padded record (what
+  // the disk stores and reads): model K/V in fp16 compress by ~7%, which
+  // rarely does, and decompressing costs ~20x the time of a plain copy
+  // (BENCHMARKS.md, codecs). Otherwise the fp16 K then V, unshuffled: a
+  // payload of exactly 4 * n bytes means that to the decoder (a zstd frame
+  // of an incompressible input is always longer than it).
+  if (io::AlignUp(kBlockRecordHeaderSize + written) < io::AlignUp(kBlockRecordHeaderSize + 4 * n)) {
+    record_.resize(kBlockRecordHeaderSize + written);
+  } else {
+    record_.resize(kBlockRecordHeaderSize + 4 * n);
+    std::memcpy(record_.data() + kBlockRecordHeaderSize, halves_.data(), 4 * n);
+  }
   return Status::OK();
 }
 
@@ -215,6 +227,12 @@ Status BlockDecoder::Decode(std::span<const uint8_t> record, const BlockId& expe
                                 std::to_string(expected));
     }
     quantized::Decode(h.codec, payload, h.tokens, head_dim, keys_out, values_out, &params_);
+    return Status::OK();
+  }
+  if (h.payload_bytes == 4 * n) {  // stored plain (see EncodeShuffled)
+    const uint16_t* halves = reinterpret_cast<const uint16_t*>(payload);
+    FromHalves(h.codec, halves, keys_out, n);
+    FromHalves(h.codec, halves + n, values_out, n);
     return Status::OK();
   }
   shuffled_.resize(4 * n);

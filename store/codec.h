@@ -8,9 +8,11 @@
 // record's header, so a decoder needs nothing but the record:
 //   f16  (kF16ShuffleZstd): K then V as fp16 [tokens, head_dim], byte-shuffled
 //        (all low bytes, then all high bytes: neighbouring values share
-//        exponents, which zstd then finds) and zstd-compressed. Lossless for
-//        fp16 input; other input is rounded to nearest fp16 (relative error
-//        <= 2^-11; beyond +-65504 it becomes +-inf).
+//        exponents, which zstd then finds) and zstd-compressed -- where that
+//        saves a 4 KiB page of the padded record; otherwise K then V plain
+//        (payload exactly 4 * tokens * head_dim bytes), which decodes at
+//        copy speed. Lossless for fp16 input; other input is rounded to
+//        nearest fp16 (relative error <= 2^-11; beyond +-65504, +-inf).
 //   bf16 (kBF16ShuffleZstd): the same with bfloat16. Lossless for bf16 input;
 //        other input is rounded to nearest bf16 (relative error <= 2^-8),
 //        float32's whole range.

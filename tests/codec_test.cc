@@ -141,6 +141,30 @@ TEST(CodecTest, SixteenBitCodecsAreLosslessForTheirOwnDtype) {
   }
 }
 
+TEST(CodecTest, SixteenBitCodecsStoreIncompressibleBlocksPlain) {
+  // Full-entropy fp16 values: zstd cannot save a page, so the record holds
+  // them plain (payload exactly 4 * n bytes), and they read back bit-exact.
+  const uint32_t tokens = 64, d = 32;
+  std::mt19937 rng(3);
+  std::vector<float> k(tokens * d), v(tokens * d);
+  for (auto* a : {&k, &v}) {
+    for (float& x : *a) {
+      uint16_t h;
+      do h = static_cast<uint16_t>(rng()); while ((h & 0x7c00) == 0x7c00);  // finite
+      x = attention::HalfToFloat(h);
+    }
+  }
+  BlockEncoder encoder;
+  BlockRecordHeader h;
+  auto record = encoder.Encode(Codec::kF16ShuffleZstd, {0, 0, 0}, tokens, d, k.data(), v.data(), &h);
+  ASSERT_TRUE(record.ok());
+  EXPECT_EQ(h.payload_bytes, 4u * tokens * d);
+  Decoded got = RoundTrip(Codec::kF16ShuffleZstd, tokens, d, k, v);
+  ASSERT_TRUE(got.status.ok()) << got.status.ToString();
+  EXPECT_EQ(0, std::memcmp(got.keys.data(), k.data(), k.size() * 4));
+  EXPECT_EQ(0, std::memcmp(got.values.data(), v.data(), v.size() * 4));
+}
+
 TEST(CodecTest, SixteenBitCodecsRoundToNearest) {
   const uint32_t tokens = 5, d = 16;
   std::vector<float> k = RandomVector(tokens * d, 3, 100.0f), v = RandomVector(tokens * d, 4);
