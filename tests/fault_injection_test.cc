@@ -82,8 +82,10 @@ std::vector<float> StreamOf(const Geometry& g, const std::vector<Doc>& docs, uin
 }
 
 // The store holds exactly `docs`, in order, bit-exact, and verifies clean.
-// Call with no faults being injected.
-void ExpectHolds(const Store& s, const std::vector<Doc>& docs, const std::string& where) {
+// dead_blocks: blocks per stream of deleted documents not yet compacted
+// away (Verify still reads them). Call with no faults being injected.
+void ExpectHolds(const Store& s, const std::vector<Doc>& docs, const std::string& where,
+                 uint64_t dead_blocks = 0) {
   SCOPED_TRACE(where);
   const Geometry& g = s.geometry();
   auto listed = s.ListDocuments();
@@ -106,7 +108,9 @@ void ExpectHolds(const Store& s, const std::vector<Doc>& docs, const std::string
   VerifyReport report;
   ASSERT_TRUE(s.Verify(&report).ok());
   EXPECT_TRUE(report.problems.empty()) << report.problems.front();
-  EXPECT_EQ(report.blocks_checked, s.Stats().blocks_per_stream * g.streams());
+  uint64_t live_blocks = 0;  // deleted documents' blocks are not read
+  for (const Doc& d : docs) live_blocks += (d.tokens + g.block_tokens - 1) / g.block_tokens;
+  EXPECT_EQ(report.blocks_checked, (live_blocks + dead_blocks) * g.streams());
 }
 
 // What the message of an error caused by `inj` must contain: the file (or
@@ -761,11 +765,12 @@ uint64_t EnvOr(const char* name, uint64_t fallback) {
   return v != nullptr && *v != '\0' ? std::strtoull(v, nullptr, 10) : fallback;
 }
 
-// Faults at random points of a random mix of appends, commits, queries,
-// verifies and reopens, each outcome checked against the model: an OK call
-// saw no fault it should have reported and gave the right answer; a failed
-// call saw one; after a failed commit, writes are refused until a reopen;
-// every reopen holds exactly the committed documents.
+// Faults at random points of a random mix of appends, deletions, commits,
+// compactions, queries, verifies and reopens, each outcome checked against
+// the model: an OK call saw no fault it should have reported and gave the
+// right answer; a failed call saw one; after a failed commit or compaction,
+// writes are refused until a reopen; every reopen holds exactly the live
+// committed documents.
 TEST(FaultInjection, RandomFaultsAgainstAModel) {
   const uint64_t seed = EnvOr("MSA_FAULT_SEED", 20261127);
   const uint64_t steps = EnvOr("MSA_FAULT_RANDOM_STEPS", 800);
@@ -812,7 +817,9 @@ TEST(FaultInjection, RandomFaultsAgainstAModel) {
   StoreOptions opts;
   opts.segment_bytes = 96 << 10;  // roll-overs every dozen records
   std::vector<Doc> committed, staged;
-  bool refusing = false;  // a commit failed: writes refused until reopen
+  std::set<std::string> deleting;  // names of committed documents whose deletion is staged
+  uint64_t dead_blocks = 0;        // per stream: of committed deletions, until a compaction
+  bool refusing = false;  // a commit or compaction failed: writes refused until reopen
   std::unique_ptr<Store> store;
   uint64_t next_doc = 0;
   std::map<std::string, uint64_t> ok_calls, failed_calls;
@@ -824,6 +831,7 @@ TEST(FaultInjection, RandomFaultsAgainstAModel) {
   auto reopen = [&] {
     store.reset();
     staged.clear();
+    deleting.clear();
     refusing = false;
     opts.allow_io_uring = uring && chance(0.5);
     const uint64_t before = sched.injected();
@@ -846,7 +854,7 @@ TEST(FaultInjection, RandomFaultsAgainstAModel) {
     ASSERT_TRUE(s.ok()) << "recovery open: " << s.status().ToString();
     store = std::move(s).value();
     sched.set_enabled(false);
-    ExpectHolds(*store, committed, "after reopen");
+    ExpectHolds(*store, committed, "after reopen", dead_blocks);
     sched.set_enabled(true);
     ++reopen_checks;
   };
@@ -878,10 +886,11 @@ TEST(FaultInjection, RandomFaultsAgainstAModel) {
     const int op = std::uniform_int_distribution<int>(0, 99)(rng);
     std::string call;
     Status st;
-    if (op < 35) {
+    if (op < 30) {
       call = "append";
       const uint64_t tokens = 1 + std::uniform_int_distribution<uint64_t>(0, 200)(rng);
-      Doc d = MakeDoc(g, "doc" + std::to_string(next_doc++), tokens, 1000 + next_doc);
+      const uint64_t n = next_doc++;
+      Doc d = MakeDoc(g, "doc" + std::to_string(n), tokens, 1000 + n);
       st = Append(*store, d);
       if (st.ok()) {
         EXPECT_FALSE(refusing) << "append accepted after a failed commit";
@@ -889,16 +898,55 @@ TEST(FaultInjection, RandomFaultsAgainstAModel) {
       } else if (refusing) {
         EXPECT_NE(st.message().find("reopen"), std::string::npos) << st.ToString();
       }
-    } else if (op < 50) {
+    } else if (op < 43) {
       call = "commit";
       st = store->Commit();
       if (st.ok()) {
-        EXPECT_TRUE(!refusing || staged.empty()) << "commit accepted after a failed commit";
+        EXPECT_TRUE(!refusing || (staged.empty() && deleting.empty())) << "commit accepted after a failed commit";
+        for (const Doc& d : committed) {
+          if (deleting.count(d.name)) dead_blocks += (d.tokens + g.block_tokens - 1) / g.block_tokens;
+        }
+        std::erase_if(committed, [&](const Doc& d) { return deleting.count(d.name) > 0; });
         committed.insert(committed.end(), staged.begin(), staged.end());
         staged.clear();
+        deleting.clear();
       } else if (!refusing) {
         refusing = true;
         staged.clear();  // gone: a reopen cuts them off
+        deleting.clear();
+      }
+    } else if (op < 48) {
+      // Delete a committed document (its deletion staged until a commit).
+      std::vector<const Doc*> live;
+      for (const Doc& d : committed) {
+        if (!deleting.count(d.name)) live.push_back(&d);
+      }
+      if (live.empty() || refusing) continue;
+      call = "delete";
+      const Doc& victim = *live[std::uniform_int_distribution<size_t>(0, live.size() - 1)(rng)];
+      sched.set_enabled(false);  // the id comes from the catalog (RocksDB: no faults there anyway)
+      auto listed = store->ListDocuments();
+      sched.set_enabled(true);
+      ASSERT_TRUE(listed.ok()) << listed.status().ToString();
+      uint64_t id = UINT64_MAX;
+      for (const DocumentRecord& r : *listed) {
+        if (r.name == victim.name) id = r.id;
+      }
+      ASSERT_NE(id, UINT64_MAX) << victim.name << " is committed but not listed";
+      st = store->DeleteDocument(id);
+      if (st.ok()) deleting.insert(victim.name);
+    } else if (op < 52) {
+      // Compaction copies live records out of segments with deleted ones:
+      // reads, writes and syncs, then one catalog commit. Only with nothing
+      // staged (else it refuses, as documented).
+      if (!staged.empty() || !deleting.empty()) continue;
+      call = "compact";
+      CompactStats cs;
+      st = store->Compact(&cs);
+      if (st.ok()) {
+        dead_blocks = 0;
+      } else if (!refusing) {
+        refusing = true;  // as after a failed commit; nothing committed changed
       }
     } else if (op < 80) {
       AttendOptions o = op < 72 ? TopKOptions(2, true) : ExactOptions();
@@ -943,7 +991,8 @@ TEST(FaultInjection, RandomFaultsAgainstAModel) {
     } else {
       ++failed_calls[call];
       EXPECT_TRUE(st.code() == Status::Code::kIOError || st.code() == Status::Code::kCorruption) << st.ToString();
-      if (!(refusing && (call == "append" || call == "commit") && sched.injected() == before)) {
+      const bool write = call == "append" || call == "commit" || call == "delete" || call == "compact";
+      if (!(refusing && write && sched.injected() == before)) {
         EXPECT_TRUE(hard_since(before)) << call << " failed with no fault injected: " << st.ToString();
       }
     }
@@ -963,7 +1012,7 @@ TEST(FaultInjection, RandomFaultsAgainstAModel) {
     calls += " " + k + " " + std::to_string(ok_calls[k]) + " ok/" + std::to_string(failed_calls[k]) + " failed;";
   }
   std::printf("random faults: seed %llu, %llu steps, %llu faults injected (%s ), calls:%s %llu reopens "
-              "checked bit-exact, %zu documents committed; every outcome matched the model\n",
+              "checked bit-exact, %zu live documents at the end; every outcome matched the model\n",
               static_cast<unsigned long long>(seed), static_cast<unsigned long long>(steps),
               static_cast<unsigned long long>(sched.injected()), faults.c_str(), calls.c_str(),
               static_cast<unsigned long long>(reopen_checks), committed.size());
