@@ -413,6 +413,13 @@ TEST(DocsCliTest, DeleteByNameOrIdIsAllOrNothingAndCompactReclaims) {
   ASSERT_EQ(Cli("compact " + store + " --json", out), 0) << ReadAll(out);
   EXPECT_NE(ReadAll(out).find("\"segments_removed\": 1"), std::string::npos) << ReadAll(out);
   ASSERT_EQ(Cli("verify " + store, out), 0) << ReadAll(out);
+  // The log never mixes into --json output, even at info level.
+  ASSERT_EQ(std::system(("MSA_LOG_LEVEL=info " + std::string(MSA_CLI_PATH) + " docs list " + store +
+                         " --json > " + out + " 2>/dev/null").c_str()),
+            0);
+  const std::string json = ReadAll(out);
+  EXPECT_EQ(json.find("[info]"), std::string::npos) << json;
+  EXPECT_EQ(json.front(), '[') << json;
 }
 
 }  // namespace

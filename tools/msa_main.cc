@@ -6,6 +6,7 @@
 //   synth   write a synthetic corpus with planted needles (for the demo)
 //   eval    sparse vs dense on a store: recall, error, latency side by side
 #include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <cmath>
@@ -165,6 +166,8 @@ int RunStats(const std::string& path, bool json) {
 
 int main(int argc, char** argv) {
   using namespace msa::cli;
+  // The log goes to stderr: stdout carries the commands' output (--json).
+  spdlog::set_default_logger(spdlog::stderr_color_mt("msa"));
   spdlog::set_level(spdlog::level::warn);
   if (const char* level = std::getenv("MSA_LOG_LEVEL")) {
     spdlog::set_level(spdlog::level::from_str(level));
