@@ -1,9 +1,11 @@
 // A bounded host cache of decoded blocks, shared by all queries of a Store.
 //
-// Keyed by (stream, block); values are the block's keys and values widened
-// to float32, ready for the CPU attention (what a query would otherwise
-// read, checksum and decompress again). Capacity is in bytes of cached
-// floats; eviction is least-recently-used within each of 16 shards by default (a key's
+// Keyed by (stream, block). A block of a lossless codec is kept decoded
+// (keys and values widened to float32, ready for the CPU attention: what a
+// query would otherwise read, checksum and decompress again); a block of a
+// quantised codec (int8, int4) is kept as its verified record, 4-8x
+// smaller, since it decodes at copy speed (BENCHMARKS.md, codecs). Capacity
+// is in bytes of what is kept; eviction is least-recently-used within each of 16 shards by default (a key's
 // shard is a hash of it), so concurrent queries rarely share a lock.
 // Blocks are immutable once committed, so a cached block never goes stale;
 // entries are handed out as shared pointers, so eviction never pulls data
@@ -21,9 +23,10 @@
 namespace msa {
 
 struct CachedBlock {
-  std::vector<float> keys, values;  // [tokens, head_dim]
+  std::vector<float> keys, values;  // [tokens, head_dim]; empty when `record` is kept
+  std::vector<uint8_t> record;      // the block record (header + payload), checksum verified
   uint32_t tokens = 0;
-  size_t bytes() const { return (keys.size() + values.size()) * sizeof(float); }
+  size_t bytes() const { return (keys.size() + values.size()) * sizeof(float) + record.size(); }
 };
 
 struct BlockCacheStats {

@@ -19,6 +19,7 @@
 #include "io/aligned_buffer.h"
 #include "io/atomic_file.h"
 #include "store/codec.h"
+#include "store/codec_quantized.h"
 #include "store/summary.h"
 
 namespace msa {
@@ -738,6 +739,7 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
   const size_t block_elems = static_cast<size_t>(geometry_.block_tokens) * d;
   // 1. Cache hits are copied into their slots; the rest are read.
   std::vector<size_t> misses;
+  std::vector<float> dequant_scratch;
   uint64_t hits = 0;
   for (size_t j = 0; j < ids.size(); ++j) {
     const uint32_t stream = geometry_.StreamOf(ids[j].layer, ids[j].kv_head);
@@ -746,8 +748,16 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
       misses.push_back(j);
       continue;
     }
-    std::copy(cached->keys.begin(), cached->keys.end(), keys + j * block_elems);
-    std::copy(cached->values.begin(), cached->values.end(), values + j * block_elems);
+    if (!cached->record.empty()) {
+      // Verified when it was read: decoded without the checks.
+      const uint8_t* r = cached->record.data();
+      quantized::Decode(static_cast<Codec>(r[6]), r + kBlockRecordHeaderSize, cached->tokens,
+                        geometry_.head_dim, keys + j * block_elems, values + j * block_elems,
+                        &dequant_scratch);
+    } else {
+      std::copy(cached->keys.begin(), cached->keys.end(), keys + j * block_elems);
+      std::copy(cached->values.begin(), cached->values.end(), values + j * block_elems);
+    }
     len[j] = static_cast<int32_t>(cached->tokens);
     ++hits;
   }
@@ -787,8 +797,12 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
     if (use_cache && cache_.capacity() > 0) {
       auto entry = std::make_shared<CachedBlock>();
       entry->tokens = loc.tokens;
-      entry->keys.assign(k, k + loc.tokens * d);
-      entry->values.assign(v, v + loc.tokens * d);
+      if (quantized::Handles(static_cast<Codec>(requests[m].dest[6]))) {  // the header's codec
+        entry->record.assign(requests[m].dest, requests[m].dest + loc.record_bytes);
+      } else {
+        entry->keys.assign(k, k + loc.tokens * d);
+        entry->values.assign(v, v + loc.tokens * d);
+      }
       cache_.Insert(geometry_.StreamOf(ids[j].layer, ids[j].kv_head), ids[j].block, std::move(entry));
     }
   }

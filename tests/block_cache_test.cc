@@ -109,6 +109,39 @@ TEST(BlockCache, StoreQueryFromCacheEqualsQueryFromDisk) {
   EXPECT_EQ(stats.cache.entries, read_cold);
 }
 
+TEST(BlockCache, QuantisedBlocksAreCachedAsRecordsAndDecodeTheSame) {
+  for (Codec codec : {Codec::kInt8, Codec::kInt4}) {
+    msa::testing::TempDir dir;
+    Geometry g;
+    g.layers = 1;
+    g.kv_heads = 2;
+    g.head_dim = 32;
+    g.block_tokens = 16;
+    g.codec = codec;
+    const uint64_t tokens = 300;
+    auto k = msa::testing::RandomVector(g.streams() * tokens * g.head_dim, 5);
+    auto v = msa::testing::RandomVector(k.size(), 6);
+    auto s = Store::Create(dir.Sub("store"), g);
+    ASSERT_TRUE(s.ok());
+    ASSERT_TRUE((*s)->AppendDocument("d", DocumentKV{k.data(), v.data(), tokens}).ok());
+    ASSERT_TRUE((*s)->Commit().ok());
+    auto q = msa::testing::RandomVector(2 * 4 * g.head_dim, 7);
+    AttendOptions opts;
+    opts.top_k = 6;
+    std::vector<float> cold(q.size()), warm(q.size());
+    AttendStats st;
+    ASSERT_TRUE((*s)->Attend(0, q.data(), 2, 4, opts, cold.data(), nullptr, &st).ok());
+    const uint64_t read = st.blocks_read;
+    ASSERT_GT(read, 0u);
+    ASSERT_TRUE((*s)->Attend(0, q.data(), 2, 4, opts, warm.data(), nullptr, &st).ok());
+    EXPECT_EQ(st.cache_hits, read);
+    EXPECT_EQ(cold, warm) << CodecName(codec) << ": a cached record decodes as the disk's did";
+    // Records, not floats: a block of 16 x 32 floats (K and V) is 4096 bytes.
+    const StoreStats stats = (*s)->Stats();
+    EXPECT_LT(stats.cache.used_bytes, read * 4096 / 3) << CodecName(codec);
+  }
+}
+
 TEST(BlockCache, PrefetchedLayerIsAttendedFromTheCache) {
   msa::testing::TempDir dir;
   auto s = StoreWithOneDocument(dir.Sub("store"), 3, 160, 11);
