@@ -12,8 +12,9 @@ mean mass on
     so each has its own attention sink),
   - the passkey digits the query asks for (its own needle),
   - the same, for the query head that attends to it most (max over the 9 heads),
-and how often the needle's digits hold more mass than any other 64-token
-block's non-first tokens for that best head ("needle is the top block").
+and, for that best head with the documents' first tokens set aside, how
+often the needle's block (msa's 64-token blocks, which never straddle
+documents) holds the most mass of all blocks, and its rank (median; 0 = top).
 """
 from __future__ import annotations
 
@@ -45,8 +46,9 @@ def main(argv=None):
     group = geo["q_heads"] // geo["kv_heads"]
     scale = 1.0 / np.sqrt(geo["head_dim"])
     rows = []
-    print("| layer (model) | stream token 0 | other docs' first tokens | own needle (mean head) | own needle (best head) | needle top block (best head) |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| layer (model) | stream token 0 | other docs' first tokens | own needle (mean head) | own needle (best head) "
+          "| needle's block is the top block (best head, sinks aside) | its rank, median |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for j in layers:
         K = np.concatenate([np.load(os.path.join(a.kvdir, f"{d['name']}_keys.npy"), mmap_mode="r")[j]
                             .astype(np.float32) for d in docs], axis=1)  # [kv, T, d]
@@ -57,10 +59,10 @@ def main(argv=None):
         w /= w.sum(-1, keepdims=True)  # [n, heads, T]
         sink0 = float(w[:, :, 0].mean())
         others = float(w[:, :, starts[1:]].sum(-1).mean()) if len(starts) > 1 else 0.0
-        own, best, top = [], [], 0
+        own, best, top, ranks = [], [], 0, []
         nonsink = w.copy()
         nonsink[:, :, starts] = 0
-        nb = (total + 63) // 64
+        bstarts = np.concatenate([st + np.arange(0, n, 64) for st, n in zip(starts, lens)])  # msa's blocks
         for i, qm in enumerate(qmeta):
             p = pk[qm["passkey"]]
             if p["doc_index"] >= len(docs):
@@ -70,14 +72,19 @@ def main(argv=None):
             own.append(m.mean())
             h = int(m.argmax())
             best.append(m[h])
-            blocks = np.add.reduceat(nonsink[i, h], np.arange(0, nb * 64, 64)[:nb])
-            top += int(nonsink[i, h, span].sum() >= blocks.max() - 1e-12)
+            blocks = np.add.reduceat(nonsink[i, h], bstarts)
+            b = int(np.searchsorted(bstarts, p["position"], side="right") - 1)
+            rank = int((blocks > blocks[b]).sum())  # 0: the needle's block is the top block
+            ranks.append(rank)
+            top += int(rank == 0)
         r = {"layer": j, "model_layer": geo["model_layers"][j], "sink_stream_first": sink0,
              "other_doc_first_tokens": others, "needle_mass_mean_head": float(np.mean(own)),
-             "needle_mass_best_head": float(np.mean(best)), "needle_top_block": top, "queries": len(own)}
+             "needle_mass_best_head": float(np.mean(best)), "needle_top_block": top,
+             "needle_block_rank_median": float(np.median(ranks)), "queries": len(own)}
         rows.append(r)
         print(f"| {j} ({r['model_layer']}) | {sink0:.3f} | {others:.3f} | {r['needle_mass_mean_head']:.4f} | "
-              f"{r['needle_mass_best_head']:.4f} | {top} / {len(own)} |", flush=True)
+              f"{r['needle_mass_best_head']:.4f} | {top} / {len(own)} | {r['needle_block_rank_median']:.0f} |",
+              flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
