@@ -2,6 +2,7 @@
 
     python summarize.py OUT        # reads OUT/kv/geometry.json, OUT/eval/layer_*.json
     python summarize.py --compact OUT   # one row per layer, both query sets side by side
+    python summarize.py --per-head OUT  # needle hits per KV head (per_head_eval.sh)
 
 One table per query set present: the no-memory queries (eval/layer_J.json)
 and the queries formed with the passkey's document in context
@@ -76,8 +77,31 @@ def compact(out, geo):
     print(f"| all | | | | | | {tot[0]}/{tot[1]} | | {tot[2]}/{tot[3]} |")
 
 
+def per_head(out, geo):
+    """Needle hits per KV head (per_head_eval.sh), both query sets."""
+    kv = geo["kv_heads"]
+    print("| layer | " + " | ".join(f"KV head {g}" for g in range(kv)) + " | "
+          + " | ".join(f"in-context q: KV head {g}" for g in range(kv)) + " |")
+    print("|---:|" + "---:|" * (2 * kv))
+    for j, L in enumerate(geo["model_layers"]):
+        cells = []
+        for suffix in ("", "_doc"):
+            for g in range(kv):
+                p = os.path.join(out, "eval_head", f"layer_{j}{suffix}_kv{g}.json")
+                if os.path.exists(p):
+                    e = json.load(open(p))
+                    cells.append(f"{round(e['needle_hit_rate'] * e['needles'])}/{e['needles']}")
+                else:
+                    cells.append("")
+        if any(cells):
+            print(f"| {L} | " + " | ".join(cells) + " |")
+
+
 def main(argv=None):
     argv = argv if argv is not None else sys.argv[1:]
+    if argv and argv[0] == "--per-head":
+        per_head(argv[1], json.load(open(os.path.join(argv[1], "kv", "geometry.json"))))
+        return 0
     if argv and argv[0] == "--compact":
         out = argv[1]
         compact(out, json.load(open(os.path.join(out, "kv", "geometry.json"))))
