@@ -5,7 +5,8 @@
 //     refuse writes after a failed commit until reopened, and on reopen hold
 //     exactly the documents committed before, bit-exact;
 //   - on queries: return an error, never an OK with wrong numbers, and keep
-//     nothing bad in its block cache;
+//     nothing bad in its block cache (f16 blocks cached decoded, int8 as
+//     records; both readers);
 //   - continue short reads and retry EAGAIN/EINTR to the right answer.
 // Every outcome is checked against a model kept outside the store (the
 // documents whose Commit returned OK), as LevelDB's db_test does.
@@ -29,6 +30,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "attention/half.h"
@@ -416,47 +418,72 @@ AttendOptions ExactOptions() {
 // The calls a read fault may hit.
 enum class Call { kTopKCached, kTopKUncached, kExact, kReadStream, kPrefetch };
 
-class ReadFaults : public ::testing::TestWithParam<bool> {
+// Parameters: the reader (io_uring or pread) and the codec: f16 blocks are
+// cached decoded, int8 blocks as their verified records (store/block_cache.h).
+class ReadFaults : public ::testing::TestWithParam<std::tuple<bool, Codec>> {
  protected:
+  static constexpr Codec kCodecs[] = {Codec::kF16ShuffleZstd, Codec::kInt8};
+  static std::string StoreName(Codec c) { return std::string("store_") + CodecName(c); }
+
   static void SetUpTestSuite() {
     dir_ = new TempDir();
     const Geometry g = ReadGeometry();
     docs_ = new std::vector<Doc>{MakeDoc(g, "a", 300, 11), MakeDoc(g, "b", 64, 12), MakeDoc(g, "c", 200, 13),
                                  MakeDoc(g, "d", 37, 14), MakeDoc(g, "e", 250, 15)};
-    auto s = Store::Create(dir_->Sub("store"), g);
-    ASSERT_TRUE(s.ok()) << s.status().ToString();
-    for (const Doc& d : *docs_) ASSERT_TRUE(Append(**s, d).ok());
-    ASSERT_TRUE((*s)->Commit().ok());
+    for (Codec c : kCodecs) {
+      Geometry gc = g;
+      gc.codec = c;
+      auto s = Store::Create(dir_->Sub(StoreName(c)), gc);
+      ASSERT_TRUE(s.ok()) << s.status().ToString();
+      for (const Doc& d : *docs_) ASSERT_TRUE(Append(**s, d).ok());
+      ASSERT_TRUE((*s)->Commit().ok());
+    }
   }
+
+  bool uring() const { return std::get<0>(GetParam()); }
+  Codec codec() const { return std::get<1>(GetParam()); }
+  std::string Label() const { return std::string(uring() ? "io_uring" : "pread") + ", " + CodecName(codec()); }
   static void TearDownTestSuite() {
     delete docs_;
     delete dir_;
   }
 
   void SetUp() override {
-    if (GetParam()) {
+    if (uring()) {
       auto probe = io::MakeUringReader(8);
       if (!probe.ok()) GTEST_SKIP() << "io_uring unavailable here: " << probe.status().ToString();
     }
     store_ = OpenStore();
     ASSERT_NE(store_, nullptr);
-    if (GetParam() && store_->Stats().reader != "io_uring") {
+    if (uring() && store_->Stats().reader != "io_uring") {
       GTEST_SKIP() << "the store reads with " << store_->Stats().reader << " here (MSA_IO_URING=0?)";
     }
-    ASSERT_EQ(store_->Stats().reader, GetParam() ? "io_uring" : "pread");
+    ASSERT_EQ(store_->Stats().reader, uring() ? "io_uring" : "pread");
     q_ = msa::testing::RandomVector(static_cast<size_t>(kRows) * kQHeads * ReadGeometry().head_dim, 77);
     // The right answers, read with no faults and no cache.
     ASSERT_TRUE(Attend(*store_, TopK(false), &want_topk_).ok());
     ASSERT_TRUE(Attend(*store_, Exact(), &want_exact_).ok());
-    ExpectExactMatchesDense();
+    const Geometry g = ReadGeometry();
+    want_keys_.resize(g.kv_heads);
+    want_values_.resize(g.kv_heads);
+    for (uint32_t kv = 0; kv < g.kv_heads; ++kv) {
+      ASSERT_TRUE(store_->ReadStream(0, kv, &want_keys_[kv], &want_values_[kv]).ok());
+    }
+    if (codec() == Codec::kF16ShuffleZstd) {  // lossless: the input itself, and dense attention
+      for (uint32_t kv = 0; kv < g.kv_heads; ++kv) {
+        ASSERT_TRUE(want_keys_[kv] == StreamOf(g, *docs_, kv, true));
+        ASSERT_TRUE(want_values_[kv] == StreamOf(g, *docs_, kv, false));
+      }
+      ExpectExactMatchesDense();
+    }
   }
 
   // A fresh read-only handle: an empty block cache.
   std::unique_ptr<Store> OpenStore() const {
     StoreOptions o;
     o.read_only = true;
-    o.allow_io_uring = GetParam();
-    auto s = Store::Open(dir_->Sub("store"), o);
+    o.allow_io_uring = uring();
+    auto s = Store::Open(dir_->Sub(StoreName(codec())), o);
     EXPECT_TRUE(s.ok()) << s.status().ToString();
     return s.ok() ? std::move(s).value() : nullptr;
   }
@@ -532,8 +559,7 @@ class ReadFaults : public ::testing::TestWithParam<bool> {
         for (uint32_t kv = 0; kv < g.kv_heads; ++kv) {
           std::vector<float> k, v;
           MSA_RETURN_IF_ERROR(s.ReadStream(0, kv, &k, &v));
-          EXPECT_TRUE(k == StreamOf(g, *docs_, kv, true) && v == StreamOf(g, *docs_, kv, false))
-              << "ReadStream returned OK with wrong data";
+          EXPECT_TRUE(k == want_keys_[kv] && v == want_values_[kv]) << "ReadStream returned OK with wrong data";
         }
         return Status::OK();
       }
@@ -614,6 +640,7 @@ class ReadFaults : public ::testing::TestWithParam<bool> {
   std::unique_ptr<Store> store_;
   std::vector<float> q_;
   Answer want_topk_, want_exact_;
+  std::vector<std::vector<float>> want_keys_, want_values_;  // [kv head], read with no faults
   uint64_t injected_ = 0, runs_ = 0;  // over all sweeps of a test
 };
 TempDir* ReadFaults::dir_ = nullptr;
@@ -638,7 +665,7 @@ TEST_P(ReadFaults, ErrorsFailTheQueryAndPoisonNothing) {
   }
   std::printf("read faults (%s): %llu calls with an EIO, false end of file, flipped byte or unfinished short read "
               "(%llu faults): every one failed, and the same handle answered right afterwards\n",
-              GetParam() ? "io_uring" : "pread", static_cast<unsigned long long>(failures),
+              Label().c_str(), static_cast<unsigned long long>(failures),
               static_cast<unsigned long long>(injected_));
 }
 
@@ -657,7 +684,7 @@ TEST_P(ReadFaults, ShortReadsAndRetriesGiveTheRightAnswer) {
   }
   EXPECT_EQ(failures, 0u);
   std::printf("short reads and retries (%s): %llu calls, %llu faults (4 KiB pieces, EAGAIN, EINTR), every answer "
-              "right\n", GetParam() ? "io_uring" : "pread", static_cast<unsigned long long>(runs_),
+              "right\n", Label().c_str(), static_cast<unsigned long long>(runs_),
               static_cast<unsigned long long>(injected_));
 }
 
@@ -714,12 +741,12 @@ TEST_P(ReadFaults, VerifyNamesEveryUnreadableBlock) {
     EXPECT_EQ(r.blocks_checked, blocks * g.streams());
   }
   std::printf("verify (%s): %zu blocks each made unreadable and each corrupted: one problem naming file and offset "
-              "every time; %zu transient errors: re-read, nothing reported\n", GetParam() ? "io_uring" : "pread",
+              "every time; %zu transient errors: re-read, nothing reported\n", Label().c_str(),
               reads.size(), reads.size());
 }
 
 TEST_P(ReadFaults, FailedSubmissionLeavesTheReaderUsable) {
-  if (!GetParam()) GTEST_SKIP() << "submissions are io_uring's";
+  if (!uring()) GTEST_SKIP() << "submissions are io_uring's";
   // The submission itself refused (ENOMEM, EFAULT...): its prepared reads
   // must not go out later into freed buffers, or be mistaken for the next
   // call's completions.
@@ -755,8 +782,13 @@ TEST_P(ReadFaults, FailedSubmissionLeavesTheReaderUsable) {
               static_cast<unsigned long long>(refused));
 }
 
-INSTANTIATE_TEST_SUITE_P(Readers, ReadFaults, ::testing::Values(true, false),
-                         [](const auto& info) { return info.param ? "io_uring" : "pread"; });
+INSTANTIATE_TEST_SUITE_P(Readers, ReadFaults,
+                         ::testing::Combine(::testing::Values(true, false),
+                                            ::testing::Values(Codec::kF16ShuffleZstd, Codec::kInt8)),
+                         [](const auto& info) {
+                           return std::string(std::get<0>(info.param) ? "io_uring_" : "pread_") +
+                                  CodecName(std::get<1>(info.param));
+                         });
 
 // ------------------------------------------------------------- random mode
 
