@@ -18,6 +18,7 @@
 #include <chrono>
 #include <cmath>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -86,6 +87,43 @@ Corpus MakeCorpus(uint64_t seed) {
   return c;
 }
 
+// The answer against the float64 reference over each (row, KV head)'s
+// chosen blocks. Returns "" or what is wrong.
+std::string CompareWithReference(const Corpus& c, const std::vector<float>& q,
+                                 const std::vector<float>& out, const std::vector<float>& lse,
+                                 const std::vector<std::vector<uint64_t>>& selected) {
+  for (uint32_t i = 0; i < kRows; ++i) {
+    for (uint32_t kv = 0; kv < kKvHeads; ++kv) {
+      const std::vector<uint64_t>& sel = selected[i * kKvHeads + kv];
+      if (sel.empty()) continue;
+      // The chosen blocks' tokens, in the stream of this KV head.
+      std::vector<float> k, v;
+      for (uint64_t blk : sel) {
+        const size_t from = c.block_start[blk] * kHeadDim, n = c.block_len[blk] * kHeadDim;
+        k.insert(k.end(), c.stream_keys[kv].begin() + from, c.stream_keys[kv].begin() + from + n);
+        v.insert(v.end(), c.stream_values[kv].begin() + from, c.stream_values[kv].begin() + from + n);
+      }
+      for (uint32_t h = kv * (kQHeads / kKvHeads); h < (kv + 1) * (kQHeads / kKvHeads); ++h) {
+        const size_t row = static_cast<size_t>(i) * kQHeads + h;
+        std::vector<double> ref(kHeadDim);
+        double ref_lse;
+        msa::testing::DenseReference(&q[row * kHeadDim], k.data(), v.data(), k.size() / kHeadDim,
+                                     kHeadDim, ref.data(), &ref_lse);
+        // float32 accumulation against float64 (as store_test.cc).
+        for (uint32_t ch = 0; ch < kHeadDim; ++ch) {
+          if (!(std::fabs(out[row * kHeadDim + ch] - ref[ch]) <= 1e-4)) {
+            return "out differs from the reference over the chosen blocks";
+          }
+        }
+        if (!(std::fabs(lse[row] - ref_lse) <= 1e-4)) {
+          return "lse differs from the reference over the chosen blocks";
+        }
+      }
+    }
+  }
+  return "";
+}
+
 // Checks one Attend answer against the float64 reference over the chosen
 // blocks. Returns "" or what is wrong.
 std::string CheckAnswer(const Corpus& c, const std::vector<float>& q, const std::vector<float>& out,
@@ -117,30 +155,10 @@ std::string CheckAnswer(const Corpus& c, const std::vector<float>& q, const std:
       if (!exact && (sel.size() > uint64_t{top_k} + 2 || sel.front() != 0)) {
         return "top-k chose more than top_k + 2 blocks, or not the sink";
       }
-      // The chosen blocks' tokens, in the stream of this KV head.
-      std::vector<float> k, v;
-      for (uint64_t blk : sel) {
-        const size_t from = c.block_start[blk] * kHeadDim, n = c.block_len[blk] * kHeadDim;
-        k.insert(k.end(), c.stream_keys[kv].begin() + from, c.stream_keys[kv].begin() + from + n);
-        v.insert(v.end(), c.stream_values[kv].begin() + from, c.stream_values[kv].begin() + from + n);
-      }
-      for (uint32_t h = kv * (kQHeads / kKvHeads); h < (kv + 1) * (kQHeads / kKvHeads); ++h) {
-        const size_t row = static_cast<size_t>(i) * kQHeads + h;
-        std::vector<double> ref(kHeadDim);
-        double ref_lse;
-        msa::testing::DenseReference(&q[row * kHeadDim], k.data(), v.data(), k.size() / kHeadDim,
-                                     kHeadDim, ref.data(), &ref_lse);
-        // float32 accumulation against float64 (as store_test.cc).
-        for (uint32_t ch = 0; ch < kHeadDim; ++ch) {
-          if (!(std::fabs(out[row * kHeadDim + ch] - ref[ch]) <= 1e-4)) {
-            return "out differs from the reference over " + std::to_string(b) + " blocks";
-          }
-        }
-        if (!(std::fabs(lse[row] - ref_lse) <= 1e-4)) {
-          return "lse differs from the reference over " + std::to_string(b) + " blocks";
-        }
-      }
     }
+  }
+  if (std::string e = CompareWithReference(c, q, out, lse, selected); !e.empty()) {
+    return e + " (" + std::to_string(b) + " blocks)";
   }
   if (b == 0) {
     for (float x : out) {
@@ -289,6 +307,99 @@ TEST(Concurrency, QueriesWhileIngestingSeeCommittedSnapshots) {
     }
   }
   EXPECT_EQ(store.Stats().blocks_per_stream, corpus.boundaries.back());
+}
+
+
+// Queries while one thread deletes the oldest document, commits, and every
+// third time compacts (segment files rewritten and removed under the
+// readers). Every state is a suffix of the documents, so an exact answer's
+// blocks must be exactly [boundaries[i], end) for some i -- one committed
+// state, never a torn one -- and equal the reference over those blocks.
+TEST(Concurrency, QueriesWhileDeletingAndCompactingSeeCommittedSnapshots) {
+  TempDir dir;
+  Geometry g;
+  g.layers = 1;
+  g.kv_heads = kKvHeads;
+  g.head_dim = kHeadDim;
+  g.block_tokens = kBlockTokens;
+  StoreOptions options;
+  options.segment_bytes = 16 << 10;  // several segments: compaction removes files
+  auto created = Store::Create(dir.Sub("store"), g, options);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  Store& store = **created;
+  const Corpus corpus = MakeCorpus(11);
+  std::vector<uint64_t> ids;
+  for (int d = 0; d < kDocs; ++d) {
+    auto id = store.AppendDocument("doc" + std::to_string(d),
+                                   {corpus.keys[d].data(), corpus.values[d].data(), corpus.tokens[d],
+                                    ElementType::kFloat16});
+    ASSERT_TRUE(id.ok());
+    ids.push_back(*id);
+  }
+  ASSERT_TRUE(store.Commit().ok());
+  const uint64_t end = corpus.boundaries.back();
+
+  std::atomic<bool> done{false};
+  std::atomic<int> compactions{0};
+  std::string writer_error;
+  std::thread writer([&] {
+    for (int d = 0; d + 1 < kDocs && writer_error.empty(); ++d) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      Status s = store.DeleteDocument(ids[d]);
+      if (s.ok()) s = store.Commit();
+      if (s.ok() && d % 3 == 2) {
+        s = store.Compact();
+        ++compactions;
+      }
+      if (!s.ok()) writer_error = "step " + std::to_string(d) + ": " + s.ToString();
+    }
+    done = true;
+  });
+  std::vector<std::string> errors(kReaders);
+  std::vector<std::set<uint64_t>> states(kReaders);  // first live block of each state seen
+  std::vector<std::thread> readers;
+  for (int r = 0; r < kReaders; ++r) {
+    readers.emplace_back([&, r] {
+      std::mt19937_64 rng(300 + r);
+      std::normal_distribution<float> normal(0.0f, 1.5f);
+      while (errors[r].empty() && !done) {
+        std::vector<float> q(kRows * kQHeads * kHeadDim);
+        for (float& x : q) x = normal(rng);
+        AttendOptions o;
+        o.exact = true;
+        std::vector<float> out(q.size(), NAN), lse(kRows * kQHeads, NAN);
+        std::vector<std::vector<uint64_t>> selected;
+        Status s = store.Attend(0, q.data(), kRows, kQHeads, o, out.data(), lse.data(), nullptr, &selected);
+        if (!s.ok()) {
+          errors[r] = "Attend: " + s.ToString();
+          break;
+        }
+        const std::vector<uint64_t>& sel = selected[0];
+        const uint64_t first = sel.empty() ? end : sel.front();
+        bool suffix = std::binary_search(corpus.boundaries.begin(), corpus.boundaries.end(), first) &&
+                      sel.size() == end - first;
+        for (size_t j = 0; suffix && j < sel.size(); ++j) suffix = sel[j] == first + j;
+        for (const auto& other : selected) suffix = suffix && other == sel;
+        if (!suffix) {
+          errors[r] = "exact mode attended over blocks that are no committed state";
+          break;
+        }
+        errors[r] = CompareWithReference(corpus, q, out, lse, selected);
+        states[r].insert(first);
+      }
+    });
+  }
+  writer.join();
+  for (auto& t : readers) t.join();
+  ASSERT_EQ(writer_error, "");
+  EXPECT_GT(compactions.load(), 0);
+  for (int r = 0; r < kReaders; ++r) {
+    EXPECT_EQ(errors[r], "") << "reader " << r;
+    EXPECT_GT(states[r].size(), 2u) << "reader " << r << " saw too few states to be worth the name";
+  }
+  VerifyReport report;
+  ASSERT_TRUE(store.Verify(&report).ok());
+  EXPECT_TRUE(report.problems.empty()) << report.problems.front();
 }
 
 }  // namespace
