@@ -8,9 +8,10 @@ meta.json, fio.json, ingest.json, ingest.time, stats.json, du.json,
 measure.json, measure.time, query.json, query.time (or skipped.json).
 Writes OUT/scale_results.json (every figure, per size), OUT/scale_results.csv
 (the headline columns) and OUT/scale_latency.png: query latency against
-tokens on log-log axes, msa top-k (cold and warm, p50 with p99 whiskers)
-beside exact dense attention over the same stream, and ingest throughput
-against the disk's sequential write.
+tokens on log-log axes, msa top-k (cold and warm, p50 with p99 whiskers;
+and the cold call without its routing stage) beside exact dense attention
+over the same stream, and ingest throughput against the disk's sequential
+write.
 """
 import argparse
 import csv
@@ -163,6 +164,8 @@ def plot(rows, path):
     series(ax, "dense_attend_only_p50_ms", None, "dense, compute only (K/V as float32 in RAM)", "s--")
     series(ax, "sparse_cold_p50_ms", "sparse_cold_p99_ms", f"msa top-{done[0]['top_k']}, cold (blocks from disk)", "o-")
     series(ax, "sparse_warm_p50_ms", "sparse_warm_p99_ms", f"msa top-{done[0]['top_k']}, warm (block cache)", "o--")
+    stages = [sum(r["sparse_cold_stages_p50_ms"][k] for k in ("fetch", "decode", "attend")) for r in done]
+    ax.plot(t, stages, "o:", label="msa cold, read + decode + attend only (routing left out)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("tokens in the stream")
