@@ -396,7 +396,7 @@ Status Store::Commit() {
     Status s = writer->Sync();
     if (!s.ok()) {
       write_error_ = s.WithContext("commit failed; reopen the store");
-      return s;
+      return write_error_;
     }
     batch_->PutSegmentLength(segment, writer->length());
   }
@@ -405,7 +405,7 @@ Status Store::Commit() {
   Status s = catalog_->Commit(*batch_);
   if (!s.ok()) {
     write_error_ = s.WithContext("commit failed; reopen the store");
-    return s;
+    return write_error_;
   }
   // 3. Publish to queries. The commit is durable now; publishing must not
   // fail half-way, so every allocation (the reserves, the new live ranges)
@@ -503,7 +503,7 @@ Status Store::Compact(CompactStats* out) {
   // as after a failed commit. The committed state is untouched.
   auto fail = [&](Status s) {
     write_error_ = s.WithContext("compaction failed; reopen the store");
-    return s;
+    return write_error_;
   };
   // 2. Never copy into a segment that is about to go.
   if (victims.count(staged_.active_segment)) {

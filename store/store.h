@@ -155,7 +155,10 @@ class Store {
 
   // Stages one document (see DocumentKV for the layout). Returns its id.
   // Not visible to queries, and not durable, until Commit() returns OK.
-  // Names must be unique and non-empty (AlreadyExists otherwise).
+  // Names must be unique and non-empty (AlreadyExists otherwise). A failed
+  // append stages nothing of that document and leaves the store writable:
+  // documents staged before it still commit (its bytes already in a
+  // segment, if any, are never referenced).
   Result<uint64_t> AppendDocument(const std::string& name, const DocumentKV& kv);
   // Stages the deletion of committed document `id` (from AppendDocument or
   // ListDocuments): once Commit() returns OK it is gone from queries,
