@@ -154,11 +154,19 @@ Status Store::Load() {
         dir.push_back(loc);
         return Status::OK();
       }));
+      // Into the router in batches: the whole stream's float summaries at
+      // once would be gigabytes at 100M tokens.
+      constexpr uint64_t kBatch = 4096;
+      router_.Reserve(stream, committed_.blocks_per_stream);
       summaries.clear();
       uint64_t count = 0;
       MSA_RETURN_IF_ERROR(catalog_->ScanSummaries(layer, head, [&](uint64_t block, std::span<const float> s) {
         if (block != count++) return Status::Corruption("summaries skip a block");
         summaries.insert(summaries.end(), s.begin(), s.end());
+        if (count % kBatch == 0) {
+          router_.Add(stream, summaries);
+          summaries.clear();
+        }
         return Status::OK();
       }));
       if (dir.size() != committed_.blocks_per_stream || count != committed_.blocks_per_stream) {

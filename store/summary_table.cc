@@ -1,6 +1,7 @@
 #include "store/summary_table.h"
 
 #include <algorithm>
+#include <vector>
 
 #include "attention/half.h"
 
@@ -18,11 +19,14 @@ void SummaryTable::Reserve(uint64_t more) {
 void SummaryTable::Append(const float* summaries, uint64_t n) {
   Reserve(n);  // a no-op after the caller's Reserve
   const size_t width = static_cast<size_t>(per_block_) * dim_;
+  // The conversion in bulk (F16C), then the transposing scatter: converting
+  // value by value was a fifth of a 100M-token store's open time.
+  std::vector<uint16_t> halves(width);
   for (uint64_t i = 0; i < n; ++i, ++blocks_) {
     uint16_t* chunk = chunks_[blocks_ / kChunkBlocks].get();
     const size_t at = blocks_ % kChunkBlocks;
-    const float* row = summaries + i * width;
-    for (size_t v = 0; v < width; ++v) chunk[v * kChunkBlocks + at] = attention::FloatToHalf(row[v]);
+    attention::FloatToHalfArray(summaries + i * width, halves.data(), width);
+    for (size_t v = 0; v < width; ++v) chunk[v * kChunkBlocks + at] = halves[v];
   }
 }
 
