@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <limits>
 #include <set>
+#include <thread>
 
 #include <spdlog/spdlog.h>
 
@@ -261,6 +262,11 @@ Status Store::OpenWriter(uint32_t segment, uint64_t committed_length) {
   return Status::OK();
 }
 
+unsigned Store::EncodeThreads() const {
+  if (options_.encode_threads > 0) return options_.encode_threads;
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
 uint64_t Store::PreallocateBytes() const {
   // Reserving a whole segment (1 GiB by default) for every store, however
   // small, filled this machine's disk when a test suite made a few dozen
@@ -299,48 +305,78 @@ Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV
   const uint64_t doc_id = staged_.next_doc_id;
 
   // Encode into local lists first: a failure part-way leaves nothing staged.
-  std::vector<std::vector<BlockLocation>> locations(g.streams());
-  std::vector<std::vector<float>> summaries(g.streams());
-  std::vector<std::pair<BlockId, size_t>> ids;  // (id, index into locations[stream])
-  std::vector<float> kin(bt * d), vin(bt * d), kf(bt * d);
-  BlockEncoder encoder;
-  for (uint32_t layer = 0; layer < g.layers; ++layer) {
-    for (uint32_t head = 0; head < g.kv_heads; ++head) {
-      const uint32_t stream = g.StreamOf(layer, head);
-      const size_t stream_offset = static_cast<size_t>(stream) * kv.tokens * d;
-      for (uint64_t b = 0; b < n_blocks; ++b) {
-        const uint64_t t0 = b * bt;
+  // The encoding (quantisation or zstd, and the summaries) is the CPU-bound
+  // part of ingest and runs on several threads; the records are then
+  // appended in (stream, block) order, so the layout does not depend on the
+  // thread count.
+  struct EncodedBlock {
+    std::vector<uint8_t> record;
+    uint64_t checksum = 0;
+    uint32_t tokens = 0;
+  };
+  const uint64_t items = uint64_t{g.streams()} * n_blocks;  // item = stream * n_blocks + block
+  std::vector<EncodedBlock> encoded(items);
+  std::vector<std::vector<float>> summaries(g.streams(), std::vector<float>(n_blocks * width));
+  auto encode_range = [&](uint64_t from, uint64_t to) -> Status {
+    try {
+      std::vector<float> kin(bt * d), vin(bt * d), kf(bt * d);
+      BlockEncoder encoder;
+      for (uint64_t item = from; item < to; ++item) {
+        const uint32_t stream = static_cast<uint32_t>(item / n_blocks);
+        const uint64_t b = item % n_blocks, t0 = b * bt;
         const uint32_t tokens = static_cast<uint32_t>(std::min<uint64_t>(bt, kv.tokens - t0));
         const size_t count = static_cast<size_t>(tokens) * d;
-        const size_t at = stream_offset + t0 * d;
+        const size_t at = static_cast<size_t>(stream) * kv.tokens * d + t0 * d;
         WidenToFloat(kv.keys, kv.dtype, at, count, kin.data());
         WidenToFloat(kv.values, kv.dtype, at, count, vin.data());
-        const BlockId id{layer, head, first_block + b};
+        const BlockId id{stream / g.kv_heads, stream % g.kv_heads, first_block + b};
         BlockRecordHeader header;
-        auto encoded = encoder.Encode(g.codec, id, tokens, g.head_dim, kin.data(), vin.data(),
-                                      &header, kf.data());
-        if (!encoded.ok()) return encoded.status().WithContext("document " + name);
-        const std::span<const uint8_t> record = *encoded;
-        uint32_t segment;
-        uint64_t offset;
-        MSA_RETURN_IF_ERROR(AppendRecord(record, &segment, &offset));
-        BlockLocation loc;
-        loc.segment = segment;
-        loc.offset = offset;
-        loc.record_bytes = static_cast<uint32_t>(record.size());
-        loc.tokens = tokens;
-        loc.checksum = header.checksum;
-        loc.doc_id = doc_id;
-        loc.first_position = t0;
-        loc.codec = g.codec;
-        locations[stream].push_back(loc);
+        auto record = encoder.Encode(g.codec, id, tokens, g.head_dim, kin.data(), vin.data(),
+                                     &header, kf.data());
+        if (!record.ok()) return record.status().WithContext("document " + name);
+        encoded[item].record.assign(record->begin(), record->end());
+        encoded[item].checksum = header.checksum;
+        encoded[item].tokens = tokens;
         // Summary, from the keys as stored (what attention will see).
-        auto& s = summaries[stream];
-        const size_t base = s.size();
-        s.resize(base + width);
-        Summarize(g, kf.data(), tokens, s.data() + base);
+        Summarize(g, kf.data(), tokens, summaries[stream].data() + b * width);
       }
+      return Status::OK();
+    } catch (const std::exception& e) {
+      return Status::Internal("document " + name + ": encoding failed: " + e.what());
     }
+  };
+  const unsigned threads = static_cast<unsigned>(
+      std::min<uint64_t>(EncodeThreads(), std::max<uint64_t>(1, items / kBlocksPerEncodeThread)));
+  if (threads <= 1) {
+    MSA_RETURN_IF_ERROR(encode_range(0, items));
+  } else {
+    std::vector<Status> results(threads);
+    std::vector<std::thread> pool;
+    for (unsigned t = 0; t < threads; ++t) {
+      pool.emplace_back([&, t] { results[t] = encode_range(items * t / threads, items * (t + 1) / threads); });
+    }
+    for (auto& th : pool) th.join();
+    for (const Status& r : results) MSA_RETURN_IF_ERROR(r);
+  }
+  std::vector<std::vector<BlockLocation>> locations(g.streams());
+  for (uint64_t item = 0; item < items; ++item) {
+    const uint32_t stream = static_cast<uint32_t>(item / n_blocks);
+    const uint64_t b = item % n_blocks;
+    EncodedBlock& e = encoded[item];
+    uint32_t segment;
+    uint64_t offset;
+    MSA_RETURN_IF_ERROR(AppendRecord(e.record, &segment, &offset));
+    BlockLocation loc;
+    loc.segment = segment;
+    loc.offset = offset;
+    loc.record_bytes = static_cast<uint32_t>(e.record.size());
+    loc.tokens = e.tokens;
+    loc.checksum = e.checksum;
+    loc.doc_id = doc_id;
+    loc.first_position = b * bt;
+    loc.codec = g.codec;
+    locations[stream].push_back(loc);
+    std::vector<uint8_t>().swap(e.record);  // appended: give the memory back early
   }
   // Stage: everything below is in memory and cannot fail.
   if (!batch_) batch_ = std::make_unique<Catalog::Batch>();

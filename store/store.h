@@ -71,6 +71,7 @@ struct StoreOptions {
   uint64_t segment_bytes = 1ull << 30;  // roll over to a new segment file past this size
   RouterOptions router;                 // when streams get an IVF index
   uint64_t cache_bytes = 256ull << 20;  // host cache of decoded blocks (0: none)
+  unsigned encode_threads = 0;          // threads encoding a document's blocks (0: one per core)
 };
 
 struct AttendOptions {
@@ -232,6 +233,9 @@ class Store {
   static std::vector<std::pair<uint64_t, uint64_t>> LiveRanges(
       const std::map<uint64_t, std::pair<uint64_t, uint64_t>>& docs);
   uint64_t PreallocateBytes() const;  // disk reserved when a segment is opened for writing
+  unsigned EncodeThreads() const;
+  // Below this many blocks per thread, encoding stays on the calling thread.
+  static constexpr uint64_t kBlocksPerEncodeThread = 32;
   // Trains IVF indexes for streams that are due (Router::RefreshIndex); a
   // failure only logs (the stream keeps its exact scan).
   void RefreshRouterIndexes();
