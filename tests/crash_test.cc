@@ -10,35 +10,24 @@
 // multi-threaded process), running CrashChild.Ingest.
 #include <gtest/gtest.h>
 
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <cstdlib>
 #include <random>
-#include <thread>
 
 #include "attention/half.h"
 #include "store/store.h"
+#include "crash_child.h"
 #include "test_util.h"
 
 namespace msa {
 namespace {
 
-constexpr int kIterations = 200;
+using msa::testing::CrashChildRun;
+using msa::testing::CrashChildArguments;
+using msa::testing::RunCrashChild;
 
-// The kill comes 5..60 ms after the child starts, times this factor.
-// Sanitizer builds start and run several times slower, so
-// tools/test_sanitizers.sh sets MSA_CRASH_TEST_SLOWDOWN to stretch the window
-// (otherwise no child would commit before its kill, and the test would fail
-// as having exercised nothing).
-int Slowdown() {
-  const char* s = std::getenv("MSA_CRASH_TEST_SLOWDOWN");
-  const int factor = s != nullptr ? std::atoi(s) : 1;
-  return factor >= 1 ? factor : 1;
-}
+constexpr int kIterations = 200;
 
 Geometry CrashGeometry() {
   Geometry g;
@@ -60,10 +49,9 @@ void MakeDocument(const Geometry& g, uint64_t i, std::vector<float>* k, std::vec
 }
 
 TEST(CrashChild, Ingest) {
-  const char* path = std::getenv("MSA_CRASH_CHILD_STORE");
-  const char* fd_env = std::getenv("MSA_CRASH_CHILD_FD");
-  if (path == nullptr || fd_env == nullptr) GTEST_SKIP() << "runs only as the crash test's child";
-  const int ack_fd = std::atoi(fd_env);
+  std::string path;
+  int ack_fd;
+  if (!CrashChildArguments(&path, &ack_fd)) GTEST_SKIP() << "runs only as the crash test's child";
   const Geometry g = CrashGeometry();
   auto store = Store::Open(path);
   if (!store.ok()) store = Store::Create(path, g);
@@ -89,31 +77,14 @@ TEST(CrashTest, KillNineDuringIngestLosesNothingCommitted) {
   uint64_t acked = 0;  // documents acknowledged as committed, over all children
   int kills_after_progress = 0;
   for (int iter = 0; iter < kIterations; ++iter) {
-    int fds[2];
-    ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
-    const pid_t pid = ::fork();
-    ASSERT_GE(pid, 0);
-    if (pid == 0) {
-      ::dup2(fds[1], 100);  // dup2 clears O_CLOEXEC on the copy
-      ::setenv("MSA_CRASH_CHILD_STORE", store_path.c_str(), 1);
-      ::setenv("MSA_CRASH_CHILD_FD", "100", 1);
-      const int devnull = ::open("/dev/null", O_WRONLY);
-      ::dup2(devnull, 1);
-      ::execl("/proc/self/exe", "msa_tests", "--gtest_filter=CrashChild.Ingest", nullptr);
-      ::_exit(127);
-    }
-    ::close(fds[1]);
-    std::this_thread::sleep_for(std::chrono::microseconds(
-        std::uniform_int_distribution<int>(5000, 60000)(rng) * Slowdown()));
-    ::kill(pid, SIGKILL);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    uint64_t value;
+    // The kill comes 5..60 ms after the child starts (times the sanitizer
+    // slowdown, tests/crash_child.h).
+    const CrashChildRun run = RunCrashChild("CrashChild.Ingest", store_path,
+                                            std::uniform_int_distribution<int>(5000, 60000)(rng));
     const uint64_t before = acked;
-    while (::read(fds[0], &value, sizeof(value)) == sizeof(value)) acked = std::max(acked, value);
-    ::close(fds[0]);
+    acked = std::max(acked, run.max_ack);
     if (acked > before) ++kills_after_progress;
-    ASSERT_TRUE(WIFSIGNALED(status)) << "child ended on its own (status " << status << ") in iteration " << iter;
+    ASSERT_TRUE(run.killed) << "child ended on its own (status " << run.status << ") in iteration " << iter;
 
     if (acked == 0 && !std::filesystem::exists(store_path + "/catalog/CURRENT")) continue;
     auto store = Store::Open(store_path);
