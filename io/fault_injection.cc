@@ -122,7 +122,7 @@ Fault FaultSchedule::Decide(const FileOperation& op) {
   bool have_key = false;
   for (size_t i = 0; i < rules_.size(); ++i) {
     const Rule& rule = rules_[i];
-    if ((rule.ops & OpMask(op.op)) == 0) continue;
+    if ((rule.ops & OpMask(op.op)) == 0 || rule.catalog != op.catalog) continue;
     if (!rule.path_contains.empty() && op.path.find(rule.path_contains) == std::string_view::npos) continue;
     if (rule.filter && !rule.filter(op)) continue;
     const uint64_t k = matched_[i]++;

@@ -11,12 +11,17 @@
 // cost is one relaxed atomic load per call. The store (store/store.cc) needs
 // nothing: it sees faults exactly as it would see them from the kernel.
 //
-// Outside the seam: RocksDB's own files (the catalog: its writes, syncs
-// and reads go through RocksDB's Env, which this does not wrap), the calls
-// store/store.cc makes itself (mkdir, the rename that puts a new catalog in
-// place, unlink of leftovers), close() and fstat(). A failing catalog
-// commit is therefore not injectable here; every byte of block data, and
-// every sync that makes it durable before the catalog points at it, is.
+// The catalog's RocksDB files go through the same seam: the catalog opens
+// RocksDB on a file system (store/catalog_file_system.h) that asks the
+// installed injector before each of RocksDB's file creations, appends,
+// syncs (files and directories), renames and reads, marking those
+// operations `catalog`. Rules match either the io layer's own files or the
+// catalog's (Rule::catalog), so a schedule written for segment files does
+// not also fail RocksDB's, and the reverse.
+//
+// Outside the seam: the calls store/store.cc makes itself (mkdir, the
+// rename that puts a new catalog in place, unlink of leftovers), RocksDB's
+// info LOG, close() and fstat().
 //
 // Thread safety: an injector is installed process-wide and may be consulted
 // from any thread (the pread pool's workers, the prefetch thread), so its
@@ -67,6 +72,8 @@ struct FileOperation {
   uint64_t offset = 0;  // kWrite, kRead, kFallocate, kTruncate (the new length)
   size_t length = 0;    // bytes asked for (kWrite, kRead)
   bool io_uring = false;  // kRead: an io_uring completion, not a pread
+  bool catalog = false;   // one of the catalog's RocksDB files (path is absolute there)
+  std::string_view target;  // kRename: the new name
 };
 
 struct Fault {
@@ -158,6 +165,9 @@ class FaultSchedule final : public FaultInjector {
     uint64_t count = 1;              // UINT64_MAX: every match from `first` on
     double probability = 0;          // > 0: random mode, each match with this chance
     Fault fault;
+    // Which files: the io layer's own (false) or the catalog's RocksDB
+    // files (true); a rule never matches the other kind.
+    bool catalog = false;
   };
   // One injected fault, for messages and counts.
   struct Injection {

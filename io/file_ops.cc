@@ -118,6 +118,7 @@ int RenameInjected(FaultInjector* inj, const char* from, const char* to) {
   FileOperation op;
   op.op = FileOp::kRename;
   op.path = from;
+  op.target = to;
   const Fault f = Decide(inj, op);
   if (f.kind == Fault::Kind::kError) return Fail(f);
   return ::rename(from, to);

@@ -3,8 +3,9 @@
 // the call it wraps (return value, errno); with no injector installed it is
 // that call plus one relaxed atomic load.
 //
-// Only io/*.cc include this. The store and tools never call these: they see
-// faults through the io layer's Status results.
+// Only io/*.cc and store/catalog_file_system.cc (which routes RocksDB's
+// file operations through the same seam) include this. The store and tools
+// never call these: they see faults through the io layer's Status results.
 #pragma once
 
 #include <fcntl.h>

@@ -1,4 +1,5 @@
 #include "store/catalog.h"
+#include "store/catalog_file_system.h"
 
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
@@ -202,6 +203,12 @@ rocksdb::Options BaseOptions() {
   o.paranoid_checks = true;
   o.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
   o.keep_log_file_num = 2;
+  // A failure to write the OPTIONS file is an I/O failure like any other:
+  // report it rather than carry on with a disk that fails writes.
+  o.fail_if_options_file_error = true;
+  // RocksDB's files go through the io layer's fault-injection seam
+  // (store/catalog_file_system.h); without an injector, the POSIX file system.
+  o.env = CatalogEnv();
   return o;
 }
 
