@@ -80,9 +80,14 @@ Fault PowerLossSimulator::Decide(const FileOperation& op) {
         files_.erase(to);
       } else {
         FileState moved = from->second;
-        moved.durable_name = true;
         files_.erase(from);
         files_[to] = moved;
+      }
+      // Journaling file systems commit metadata in order: a rename that
+      // survives brings the names created before it in its directory along.
+      const std::string dir = ParentOf(to);
+      for (auto& [file, state] : files_) {
+        if (ParentOf(file) == dir) state.durable_name = true;
       }
       break;
     }

@@ -20,7 +20,10 @@
 //
 // Not modelled: renames are taken as durable at once (undoing one would
 // need the replaced file's old contents; the store and RocksDB sync the
-// directory right after each rename, so the window is small); unlinks are
+// directory right after each rename, so the window is small), and with a
+// rename the names created before it in the same directory (journaling file
+// systems commit metadata in order: a rename that survived brings them
+// along); unlinks are
 // not tracked; a file first seen with data already in it counts that data
 // as synced; writes below a file's synced length (neither the store nor
 // RocksDB overwrites synced data) are not undone.
