@@ -206,6 +206,15 @@ rocksdb::Options BaseOptions() {
   // A failure to write the OPTIONS file is an I/O failure like any other:
   // report it rather than carry on with a disk that fails writes.
   o.fail_if_options_file_error = true;
+  // Every commit syncs its WAL record before returning, so the only damage
+  // a crash or power loss can leave is an incomplete last record. Anything
+  // else (a record whose checksum fails, a byte the disk flipped on the way
+  // in) fails the open instead of being taken for a torn tail: RocksDB's
+  // default (point-in-time recovery) would stop replaying there and drop
+  // every commit after it -- acknowledged ones included, for good, once the
+  // open rewrites the catalog (CatalogReadFaults.EveryReadOfAnOpenFailsItOr-
+  // LosesNothing found it).
+  o.wal_recovery_mode = rocksdb::WALRecoveryMode::kTolerateCorruptedTailRecords;
   // RocksDB's files go through the io layer's fault-injection seam
   // (store/catalog_file_system.h); without an injector, the POSIX file system.
   o.env = CatalogEnv();
