@@ -27,6 +27,14 @@ inline int CrashTestSlowdown() {
   return factor >= 1 ? factor : 1;
 }
 
+// Kills per crash test: 200 in CI; MSA_CRASH_TEST_ITERATIONS for a longer
+// soak (tools/crash_soak.sh).
+inline int CrashTestIterations() {
+  const char* s = std::getenv("MSA_CRASH_TEST_ITERATIONS");
+  const int n = s != nullptr ? std::atoi(s) : 0;
+  return n >= 1 ? n : 200;
+}
+
 // The child's side: the store it works on and the descriptor it acknowledges
 // on (uint64_t values, growing); false when not running as a crash child.
 inline bool CrashChildArguments(std::string* store, int* ack_fd) {

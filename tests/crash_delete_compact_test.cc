@@ -27,10 +27,10 @@ namespace msa {
 namespace {
 
 using msa::testing::CrashChildRun;
+using msa::testing::CrashTestIterations;
 using msa::testing::CrashChildArguments;
 using msa::testing::RunCrashChild;
 
-constexpr int kIterations = 200;
 
 Geometry CrashGeometry() {
   Geometry g;
@@ -138,7 +138,8 @@ TEST(CrashTest, KillNineDuringDeletionAndCompactionLosesNothingCommitted) {
   uint64_t acked = 0;  // operations acknowledged, over all children
   int kills_after_progress = 0;
   uint64_t compactions_acked = 0;
-  for (int iter = 0; iter < kIterations; ++iter) {
+  const int iterations = CrashTestIterations();
+  for (int iter = 0; iter < iterations; ++iter) {
     // The kill comes 20..120 ms after the child starts: a commit and a
     // compaction each take a few milliseconds here, so most children get
     // some operations done.
@@ -189,7 +190,7 @@ TEST(CrashTest, KillNineDuringDeletionAndCompactionLosesNothingCommitted) {
   EXPECT_GT(compactions_acked, 0u) << "no compaction ever completed: the test exercised too little";
   std::printf("crash test (delete/compact): %d kills, %d after progress, %llu operations committed "
               "(%llu compactions) and verified\n",
-              kIterations, kills_after_progress, static_cast<unsigned long long>(acked),
+              iterations, kills_after_progress, static_cast<unsigned long long>(acked),
               static_cast<unsigned long long>(compactions_acked));
 }
 

@@ -24,10 +24,10 @@ namespace msa {
 namespace {
 
 using msa::testing::CrashChildRun;
+using msa::testing::CrashTestIterations;
 using msa::testing::CrashChildArguments;
 using msa::testing::RunCrashChild;
 
-constexpr int kIterations = 200;
 
 Geometry CrashGeometry() {
   Geometry g;
@@ -76,7 +76,8 @@ TEST(CrashTest, KillNineDuringIngestLosesNothingCommitted) {
   std::mt19937_64 rng(20261126);
   uint64_t acked = 0;  // documents acknowledged as committed, over all children
   int kills_after_progress = 0;
-  for (int iter = 0; iter < kIterations; ++iter) {
+  const int iterations = CrashTestIterations();
+  for (int iter = 0; iter < iterations; ++iter) {
     // The kill comes 5..60 ms after the child starts (times the sanitizer
     // slowdown, tests/crash_child.h).
     const CrashChildRun run = RunCrashChild("CrashChild.Ingest", store_path,
@@ -114,7 +115,7 @@ TEST(CrashTest, KillNineDuringIngestLosesNothingCommitted) {
   }
   EXPECT_GT(acked, 0u) << "no child ever committed: the test exercised nothing";
   std::printf("crash test: %d kills, %d after progress, %llu documents committed and verified\n",
-              kIterations, kills_after_progress, static_cast<unsigned long long>(acked));
+              iterations, kills_after_progress, static_cast<unsigned long long>(acked));
 }
 
 }  // namespace
