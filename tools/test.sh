@@ -2,14 +2,14 @@
 # Set up (packages, build) and run the whole test suite.
 #
 # Then the suite runs again under the sanitizers in MSA_TEST_SANITIZERS
-# (tools/test_sanitizers.sh: build-asan, build-tsan); the default is "asan"
-# (ASan+UBSan), so this command is exactly what CI runs (.ci/run). Set it
-# empty for the plain suite only, or to "asan tsan" for both.
+# (tools/test_sanitizers.sh: build-asan, build-tsan); the default is "asan
+# tsan" (ASan+UBSan, then TSan), so this command is exactly what CI runs
+# (.ci/run). Set it empty for the plain suite only, or to one of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
 ctest --test-dir build --output-on-failure -j "$(nproc 2>/dev/null || echo 2)"
-sanitizers=${MSA_TEST_SANITIZERS-asan}
+sanitizers=${MSA_TEST_SANITIZERS-asan tsan}
 if [ -n "$sanitizers" ]; then
   # shellcheck disable=SC2086  # a list of kinds
   bash tools/test_sanitizers.sh $sanitizers
