@@ -437,4 +437,14 @@ Status SparseAttentionCudaF16Host(const AttentionShape& shape, const BlockTable<
   return Status::OK();
 }
 
+Status CudaCopyToHostAsync(void* host, const void* device, size_t bytes, void* stream) {
+  if (bytes == 0) return Status::OK();
+  return CudaStatus(cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, static_cast<cudaStream_t>(stream)),
+                    "copying " + std::to_string(bytes) + " bytes from the GPU");
+}
+
+Status CudaSynchronize(void* stream, const char* what) {
+  return CudaStatus(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), what);
+}
+
 }  // namespace msa::attention

@@ -7,6 +7,7 @@
 // call runs on the given stream.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -37,5 +38,12 @@ Status SparseAttentionCudaF16(const AttentionShape& shape, const BlockTable<uint
 Status SparseAttentionCudaF16Host(const AttentionShape& shape, const BlockTable<uint16_t>& table,
                                   const Selection& selection, const float* q, float* out,
                                   float* lse);
+
+// Stream helpers for callers compiled without the CUDA headers (store/).
+// `stream` is a cudaStream_t (nullptr: the legacy default stream).
+// Enqueues a copy of `bytes` from device memory to host memory.
+Status CudaCopyToHostAsync(void* host, const void* device, size_t bytes, void* stream);
+// Waits for everything enqueued on `stream`; `what` names the work in errors.
+Status CudaSynchronize(void* stream, const char* what);
 
 }  // namespace msa::attention

@@ -23,4 +23,8 @@ Status SparseAttentionCudaF16Host(const AttentionShape&, const BlockTable<uint16
   return Status::NotSupported(kNoCuda);
 }
 
+Status CudaCopyToHostAsync(void*, const void*, size_t, void*) { return Status::NotSupported(kNoCuda); }
+
+Status CudaSynchronize(void*, const char*) { return Status::NotSupported(kNoCuda); }
+
 }  // namespace msa::attention

@@ -52,7 +52,7 @@ extern "C" {
 #endif
 
 #define MSA_VERSION_MAJOR 0
-#define MSA_VERSION_MINOR 5
+#define MSA_VERSION_MINOR 6
 #define MSA_VERSION_PATCH 0
 /* (major << 16) | (minor << 8) | patch: compare with msa_version(). */
 #define MSA_VERSION ((MSA_VERSION_MAJOR << 16) | (MSA_VERSION_MINOR << 8) | MSA_VERSION_PATCH)
@@ -216,6 +216,20 @@ MSA_EXPORT msa_status_t msa_compact(msa_store_t* store, msa_compact_stats_t* sta
  * for the group is the max or the sum of its heads' scores. */
 typedef enum msa_gqa_combine_t { MSA_GQA_MAX = 0, MSA_GQA_SUM = 1 } msa_gqa_combine_t;
 
+/* Where msa_attend computes attention (msa_attend_params_t.gpu). The GPU
+ * path keeps the store's blocks in a pool of GPU memory (256 MiB, taken on
+ * the first GPU call), so a repeated block is not copied again. It reads
+ * K/V as fp16 (int8/int4 blocks are decoded, then rounded to fp16) and
+ * computes in float32, like the CPU path. */
+typedef enum msa_gpu_t {
+  MSA_GPU_AUTO = 0,   /* the GPU when msa was built with CUDA, a device is usable and the call
+                         suits it (head_dim a multiple of 8 up to 256, codec not bf16, finite q
+                         within fp16's range, not exact mode, its blocks fit the pool); else
+                         the CPU */
+  MSA_GPU_OFF = 1,    /* always the CPU */
+  MSA_GPU_REQUIRE = 2 /* the GPU, or MSA_NOT_SUPPORTED saying why not */
+} msa_gpu_t;
+
 /* Options of one attend or prefetch call. Fill with
  * msa_attend_default_params(), then change what you need. */
 typedef struct msa_attend_params_t {
@@ -229,13 +243,15 @@ typedef struct msa_attend_params_t {
   int exact_routing;   /* != 0: score every block summary (no IVF) */
   uint32_t channels;   /* > 0: approximate routing that reads only each head's `channels`
                           largest query coefficients, then rescores exactly; 0: exact */
+  msa_gpu_t gpu;       /* where to compute (since 0.6; it sits in what was padding, so 0 --
+                          MSA_GPU_AUTO -- for callers of 0.5 that zero-filled the struct) */
   const uint64_t* documents; /* restrict to these document ids (from msa_append_document or
                                 msa_list_documents); NULL: all documents. Read during the
                                 call (msa_prefetch copies them) */
   uint32_t n_documents;      /* entries of documents */
 } msa_attend_params_t;
 
-/* top_k 16, gqa_combine MSA_GQA_MAX, every other field 0 (NULL). */
+/* top_k 16, gqa_combine MSA_GQA_MAX, gpu MSA_GPU_AUTO, every other field 0 (NULL). */
 MSA_EXPORT msa_attend_params_t msa_attend_default_params(void);
 
 /* Attention of queries over the memory of one layer.
@@ -251,6 +267,28 @@ MSA_EXPORT msa_attend_params_t msa_attend_default_params(void);
 MSA_EXPORT msa_status_t msa_attend(const msa_store_t* store, uint32_t layer, const float* q,
                                    uint32_t n, uint32_t q_heads, const msa_attend_params_t* params,
                                    float* out, float* lse);
+
+/* msa_attend with q, out and lse in CUDA device memory (shapes as
+ * msa_attend's), enqueued on cuda_stream (a cudaStream_t; NULL: the legacy
+ * default stream). The router runs on the CPU, so q is first copied to the
+ * host: the call waits for cuda_stream up to that copy. It returns once the
+ * kernel is enqueued; out and lse are written when cuda_stream reaches it,
+ * and must stay allocated until then. Blocks missing from the store's GPU
+ * pool are read, staged in pinned memory and copied on cuda_stream. lse
+ * may be NULL. params->gpu is ignored (this is always the GPU);
+ * MSA_NOT_SUPPORTED, saying why, when msa was built without CUDA, no device
+ * is usable or the call does not suit the GPU (see msa_gpu_t). The calling
+ * thread's current CUDA device must be the store's (the current device of
+ * its first GPU call). Thread-safe like msa_attend. Since 0.6. */
+MSA_EXPORT msa_status_t msa_attend_device(const msa_store_t* store, uint32_t layer, const float* q,
+                                          uint32_t n, uint32_t q_heads,
+                                          const msa_attend_params_t* params, float* out, float* lse,
+                                          void* cuda_stream);
+
+/* 1 when msa was built with CUDA and a device is usable, else 0; why (may be
+ * NULL) then receives a static message saying why not ("" when usable).
+ * Since 0.6. */
+MSA_EXPORT int msa_gpu_available(const char** why);
 
 /* Asynchronous prefetch: routes q now and reads the blocks an msa_attend
  * with the same arguments will need into the store's block cache, on a

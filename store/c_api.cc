@@ -15,6 +15,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "attention/sparse_attention_cuda.h"
 #include "store/store.h"
 
 struct msa_store_t {
@@ -286,6 +287,7 @@ msa_attend_params_t msa_attend_default_params(void) {
   p.candidates = 0;
   p.exact_routing = 0;
   p.channels = 0;
+  p.gpu = MSA_GPU_AUTO;
   p.documents = nullptr;
   p.n_documents = 0;
   return p;
@@ -308,6 +310,11 @@ msa::Result<msa::AttendOptions> ToOptions(const msa_attend_params_t* params, con
   MSA_REQUIRE(p.documents != nullptr || p.n_documents == 0,
               std::string(fn) + ": params->documents is NULL but n_documents is " + std::to_string(p.n_documents));
   if (p.n_documents > 0) options.documents.assign(p.documents, p.documents + p.n_documents);
+  const int64_t gpu = EnumValue(p.gpu);
+  MSA_REQUIRE(gpu == MSA_GPU_AUTO || gpu == MSA_GPU_OFF || gpu == MSA_GPU_REQUIRE,
+              std::string(fn) + ": params->gpu must be MSA_GPU_AUTO, MSA_GPU_OFF or MSA_GPU_REQUIRE");
+  options.gpu = gpu == MSA_GPU_OFF ? msa::GpuMode::kOff
+                : gpu == MSA_GPU_REQUIRE ? msa::GpuMode::kRequire : msa::GpuMode::kAuto;
   return options;
 }
 
@@ -321,6 +328,34 @@ msa_status_t msa_attend(const msa_store_t* store, uint32_t layer, const float* q
     MSA_ASSIGN_OR_RETURN(const msa::AttendOptions options, ToOptions(params, "msa_attend"));
     return store->store->Attend(layer, q, n, q_heads, options, out, lse);
   });
+}
+
+msa_status_t msa_attend_device(const msa_store_t* store, uint32_t layer, const float* q, uint32_t n,
+                               uint32_t q_heads, const msa_attend_params_t* params, float* out, float* lse,
+                               void* cuda_stream) {
+  return Guard([&]() -> msa::Status {
+    MSA_REQUIRE(store != nullptr, "msa_attend_device: store is NULL");
+    MSA_REQUIRE(q != nullptr || n == 0, "msa_attend_device: q is NULL");
+    MSA_REQUIRE(out != nullptr || n == 0, "msa_attend_device: out is NULL");
+    MSA_ASSIGN_OR_RETURN(const msa::AttendOptions options, ToOptions(params, "msa_attend_device"));
+    return store->store->AttendDevice(layer, q, n, q_heads, options, out, lse, cuda_stream)
+        .WithContext("msa_attend_device");
+  });
+}
+
+int msa_gpu_available(const char** why) {
+  // The reason is computed once: the answer does not change within a process.
+  static const std::string* reason = [] {
+    std::string w;
+    try {
+      return new std::string(msa::attention::CudaAvailable(&w) ? std::string() : w);
+    } catch (...) {
+      return static_cast<std::string*>(nullptr);
+    }
+  }();
+  const char* text = reason ? reason->c_str() : "out of memory";
+  if (why != nullptr) *why = text;
+  return reason != nullptr && reason->empty() ? 1 : 0;
 }
 
 msa_status_t msa_prefetch(const msa_store_t* store, uint32_t layer, const float* q, uint32_t n,

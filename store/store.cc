@@ -17,6 +17,7 @@
 
 #include "attention/half.h"
 #include "attention/sparse_attention_cpu.h"
+#include "attention/sparse_attention_cuda.h"
 #include "io/aligned_buffer.h"
 #include "io/atomic_file.h"
 #include "store/codec.h"
@@ -982,7 +983,26 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
   st = AttendStats{};
   const size_t d = g.head_dim;
 
+  // The GPU when asked for or suitable (GpuMode); decided before routing
+  // so that kRequire fails early.
+  bool gpu = false;
+  if (options.gpu != GpuMode::kOff) {
+    const Status suits = GpuSuits(options, q, static_cast<size_t>(n) * q_heads * d);
+    if (!suits.ok() && options.gpu == GpuMode::kRequire) return suits;
+    gpu = suits.ok();
+  }
   MSA_ASSIGN_OR_RETURN(QueryPlan plan, PlanQuery(layer, q, n, q_heads, options, &st));
+  if (gpu) {
+    const Status done = AttendOnGpu(plan, q, n, q_heads, options, out, lse, /*device_io=*/false,
+                                    nullptr, &st);
+    // kAuto falls back to the CPU when the pool cannot take the call
+    // (NotSupported comes before any work is done).
+    if (done.ok() || options.gpu == GpuMode::kRequire || done.code() != Status::Code::kNotSupported) {
+      st.total_ms = MsSince(t_start);
+      if (done.ok() && selected) *selected = std::move(plan.chosen);
+      return done;
+    }
+  }
   const auto& chosen = plan.chosen;
   const size_t block_elems = static_cast<size_t>(g.block_tokens) * d;
   std::vector<float> keys(plan.ids.size() * block_elems), values(plan.ids.size() * block_elems);
@@ -1017,6 +1037,188 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
   st.total_ms = MsSince(t_start);
   if (selected) *selected = std::move(plan.chosen);
   return Status::OK();
+}
+
+Status Store::GpuSuits(const AttendOptions& options, const float* q, size_t q_elems) const {
+  const Geometry& g = geometry_;
+  if (options_.gpu_pool_bytes == 0) return Status::NotSupported("the store's GPU pool is off (gpu_pool_bytes 0)");
+  if (options.exact) return Status::NotSupported("exact mode reads the whole layer: it runs on the CPU");
+  if (g.head_dim % 8 != 0 || g.head_dim > 256) {
+    return Status::NotSupported("head_dim " + std::to_string(g.head_dim) +
+                                ": the CUDA kernel takes multiples of 8 up to 256");
+  }
+  if (g.codec == Codec::kBF16ShuffleZstd) {
+    return Status::NotSupported("the bf16 codec's range exceeds fp16, which the CUDA kernel reads");
+  }
+  MSA_RETURN_IF_ERROR(GpuPool().status());
+  for (size_t i = 0; i < q_elems; ++i) {
+    if (!(std::fabs(q[i]) < 65504.0f)) {
+      return Status::NotSupported("q[" + std::to_string(i) + "] is outside fp16's range, which the CUDA kernel needs");
+    }
+  }
+  return Status::OK();
+}
+
+Result<attention::GpuBlockPool*> Store::GpuPool() const {
+  std::lock_guard<std::mutex> lock(gpu_mu_);
+  if (gpu_pool_) return gpu_pool_.get();
+  if (!gpu_error_.ok()) return gpu_error_;
+  std::string why;
+  if (!attention::CudaAvailable(&why)) {
+    gpu_error_ = Status::NotSupported(why);
+    return gpu_error_;
+  }
+  attention::GpuPoolOptions po;
+  po.block_tokens = static_cast<int>(geometry_.block_tokens);
+  po.head_dim = static_cast<int>(geometry_.head_dim);
+  po.pool_bytes = options_.gpu_pool_bytes;
+  auto created = attention::GpuBlockPool::Create(po);
+  if (!created.ok()) {
+    gpu_error_ = Status::NotSupported("no GPU pool: " + created.status().ToString());
+    spdlog::warn("{}: {}; attention runs on the CPU", path_, gpu_error_.message());
+    return gpu_error_;
+  }
+  gpu_pool_ = std::move(*created);
+  spdlog::info("{}: GPU pool of {} pages ({} MiB)", path_, gpu_pool_->pages(), options_.gpu_pool_bytes >> 20);
+  return gpu_pool_.get();
+}
+
+void Store::ClearGpuPool() const {
+  std::lock_guard<std::mutex> lock(gpu_mu_);
+  if (gpu_pool_) gpu_pool_->Clear();
+}
+
+Status Store::AttendOnGpu(const QueryPlan& plan, const float* q, uint32_t n,
+                          uint32_t q_heads, const AttendOptions& options, float* out, float* lse,
+                          bool device_io, void* stream, AttendStats* st) const {
+  const Geometry& g = geometry_;
+  const size_t d = g.head_dim;
+  MSA_ASSIGN_OR_RETURN(attention::GpuBlockPool * pool, GpuPool());
+  // The call's arrays in the staging slot, 256-byte aligned:
+  //   index [n * kv_heads, max_blocks] int32 page numbers | count [n * kv_heads] int32
+  //   and, for host I/O: q [rows, d] | out [rows, d] | lse [rows] float32.
+  const size_t n_sel = static_cast<size_t>(n) * g.kv_heads;
+  const size_t rows = static_cast<size_t>(n) * q_heads;
+  size_t max_blocks = 1;
+  for (const auto& sel : plan.chosen) max_blocks = std::max(max_blocks, sel.size());
+  auto align = [](size_t x) { return (x + 255) / 256 * 256; };
+  const size_t off_count = align(n_sel * max_blocks * sizeof(int32_t));
+  const size_t off_q = off_count + align(n_sel * sizeof(int32_t));
+  const size_t off_out = off_q + align(rows * d * sizeof(float));
+  const size_t off_lse = off_out + rows * d * sizeof(float);
+  const size_t io_bytes = device_io ? off_q : off_lse + align(rows * sizeof(float));
+
+  std::vector<attention::GpuPoolKey> keys(plan.ids.size());
+  for (size_t j = 0; j < keys.size(); ++j) {
+    keys[j] = {g.StreamOf(plan.ids[j].layer, plan.ids[j].kv_head), plan.ids[j].block};
+  }
+  attention::GpuBlockPool::BatchPtr batch;
+  std::vector<int32_t> pages;
+  std::vector<size_t> misses;
+  MSA_RETURN_IF_ERROR(pool->Begin(keys, options.use_cache, io_bytes, &batch, &pages, &misses));
+  st->on_gpu = true;
+  st->gpu_pool_hits = keys.size() - misses.size();
+  void* host_io = nullptr;
+  void* dev_io = nullptr;
+  pool->Io(*batch, &host_io, &dev_io);
+  auto* h = static_cast<uint8_t*>(host_io);
+  auto* dv = static_cast<uint8_t*>(dev_io);
+  void* s = device_io ? stream : pool->SlotStream(*batch);
+
+  const Status result = [&]() -> Status {
+    // 1. The page table: each selection's blocks as page numbers.
+    auto* index = reinterpret_cast<int32_t*>(h);
+    auto* count = reinterpret_cast<int32_t*>(h + off_count);
+    for (size_t r = 0; r < n_sel; ++r) {
+      const auto& sel = plan.chosen[r];
+      const auto& slots = plan.slot_of[r % g.kv_heads];
+      count[r] = static_cast<int32_t>(sel.size());
+      for (size_t j = 0; j < sel.size(); ++j) index[r * max_blocks + j] = pages[slots.at(sel[j])];
+    }
+    if (!device_io) std::memcpy(h + off_q, q, rows * d * sizeof(float));
+
+    // 2. Blocks missing from the pool: host cache or disk, decoded, staged as fp16.
+    if (!misses.empty()) {
+      const size_t block_elems = static_cast<size_t>(g.block_tokens) * d;
+      std::vector<BlockId> ids(misses.size());
+      std::vector<BlockLocation> locs(misses.size());
+      for (size_t m = 0; m < misses.size(); ++m) {
+        ids[m] = plan.ids[misses[m]];
+        locs[m] = plan.locs[misses[m]];
+      }
+      std::vector<float> k(misses.size() * block_elems), v(k.size());
+      std::vector<int32_t> len(misses.size());
+      MSA_RETURN_IF_ERROR(FetchBlocks(ids, locs, k.data(), v.data(), len.data(), st, options.use_cache));
+      const auto t_stage = Clock::now();
+      for (size_t m = 0; m < misses.size(); ++m) {
+        const size_t valid = static_cast<size_t>(len[m]) * d;
+        attention::FloatToHalfArray(k.data() + m * block_elems, pool->StagedKeys(*batch, m), valid);
+        attention::FloatToHalfArray(v.data() + m * block_elems, pool->StagedValues(*batch, m), valid);
+        pool->SetStagedTokens(*batch, m, len[m]);
+      }
+      st->upload_ms += MsSince(t_stage);
+    }
+    const auto t_enqueue = Clock::now();
+    MSA_RETURN_IF_ERROR(pool->Upload(*batch, s));
+    st->upload_ms += MsSince(t_enqueue);
+
+    // 3. The kernel over the pool's pages.
+    const auto t_attend = Clock::now();
+    attention::AttentionShape shape;
+    shape.n_queries = static_cast<int>(n);
+    shape.q_heads = static_cast<int>(q_heads);
+    shape.kv_heads = static_cast<int>(g.kv_heads);
+    shape.head_dim = static_cast<int>(d);
+    shape.block_tokens = static_cast<int>(g.block_tokens);
+    shape.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+    const attention::Selection selection{static_cast<int>(max_blocks), reinterpret_cast<const int32_t*>(dv),
+                                         reinterpret_cast<const int32_t*>(dv + off_count)};
+    if (device_io) {
+      MSA_RETURN_IF_ERROR(attention::SparseAttentionCudaF16(shape, pool->table(), selection, q, out, lse, s));
+    } else {
+      auto* d_out = reinterpret_cast<float*>(dv + off_out);
+      auto* d_lse = reinterpret_cast<float*>(dv + off_lse);
+      MSA_RETURN_IF_ERROR(attention::SparseAttentionCudaF16(shape, pool->table(), selection,
+                                                            reinterpret_cast<const float*>(dv + off_q), d_out,
+                                                            d_lse, s));
+      // out and lse are adjacent: one copy back, then wait for it.
+      MSA_RETURN_IF_ERROR(attention::CudaCopyToHostAsync(h + off_out, d_out, off_lse - off_out + rows * sizeof(float), s));
+      MSA_RETURN_IF_ERROR(attention::CudaSynchronize(s, "running sparse attention on the GPU"));
+      std::memcpy(out, h + off_out, rows * d * sizeof(float));
+      if (lse != nullptr) std::memcpy(lse, h + off_lse, rows * sizeof(float));
+    }
+    st->attend_ms = MsSince(t_attend);
+    return Status::OK();
+  }();
+  // The batch ends on every path: pages unpinned, misses published on success.
+  const Status finished = pool->Finish(std::move(batch), s, result.ok());
+  return result.ok() ? finished : result;
+}
+
+Status Store::AttendDevice(uint32_t layer, const float* q, uint32_t n, uint32_t q_heads,
+                           const AttendOptions& options, float* out, float* lse, void* stream,
+                           AttendStats* stats) const {
+  const auto t_start = Clock::now();
+  const Geometry& g = geometry_;
+  MSA_RETURN_IF_ERROR(CheckQuery(layer, q, n, q_heads));
+  if (n == 0) return Status::OK();
+  if (out == nullptr) return Status::InvalidArgument("out is null");
+  AttendStats local;
+  AttendStats& st = stats ? *stats : local;
+  st = AttendStats{};
+  MSA_RETURN_IF_ERROR(GpuPool().status());
+  // The router runs on the CPU: it needs q on the host.
+  const size_t q_elems = static_cast<size_t>(n) * q_heads * g.head_dim;
+  std::vector<float> q_host(q_elems);
+  MSA_RETURN_IF_ERROR(attention::CudaCopyToHostAsync(q_host.data(), q, q_elems * sizeof(float), stream)
+                          .WithContext("reading q from the GPU"));
+  MSA_RETURN_IF_ERROR(attention::CudaSynchronize(stream, "reading q from the GPU"));
+  MSA_RETURN_IF_ERROR(GpuSuits(options, q_host.data(), q_elems));
+  MSA_ASSIGN_OR_RETURN(QueryPlan plan, PlanQuery(layer, q_host.data(), n, q_heads, options, &st));
+  const Status done = AttendOnGpu(plan, q, n, q_heads, options, out, lse,
+                                  /*device_io=*/true, stream, &st);
+  st.total_ms = MsSince(t_start);
+  return done;
 }
 
 std::shared_future<Status> Store::Prefetch(uint32_t layer, const float* q, uint32_t n,
@@ -1269,6 +1471,10 @@ StoreStats Store::Stats() const {
   }
   s.reader = reader_->name();
   s.cache = cache_.Stats();
+  {
+    std::lock_guard<std::mutex> lock(gpu_mu_);
+    if (gpu_pool_) s.gpu_pool = gpu_pool_->Stats();
+  }
   for (uint32_t stream = 0; stream < geometry_.streams(); ++stream) s.ivf_streams += router_.has_ivf(stream);
   return s;
 }

@@ -39,6 +39,7 @@
 #include <string>
 #include <vector>
 
+#include "attention/gpu_block_pool.h"
 #include "io/block_reader.h"
 #include "io/segment_file.h"
 #include "msa/status.h"
@@ -72,7 +73,23 @@ struct StoreOptions {
   RouterOptions router;                 // when streams get an IVF index
   uint64_t cache_bytes = 256ull << 20;  // host cache of decoded blocks (0: none)
   unsigned encode_threads = 0;          // threads encoding a document's blocks (0: one per core)
+  // GPU block pool (device memory for fp16 K/V pages, allocated on the
+  // first query that runs on the GPU; attention/gpu_block_pool.h). 0: the
+  // GPU is never used.
+  uint64_t gpu_pool_bytes = uint64_t{256} << 20;
 };
+
+// Where Attend computes attention.
+//   kAuto: on the GPU when msa was built with CUDA, a device is usable and
+//          the call suits it (head_dim a multiple of 8 up to 256, codec f16,
+//          int8 or int4, |q| < 65504, not exact mode, its blocks fit the
+//          pool); on the CPU otherwise.
+//   kOff: always on the CPU.
+//   kRequire: on the GPU, or NotSupported saying why not.
+// The GPU reads K/V as fp16: int8/int4 blocks are decoded, then rounded to
+// fp16 (2^-11 relative, far below their quantisation step); f16 blocks are
+// exact. The arithmetic is float32 on both (tests/gpu_attend_test.cc).
+enum class GpuMode { kAuto, kOff, kRequire };
 
 struct AttendOptions {
   uint32_t top_k = 16;  // routed blocks per (query row, KV head), besides sink and recent
@@ -89,7 +106,9 @@ struct AttendOptions {
   std::vector<uint64_t> documents;
   uint32_t channels = 0;       // approximate routing over each head's largest probe
                                // coefficients, rescored exactly (0: exact scan)
-  bool use_cache = true;       // false: read every block from disk (cold-path measurements)
+  bool use_cache = true;       // false: read every block from disk (cold-path measurements);
+                               // on the GPU also bypasses the GPU pool
+  GpuMode gpu = GpuMode::kAuto;
 };
 
 // Where one Attend call spent its time, in milliseconds, and what it read.
@@ -99,6 +118,12 @@ struct AttendStats {
   uint64_t bytes_read = 0;   // bytes requested from the disk (4096-padded)
   uint64_t cache_hits = 0;   // blocks served by the block cache (not read)
   double routed_fraction = 0;  // mean share of index vectors scored per routed (row, KV head)
+  // The GPU path: whether it ran, blocks found in the GPU pool (no copy),
+  // and the time to stage and enqueue the copies of the rest (the copy
+  // itself runs on the GPU, inside attend_ms).
+  bool on_gpu = false;
+  uint64_t gpu_pool_hits = 0;
+  double upload_ms = 0;
 };
 
 // What `msa verify` found: every block read and checked, every catalog
@@ -138,6 +163,7 @@ struct StoreStats {
   std::string reader;                // "io_uring" or "pread"
   uint32_t ivf_streams = 0;          // streams routed through an IVF index (the rest: exact scan)
   BlockCacheStats cache;             // this handle's block cache
+  attention::GpuPoolStats gpu_pool;  // this handle's GPU pool (zeros until first used)
   std::vector<StreamBytes> streams;  // [layer * kv_heads + kv_head]
 };
 
@@ -184,6 +210,23 @@ class Store {
   Status Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_heads,
                 const AttendOptions& options, float* out, float* lse, AttendStats* stats = nullptr,
                 std::vector<std::vector<uint64_t>>* selected = nullptr) const;
+
+  // The same attention with q, out and lse in GPU memory (shapes as
+  // Attend's), enqueued on `stream` (a cudaStream_t; nullptr: the legacy
+  // default stream). Routing runs on the CPU, so q is first copied to the
+  // host: the call waits for `stream` up to that copy. It returns once the
+  // kernel is enqueued; out/lse are written when `stream` gets there.
+  // Blocks not in the GPU pool are read, staged and copied on `stream`.
+  // lse may be null. options.gpu is ignored: this is always the GPU;
+  // NotSupported (saying why) where the GPU path cannot run this call.
+  // The calling thread's current device must be the one the store's pool
+  // lives on (the current device at the store's first GPU call).
+  Status AttendDevice(uint32_t layer, const float* q, uint32_t n, uint32_t q_heads,
+                      const AttendOptions& options, float* out, float* lse, void* stream,
+                      AttendStats* stats = nullptr) const;
+
+  // Forgets every block of the GPU pool (cold measurements, tests).
+  void ClearGpuPool() const;
 
   // Asynchronous prefetch: routes q now and reads the chosen blocks into
   // the block cache on a background thread, so that an Attend with the same
@@ -269,6 +312,20 @@ class Store {
   Status FetchBlocks(const std::vector<BlockId>& ids, const std::vector<BlockLocation>& locs,
                      float* keys, float* values, int32_t* len, AttendStats* stats,
                      bool use_cache) const;
+  // OK when the GPU path can run this call (GpuMode's conditions but the
+  // pool's capacity); else NotSupported saying why. q on the host.
+  Status GpuSuits(const AttendOptions& options, const float* q, size_t q_elems) const;
+  // The store's GPU pool, created on first use; a failure to create it is
+  // kept and returned from then on.
+  Result<attention::GpuBlockPool*> GpuPool() const;
+  // The GPU half of Attend/AttendDevice after routing: pool lookup, fetch
+  // and staging of the misses, upload, kernel. device_io: q/out/lse are
+  // device pointers and the work is left enqueued on `stream`; otherwise
+  // they are host arrays, and the call waits for the result. NotSupported
+  // before any work when the pool cannot take the call.
+  Status AttendOnGpu(const QueryPlan& plan, const float* q, uint32_t n,
+                     uint32_t q_heads, const AttendOptions& options, float* out, float* lse,
+                     bool device_io, void* stream, AttendStats* st) const;
 
   const std::string path_;
   const std::unique_ptr<Catalog> catalog_;
@@ -307,6 +364,11 @@ class Store {
   std::map<uint64_t, DocumentRecord> staged_deletions_;            // removed from doc_blocks_
   Status write_error_;  // set by a failed commit: refuse writes until reopen
   std::vector<RouterIndexRecord> saved_indexes_;  // [stream]; generation 0: none saved
+
+  // The GPU pool; guarded by gpu_mu_ until created, then constant.
+  mutable std::mutex gpu_mu_;
+  mutable std::unique_ptr<attention::GpuBlockPool> gpu_pool_;
+  mutable Status gpu_error_;  // why the pool could not be created
 
   // Last: destroyed first, finishing queued prefetches while all else lives.
   mutable BackgroundWorker prefetcher_;

@@ -124,6 +124,26 @@ int main(int argc, char** argv) {
   params.gqa_combine = (msa_gqa_combine_t)7;
   CHECK(msa_attend(store, 0, q, 1, QH, &params, out, lse) == MSA_INVALID_ARGUMENT);
   CHECK(strstr(msa_last_error(), "gqa_combine") != NULL);
+  params.gqa_combine = MSA_GQA_MAX;
+  /* Where to compute: an unknown mode is refused; off is always the CPU;
+   * require and the device entry point need a GPU (and say why without one). */
+  params.gpu = (msa_gpu_t)9;
+  CHECK(msa_attend(store, 0, q, 1, QH, &params, out, lse) == MSA_INVALID_ARGUMENT);
+  CHECK(strstr(msa_last_error(), "gpu") != NULL);
+  params.gpu = MSA_GPU_OFF;
+  CHECK(msa_attend(store, 0, q, 1, QH, &params, out, lse) == MSA_OK);
+  const char* why = NULL;
+  const int have_gpu = msa_gpu_available(&why);
+  CHECK(why != NULL && (have_gpu ? why[0] == '\0' : why[0] != '\0'));
+  CHECK(msa_gpu_available(NULL) == have_gpu);
+  params.gpu = MSA_GPU_REQUIRE;
+  CHECK(msa_attend(store, 0, q, 1, QH, &params, out, lse) == (have_gpu ? MSA_OK : MSA_NOT_SUPPORTED));
+  if (!have_gpu) {
+    CHECK(msa_attend_device(store, 0, q, 1, QH, &params, out, lse, NULL) == MSA_NOT_SUPPORTED);
+    CHECK(strstr(msa_last_error(), "msa_attend_device") != NULL);
+  }
+  CHECK(msa_attend_device(NULL, 0, q, 1, QH, &params, out, lse, NULL) == MSA_INVALID_ARGUMENT);
+  params.gpu = MSA_GPU_AUTO;
   CHECK(msa_append_document(store, "x", keys, values, T, MSA_FLOAT32, NULL) == MSA_INVALID_ARGUMENT);
   msa_store_close(store);
   CHECK(msa_store_open("/nonexistent/msa", 0, &store) == MSA_NOT_FOUND);

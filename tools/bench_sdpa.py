@@ -7,13 +7,23 @@ sdpa_us the median of 50 single calls after warm-up (L2-warm where K/V fit the
 50 MiB L2), back-to-back 50 calls / 50, cold the median of 50 single calls each
 after writing a 256 MiB buffer (K/V evicted from L2) -- the same columns as
 tools/bench_cuda_attention.cu.
+
+Optional: --budgets 4096 --ns 1,8 (comma lists) replace the default shapes,
+e.g. to set SDPA beside tools/bench_gpu_attend.cc's one-layer attend.
 """
+import argparse
 import inspect
 import statistics
 
 import torch
 import torch.nn.functional as F
 
+_ap = argparse.ArgumentParser()
+_ap.add_argument("--budgets", default="2048,8192,32768")
+_ap.add_argument("--ns", default="1,8,64")
+_args = _ap.parse_args()
+BUDGETS = [int(x) for x in _args.budgets.split(",")]
+NS = [int(x) for x in _args.ns.split(",")]
 dev = "cuda"
 print(f"# torch {torch.__version__}, cuda {torch.version.cuda}, {torch.cuda.get_device_name(0)}")
 try:
@@ -77,10 +87,10 @@ def time_batched(fn, iters=50):
 
 print("n,budget,sdpa_us,sdpa_us_backtoback,sdpa_us_cold")
 torch.manual_seed(0)
-for budget in (2048, 8192, 32768):
+for budget in BUDGETS:
     k = torch.randn(1, 8, budget, 128, device=dev, dtype=torch.float16)
     v = torch.randn_like(k)
-    for n in (1, 8, 64):
+    for n in NS:
         q = torch.randn(1, 32, n, 128, device=dev, dtype=torch.float16)
         note = []
         # GQA: enable_gqa if accepted, else repeat_interleave K/V to 32 heads.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 # The header version this wrapper was written for (include/msa.h).
 HEADER_MAJOR = 0
-HEADER_MINOR = 5
+HEADER_MINOR = 6
 
 _LIB_NAMES = ("libmsa.so", "libmsa.so.0")
 
@@ -37,6 +37,7 @@ class AttendParams(ctypes.Structure):
         ("candidates", ctypes.c_uint32),
         ("exact_routing", ctypes.c_int),
         ("channels", ctypes.c_uint32),
+        ("gpu", ctypes.c_int),  # msa_gpu_t
         ("documents", ctypes.POINTER(ctypes.c_uint64)),
         ("n_documents", ctypes.c_uint32),
     ]
@@ -135,6 +136,8 @@ def _declare(lib):
         "msa_prefetch_wait": (i32, [vp]),
         "msa_prefetch_free": (None, [vp]),
         "msa_store_stats": (i32, [vp, c.POINTER(Stats)]),
+        "msa_attend_device": (i32, [vp, u32, vp, u32, u32, c.POINTER(AttendParams), vp, vp, vp]),
+        "msa_gpu_available": (i32, [c.POINTER(c.c_char_p)]),
     }
     for name, (restype, argtypes) in protos.items():
         fn = getattr(lib, name)
