@@ -18,12 +18,14 @@ lives in. Errors raise msa.Error subclasses, one per msa_status_t code
 from . import _lib
 from .errors import (AlreadyExists, Corruption, Error, Internal, InvalidArgument, IOError,
                      NotFound, NotSupported)
-from .store import Document, Geometry, Prefetch, Store, library_path, set_log_level, version
+from .store import (Document, Geometry, Prefetch, Store, gpu_available, library_path, set_log_level,
+                    version)
 
 __version__ = "{}.{}.{}".format(*_lib.version)
 
 __all__ = [
     "Store", "Prefetch", "Geometry", "Document", "version", "library_path", "set_log_level",
+    "gpu_available",
     "Error", "InvalidArgument", "NotFound", "Corruption", "IOError", "NotSupported",
     "AlreadyExists", "Internal",
 ]

@@ -27,6 +27,7 @@ _c = _lib.lib
 CODECS = {"f16": 1, "bf16": 2, "int8": 3, "int4": 4}
 SUMMARIES = {"mean": 1, "bound": 2, "centroids": 3, "hybrid": 4}
 GQA_COMBINE = {"max": 0, "sum": 1}
+GPU_MODES = {"auto": 0, "off": 1, "require": 2}  # msa_gpu_t
 LOG_LEVELS = {"trace": 0, "debug": 1, "info": 2, "warn": 3, "warning": 3, "error": 4, "off": 6}
 _DTYPE_CODES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1}  # msa_dtype_t
 
@@ -74,6 +75,14 @@ def library_path():
     return str(_lib.path)
 
 
+def gpu_available():
+    """(True, "") when the library was built with CUDA and a device is usable,
+    else (False, why)."""
+    why = ctypes.c_char_p()
+    ok = _c.msa_gpu_available(ctypes.byref(why))
+    return bool(ok), (why.value or b"").decode()
+
+
 def set_log_level(level):
     """Sets the library's log level: 'trace', 'debug', 'info', 'warn', 'error', 'off'
     (or the msa_log_level_t number). The default is 'warn' (MSA_LOG_LEVEL overrides)."""
@@ -93,7 +102,7 @@ def _to_numpy(x, name):
     if _is_torch(x):
         if x.device.type != "cpu":
             raise NotSupported(
-                f"{name} is a {x.device.type} tensor; this version takes CPU tensors only "
+                f"{name} is a {x.device.type} tensor; only attend() takes CUDA tensors "
                 "(move it with .cpu())")
         x = x.detach()
         if x.dtype not in (sys.modules["torch"].float32, sys.modules["torch"].float16):
@@ -300,20 +309,31 @@ class Store:
     # -- reading --
 
     def _query(self, what, q, top_k, exact, gqa_combine, nprobe, candidates, exact_routing,
-               channels, documents):
+               channels, documents, gpu="auto"):
         """q as a float32 array [n, q_heads, head_dim], the params struct, and the
         documents array the struct points into (keep it alive for the call)."""
-        g = self._geometry
         qa = _input(q, "q", (np.dtype(np.float32),))
-        if qa.ndim != 3 or qa.shape[2] != g.head_dim or qa.shape[1] == 0 \
-                or qa.shape[1] % g.kv_heads != 0:
+        self._check_q_shape(qa.shape)
+        p, docs = self._params(what, top_k, exact, gqa_combine, nprobe, candidates, exact_routing,
+                               channels, documents, gpu)
+        return qa, p, docs
+
+    def _check_q_shape(self, shape):
+        g = self._geometry
+        if len(shape) != 3 or shape[2] != g.head_dim or shape[1] == 0 or shape[1] % g.kv_heads != 0:
             raise _shape_error("q", f"n, q_heads (a multiple of kv_heads={g.kv_heads}), "
-                                    f"head_dim={g.head_dim}", qa.shape)
+                                    f"head_dim={g.head_dim}", tuple(shape))
+
+    def _params(self, what, top_k, exact, gqa_combine, nprobe, candidates, exact_routing,
+                channels, documents, gpu="auto"):
+        """The params struct, and the documents array it points into (keep it
+        alive for the call)."""
         p = _c.msa_attend_default_params()
         if top_k is not None:
             p.top_k = top_k
         p.exact = 1 if exact else 0
         p.gqa_combine = _code_of(GQA_COMBINE, gqa_combine, "gqa_combine")
+        p.gpu = _code_of(GPU_MODES, gpu, "gpu")
         p.nprobe, p.candidates, p.channels = nprobe, candidates, channels
         p.exact_routing = 1 if exact_routing else 0
         docs = None
@@ -323,10 +343,11 @@ class Store:
                 raise InvalidArgument(f"{what}: documents is empty (None means all documents)")
             p.documents = docs.ctypes.data_as(ctypes.POINTER(ctypes.c_uint64))
             p.n_documents = docs.size
-        return qa, p, docs
+        return p, docs
 
     def attend(self, layer, q, *, top_k=None, exact=False, gqa_combine="max", nprobe=0,
-               candidates=0, exact_routing=False, channels=0, documents=None, out=None, lse=None):
+               candidates=0, exact_routing=False, channels=0, documents=None, out=None, lse=None,
+               gpu="auto"):
         """Attention of queries over the memory of one layer; returns (out, lse).
 
         q: [n, q_heads, head_dim] float32 (q_heads a multiple of kv_heads; query head h
@@ -335,11 +356,22 @@ class Store:
         scaled scores q.k / sqrt(head_dim), for merging with other attention.
         top_k: routed blocks per KV head besides the first and last (None: 16);
         exact: every block of the layer; documents: ids to restrict the query to.
+        gpu: "auto" (the GPU when msa has one and the call suits it), "off" or
+        "require" (msa.NotSupported, saying why, when it cannot) for host arrays.
         out=/lse=: arrays to write into (exact shape, float32, C order).
-        A torch q gives torch results (sharing memory with numpy arrays)."""
+        A torch q gives torch results (sharing memory with numpy arrays). A CUDA
+        float32 q runs on the GPU through msa_attend_device: out and lse are CUDA
+        tensors on q's device, written in order on its current stream (the call
+        returns once the work is enqueued, like any CUDA op); out=/lse= then
+        must be CUDA float32 tensors of the exact shape, contiguous."""
         handle = self._live("attend")
+        if _is_torch(q) and q.device.type == "cuda":
+            return self._attend_cuda(handle, layer, q, out, lse,
+                                     self._params("attend", top_k, exact, gqa_combine, nprobe,
+                                                  candidates, exact_routing, channels, documents,
+                                                  gpu))
         qa, p, docs = self._query("attend", q, top_k, exact, gqa_combine, nprobe, candidates,
-                                  exact_routing, channels, documents)
+                                  exact_routing, channels, documents, gpu)
         n, q_heads = qa.shape[0], qa.shape[1]
         o = np.empty(qa.shape, np.float32) if out is None else _output(out, "out", qa.shape)
         s = np.empty((n, q_heads), np.float32) if lse is None else _output(lse, "lse", (n, q_heads))
@@ -351,6 +383,37 @@ class Store:
         if _is_torch(q):
             torch = sys.modules["torch"]
             return torch.from_numpy(o), torch.from_numpy(s)
+        return o, s
+
+    def _attend_cuda(self, handle, layer, q, out, lse, params):
+        """attend() for a CUDA q: device pointers and q's current stream."""
+        torch = sys.modules["torch"]
+        p, docs = params
+        if q.dtype != torch.float32:
+            raise InvalidArgument(f"q is a CUDA {q.dtype} tensor; the GPU entry point takes float32")
+        self._check_q_shape(q.shape)
+        q = q.detach().contiguous()
+        n, q_heads = q.shape[0], q.shape[1]
+
+        def device_output(x, name, shape):
+            if x is None:
+                return torch.empty(shape, dtype=torch.float32, device=q.device)
+            if not _is_torch(x) or x.device != q.device or x.dtype != torch.float32 \
+                    or tuple(x.shape) != tuple(shape) or not x.is_contiguous():
+                raise InvalidArgument(
+                    f"{name} must be a contiguous float32 tensor of shape {tuple(shape)} on {q.device} "
+                    f"(q's device), got {type(x).__name__} "
+                    f"{getattr(x, 'dtype', '')} {tuple(getattr(x, 'shape', ()))} "
+                    f"on {getattr(x, 'device', 'the host')}")
+            return x
+
+        o = device_output(out, "out", tuple(q.shape))
+        s = device_output(lse, "lse", (n, q_heads))
+        stream = torch.cuda.current_stream(q.device).cuda_stream
+        with torch.cuda.device(q.device):
+            _check(_c.msa_attend_device(handle, layer, q.data_ptr(), n, q_heads, ctypes.byref(p),
+                                        o.data_ptr(), s.data_ptr(), ctypes.c_void_p(stream)))
+        del docs  # routing (on the CPU) is done with it
         return o, s
 
     def prefetch(self, layer, q, *, top_k=None, exact=False, gqa_combine="max", nprobe=0,

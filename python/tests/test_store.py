@@ -232,6 +232,22 @@ def test_non_contiguous_and_float64_inputs_give_the_same_answer(corpus):
         np.testing.assert_array_equal(got64, expected)
 
 
+def test_gpu_mode_names(corpus):
+    path, _, _ = corpus
+    q = queries(13)
+    with msa.Store.open(path, read_only=True) as store:
+        expected, _ = store.attend(0, q, top_k=1, gpu="off")
+        out, _ = store.attend(0, q, top_k=1)  # auto: the GPU where there is one
+        np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
+        with pytest.raises(msa.InvalidArgument, match="gpu"):
+            store.attend(0, q, gpu="sometimes")
+        usable, why = msa.gpu_available()
+        assert isinstance(why, str) and (usable or why)
+        if not usable:
+            with pytest.raises(msa.NotSupported):
+                store.attend(0, q, gpu="require")
+
+
 def test_torch_cpu_tensors(corpus):
     torch = pytest.importorskip("torch", reason="torch is not installed for this interpreter")
     path, _, _ = corpus
@@ -242,6 +258,45 @@ def test_torch_cpu_tensors(corpus):
         assert isinstance(out, torch.Tensor) and isinstance(lse, torch.Tensor)
         np.testing.assert_array_equal(out.numpy(), expected)
         np.testing.assert_array_equal(lse.numpy(), expected_lse)
+
+
+def test_cuda_tensors(corpus):
+    """A CUDA q runs through msa_attend_device: CUDA results on q's device,
+    equal to the CPU path's within float32 error, and over every block to
+    dense attention; outputs in place; wrong dtypes and devices refused."""
+    torch = pytest.importorskip("torch", reason="torch is not installed for this interpreter")
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device")
+    usable, why = msa.gpu_available()
+    if not usable:
+        pytest.skip(f"msa has no usable GPU: {why}")
+    path, docs, _ = corpus
+    q = queries(21)
+    qd = torch.from_numpy(q).cuda()
+    keys, values = layer_kv(docs, 0)
+    tol = float32_tolerance(keys.shape[1], HEAD_DIM, np.abs(values).max())
+    with msa.Store.open(path, read_only=True) as store:
+        for top_k in (1, 1000):  # a sparse selection; every block
+            cpu_out, cpu_lse = store.attend(0, q, top_k=top_k, gpu="off")
+            out, lse = store.attend(0, qd, top_k=top_k)
+            assert out.is_cuda and lse.is_cuda and out.device == qd.device
+            assert tuple(out.shape) == q.shape and tuple(lse.shape) == q.shape[:2]
+            torch.cuda.current_stream().synchronize()
+            np.testing.assert_allclose(out.cpu().numpy(), cpu_out, rtol=0, atol=tol)
+            np.testing.assert_allclose(lse.cpu().numpy(), cpu_lse, rtol=0, atol=tol)
+        check_against_dense(out.cpu().numpy(), lse.cpu().numpy(), q, keys, values)
+        # The host entry point on the GPU gives the same as the device one.
+        host_gpu, _ = store.attend(0, q, top_k=1000, gpu="require")
+        np.testing.assert_allclose(host_gpu, out.cpu().numpy(), rtol=0, atol=tol)
+        o, s = torch.empty_like(qd), torch.empty(q.shape[:2], device=qd.device)
+        ro, rs = store.attend(0, qd, top_k=1000, out=o, lse=s)
+        assert ro is o and rs is s
+        torch.cuda.current_stream().synchronize()
+        np.testing.assert_array_equal(o.cpu().numpy(), out.cpu().numpy())
+        with pytest.raises(msa.InvalidArgument, match="float32"):
+            store.attend(0, qd.half())
+        with pytest.raises(msa.InvalidArgument, match="out must be"):
+            store.attend(0, qd, out=torch.empty(q.shape))  # a host tensor for a CUDA q
 
 
 def test_version_and_library():
