@@ -94,6 +94,13 @@ std::string RouterIndexKey(uint32_t stream) {
   return k;
 }
 
+std::string SummaryPieceKey(uint32_t stream, uint64_t first_block) {
+  std::string k = "P";
+  AppendBe32(&k, stream);
+  AppendBe64(&k, first_block);
+  return k;
+}
+
 std::string EncodeGeometry(const Geometry& g) {
   std::string v;
   AppendLe32(&v, kGeometryVersion);
@@ -308,6 +315,29 @@ Result<std::optional<RouterIndexRecord>> Catalog::ReadRouterIndex(uint32_t strea
   return std::optional<RouterIndexRecord>(rec);
 }
 
+Result<std::vector<SummaryPieceRecord>> Catalog::ListSummaryPieces(uint32_t stream) const {
+  std::string prefix = "P";
+  AppendBe32(&prefix, stream);
+  std::vector<SummaryPieceRecord> out;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    if (it->key().size() != prefix.size() + 8) return Status::Corruption("malformed summary piece key");
+    SummaryPieceRecord rec;
+    rec.first_block = ReadBe64(it->key().data() + prefix.size());
+    const std::string v = it->value().ToString();
+    Reader r(v);
+    rec.blocks = r.Next<uint64_t>();
+    rec.file_bytes = r.Next<uint64_t>();
+    rec.checksum = r.Next<uint64_t>();
+    if (!r.ok()) {
+      return Status::Corruption("summary piece record of stream " + std::to_string(stream) + " is truncated");
+    }
+    out.push_back(rec);
+  }
+  MSA_RETURN_IF_ERROR(FromRocks(it->status(), "list summary pieces"));
+  return out;
+}
+
 Result<std::optional<uint64_t>> Catalog::FindDocument(const std::string& name) const {
   std::string v;
   const rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), "N" + name, &v);
@@ -380,12 +410,14 @@ Status Catalog::ScanBlocks(uint32_t layer, uint32_t kv_head,
 
 Status Catalog::ScanSummaries(
     uint32_t layer, uint32_t kv_head,
-    const std::function<Status(uint64_t, std::span<const float>)>& fn) const {
+    const std::function<Status(uint64_t, std::span<const float>)>& fn, uint64_t from) const {
   const std::string prefix = StreamPrefix('S', layer, kv_head);
   const size_t bytes = sizeof(float) * geometry_.summary_width();
   std::vector<float> summary(geometry_.summary_width());
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
-  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+  std::string start = prefix;
+  AppendBe64(&start, from);
+  for (it->Seek(start); it->Valid() && it->key().starts_with(prefix); it->Next()) {
     if (it->key().size() != prefix.size() + 8 || it->value().size() != bytes) {
       return Status::Corruption("malformed summary record for layer " + std::to_string(layer) +
                                 " kv-head " + std::to_string(kv_head));
@@ -440,6 +472,18 @@ void Catalog::Batch::PutRouterIndex(uint32_t stream, const RouterIndexRecord& re
   AppendLe64(&v, rec.file_bytes);
   AppendLe64(&v, rec.checksum);
   batch_->Put(RouterIndexKey(stream), v);
+}
+
+void Catalog::Batch::PutSummaryPiece(uint32_t stream, const SummaryPieceRecord& rec) {
+  std::string v;
+  AppendLe64(&v, rec.blocks);
+  AppendLe64(&v, rec.file_bytes);
+  AppendLe64(&v, rec.checksum);
+  batch_->Put(SummaryPieceKey(stream, rec.first_block), v);
+}
+
+void Catalog::Batch::DeleteSummaryPiece(uint32_t stream, uint64_t first_block) {
+  batch_->Delete(SummaryPieceKey(stream, first_block));
 }
 
 void Catalog::Batch::PutCounters(const CatalogCounters& counters) {

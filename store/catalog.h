@@ -17,6 +17,7 @@
 //   'S' layer:be32 kv_head:be32 block:be64 -> summary, Geometry::summary_width() float32
 //   'L' segment:be32                      -> committed length:le64
 //   'R' stream:be32                       -> RouterIndexRecord (a saved IVF index)
+//   'P' stream:be32 first_block:be64      -> SummaryPieceRecord (summaries saved as a file)
 // Big-endian numbers keep RocksDB's byte order equal to numeric order, so
 // one stream's blocks are one contiguous, ordered key range.
 //
@@ -86,6 +87,17 @@ struct RouterIndexRecord {
   uint64_t checksum = 0;         // XXH3-64 of the file
 };
 
+// A run of one stream's summaries saved as a file, so that opening a large
+// store reads them in one sequential read instead of record by record from
+// RocksDB (the 'S' records stay the source of truth; a missing or damaged
+// piece is read from them instead).
+struct SummaryPieceRecord {
+  uint64_t first_block = 0;  // blocks [first_block, first_block + blocks)
+  uint64_t blocks = 0;
+  uint64_t file_bytes = 0;
+  uint64_t checksum = 0;     // XXH3-64 of the file
+};
+
 class Catalog {
  public:
   // Creates a new catalog in `dir` (which must not hold one).
@@ -109,8 +121,12 @@ class Catalog {
   Status ScanBlocks(uint32_t layer, uint32_t kv_head,
                     const std::function<Status(uint64_t block, const BlockLocation&)>& fn) const;
   // Visits every summary of one stream in block order.
+  // Visits the summaries of one stream in block order, from block `from` on.
   Status ScanSummaries(uint32_t layer, uint32_t kv_head,
-                       const std::function<Status(uint64_t block, std::span<const float>)>& fn) const;
+                       const std::function<Status(uint64_t block, std::span<const float>)>& fn,
+                       uint64_t from = 0) const;
+  // The stream's saved summary pieces, by first block.
+  Result<std::vector<SummaryPieceRecord>> ListSummaryPieces(uint32_t stream) const;
 
   // One commit's worth of catalog changes, applied atomically by Commit().
   class Batch {
@@ -127,6 +143,8 @@ class Catalog {
     void DeleteSegmentLength(uint32_t segment);
     void PutCounters(const CatalogCounters& counters);
     void PutRouterIndex(uint32_t stream, const RouterIndexRecord& record);
+    void PutSummaryPiece(uint32_t stream, const SummaryPieceRecord& record);
+    void DeleteSummaryPiece(uint32_t stream, uint64_t first_block);
     size_t count() const;
 
    private:

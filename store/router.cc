@@ -127,6 +127,24 @@ void Router::Add(uint32_t stream, std::span<const float> summaries) {
   }
 }
 
+void Router::AddChunks(uint32_t stream, const uint16_t* data, size_t n_chunks) {
+  Stream& s = *streams_[stream];
+  const uint64_t first = s.summaries.blocks();
+  s.summaries.AppendChunks(data, n_chunks);
+  if (s.ivf) {
+    try {
+      AddInChunks(s.ivf.get(), s.summaries, first, n_chunks * SummaryTable::kChunkBlocks,
+                  geometry_.summary_width(), IndexVectorsPerBlock(geometry_));
+    } catch (const std::exception& e) {
+      spdlog::warn("router: adding to the IVF index of stream {} failed ({}); scanning it exactly",
+                   stream, e.what());
+      s.ivf.reset();
+    }
+  }
+}
+
+const SummaryTable& Router::summaries(uint32_t stream) const { return streams_[stream]->summaries; }
+
 uint64_t Router::blocks(uint32_t stream) const { return streams_[stream]->summaries.blocks(); }
 bool Router::has_ivf(uint32_t stream) const { return streams_[stream]->ivf != nullptr; }
 

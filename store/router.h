@@ -40,6 +40,8 @@ struct IndexIVF;
 
 namespace msa {
 
+class SummaryTable;
+
 struct ScoredBlock {
   uint64_t block = 0;
   float score = 0.0f;
@@ -89,6 +91,12 @@ class Router {
   // nothing allocates outside the IVF, and an IVF failure only drops the IVF.
   void Add(uint32_t stream, std::span<const float> summaries);
   void Reserve(uint32_t stream, uint64_t blocks);
+  // Appends whole chunks of fp16 summaries as SummaryTable lays them out
+  // (a saved summary piece); the stream's block count must be a multiple
+  // of SummaryTable::kChunkBlocks.
+  void AddChunks(uint32_t stream, const uint16_t* data, size_t n_chunks);
+  // The stream's summaries, to save them (read-only; the writer's thread).
+  const SummaryTable& summaries(uint32_t stream) const;
   uint64_t blocks(uint32_t stream) const;
   bool has_ivf(uint32_t stream) const;
 

@@ -23,6 +23,7 @@
 #include "store/codec.h"
 #include "store/codec_quantized.h"
 #include "store/summary.h"
+#include "store/summary_table.h"
 
 namespace msa {
 
@@ -87,7 +88,8 @@ Store::Store(std::string path, std::unique_ptr<Catalog> catalog, const StoreOpti
       router_(geometry_, options.router),
       staged_locations_(geometry_.streams()),
       staged_summaries_(geometry_.streams()),
-      saved_indexes_(geometry_.streams()) {}
+      saved_indexes_(geometry_.streams()),
+      pieces_end_(geometry_.streams(), 0) {}
 
 Store::~Store() {
   for (auto& [segment, fd] : read_fds_) ::close(fd);
@@ -122,8 +124,10 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& path, const StoreO
   if (!IsDirectory(CatalogDir(path))) {
     return Status::NotFound(path + " is not an msa store (no catalog/ directory)");
   }
+  const auto t0 = Clock::now();
   auto catalog = Catalog::Open(CatalogDir(path), options.read_only);
   if (!catalog.ok()) return catalog.status().WithContext("open store " + path);
+  spdlog::debug("{}: catalog (RocksDB) opened in {:.1f} ms", path, MsSince(t0));
   std::unique_ptr<Store> store(new Store(path, std::move(catalog).value(), options));
   MSA_RETURN_IF_ERROR(store->Load().WithContext("open store " + path));
   return store;
@@ -133,11 +137,14 @@ Status Store::Load() {
   const auto t0 = Clock::now();
   MSA_ASSIGN_OR_RETURN(committed_, catalog_->ReadCounters());
   std::vector<float> summaries;
+  double directory_ms = 0, summaries_ms = 0;
+  uint64_t pieces_blocks = 0;
   for (uint32_t layer = 0; layer < geometry_.layers; ++layer) {
     for (uint32_t head = 0; head < geometry_.kv_heads; ++head) {
       const uint32_t stream = geometry_.StreamOf(layer, head);
       auto& dir = directory_[stream];
       dir.reserve(committed_.blocks_per_stream);
+      auto phase = Clock::now();
       MSA_RETURN_IF_ERROR(catalog_->ScanBlocks(layer, head, [&](uint64_t block, const BlockLocation& loc) {
         if (block != dir.size()) {
           return Status::Corruption("block directory of layer " + std::to_string(layer) +
@@ -156,21 +163,30 @@ Status Store::Load() {
         dir.push_back(loc);
         return Status::OK();
       }));
+      directory_ms += MsSince(phase);
+      phase = Clock::now();
       // Into the router in batches: the whole stream's float summaries at
       // once would be gigabytes at 100M tokens.
       constexpr uint64_t kBatch = 4096;
       router_.Reserve(stream, committed_.blocks_per_stream);
       summaries.clear();
-      uint64_t count = 0;
-      MSA_RETURN_IF_ERROR(catalog_->ScanSummaries(layer, head, [&](uint64_t block, std::span<const float> s) {
-        if (block != count++) return Status::Corruption("summaries skip a block");
-        summaries.insert(summaries.end(), s.begin(), s.end());
-        if (count % kBatch == 0) {
-          router_.Add(stream, summaries);
-          summaries.clear();
-        }
-        return Status::OK();
-      }));
+      // Saved pieces first (one sequential read each), then the rest record
+      // by record from the catalog.
+      uint64_t count = LoadSummaryPieces(stream);
+      const uint64_t from_pieces = count;
+      MSA_RETURN_IF_ERROR(catalog_->ScanSummaries(
+          layer, head,
+          [&](uint64_t block, std::span<const float> s) {
+            if (block != count++) return Status::Corruption("summaries skip a block");
+            summaries.insert(summaries.end(), s.begin(), s.end());
+            if ((count - from_pieces) % kBatch == 0) {
+              router_.Add(stream, summaries);
+              summaries.clear();
+            }
+            return Status::OK();
+          },
+          from_pieces));
+      pieces_blocks += from_pieces;
       if (dir.size() != committed_.blocks_per_stream || count != committed_.blocks_per_stream) {
         return Status::Corruption("layer " + std::to_string(layer) + " kv-head " +
                                   std::to_string(head) + " has " + std::to_string(dir.size()) +
@@ -179,8 +195,11 @@ Status Store::Load() {
                                   std::to_string(committed_.blocks_per_stream));
       }
       router_.Add(stream, summaries);
+      summaries_ms += MsSince(phase);
     }
   }
+  spdlog::debug("{}: block directory read in {:.1f} ms, summaries in {:.1f} ms ({} blocks from saved pieces)",
+                path_, directory_ms, summaries_ms, pieces_blocks);
   MSA_ASSIGN_OR_RETURN(const auto docs, catalog_->ListDocuments());
   for (const DocumentRecord& doc : docs) doc_blocks_[doc.id] = {doc.first_block, doc.blocks};
   live_ranges_ = LiveRanges(doc_blocks_);
@@ -190,6 +209,7 @@ Status Store::Load() {
                path_, committed_.documents, committed_.tokens, MsSince(t0));
   staged_ = committed_;
   if (!options_.read_only) {
+    SaveSummaryPieces();  // a store from before pieces, or one whose piece was damaged
     RemoveOrphanSegments();
     MSA_ASSIGN_OR_RETURN(const uint64_t len, catalog_->ReadSegmentLength(committed_.active_segment));
     MSA_RETURN_IF_ERROR(OpenWriter(committed_.active_segment, len));
@@ -508,6 +528,7 @@ Status Store::Commit() {
   retired_writers_.clear();
   staged_names_.clear();
   RefreshRouterIndexes();
+  SaveSummaryPieces();
   return Status::OK();
 }
 
@@ -720,6 +741,101 @@ Status Store::SaveRouterIndex(uint32_t stream) {
   }
   saved_indexes_[stream] = rec;
   return Status::OK();
+}
+
+std::string Store::SummaryPiecePath(uint32_t stream, uint64_t first_block) const {
+  return path_ + "/summaries/" + std::to_string(stream) + "." + std::to_string(first_block) + ".f16";
+}
+
+uint64_t Store::LoadSummaryPieces(uint32_t stream) {
+  auto pieces = catalog_->ListSummaryPieces(stream);
+  if (!pieces.ok()) {
+    spdlog::warn("{}: {}; reading stream {}'s summaries from the catalog", path_, pieces.status().ToString(),
+                 stream);
+    return 0;
+  }
+  const SummaryTable& table = router_.summaries(stream);
+  uint64_t covered = 0;
+  for (const SummaryPieceRecord& p : *pieces) {
+    const std::string file = SummaryPiecePath(stream, p.first_block);
+    Status st = [&]() -> Status {
+      if (p.first_block != covered || p.blocks == 0 || p.blocks % SummaryTable::kChunkBlocks != 0 ||
+          p.first_block + p.blocks > committed_.blocks_per_stream) {
+        return Status::Corruption("blocks [" + std::to_string(p.first_block) + ", " +
+                                  std::to_string(p.first_block + p.blocks) +
+                                  ") do not continue the saved summaries");
+      }
+      const size_t chunks = p.blocks / SummaryTable::kChunkBlocks;
+      if (p.file_bytes != chunks * table.chunk_bytes()) {
+        return Status::Corruption("its size does not match the store's geometry");
+      }
+      MSA_ASSIGN_OR_RETURN(const std::vector<uint8_t> bytes, io::ReadWholeFile(file));
+      if (bytes.size() != p.file_bytes || Checksum(bytes.data(), bytes.size()) != p.checksum) {
+        return Status::Corruption("size or checksum does not match the catalog");
+      }
+      router_.AddChunks(stream, reinterpret_cast<const uint16_t*>(bytes.data()), chunks);
+      return Status::OK();
+    }();
+    if (!st.ok()) {
+      spdlog::warn("{}: summary piece {} is unusable ({}); reading its summaries from the catalog", path_, file,
+                   st.ToString());
+      break;
+    }
+    covered += p.blocks;
+  }
+  pieces_end_[stream] = covered;
+  return covered;
+}
+
+void Store::SaveSummaryPieces() {
+  const uint64_t per = (options_.summary_piece_blocks + SummaryTable::kChunkBlocks - 1) /
+                       SummaryTable::kChunkBlocks * SummaryTable::kChunkBlocks;
+  if (options_.read_only || per == 0) return;
+  for (uint32_t stream = 0; stream < geometry_.streams(); ++stream) {
+    const uint64_t blocks = router_.blocks(stream);
+    if (blocks < pieces_end_[stream] + per) continue;
+    const SummaryTable& table = router_.summaries(stream);
+    Status st = [&]() -> Status {
+      MSA_RETURN_IF_ERROR(MakeDirectory(path_ + "/summaries"));
+      Catalog::Batch batch;
+      // Records past what was loaded (a damaged piece, or another piece
+      // size) are replaced.
+      MSA_ASSIGN_OR_RETURN(const auto existing, catalog_->ListSummaryPieces(stream));
+      std::vector<uint64_t> stale;
+      for (const SummaryPieceRecord& p : existing) {
+        if (p.first_block >= pieces_end_[stream]) stale.push_back(p.first_block);
+      }
+      for (uint64_t first : stale) batch.DeleteSummaryPiece(stream, first);
+      uint64_t end = pieces_end_[stream];
+      std::vector<uint8_t> bytes;
+      for (; blocks >= end + per; end += per) {
+        const size_t first_chunk = end / SummaryTable::kChunkBlocks;
+        const size_t chunks = per / SummaryTable::kChunkBlocks;
+        bytes.resize(chunks * table.chunk_bytes());
+        for (size_t c = 0; c < chunks; ++c) {
+          std::memcpy(bytes.data() + c * table.chunk_bytes(), table.ChunkData(first_chunk + c), table.chunk_bytes());
+        }
+        MSA_RETURN_IF_ERROR(
+            io::WriteFileAtomically(SummaryPiecePath(stream, end), bytes.data(), bytes.size()));
+        batch.PutSummaryPiece(stream, SummaryPieceRecord{end, per, bytes.size(),
+                                                         Checksum(bytes.data(), bytes.size())});
+      }
+      MSA_RETURN_IF_ERROR(catalog_->Commit(batch));
+      for (uint64_t first : stale) {
+        if (first >= end || (first - pieces_end_[stream]) % per != 0) {
+          ::unlink(SummaryPiecePath(stream, first).c_str());  // not rewritten under its name
+        }
+      }
+      std::unique_lock<std::shared_mutex> state(state_mu_);  // Stats() reads it
+      pieces_end_[stream] = end;
+      return Status::OK();
+    }();
+    if (!st.ok()) {
+      spdlog::warn("{}: saving summary pieces of stream {} failed ({}); its summaries stay in the catalog, "
+                   "retried at the next commit",
+                   path_, stream, st.ToString());
+    }
+  }
 }
 
 void Store::LoadRouterIndexes() {
@@ -1456,6 +1572,7 @@ StoreStats Store::Stats() const {
   s.documents = committed_.documents;
   s.tokens = committed_.tokens;
   s.blocks_per_stream = committed_.blocks_per_stream;
+  for (uint64_t end : pieces_end_) s.summary_piece_blocks += end;
   s.streams.resize(directory_.size());
   for (size_t stream = 0; stream < directory_.size(); ++stream) {
     StreamBytes& b = s.streams[stream];

@@ -77,6 +77,12 @@ struct StoreOptions {
   // first query that runs on the GPU; attention/gpu_block_pool.h). 0: the
   // GPU is never used.
   uint64_t gpu_pool_bytes = uint64_t{256} << 20;
+  // Summaries are also saved in files of this many blocks per stream
+  // (summaries/<stream>.<first block>.f16, recorded in the catalog) as a
+  // commit completes each run, so that opening reads them sequentially
+  // rather than record by record from RocksDB. Rounded up to a multiple of
+  // 128 blocks; 0: none saved (saved ones are still used).
+  uint64_t summary_piece_blocks = 16384;
 };
 
 // Where Attend computes attention.
@@ -162,6 +168,8 @@ struct StoreStats {
   uint64_t segment_bytes = 0;        // segment files on disk (4096-padded)
   std::string reader;                // "io_uring" or "pread"
   uint32_t ivf_streams = 0;          // streams routed through an IVF index (the rest: exact scan)
+  uint64_t summary_piece_blocks = 0; // blocks, summed over streams, whose summaries are in saved
+                                     // pieces (StoreOptions::summary_piece_blocks)
   BlockCacheStats cache;             // this handle's block cache
   attention::GpuPoolStats gpu_pool;  // this handle's GPU pool (zeros until first used)
   std::vector<StreamBytes> streams;  // [layer * kv_heads + kv_head]
@@ -287,6 +295,13 @@ class Store {
   // whenever a stream's index has grown by an eighth since it was saved.
   void LoadRouterIndexes();
   Status SaveRouterIndex(uint32_t stream);
+  // Summary pieces (StoreOptions::summary_piece_blocks): loads the stream's
+  // saved pieces into the router, returns the blocks they cover (up to the
+  // first missing or damaged one, which is logged); saves the runs a commit
+  // completed (best effort: a failure is logged and retried next commit).
+  uint64_t LoadSummaryPieces(uint32_t stream);
+  void SaveSummaryPieces();
+  std::string SummaryPiecePath(uint32_t stream, uint64_t first_block) const;
   std::string RouterIndexPath(uint32_t stream, uint64_t generation) const;
   Result<int> SegmentFd(uint32_t segment) const;
   // Reads and decodes blocks: ids[j] into keys/values at slot j
@@ -364,6 +379,9 @@ class Store {
   std::map<uint64_t, DocumentRecord> staged_deletions_;            // removed from doc_blocks_
   Status write_error_;  // set by a failed commit: refuse writes until reopen
   std::vector<RouterIndexRecord> saved_indexes_;  // [stream]; generation 0: none saved
+  // [stream] blocks [0, end) are in saved summary pieces; written by the
+  // writer under an exclusive state_mu_.
+  std::vector<uint64_t> pieces_end_;
 
   // The GPU pool; guarded by gpu_mu_ until created, then constant.
   mutable std::mutex gpu_mu_;

@@ -1,6 +1,7 @@
 #include "store/summary_table.h"
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "attention/half.h"
@@ -27,6 +28,13 @@ void SummaryTable::Append(const float* summaries, uint64_t n) {
     const size_t at = blocks_ % kChunkBlocks;
     attention::FloatToHalfArray(summaries + i * width, halves.data(), width);
     for (size_t v = 0; v < width; ++v) chunk[v * kChunkBlocks + at] = halves[v];
+  }
+}
+
+void SummaryTable::AppendChunks(const uint16_t* data, size_t n_chunks) {
+  Reserve(n_chunks * kChunkBlocks);
+  for (size_t i = 0; i < n_chunks; ++i, blocks_ += kChunkBlocks) {
+    std::memcpy(chunks_[blocks_ / kChunkBlocks].get(), data + i * chunk_values(), chunk_bytes());
   }
 }
 

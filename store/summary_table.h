@@ -38,6 +38,14 @@ class SummaryTable {
   // Blocks [first, first + n) as rows of vectors_per_block * dim floats.
   void Rows(uint64_t first, uint64_t n, float* out) const;
 
+  // Whole chunks as they lie in memory, for saving summaries to a file and
+  // loading them back without conversion (Store's summary pieces).
+  size_t chunk_bytes() const { return chunk_values() * sizeof(uint16_t); }
+  const uint16_t* ChunkData(size_t chunk) const { return chunks_[chunk].get(); }
+  // Appends `n_chunks` whole chunks (kChunkBlocks blocks each) from `data`;
+  // requires blocks() to be a multiple of kChunkBlocks.
+  void AppendChunks(const uint16_t* data, size_t n_chunks);
+
   uint64_t memory_bytes() const { return chunks_.size() * chunk_values() * sizeof(uint16_t); }
 
  private:

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <mutex>
 #include <set>
@@ -384,6 +385,97 @@ TEST(Router, IndexFileIsSavedLoadedCaughtUpAndRebuiltWhenDamaged) {
   }
   EXPECT_TRUE(std::filesystem::exists(dir.Sub("store/router/0.3.ivf")));
   EXPECT_FALSE(std::filesystem::exists(file));
+}
+
+// Summary pieces (StoreOptions::summary_piece_blocks): commits save each
+// completed run of 128 blocks per stream to a file; opening reads those and
+// only the rest from the catalog, routing exactly as before; a damaged or
+// missing piece falls back to the catalog and is saved again by the next
+// writable open.
+TEST(Router, SummaryPiecesAreSavedLoadedAndReplacedWhenDamaged) {
+  msa::testing::TempDir dir;
+  Geometry g = OneStream(SummaryKind::kHybrid, 16);
+  g.kv_heads = 2;
+  g.block_tokens = 4;
+  StoreOptions so;
+  so.summary_piece_blocks = 100;  // rounded up to 128
+  auto doc = [&](uint64_t tokens, uint64_t seed) {
+    return std::make_pair(msa::testing::RandomVector(2 * tokens * g.head_dim, seed),
+                          msa::testing::RandomVector(2 * tokens * g.head_dim, seed + 1));
+  };
+  // 300 + 250 blocks per stream: pieces [0,128) and [128,256) after the
+  // first commit, [256,384) and [384,512) after the second; 38 left over.
+  auto a = doc(1200, 1), b = doc(1000, 3);
+  auto q = msa::testing::RandomVector(4 * g.head_dim, 9);
+  AttendOptions opts;
+  opts.top_k = 6;
+  std::vector<float> out(4 * g.head_dim);
+  auto answer = [&](Store& s) {
+    std::vector<std::vector<uint64_t>> sel;
+    EXPECT_TRUE(s.Attend(0, q.data(), 1, 4, opts, out.data(), nullptr, nullptr, &sel).ok());
+    return std::make_pair(sel, out);
+  };
+  decltype(answer(std::declval<Store&>())) before;
+  {
+    auto s = Store::Create(dir.Sub("store"), g, so);
+    ASSERT_TRUE(s.ok());
+    ASSERT_TRUE((*s)->AppendDocument("a", DocumentKV{a.first.data(), a.second.data(), 1200}).ok());
+    ASSERT_TRUE((*s)->Commit().ok());
+    EXPECT_EQ((*s)->Stats().summary_piece_blocks, 2u * 256);
+    ASSERT_TRUE((*s)->AppendDocument("b", DocumentKV{b.first.data(), b.second.data(), 1000}).ok());
+    ASSERT_TRUE((*s)->Commit().ok());
+    EXPECT_EQ((*s)->Stats().summary_piece_blocks, 2u * 512);
+    before = answer(**s);
+  }
+  for (uint32_t stream : {0u, 1u}) {
+    for (uint64_t first : {0, 128, 256, 384}) {
+      EXPECT_TRUE(std::filesystem::exists(dir.Sub("store/summaries/" + std::to_string(stream) + "." +
+                                                  std::to_string(first) + ".f16")));
+    }
+  }
+  StoreOptions ro = so;
+  ro.read_only = true;
+  {
+    auto s = Store::Open(dir.Sub("store"), ro);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    EXPECT_EQ((*s)->Stats().summary_piece_blocks, 2u * 512);  // loaded from the pieces
+    EXPECT_EQ(answer(**s), before);
+  }
+  // A flipped byte in stream 1's second piece: that stream reads [128, 550)
+  // from the catalog; the answers stay the same.
+  const std::string damaged = dir.Sub("store/summaries/1.128.f16");
+  std::vector<char> original;
+  {
+    std::ifstream in(damaged, std::ios::binary);
+    original.assign(std::istreambuf_iterator<char>(in), {});
+    std::fstream f(damaged, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(1000);
+    f.put(static_cast<char>(original[1000] ^ 0x20));
+  }
+  {
+    auto s = Store::Open(dir.Sub("store"), ro);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    EXPECT_EQ((*s)->Stats().summary_piece_blocks, 512u + 128);
+    EXPECT_EQ(answer(**s), before);
+  }
+  // A writable open saves it again, whole; then a missing piece, likewise.
+  {
+    auto s = Store::Open(dir.Sub("store"), so);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    EXPECT_EQ((*s)->Stats().summary_piece_blocks, 2u * 512);
+    EXPECT_EQ(answer(**s), before);
+  }
+  {
+    std::ifstream in(damaged, std::ios::binary);
+    EXPECT_TRUE(std::vector<char>(std::istreambuf_iterator<char>(in), {}) == original);
+  }
+  std::filesystem::remove(dir.Sub("store/summaries/0.0.f16"));
+  {
+    auto s = Store::Open(dir.Sub("store"), ro);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    EXPECT_EQ((*s)->Stats().summary_piece_blocks, 512u);  // stream 0 all from the catalog
+    EXPECT_EQ(answer(**s), before);
+  }
 }
 
 }  // namespace
