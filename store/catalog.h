@@ -17,6 +17,9 @@
 //   'S' layer:be32 kv_head:be32 block:be64 -> summary, Geometry::summary_width() float32
 //   'L' segment:be32                      -> committed length:le64
 //   'R' stream:be32                       -> RouterIndexRecord (a saved IVF index)
+//   'T' doc_id:be64                       -> DocumentTokens of a live document, when
+//                                            ingested with token ids or text (optional;
+//                                            stores made before it simply have none)
 // Big-endian numbers keep RocksDB's byte order equal to numeric order, so
 // one stream's blocks are one contiguous, ordered key range.
 //
@@ -66,6 +69,23 @@ struct DocumentRecord {
   uint64_t blocks = 0;
 };
 
+// What a document's tokens were, when the caller gave them: the model's
+// token ids, and/or the text with each token's byte span in it. Optional
+// and independent of the K/V (the store never reads them to attend); kept
+// so that a block can be shown as the text it came from (`msa inspect`).
+struct TokenSpan {
+  uint64_t begin = 0, end = 0;  // bytes [begin, end) of DocumentTokens::text
+};
+struct DocumentTokens {
+  std::vector<int32_t> ids;      // empty, or one per token of the document
+  std::string text;              // empty: none stored
+  std::vector<TokenSpan> spans;  // empty, or one per token (needs text)
+  bool empty() const { return ids.empty() && text.empty() && spans.empty(); }
+};
+// OK when `t` fits a document of `tokens` tokens: ids and spans empty or
+// one per token, spans inside the text, no spans without text.
+Status ValidateDocumentTokens(const DocumentTokens& t, uint64_t tokens);
+
 struct CatalogCounters {
   uint64_t next_doc_id = 1;
   uint64_t blocks_per_stream = 0;  // committed blocks in each stream
@@ -102,6 +122,8 @@ class Catalog {
   Result<std::vector<DocumentRecord>> ListDocuments() const;
   Result<std::vector<DocumentRecord>> ListDeletedDocuments() const;
   Result<std::optional<DocumentRecord>> ReadDocument(uint64_t id) const;
+  // A document's token ids / text (the 'T' record); nullopt when none was stored.
+  Result<std::optional<DocumentTokens>> ReadDocumentTokens(uint64_t id) const;
   // Every segment with a committed length: segment -> length.
   Result<std::vector<std::pair<uint32_t, uint64_t>>> ListSegments() const;
 
@@ -127,6 +149,8 @@ class Catalog {
     void DeleteSegmentLength(uint32_t segment);
     void PutCounters(const CatalogCounters& counters);
     void PutRouterIndex(uint32_t stream, const RouterIndexRecord& record);
+    // Document `id`'s token ids / text; removed again by DeleteDocument.
+    void PutDocumentTokens(uint64_t id, const DocumentTokens& tokens);
     size_t count() const;
 
    private:

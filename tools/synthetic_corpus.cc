@@ -173,7 +173,7 @@ int SynthIntoStore(SynthCorpus& corpus, const SynthOptions& o) {
   if (!s.ok()) return Fail(s);
   if (report.interrupted) {
     std::fprintf(stderr, "msa: interrupted; what was ingested is committed; run the same command again to continue\n");
-    return 130;
+    return kExitInterrupted;
   }
   return kExitOk;
 }
