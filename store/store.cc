@@ -1246,6 +1246,12 @@ Status Store::Verify(VerifyReport* report, const ProgressFn& progress) const {
     if (held != doc.tokens) {
       problem(name + ": " + std::to_string(doc.tokens) + " tokens, its blocks hold " + std::to_string(held));
     }
+    if (!is_deleted) {  // its token ids / text, if stored, decode and fit it
+      auto tokens = catalog_->ReadDocumentTokens(doc.id);
+      Status fits = tokens.ok() ? (tokens->has_value() ? ValidateDocumentTokens(**tokens, doc.tokens) : Status::OK())
+                                : tokens.status();
+      if (!fits.ok()) problem(name + ": token ids / text: " + fits.ToString());
+    }
     next_block = doc.first_block + doc.blocks;
   }
   if (next_block != committed.blocks_per_stream || live_tokens != committed.tokens ||

@@ -152,6 +152,9 @@ TEST(DocumentTokensTest, KeptPerDocumentCheckedAndDeletedWithIt) {
   ASSERT_EQ((*got)->spans.size(), tokens);
   EXPECT_EQ((*got)->spans[7].begin, 7u);
   EXPECT_EQ((*got)->spans[7].end, 8u);
+  VerifyReport report;
+  ASSERT_TRUE((*store)->Verify(&report).ok());
+  EXPECT_TRUE(report.problems.empty()) << report.problems.front();
   auto none = (*store)->ReadDocumentTokens(without);
   ASSERT_TRUE(none.ok());
   EXPECT_FALSE(none->has_value());
@@ -418,6 +421,12 @@ TEST(CliSurfaceTest, ExitCodesHelpExamplesAndQuietProgressOffTerminal) {
   EXPECT_EQ(r.err, "");
   // 3: a name already taken.
   EXPECT_EQ(Cli(IngestArgs(dir, store, "d")).code, 3);
+  r = Cli("synth " + dir.Sub("corpus") + " --layers 1 --kv-heads 1 --q-heads 2 --head-dim 32 --tokens 256 --docs 2 "
+          "--queries 2 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["documents"], 2);
+  EXPECT_EQ(nlohmann::json::parse(r.out)["bytes_written"], 2 * 256 * 32 * 2);
+  EXPECT_EQ(r.err, "");
 }
 
 // On a terminal the progress line appears (blocks, MB/s, ETA), and ends

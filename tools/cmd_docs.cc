@@ -148,7 +148,7 @@ int RunCompact(const CompactOptions& o) {
   auto store = Store::Open(o.store);
   if (!store.ok()) return Fail(store.status());
   CompactStats cs;
-  ProgressLine progress("compact", "blocks scanned");
+  ProgressLine progress("compact", "blocks scanned", "moved");
   Status s = (*store)->Compact(&cs, [&](uint64_t done, uint64_t total, uint64_t bytes) {
     progress.Update(done, total, bytes);
   });

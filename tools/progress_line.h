@@ -29,9 +29,13 @@ inline std::string FormatDuration(double s) {
 
 class ProgressLine {
  public:
-  // verb: what is going on ("verify"); unit: what `done` counts ("blocks").
-  ProgressLine(std::string verb, std::string unit)
-      : verb_(std::move(verb)), unit_(std::move(unit)), enabled_(::isatty(STDERR_FILENO) != 0) {}
+  // verb: what is going on ("verify"); unit: what `done` counts
+  // ("blocks"); bytes: what happened to the bytes counted ("read").
+  ProgressLine(std::string verb, std::string unit, std::string bytes = "read")
+      : verb_(std::move(verb)),
+        unit_(std::move(unit)),
+        bytes_(std::move(bytes)),
+        enabled_(::isatty(STDERR_FILENO) != 0) {}
   ~ProgressLine() { Finish(); }
 
   bool enabled() const { return enabled_; }
@@ -44,9 +48,9 @@ class ProgressLine {
     shown_ = true;
     const double s = Seconds(start_, now);
     const double eta = done > 0 && total >= done ? s * (static_cast<double>(total) / done - 1) : -1;
-    std::fprintf(stderr, "\r\033[K%s: %llu / %llu %s (%.0f%%), %.0f MB read, %.1f MB/s, ETA %s", verb_.c_str(),
+    std::fprintf(stderr, "\r\033[K%s: %llu / %llu %s (%.0f%%), %.0f MB %s, %.1f MB/s, ETA %s", verb_.c_str(),
                  (unsigned long long)done, (unsigned long long)total, unit_.c_str(),
-                 total ? 100.0 * done / total : 100.0, bytes / 1e6, s > 0 ? bytes / 1e6 / s : 0.0,
+                 total ? 100.0 * done / total : 100.0, bytes / 1e6, bytes_.c_str(), s > 0 ? bytes / 1e6 / s : 0.0,
                  FormatDuration(eta).c_str());
     std::fflush(stderr);
   }
@@ -63,7 +67,7 @@ class ProgressLine {
   static double Seconds(Clock::time_point a, Clock::time_point b) {
     return std::chrono::duration<double>(b - a).count();
   }
-  const std::string verb_, unit_;
+  const std::string verb_, unit_, bytes_;
   const bool enabled_;
   const Clock::time_point start_ = Clock::now();
   Clock::time_point last_{};
