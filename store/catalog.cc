@@ -88,6 +88,64 @@ std::string SegmentKey(uint32_t seg) {
   return k;
 }
 
+std::string DocTokensKey(uint64_t id) {
+  std::string k = "T";
+  AppendBe64(&k, id);
+  return k;
+}
+
+// 'T' record, version 1: version:le32, ids:le64 count then int32 each,
+// spans:le64 count then (begin:le64, end:le64) each, then the text (the
+// rest of the value). Readers refuse versions they do not know, so a
+// later layout gets a new version number.
+constexpr uint32_t kDocTokensVersion = 1;
+
+std::string EncodeDocTokens(const DocumentTokens& t) {
+  std::string v;
+  AppendLe32(&v, kDocTokensVersion);
+  AppendLe64(&v, t.ids.size());
+  v.append(reinterpret_cast<const char*>(t.ids.data()), t.ids.size() * sizeof(int32_t));
+  AppendLe64(&v, t.spans.size());
+  for (const TokenSpan& s : t.spans) {
+    AppendLe64(&v, s.begin);
+    AppendLe64(&v, s.end);
+  }
+  v += t.text;
+  return v;
+}
+
+Result<DocumentTokens> DecodeDocTokens(const std::string& v, uint64_t id) {
+  const std::string what = "token record of document " + std::to_string(id);
+  Reader r(v);
+  const uint32_t version = r.Next<uint32_t>();
+  if (r.ok() && version != kDocTokensVersion) {
+    return Status::NotSupported(what + ": version " + std::to_string(version) +
+                                " is not one this msa understands");
+  }
+  DocumentTokens t;
+  const uint64_t n_ids = r.Next<uint64_t>();
+  if (!r.ok() || n_ids > v.size() / sizeof(int32_t)) return Status::Corruption(what + " is truncated");
+  t.ids.resize(n_ids);
+  for (auto& x : t.ids) x = r.Next<int32_t>();
+  const uint64_t n_spans = r.Next<uint64_t>();
+  if (!r.ok() || n_spans > v.size() / 16) return Status::Corruption(what + " is truncated");
+  t.spans.resize(n_spans);
+  for (auto& s : t.spans) {
+    s.begin = r.Next<uint64_t>();
+    s.end = r.Next<uint64_t>();
+  }
+  if (!r.ok()) return Status::Corruption(what + " is truncated");
+  t.text = r.Rest();
+  for (const TokenSpan& s : t.spans) {
+    if (s.begin > s.end || s.end > t.text.size()) {
+      return Status::Corruption(what + ": a token span [" + std::to_string(s.begin) + ", " +
+                                std::to_string(s.end) + ") lies outside its " +
+                                std::to_string(t.text.size()) + " bytes of text");
+    }
+  }
+  return t;
+}
+
 std::string RouterIndexKey(uint32_t stream) {
   std::string k = "R";
   AppendBe32(&k, stream);
@@ -235,6 +293,26 @@ bool DirectoryHasCatalog(const std::string& dir) {
 
 }  // namespace
 
+Status ValidateDocumentTokens(const DocumentTokens& t, uint64_t tokens) {
+  if (!t.ids.empty() && t.ids.size() != tokens) {
+    return Status::InvalidArgument(std::to_string(t.ids.size()) + " token ids for a document of " +
+                                   std::to_string(tokens) + " tokens");
+  }
+  if (!t.spans.empty() && t.spans.size() != tokens) {
+    return Status::InvalidArgument(std::to_string(t.spans.size()) + " token spans for a document of " +
+                                   std::to_string(tokens) + " tokens");
+  }
+  if (!t.spans.empty() && t.text.empty()) return Status::InvalidArgument("token spans without text");
+  for (size_t i = 0; i < t.spans.size(); ++i) {
+    if (t.spans[i].begin > t.spans[i].end || t.spans[i].end > t.text.size()) {
+      return Status::InvalidArgument("span of token " + std::to_string(i) + " [" +
+                                     std::to_string(t.spans[i].begin) + ", " + std::to_string(t.spans[i].end) +
+                                     ") is not inside the " + std::to_string(t.text.size()) + " bytes of text");
+    }
+  }
+  return Status::OK();
+}
+
 Result<std::unique_ptr<Catalog>> Catalog::Create(const std::string& dir, const Geometry& geometry) {
   MSA_RETURN_IF_ERROR(geometry.Validate());
   if (DirectoryHasCatalog(dir)) return Status::AlreadyExists(dir + " already holds a catalog");
@@ -380,6 +458,15 @@ Result<std::optional<DocumentRecord>> Catalog::ReadDocument(uint64_t id) const {
   return std::optional<DocumentRecord>(std::move(d));
 }
 
+Result<std::optional<DocumentTokens>> Catalog::ReadDocumentTokens(uint64_t id) const {
+  std::string v;
+  const rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), DocTokensKey(id), &v);
+  if (s.IsNotFound()) return std::optional<DocumentTokens>();
+  MSA_RETURN_IF_ERROR(FromRocks(s, "read tokens of document " + std::to_string(id)));
+  MSA_ASSIGN_OR_RETURN(DocumentTokens t, DecodeDocTokens(v, id));
+  return std::optional<DocumentTokens>(std::move(t));
+}
+
 Result<std::vector<std::pair<uint32_t, uint64_t>>> Catalog::ListSegments() const {
   std::vector<std::pair<uint32_t, uint64_t>> out;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
@@ -450,6 +537,7 @@ void Catalog::Batch::DeleteDocument(const DocumentRecord& doc) {
   batch_->Delete(DocKey(doc.id));
   batch_->Delete("N" + doc.name);
   batch_->Put(DeletedDocKey(doc.id), EncodeDocument(doc));
+  batch_->Delete(DocTokensKey(doc.id));  // nothing to show of a deleted document
 }
 
 void Catalog::Batch::PutBlockLocation(const BlockId& id, const BlockLocation& loc) {
@@ -484,6 +572,10 @@ void Catalog::Batch::PutSummaryPiece(uint32_t stream, const SummaryPieceRecord& 
 
 void Catalog::Batch::DeleteSummaryPiece(uint32_t stream, uint64_t first_block) {
   batch_->Delete(SummaryPieceKey(stream, first_block));
+}
+
+void Catalog::Batch::PutDocumentTokens(uint64_t id, const DocumentTokens& tokens) {
+  batch_->Put(DocTokensKey(id), EncodeDocTokens(tokens));
 }
 
 void Catalog::Batch::PutCounters(const CatalogCounters& counters) {

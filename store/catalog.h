@@ -18,6 +18,9 @@
 //   'L' segment:be32                      -> committed length:le64
 //   'R' stream:be32                       -> RouterIndexRecord (a saved IVF index)
 //   'P' stream:be32 first_block:be64      -> SummaryPieceRecord (summaries saved as a file)
+//   'T' doc_id:be64                       -> DocumentTokens of a live document, when
+//                                            ingested with token ids or text (optional;
+//                                            stores made before it simply have none)
 // Big-endian numbers keep RocksDB's byte order equal to numeric order, so
 // one stream's blocks are one contiguous, ordered key range.
 //
@@ -67,6 +70,23 @@ struct DocumentRecord {
   uint64_t blocks = 0;
 };
 
+// What a document's tokens were, when the caller gave them: the model's
+// token ids, and/or the text with each token's byte span in it. Optional
+// and independent of the K/V (the store never reads them to attend); kept
+// so that a block can be shown as the text it came from (`msa inspect`).
+struct TokenSpan {
+  uint64_t begin = 0, end = 0;  // bytes [begin, end) of DocumentTokens::text
+};
+struct DocumentTokens {
+  std::vector<int32_t> ids;      // empty, or one per token of the document
+  std::string text;              // empty: none stored
+  std::vector<TokenSpan> spans;  // empty, or one per token (needs text)
+  bool empty() const { return ids.empty() && text.empty() && spans.empty(); }
+};
+// OK when `t` fits a document of `tokens` tokens: ids and spans empty or
+// one per token, spans inside the text, no spans without text.
+Status ValidateDocumentTokens(const DocumentTokens& t, uint64_t tokens);
+
 struct CatalogCounters {
   uint64_t next_doc_id = 1;
   uint64_t blocks_per_stream = 0;  // committed blocks in each stream
@@ -114,6 +134,8 @@ class Catalog {
   Result<std::vector<DocumentRecord>> ListDocuments() const;
   Result<std::vector<DocumentRecord>> ListDeletedDocuments() const;
   Result<std::optional<DocumentRecord>> ReadDocument(uint64_t id) const;
+  // A document's token ids / text (the 'T' record); nullopt when none was stored.
+  Result<std::optional<DocumentTokens>> ReadDocumentTokens(uint64_t id) const;
   // Every segment with a committed length: segment -> length.
   Result<std::vector<std::pair<uint32_t, uint64_t>>> ListSegments() const;
 
@@ -145,6 +167,8 @@ class Catalog {
     void PutRouterIndex(uint32_t stream, const RouterIndexRecord& record);
     void PutSummaryPiece(uint32_t stream, const SummaryPieceRecord& record);
     void DeleteSummaryPiece(uint32_t stream, uint64_t first_block);
+    // Document `id`'s token ids / text; removed again by DeleteDocument.
+    void PutDocumentTokens(uint64_t id, const DocumentTokens& tokens);
     size_t count() const;
 
    private:

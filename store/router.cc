@@ -327,6 +327,7 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
         while (next[i] < lists[i].size() && !taken.insert(lists[i][next[i]].block).second) ++next[i];
         if (next[i] < lists[i].size()) {
           merged.push_back(lists[i][next[i]++]);
+          merged.back().ranking = static_cast<uint8_t>(i);
           progress = true;
         }
       }

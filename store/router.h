@@ -45,6 +45,10 @@ class SummaryTable;
 struct ScoredBlock {
   uint64_t block = 0;
   float score = 0.0f;
+  // Which ranking picked it: 0, except with the hybrid summary, whose
+  // picks alternate between its bound (0) and its mean (1) rankings; the
+  // score is that ranking's.
+  uint8_t ranking = 0;
 };
 
 enum class GqaCombine : uint8_t { kMax, kSum };

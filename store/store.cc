@@ -298,11 +298,17 @@ uint64_t Store::PreallocateBytes() const {
 }
 
 Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV& kv) {
+  return AppendDocument(name, kv, DocumentTokens{});
+}
+
+Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV& kv,
+                                       const DocumentTokens& tokens) {
   if (options_.read_only) return Status::InvalidArgument("store " + path_ + " is open read-only");
   std::lock_guard<std::mutex> lock(write_mu_);
   MSA_RETURN_IF_ERROR(write_error_);
   if (name.empty()) return Status::InvalidArgument("document name is empty");
   if (kv.tokens == 0) return Status::InvalidArgument("document " + name + " has no tokens");
+  MSA_RETURN_IF_ERROR(ValidateDocumentTokens(tokens, kv.tokens).WithContext("document " + name));
   if (kv.keys == nullptr || kv.values == nullptr) {
     return Status::InvalidArgument("document " + name + ": keys or values is null");
   }
@@ -416,6 +422,7 @@ Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV
   }
   DocumentRecord doc{doc_id, name, kv.tokens, first_block, n_blocks};
   batch_->PutDocument(doc);
+  if (!tokens.empty()) batch_->PutDocumentTokens(doc_id, tokens);
   staged_names_[name] = doc_id;
   staged_docs_[doc_id] = {first_block, n_blocks};
   staged_.next_doc_id++;
@@ -532,7 +539,7 @@ Status Store::Commit() {
   return Status::OK();
 }
 
-Status Store::Compact(CompactStats* out) {
+Status Store::Compact(CompactStats* out, const ProgressFn& progress) {
   if (options_.read_only) return Status::InvalidArgument("store " + path_ + " is open read-only");
   std::lock_guard<std::mutex> lock(write_mu_);
   MSA_RETURN_IF_ERROR(write_error_);
@@ -625,8 +632,12 @@ Status Store::Compact(CompactStats* out) {
     return Status::OK();
   };
   std::vector<Move> drops;
+  uint64_t scanned = 0;
+  const uint64_t to_scan = uint64_t{g.streams()} * (directory_.empty() ? 0 : directory_[0].size());
   for (uint32_t stream = 0; stream < g.streams(); ++stream) {
     const auto& dir = directory_[stream];
+    if (progress) progress(scanned, to_scan, stats.bytes_moved);
+    scanned += dir.size();
     for (uint64_t b = 0; b < dir.size(); ++b) {
       if (dir[b].segment == 0 || !victims.count(dir[b].segment)) continue;
       if (is_dead(b)) {
@@ -641,10 +652,12 @@ Status Store::Compact(CompactStats* out) {
       if (batch.size() == 256) {
         Status s = copy_batch();
         if (!s.ok()) return fail(s);
+        if (progress) progress(scanned - dir.size() + b + 1, to_scan, stats.bytes_moved);
       }
     }
   }
   if (Status s = copy_batch(); !s.ok()) return fail(s);
+  if (progress) progress(to_scan, to_scan, stats.bytes_moved);
   // 4. The copies durable, then one catalog batch: the new locations, the
   // dropped records, the victims forgotten. The commit point.
   Catalog::Batch cb;
@@ -892,6 +905,8 @@ Result<int> Store::SegmentFd(uint32_t segment) const {
   return fd;
 }
 
+std::string Store::SegmentFilePath(uint32_t segment) const { return SegmentPath(path_, segment); }
+
 Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<BlockLocation>& locs,
                           float* keys, float* values, int32_t* len, AttendStats* stats,
                           bool use_cache) const {
@@ -994,7 +1009,7 @@ Status Store::CheckQuery(uint32_t layer, const float* q, uint32_t n, uint32_t q_
 
 Result<Store::QueryPlan> Store::PlanQuery(uint32_t layer, const float* q, uint32_t n,
                                           uint32_t q_heads, const AttendOptions& options,
-                                          AttendStats* st) const {
+                                          AttendStats* st, bool keep_scores) const {
   const Geometry& g = geometry_;
   QueryPlan plan;
   // Routing and the directory are read under the state lock; the locations
@@ -1036,6 +1051,8 @@ Result<Store::QueryPlan> Store::PlanQuery(uint32_t layer, const float* q, uint32
   auto& chosen = plan.chosen;
   chosen.resize(static_cast<size_t>(n) * g.kv_heads);
   const bool all = options.exact || uint64_t{options.top_k} + 2 >= blocks;
+  plan.all = all;
+  if (keep_scores) plan.routed.resize(chosen.size());
   RouteOptions route;
   const bool whole_stream = ranges.size() == 1 && ranges[0].first == 0 &&
                             ranges[0].second == committed_.blocks_per_stream;
@@ -1058,13 +1075,15 @@ Result<Store::QueryPlan> Store::PlanQuery(uint32_t layer, const float* q, uint32
       }
       const float* qg = q + (static_cast<size_t>(i) * q_heads + static_cast<size_t>(kv) * group) * d;
       RouteStats rs;
-      for (const ScoredBlock& s :
-           router_.Search(g.StreamOf(layer, kv), qg, static_cast<int>(group), route, &rs)) {
-        sel.push_back(s.block);
-      }
+      std::vector<ScoredBlock> found =
+          router_.Search(g.StreamOf(layer, kv), qg, static_cast<int>(group), route, &rs);
+      for (const ScoredBlock& s : found) sel.push_back(s.block);
+      if (keep_scores) plan.routed[static_cast<size_t>(i) * g.kv_heads + kv] = std::move(found);
       st->routed_fraction += rs.scanned_fraction / (static_cast<double>(n) * g.kv_heads);
-      sel.push_back(ranges.front().first);       // sink
-      sel.push_back(ranges.back().second - 1);   // most recent
+      plan.sink = ranges.front().first;
+      plan.recent = ranges.back().second - 1;
+      sel.push_back(plan.sink);
+      sel.push_back(plan.recent);
       std::sort(sel.begin(), sel.end());
       sel.erase(std::unique(sel.begin(), sel.end()), sel.end());
     }
@@ -1408,7 +1427,7 @@ Status Store::ReadStream(uint32_t layer, uint32_t kv_head, std::vector<float>* k
   return Status::OK();
 }
 
-Status Store::Verify(VerifyReport* report) const {
+Status Store::Verify(VerifyReport* report, const ProgressFn& progress) const {
   *report = VerifyReport{};
   // The documents first: ListDocuments takes state_mu_, which must not be
   // waited for while io_mu_ is held (compaction takes them in that order).
@@ -1422,6 +1441,8 @@ Status Store::Verify(VerifyReport* report) const {
   auto problem = [&](std::string what) { report->problems.push_back(std::move(what)); };
   const Geometry& g = geometry_;
   std::map<uint32_t, uint64_t> segment_length;
+  const uint64_t to_check = uint64_t{g.streams()} * committed.blocks_per_stream;
+  uint64_t checked_blocks = 0, bytes_read = 0;  // for progress
   for (uint32_t stream = 0; stream < g.streams(); ++stream) {
     const uint32_t layer = stream / g.kv_heads, head = stream % g.kv_heads;
     const auto& dir = directory[stream];
@@ -1469,6 +1490,7 @@ Status Store::Verify(VerifyReport* report) const {
         at += padded;
       }
       Status read = reader_->ReadAll(requests);
+      bytes_read += at;
       if (!read.ok()) {
         if (reader_->abandoned()) buffer.Leak();
         // Read one by one to name each unreadable block.
@@ -1497,6 +1519,8 @@ Status Store::Verify(VerifyReport* report) const {
         }
         ++report->blocks_checked;
       }
+      checked_blocks += n;
+      if (progress) progress(checked_blocks, to_check, bytes_read);
     }
   }
   // Documents, live and deleted, tile [0, blocks_per_stream) in block
@@ -1539,6 +1563,12 @@ Status Store::Verify(VerifyReport* report) const {
     }
     if (held != doc.tokens) {
       problem(name + ": " + std::to_string(doc.tokens) + " tokens, its blocks hold " + std::to_string(held));
+    }
+    if (!is_deleted) {  // its token ids / text, if stored, decode and fit it
+      auto tokens = catalog_->ReadDocumentTokens(doc.id);
+      Status fits = tokens.ok() ? (tokens->has_value() ? ValidateDocumentTokens(**tokens, doc.tokens) : Status::OK())
+                                : tokens.status();
+      if (!fits.ok()) problem(name + ": token ids / text: " + fits.ToString());
     }
     next_block = doc.first_block + doc.blocks;
   }

@@ -30,10 +30,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <future>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <span>
 #include <string>
@@ -46,6 +48,7 @@
 #include "store/background_worker.h"
 #include "store/block_cache.h"
 #include "store/catalog.h"
+#include "store/codec.h"
 #include "store/geometry.h"
 #include "store/router.h"
 
@@ -149,6 +152,11 @@ struct StreamBytes {
   uint64_t segment_bytes = 0;  // the same, 4096-padded as on disk
 };
 
+// Progress of a long operation (Verify, Compact), reported from the
+// calling thread every few hundred blocks: blocks done of blocks to do,
+// and the record bytes read so far. An empty function reports nothing.
+using ProgressFn = std::function<void(uint64_t done, uint64_t total, uint64_t bytes)>;
+
 // What Compact() did.
 struct CompactStats {
   uint64_t segments_removed = 0;
@@ -156,6 +164,44 @@ struct CompactStats {
   uint64_t blocks_moved = 0;     // live records copied to the active segment
   uint64_t bytes_moved = 0;      // their bytes, 4096-padded
   uint64_t blocks_dropped = 0;   // records of deleted documents removed
+};
+
+// What `msa inspect` shows of one block (Store::InspectBlock).
+struct BlockInspection {
+  BlockId id;
+  BlockLocation location;    // from the catalog (segment 0: compacted away)
+  std::string segment_path;  // STORE/segments/N.seg; empty when compacted away
+  // The record as read from disk (when it still exists): its header, and
+  // whether it decodes and checksums as the catalog says (record_error
+  // says why not).
+  bool record_read = false;
+  uint16_t record_version = 0;
+  BlockRecordHeader header;
+  uint64_t raw_bytes = 0;     // the block's K and V as plain fp16: 2 * tokens * head_dim * 2
+  std::string record_error;   // empty: the record is sound
+  // The document the block belongs to, and where its tokens sit.
+  DocumentRecord document;
+  bool document_deleted = false;
+  // Position of the block's first token in the stream of live documents
+  // (what ReadStream returns and queries see); -1 for a deleted document.
+  int64_t stream_position = -1;
+  // The document's token ids / text, where it was ingested with them.
+  std::optional<DocumentTokens> tokens;
+};
+
+// Why a block is in a query's selection, with the router's score where it
+// ranked it (Store::ExplainQuery).
+struct ExplainedBlock {
+  uint64_t block = 0;
+  int32_t rank = -1;       // 0-based place in the router's top k; -1: not routed
+  float score = 0;         // the group score the router ranked it by (rank >= 0)
+  uint8_t ranking = 0;     // ScoredBlock::ranking (hybrid: 0 bound, 1 mean)
+  bool sink = false;       // forced: the first block of the range queried
+  bool recent = false;     // forced: the last block of the range queried
+  bool all = false;        // exact mode, or the budget covers every block
+  uint64_t doc_id = 0;
+  uint64_t first_position = 0;  // of its first token, in its document
+  uint32_t tokens = 0;
 };
 
 struct StoreStats {
@@ -195,6 +241,12 @@ class Store {
   // documents staged before it still commit (its bytes already in a
   // segment, if any, are never referenced).
   Result<uint64_t> AppendDocument(const std::string& name, const DocumentKV& kv);
+  // The same, also keeping the document's token ids and/or text
+  // (DocumentTokens) in the same commit, for `msa inspect`. They must fit
+  // the document (ValidateDocumentTokens; InvalidArgument otherwise,
+  // nothing staged).
+  Result<uint64_t> AppendDocument(const std::string& name, const DocumentKV& kv,
+                                  const DocumentTokens& tokens);
   // Stages the deletion of committed document `id` (from AppendDocument or
   // ListDocuments): once Commit() returns OK it is gone from queries,
   // ListDocuments and ReadStream, and its name may be used again. NotFound
@@ -260,14 +312,35 @@ class Store {
   // while appends or deletions are staged (commit them first). A crash
   // leaves either the old or the new layout; leftover files are removed on
   // the next open for writing. stats may be null.
-  Status Compact(CompactStats* stats = nullptr);
+  Status Compact(CompactStats* stats = nullptr, const ProgressFn& progress = {});
   // Reads every committed block (bypassing the cache), verifying checksums
   // and identities, and checks the catalog's invariants: block locations
   // inside their segments' committed lengths, documents tiling the block
   // range with the token counts their blocks hold. Problems are collected,
   // not returned as errors; the Status is for failures to run at all.
-  Status Verify(VerifyReport* report) const;
+  Status Verify(VerifyReport* report, const ProgressFn& progress = {}) const;
   StoreStats Stats() const;
+
+  // ---- Introspection (store/store_inspect.cc) ----
+  // The token ids / text a committed live document was ingested with;
+  // nullopt when none were given. NotFound for an unknown document.
+  Result<std::optional<DocumentTokens>> ReadDocumentTokens(uint64_t id) const;
+  // One committed block, as `msa inspect` shows it: its catalog location,
+  // its record header read from disk (the record decoded and checksummed,
+  // bypassing the cache; a bad record is reported in record_error, not as
+  // an error), its document and positions, and the document's token ids /
+  // text where stored. NotFound for a block past the stream's end;
+  // InvalidArgument for a layer or KV head out of range.
+  Result<BlockInspection> InspectBlock(const BlockId& id) const;
+  // The routing Attend would do with the same arguments, explained: per
+  // (row, KV head) -- explained[i * kv_heads + g] -- the chosen blocks, the
+  // routed ones first in the router's order (best first) with their scores,
+  // then the forced sink and recent blocks the router did not pick. The
+  // same blocks as Attend's `selected` against the same committed state.
+  // Reads no block.
+  Status ExplainQuery(uint32_t layer, const float* q, uint32_t n, uint32_t q_heads,
+                      const AttendOptions& options,
+                      std::vector<std::vector<ExplainedBlock>>* explained) const;
 
  private:
   Store(std::string path, std::unique_ptr<Catalog> catalog, const StoreOptions& options);
@@ -304,6 +377,7 @@ class Store {
   std::string SummaryPiecePath(uint32_t stream, uint64_t first_block) const;
   std::string RouterIndexPath(uint32_t stream, uint64_t generation) const;
   Result<int> SegmentFd(uint32_t segment) const;
+  std::string SegmentFilePath(uint32_t segment) const;  // STORE/segments/NNNNNN.seg
   // Reads and decodes blocks: ids[j] into keys/values at slot j
   // ([slot, block_tokens, head_dim]), len[j] its token count.
   // locs[j] is ids[j]'s location, copied from the directory under the state
@@ -321,9 +395,15 @@ class Store {
     std::vector<BlockId> ids;
     std::vector<BlockLocation> locs;
     std::vector<std::map<uint64_t, int32_t>> slot_of;
+    bool all = false;  // every block of the range (exact, or a budget covering it)
+    uint64_t sink = 0, recent = 0;  // the forced blocks (when not all)
+    // Filled only when PlanQuery is asked for it (ExplainQuery): per (row,
+    // KV head), the router's picks in its order, with their scores.
+    std::vector<std::vector<ScoredBlock>> routed;
   };
   Result<QueryPlan> PlanQuery(uint32_t layer, const float* q, uint32_t n, uint32_t q_heads,
-                              const AttendOptions& options, AttendStats* st) const;
+                              const AttendOptions& options, AttendStats* st,
+                              bool keep_scores = false) const;
   Status FetchBlocks(const std::vector<BlockId>& ids, const std::vector<BlockLocation>& locs,
                      float* keys, float* values, int32_t* len, AttendStats* stats,
                      bool use_cache) const;

@@ -9,6 +9,8 @@
 #include "store/store.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
+#include "tools/find_document.h"
+#include "tools/progress_line.h"
 
 namespace msa::cli {
 
@@ -17,21 +19,6 @@ namespace {
 nlohmann::json DocJson(const DocumentRecord& d) {
   return {{"id", d.id}, {"name", d.name}, {"tokens", d.tokens}, {"first_block", d.first_block},
           {"blocks", d.blocks}};
-}
-
-// A document named by id ("17") or by name; a name that looks like a
-// number is still found by name when no id matches.
-std::optional<DocumentRecord> Find(const std::vector<DocumentRecord>& docs, const std::string& key) {
-  char* end = nullptr;
-  const unsigned long long id = std::strtoull(key.c_str(), &end, 10);
-  const bool numeric = !key.empty() && end && *end == '\0';
-  for (const DocumentRecord& d : docs) {
-    if (numeric && d.id == id) return d;
-  }
-  for (const DocumentRecord& d : docs) {
-    if (d.name == key) return d;
-  }
-  return std::nullopt;
 }
 
 int RunList(const DocsOptions& o) {
@@ -65,7 +52,7 @@ int RunShow(const DocsOptions& o) {
   if (!docs.ok()) return Fail(docs.status());
   nlohmann::json out = nlohmann::json::array();
   for (const std::string& key : o.targets) {
-    auto d = Find(*docs, key);
+    auto d = FindDocument(*docs, key);
     if (!d) return Fail(Status::NotFound("no document '" + key + "' in " + o.store));
     const uint64_t bt = (*store)->geometry().block_tokens;
     if (o.json) {
@@ -90,7 +77,7 @@ int RunDelete(const DocsOptions& o) {
   // Every name is resolved before anything is staged: all or nothing.
   std::vector<DocumentRecord> victims;
   for (const std::string& key : o.targets) {
-    auto d = Find(*docs, key);
+    auto d = FindDocument(*docs, key);
     if (!d) return Fail(Status::NotFound("no document '" + key + "' in " + o.store + "; nothing deleted"));
     victims.push_back(*d);
   }
@@ -116,6 +103,10 @@ int RunDelete(const DocsOptions& o) {
 
 void AddDocsCommands(CLI::App* docs, DocsOptions& o) {
   docs->require_subcommand(1);
+  docs->footer(
+      "Examples: msa docs list /data/mem --json\n"
+      "          msa docs show /data/mem 17 manual.txt\n"
+      "          msa docs delete /data/mem old.txt && msa compact /data/mem");
   auto* list = docs->add_subcommand("list", "List the documents (id, tokens, blocks, name)");
   list->add_option("STORE", o.store, "store directory")->required();
   list->add_flag("--deleted", o.deleted, "list deleted documents instead");
@@ -157,7 +148,11 @@ int RunCompact(const CompactOptions& o) {
   auto store = Store::Open(o.store);
   if (!store.ok()) return Fail(store.status());
   CompactStats cs;
-  Status s = (*store)->Compact(&cs);
+  ProgressLine progress("compact", "blocks scanned", "moved");
+  Status s = (*store)->Compact(&cs, [&](uint64_t done, uint64_t total, uint64_t bytes) {
+    progress.Update(done, total, bytes);
+  });
+  progress.Finish();
   if (!s.ok()) return Fail(s);
   if (o.json) {
     nlohmann::json j = {{"segments_removed", cs.segments_removed}, {"bytes_reclaimed", cs.bytes_reclaimed},

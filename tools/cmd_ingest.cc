@@ -29,6 +29,9 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <iterator>
+#include <limits>
 #include <map>
 #include <set>
 
@@ -127,6 +130,54 @@ Result<std::shared_ptr<LoadedKv>> LoadDocument(const std::string& keys_path, con
   return kv;
 }
 
+// What --token-ids, --text and --token-spans give for a document of
+// `tokens` tokens, checked against it (each error names its file).
+Result<DocumentTokens> LoadTokens(const IngestOptions& o, uint64_t tokens) {
+  DocumentTokens t;
+  if (!o.token_ids.empty()) {
+    MSA_ASSIGN_OR_RETURN(formats::IntegerArray ids, formats::ReadNpyIntegers(o.token_ids));
+    if (ids.shape.size() != 1 || static_cast<uint64_t>(ids.shape[0]) != tokens) {
+      return Status::InvalidArgument("--token-ids " + o.token_ids + ": shape " + formats::ShapeToString(ids.shape) +
+                                     " is not [tokens=" + std::to_string(tokens) + "] (one id per token of the keys)");
+    }
+    t.ids.reserve(ids.values.size());
+    for (size_t i = 0; i < ids.values.size(); ++i) {
+      const int64_t v = ids.values[i];
+      if (v < std::numeric_limits<int32_t>::min() || v > std::numeric_limits<int32_t>::max()) {
+        return Status::InvalidArgument("--token-ids " + o.token_ids + ": id " + std::to_string(v) + " of token " +
+                                       std::to_string(i) + " does not fit in int32");
+      }
+      t.ids.push_back(static_cast<int32_t>(v));
+    }
+  }
+  if (!o.text.empty()) {
+    std::ifstream f(o.text, std::ios::binary);
+    if (!f) return Status::NotFound("--text " + o.text + ": cannot open the file");
+    t.text.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+    if (f.bad()) return Status::IOError("--text " + o.text + ": read failed");
+    if (t.text.empty()) return Status::InvalidArgument("--text " + o.text + ": the file is empty");
+  }
+  if (!o.token_spans.empty()) {
+    if (o.text.empty()) return Status::InvalidArgument("--token-spans " + o.token_spans + " needs --text");
+    MSA_ASSIGN_OR_RETURN(formats::IntegerArray spans, formats::ReadNpyIntegers(o.token_spans));
+    if (spans.shape.size() != 2 || static_cast<uint64_t>(spans.shape[0]) != tokens || spans.shape[1] != 2) {
+      return Status::InvalidArgument("--token-spans " + o.token_spans + ": shape " +
+                                     formats::ShapeToString(spans.shape) + " is not [tokens=" +
+                                     std::to_string(tokens) + ", 2] (byte begin and end of each token in --text)");
+    }
+    for (size_t i = 0; i < tokens; ++i) {
+      const int64_t b = spans.values[2 * i], e = spans.values[2 * i + 1];
+      if (b < 0 || e < b || static_cast<uint64_t>(e) > t.text.size()) {
+        return Status::InvalidArgument("--token-spans " + o.token_spans + ": token " + std::to_string(i) + " spans [" +
+                                       std::to_string(b) + ", " + std::to_string(e) + "), not inside the " +
+                                       std::to_string(t.text.size()) + " bytes of " + o.text);
+      }
+      t.spans.push_back(TokenSpan{static_cast<uint64_t>(b), static_cast<uint64_t>(e)});
+    }
+  }
+  return t;
+}
+
 int RunIngestOne(const IngestOptions& o) {
   auto store = Store::Open(o.store);
   if (!store.ok()) return Fail(store.status());
@@ -135,12 +186,25 @@ int RunIngestOne(const IngestOptions& o) {
   const formats::Tensor& keys = (*kv)->keys;
   DocumentKV doc{keys.data.data(), (*kv)->values.data.data(), static_cast<uint64_t>(keys.shape[2]),
                  ElementTypeOf(keys.dtype)};
-  auto id = (*store)->AppendDocument(o.doc, doc);
+  auto tokens = LoadTokens(o, doc.tokens);
+  if (!tokens.ok()) return Fail(tokens.status());
+  auto id = (*store)->AppendDocument(o.doc, doc, *tokens);
   if (!id.ok()) return Fail(id.status());
   Status s = (*store)->Commit();
   if (!s.ok()) return Fail(s);
-  std::printf("ingested %s: document %llu, %lld tokens\n", o.doc.c_str(), static_cast<unsigned long long>(*id),
-              static_cast<long long>(doc.tokens));
+  if (o.json) {
+    nlohmann::json j = {{"document", *id},
+                        {"name", o.doc},
+                        {"tokens", doc.tokens},
+                        {"token_ids", !tokens->ids.empty()},
+                        {"text_bytes", tokens->text.size()},
+                        {"token_spans", !tokens->spans.empty()}};
+    std::printf("%s\n", j.dump(2).c_str());
+    return kExitOk;
+  }
+  std::printf("ingested %s: document %llu, %lld tokens%s%s\n", o.doc.c_str(), static_cast<unsigned long long>(*id),
+              static_cast<long long>(doc.tokens), tokens->ids.empty() ? "" : ", with token ids",
+              tokens->text.empty() ? "" : tokens->spans.empty() ? ", with text" : ", with text and token spans");
   return kExitOk;
 }
 
@@ -231,7 +295,7 @@ int Finish(const Status& s, const IngestReport& r, uint64_t skipped, bool json) 
   if (r.interrupted) {
     std::fprintf(stderr, "msa: interrupted; the %llu documents ingested are committed; run the same "
                          "command again to continue\n", (unsigned long long)r.documents);
-    return 130;
+    return kExitInterrupted;
   }
   return kExitOk;
 }
@@ -369,8 +433,11 @@ void AddIngestOptions(CLI::App* app, IngestOptions& o) {
       "each its keys then its values, [layers, kv_heads, N, head_dim] raw --dtype, named\n"
       "PREFIX_00000000, ... Commits every --commit-docs documents or --commit-mb MB; progress\n"
       "on stderr when it is a terminal; SIGINT commits what was ingested, then stops.\n"
+      "With --doc, --token-ids ids.npy (int32/int64 [tokens]) and --text FILE with --token-spans\n"
+      "spans.npy ([tokens, 2] byte begin/end in FILE) are kept for `msa inspect` to show.\n"
       "Examples: msa ingest /data/mem --doc chapter1 --keys k.npy --values v.npy\n"
-      "          msa ingest /data/mem --dir /data/shards");
+      "          msa ingest /data/mem --doc chapter1 --keys k.npy --values v.npy --token-ids ids.npy\n"
+      "          msa ingest /data/mem --dir /data/shards --json");
   app->add_option("STORE", o.store, "store directory")->required();
   app->add_option("--doc", o.doc, "document name (unique), with --keys");
   app->add_option("--keys", o.keys, "keys .npy (or .safetensors with 'keys' and 'values')");
@@ -383,7 +450,10 @@ void AddIngestOptions(CLI::App* app, IngestOptions& o) {
   app->add_option("--commit-docs", o.commit_docs, "commit every N documents (--dir, --stdin)")
       ->capture_default_str();
   app->add_option("--commit-mb", o.commit_mb, "... or every M MB of K/V (--dir, --stdin)")->capture_default_str();
-  app->add_flag("--json", o.json, "the ingest report as JSON (--dir, --stdin)");
+  app->add_flag("--json", o.json, "the ingest report as JSON");
+  app->add_option("--token-ids", o.token_ids, "--doc: the tokens' ids, .npy int32/int64 [tokens]");
+  app->add_option("--text", o.text, "--doc: the document's text, a file");
+  app->add_option("--token-spans", o.token_spans, "--doc: .npy [tokens, 2], byte [begin, end) of each token in --text");
 }
 
 int RunIngest(const IngestOptions& o) {
@@ -401,6 +471,10 @@ int RunIngest(const IngestOptions& o) {
   }
   if (!o.keys.empty() || !o.values.empty()) {
     std::fprintf(stderr, "msa: --keys and --values go with --doc\n");
+    return kExitUsage;
+  }
+  if (!o.token_ids.empty() || !o.text.empty() || !o.token_spans.empty()) {
+    std::fprintf(stderr, "msa: --token-ids, --text and --token-spans go with --doc\n");
     return kExitUsage;
   }
   return o.from_stdin ? RunIngestStdin(o) : RunIngestDir(o);

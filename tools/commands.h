@@ -49,6 +49,10 @@ struct IngestOptions {
   uint32_t commit_docs = 64;      // commit every N documents ...
   double commit_mb = 1024;        // ... or every M MB of input, whichever comes first
   bool json = false;
+  // --doc: what the tokens were, kept in the catalog for `msa inspect`.
+  std::string token_ids;          // .npy int32/int64 [tokens]
+  std::string text;               // the document's text (any bytes; UTF-8 for display)
+  std::string token_spans;        // .npy int32/int64 [tokens, 2]: byte [begin, end) in --text
 };
 void AddIngestOptions(CLI::App* app, IngestOptions& o);
 int RunIngest(const IngestOptions& o);
@@ -78,6 +82,19 @@ struct DocsOptions {
 };
 void AddDocsCommands(CLI::App* docs, DocsOptions& o);
 int RunDocs(const DocsOptions& o);
+
+// `msa inspect`: one block, its record, document, positions and tokens;
+// tools/cmd_inspect.cc.
+struct InspectOptions {
+  std::string store;
+  uint32_t layer = 0, kv_head = 0;
+  int64_t block = -1;        // a block number of the stream ...
+  std::string doc;           // ... or a document (id or name) ...
+  int64_t block_in_doc = -1; // ... and the block's index within it
+  bool json = false;
+};
+void AddInspectOptions(CLI::App* app, InspectOptions& o);
+int RunInspect(const InspectOptions& o);
 
 struct CompactOptions {
   std::string store;

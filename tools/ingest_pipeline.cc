@@ -12,6 +12,8 @@
 #include <mutex>
 #include <thread>
 
+#include "tools/progress_line.h"
+
 namespace msa::cli {
 
 namespace {
@@ -50,17 +52,6 @@ class StopSignals {
   struct sigaction old_int_ = {}, old_term_ = {};
 };
 
-std::string Duration(double s) {
-  char buf[32];
-  if (s < 0 || s > 1e7) return "?";
-  const long t = static_cast<long>(s + 0.5);
-  if (t >= 3600) {
-    std::snprintf(buf, sizeof(buf), "%ldh%02ldm", t / 3600, t / 60 % 60);
-  } else {
-    std::snprintf(buf, sizeof(buf), "%ldm%02lds", t / 60, t % 60);
-  }
-  return buf;
-}
 
 }  // namespace
 
@@ -143,7 +134,7 @@ Status RunIngestPipeline(Store& store, const IngestProducer& producer,
     if (options.expected_tokens) std::snprintf(tokens_total, sizeof(tokens_total), " / %.2fM", options.expected_tokens / 1e6);
     std::fprintf(stderr, "\r\033[Kingest: %llu docs, %.2fM%s tokens, %.0f MB in %s, %.1f MB/s, ETA %s%s",
                  (unsigned long long)(r.documents + staged_docs), tokens / 1e6, tokens_total, bytes / 1e6,
-                 Duration(s).c_str(), mbs, eta >= 0 ? Duration(eta).c_str() : "?", final ? "\n" : "");
+                 FormatDuration(s).c_str(), mbs, eta >= 0 ? FormatDuration(eta).c_str() : "?", final ? "\n" : "");
     std::fflush(stderr);
   };
   auto commit = [&]() -> Status {

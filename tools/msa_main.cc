@@ -5,6 +5,7 @@
 //   stats   what a store holds
 //   synth   write a synthetic corpus with planted needles (for the demo)
 //   eval    sparse vs dense on a store: recall, error, latency side by side
+//   verify, docs, compact, inspect: checking, listing, deleting, looking inside
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -17,21 +18,31 @@
 #include "tools/cli_common.h"
 #include "tools/commands.h"
 #include "tools/npy_file.h"
+#include "tools/progress_line.h"
+#include "tools/query_explain.h"
 #include "tools/safetensors_file.h"
 
 namespace msa::cli {
 namespace {
 
-int RunCreate(const std::string& path, const Geometry& g) {
+int RunCreate(const std::string& path, const Geometry& g, bool json) {
   auto store = Store::Create(path, g);
   if (!store.ok()) return Fail(store.status());
+  if (json) {
+    nlohmann::json j = {{"store", path},          {"layers", g.layers},
+                        {"kv_heads", g.kv_heads}, {"head_dim", g.head_dim},
+                        {"block_tokens", g.block_tokens}, {"codec", CodecName(g.codec)},
+                        {"summary", SummaryName(g.summary)}};
+    std::printf("%s\n", j.dump(2).c_str());
+    return kExitOk;
+  }
   std::printf("created %s (%s)\n", path.c_str(), g.ToString().c_str());
   return kExitOk;
 }
 
 int RunQuery(const std::string& path, uint32_t layer, const std::string& q_path,
              const std::string& out_path, const std::string& lse_path, uint32_t top_k, bool exact,
-             bool json) {
+             bool json, bool explain) {
   StoreOptions options;
   options.read_only = true;
   auto store = Store::Open(path, options);
@@ -55,8 +66,16 @@ int RunQuery(const std::string& path, uint32_t layer, const std::string& q_path,
   ao.top_k = top_k;
   ao.exact = exact;
   AttendStats st;
-  Status s = (*store)->Attend(layer, qf->data(), n, qh, ao, out.data(), lse.data(), &st);
+  std::vector<std::vector<uint64_t>> selected;
+  Status s = (*store)->Attend(layer, qf->data(), n, qh, ao, out.data(), lse.data(), &st,
+                              explain ? &selected : nullptr);
   if (!s.ok()) return Fail(s);
+  nlohmann::json explained;
+  if (explain) {
+    auto e = ExplainRouting(**store, layer, qf->data(), n, qh, ao, selected);
+    if (!e.ok()) return Fail(e.status());
+    explained = std::move(*e);
+  }
   s = formats::WriteNpyFloat32(out_path, {n, qh, g.head_dim}, out.data());
   if (!s.ok()) return Fail(s);
   if (!lse_path.empty()) {
@@ -68,12 +87,14 @@ int RunQuery(const std::string& path, uint32_t layer, const std::string& q_path,
                         {"exact", exact},        {"top_k", top_k},          {"blocks_read", st.blocks_read},
                         {"bytes_read", st.bytes_read}, {"route_ms", st.route_ms}, {"fetch_ms", st.fetch_ms},
                         {"decode_ms", st.decode_ms}, {"attend_ms", st.attend_ms}, {"total_ms", st.total_ms}};
+    if (explain) j["explain"] = std::move(explained);
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("%u queries x %u heads over layer %u: %llu blocks read, %.3f ms "
                 "(route %.3f, fetch %.3f, decode %.3f, attend %.3f)\n",
                 n, qh, layer, static_cast<unsigned long long>(st.blocks_read), st.total_ms,
                 st.route_ms, st.fetch_ms, st.decode_ms, st.attend_ms);
+    if (explain) PrintExplanation(explained);
   }
   return kExitOk;
 }
@@ -84,7 +105,11 @@ int RunVerify(const std::string& path, bool json) {
   auto store = Store::Open(path, options);
   if (!store.ok()) return Fail(store.status());
   VerifyReport report;
-  Status s = (*store)->Verify(&report);
+  ProgressLine progress("verify", "blocks");
+  Status s = (*store)->Verify(&report, [&](uint64_t done, uint64_t total, uint64_t bytes) {
+    progress.Update(done, total, bytes);
+  });
+  progress.Finish();
   if (!s.ok()) return Fail(s);
   if (json) {
     nlohmann::json j = {{"store", path},
@@ -174,12 +199,14 @@ int main(int argc, char** argv) {
   }
   CLI::App app{"msa: an out-of-core memory store with disk-backed attention"};
   app.require_subcommand(1);
+  app.footer(kExitCodesHelp);
 
   std::string store;
+  bool json = false;
   msa::Geometry g;
   std::string codec = "f16";
   auto* create = app.add_subcommand("create", "Create a store with a fixed geometry");
-  create->footer("Example: msa create /data/mem --layers 2 --kv-heads 2 --head-dim 64");
+  create->footer("Example: msa create /data/mem --layers 2 --kv-heads 2 --head-dim 64 --codec int8");
   create->add_option("STORE", store, "store directory")->required();
   create->add_option("--layers", g.layers, "model layers")->required();
   create->add_option("--kv-heads", g.kv_heads, "KV heads per layer")->required();
@@ -193,6 +220,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   create->add_option("--centroids", g.summary_centroids, "centroids per block (--summary centroids)")
       ->capture_default_str();
+  create->add_flag("--json", json, "JSON output");
 
   IngestOptions ingest_opts;
   auto* ingest = app.add_subcommand(
@@ -201,12 +229,16 @@ int main(int argc, char** argv) {
 
   uint32_t layer = 0, top_k = msa::AttendOptions{}.top_k;
   std::string q_path, out_path, lse_path;
-  bool exact = false, json = false;
+  bool exact = false, explain = false;
   auto* query = app.add_subcommand("query", "Attend queries over one layer's memory");
   query->footer(
       "Q: [n, q_heads, head_dim] float16/float32 .npy. Writes O [n, q_heads, head_dim] and\n"
       "LSE [n, q_heads] as float32 .npy (LSE: natural log of the softmax denominator).\n"
-      "Example: msa query /data/mem --layer 0 --queries q.npy --out o.npy --top-k 32");
+      "--explain lists, per query row and KV head, the blocks read: the router's picks best\n"
+      "first with their scores, then the forced first (sink) and last (recent) blocks, each\n"
+      "with its document and token range.\n"
+      "Examples: msa query /data/mem --layer 0 --queries q.npy --out o.npy --top-k 32\n"
+      "          msa query /data/mem --layer 0 --queries q.npy --out o.npy --explain --json");
   query->add_option("STORE", store, "store directory")->required();
   query->add_option("--layer", layer, "layer to attend over")->required();
   query->add_option("--queries", q_path, "queries .npy")->required();
@@ -214,7 +246,8 @@ int main(int argc, char** argv) {
   query->add_option("--lse", lse_path, "log-sum-exp output .npy");
   auto* topk_opt = query->add_option("--top-k", top_k, "routed blocks per KV head")->capture_default_str();
   query->add_flag("--exact", exact, "attend over every token of the layer")->excludes(topk_opt);
-  query->add_flag("--json", json, "print timings as JSON");
+  query->add_flag("--json", json, "print timings (and --explain) as JSON");
+  query->add_flag("--explain", explain, "show which blocks were chosen, their scores and documents");
 
   auto* stats = app.add_subcommand("stats", "Show what a store holds");
   stats->footer("Example: msa stats /data/mem --json");
@@ -246,6 +279,10 @@ int main(int argc, char** argv) {
   auto* compact = app.add_subcommand("compact", "Reclaim the disk space of deleted documents");
   AddCompactOptions(compact, compact_opts);
 
+  InspectOptions inspect_opts;
+  auto* inspect = app.add_subcommand("inspect", "Show one block: record header, document, positions, tokens");
+  AddInspectOptions(inspect, inspect_opts);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -259,15 +296,16 @@ int main(int argc, char** argv) {
     auto sk = msa::ParseSummary(summary);
     if (!sk.ok()) return Fail(sk.status());
     g.summary = *sk;
-    return RunCreate(store, g);
+    return RunCreate(store, g, json);
   }
   if (*ingest) return RunIngest(ingest_opts);
-  if (*query) return RunQuery(store, layer, q_path, out_path, lse_path, top_k, exact, json);
+  if (*query) return RunQuery(store, layer, q_path, out_path, lse_path, top_k, exact, json, explain);
   if (*stats) return RunStats(store, json);
   if (*verify) return RunVerify(store, json);
   if (*synth) return RunSynth(synth_opts);
   if (*eval) return RunEval(eval_opts);
   if (*docs) return RunDocs(docs_opts);
   if (*compact) return RunCompact(compact_opts);
+  if (*inspect) return RunInspect(inspect_opts);
   return kExitUsage;
 }

@@ -251,13 +251,16 @@ class LiteralParser {
 };
 
 struct NpyHeader {
-  DType dtype = DType::kFloat32;
+  DType dtype = DType::kFloat32;  // when reading floats
+  size_t int_bytes = 0;           // when reading integers: 4 ('<i4') or 8 ('<i8')
   std::vector<int64_t> shape;
+  size_t element_size() const { return int_bytes ? int_bytes : DTypeSize(dtype); }
 };
 
 // Interprets the parsed dict; messages are relative ("dtype ..."), the
-// caller adds the path.
-Result<NpyHeader> InterpretHeader(const PyValue& dict) {
+// caller adds the path. `integers`: accept int32/int64 (ReadNpyIntegers)
+// instead of the float dtypes.
+Result<NpyHeader> InterpretHeader(const PyValue& dict, bool integers) {
   if (dict.kind != PyValue::Kind::kDict) {
     return Status::Corruption(std::string("malformed header: expected a dict, found ") +
                               KindName(dict.kind));
@@ -278,7 +281,15 @@ Result<NpyHeader> InterpretHeader(const PyValue& dict) {
                                 " (a structured dtype?); msa reads '<f2' (float16) and '<f4' (float32)");
   }
   const std::string& d = descr->str;
-  if (d == "<f2") {
+  if (integers) {
+    if (d == "<i4" || d == "<i8") {
+      header.int_bytes = d == "<i4" ? 4 : 8;
+    } else if (!d.empty() && d[0] == '>') {
+      return Status::NotSupported("big-endian dtype '" + d + "' is not supported; write little-endian");
+    } else {
+      return Status::NotSupported("unsupported dtype '" + d + "'; expected integers, '<i4' (int32) or '<i8' (int64)");
+    }
+  } else if (d == "<f2") {
     header.dtype = DType::kFloat16;
   } else if (d == "<f4") {
     header.dtype = DType::kFloat32;
@@ -368,9 +379,8 @@ Status WriteNpyRaw(const std::string& path, DType dtype, const std::vector<int64
   return internal::WriteWholeFile(path, {{header.data(), header.size()}, {data, bytes}});
 }
 
-}  // namespace
-
-Result<Tensor> ReadNpy(const std::string& path) {
+// Reads the header and the data of `path` (see ReadNpy and ReadNpyIntegers).
+Result<NpyHeader> ReadNpyFile(const std::string& path, bool integers, std::vector<uint8_t>* data) {
   MSA_ASSIGN_OR_RETURN(internal::ReadOnlyFile file, internal::ReadOnlyFile::Open(path));
   const uint64_t size = file.size();
 
@@ -413,9 +423,9 @@ Result<Tensor> ReadNpy(const std::string& path) {
   MSA_RETURN_IF_ERROR(file.ReadAt(prefix_len, text.data(), text.size()));
   Result<PyValue> dict = LiteralParser(text).ParseAll();
   if (!dict.ok()) return dict.status().WithContext(path + ": malformed header");
-  Result<NpyHeader> header = InterpretHeader(*dict);
+  Result<NpyHeader> header = InterpretHeader(*dict, integers);
   if (!header.ok()) return header.status().WithContext(path);
-  Result<uint64_t> expected = ByteSize(header->shape, header->dtype);
+  Result<uint64_t> expected = ByteSize(header->shape, header->element_size());
   if (!expected.ok()) {
     return Status::Corruption(path + ": " + expected.status().message());
   }
@@ -433,17 +443,43 @@ Result<Tensor> ReadNpy(const std::string& path) {
                               std::to_string(found));
   }
 
-  Tensor tensor;
-  tensor.dtype = header->dtype;
-  tensor.shape = std::move(header->shape);
   try {
-    tensor.data.resize(static_cast<size_t>(*expected));
+    data->resize(static_cast<size_t>(*expected));
   } catch (const std::bad_alloc&) {
     return Status::InvalidArgument(path + ": cannot allocate " + std::to_string(*expected) +
                                    " bytes for the data");
   }
-  MSA_RETURN_IF_ERROR(file.ReadAt(data_offset, tensor.data.data(), tensor.data.size()));
+  MSA_RETURN_IF_ERROR(file.ReadAt(data_offset, data->data(), data->size()));
+  return header;
+}
+
+}  // namespace
+
+Result<Tensor> ReadNpy(const std::string& path) {
+  Tensor tensor;
+  MSA_ASSIGN_OR_RETURN(NpyHeader header, ReadNpyFile(path, /*integers=*/false, &tensor.data));
+  tensor.dtype = header.dtype;
+  tensor.shape = std::move(header.shape);
   return tensor;
+}
+
+Result<IntegerArray> ReadNpyIntegers(const std::string& path) {
+  std::vector<uint8_t> data;
+  MSA_ASSIGN_OR_RETURN(NpyHeader header, ReadNpyFile(path, /*integers=*/true, &data));
+  IntegerArray out;
+  out.shape = header.shape;
+  auto& values = out.values;
+  values.resize(data.size() / header.int_bytes);
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (header.int_bytes == 4) {
+      int32_t v;
+      std::memcpy(&v, data.data() + 4 * i, 4);
+      values[i] = v;
+    } else {
+      std::memcpy(&values[i], data.data() + 8 * i, 8);
+    }
+  }
+  return out;
 }
 
 Status WriteNpy(const std::string& path, const Tensor& tensor) {

@@ -32,6 +32,15 @@ namespace msa::formats {
 // The result's dtype is kFloat16 or kFloat32.
 Result<Tensor> ReadNpy(const std::string& path);
 
+// Reads an '<i4' (int32) or '<i8' (int64) array, such as a document's
+// token ids, widened to int64 (values in C order). The same checks as
+// ReadNpy; any other dtype is refused naming the file.
+struct IntegerArray {
+  std::vector<int64_t> shape;
+  std::vector<int64_t> values;
+};
+Result<IntegerArray> ReadNpyIntegers(const std::string& path);
+
 // Writes `tensor` as a C-order little-endian .npy that numpy.load reads:
 // version 1.0 (2.0 only if the header would exceed 64 KiB), header padded so
 // the data starts on a 64-byte boundary, as numpy does. Creates or truncates

@@ -36,6 +36,7 @@
 #include "tools/commands.h"
 #include "tools/ingest_pipeline.h"
 #include "tools/npy_file.h"
+#include "tools/progress_line.h"
 #include "tools/synth_generator.h"
 
 namespace msa::cli {
@@ -71,7 +72,7 @@ void AddSynthOptions(CLI::App* app, SynthOptions& o) {
                   "DIR gets queries.npy, needles.json, geometry.json");
   app->add_option("--commit-docs", o.commit_docs, "--into-store: commit every N documents")->capture_default_str();
   app->add_option("--commit-mb", o.commit_mb, "--into-store: ... or every M MB of K/V")->capture_default_str();
-  app->add_flag("--json", o.json, "--into-store: the ingest report as JSON");
+  app->add_flag("--json", o.json, "the report as JSON (--into-store: the ingest report)");
 }
 
 namespace {
@@ -173,7 +174,7 @@ int SynthIntoStore(SynthCorpus& corpus, const SynthOptions& o) {
   if (!s.ok()) return Fail(s);
   if (report.interrupted) {
     std::fprintf(stderr, "msa: interrupted; what was ingested is committed; run the same command again to continue\n");
-    return 130;
+    return kExitInterrupted;
   }
   return kExitOk;
 }
@@ -189,7 +190,10 @@ int RunSynth(const SynthOptions& o) {
   if (!s.ok()) return Fail(s);
   if (!o.into_store.empty()) return SynthIntoStore(corpus, o);
   std::vector<uint16_t> k16, v16;
+  ProgressLine progress("synth", "documents", "written");
+  uint64_t written = 0;
   for (uint32_t doc = 0; doc < corpus.docs(); ++doc) {
+    progress.Update(doc, corpus.docs(), written);
     s = corpus.Document(doc, &k16, &v16);
     if (!s.ok()) return Fail(s);
     const std::vector<int64_t> shape{o.layers, o.kv_heads, static_cast<int64_t>(corpus.doc_tokens(doc)), o.head_dim};
@@ -197,6 +201,15 @@ int RunSynth(const SynthOptions& o) {
     s = formats::WriteNpy(base + "_keys.npy", formats::MakeFloat16Tensor(shape, k16.data()));
     if (s.ok()) s = formats::WriteNpy(base + "_values.npy", formats::MakeFloat16Tensor(shape, v16.data()));
     if (!s.ok()) return Fail(s);
+    written += 2 * k16.size() * sizeof(uint16_t);
+  }
+  progress.Update(corpus.docs(), corpus.docs(), written);
+  progress.Finish();
+  if (o.json) {
+    nlohmann::json j = {{"dir", o.dir},        {"documents", corpus.docs()}, {"tokens", o.tokens},
+                        {"queries", o.queries}, {"needles", corpus.needle_count()}, {"bytes_written", written}};
+    std::printf("%s\n", j.dump(2).c_str());
+    return kExitOk;
   }
   std::printf("wrote %u documents, %llu tokens, %u queries with %zu needles to %s\n", corpus.docs(),
               static_cast<unsigned long long>(o.tokens), o.queries, corpus.needle_count(), o.dir.c_str());
