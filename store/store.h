@@ -29,6 +29,7 @@
 // committed when it was opened; reopen it to see later commits.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <future>
 #include <map>
@@ -45,6 +46,7 @@
 #include "store/background_worker.h"
 #include "store/block_cache.h"
 #include "store/catalog.h"
+#include "store/decode_pool.h"
 #include "store/geometry.h"
 #include "store/router.h"
 
@@ -72,6 +74,15 @@ struct StoreOptions {
   RouterOptions router;                 // when streams get an IVF index
   uint64_t cache_bytes = 256ull << 20;  // host cache of decoded blocks (0: none)
   unsigned encode_threads = 0;          // threads encoding a document's blocks (0: one per core)
+  // io_uring registered files and buffers (io/block_reader.h); 0 turns
+  // either off. Measured in BENCHMARKS.md "Fetch path".
+  unsigned registered_files = 1024;
+  unsigned registered_slabs = 4;
+  uint64_t registered_slab_bytes = 4ull << 20;
+  // Threads that decode a fetch's blocks as their reads complete, overlapping
+  // the reads still in flight (0: the querying thread decodes once all reads
+  // are in). Measured in BENCHMARKS.md "Fetch path".
+  unsigned decode_threads = 0;
 };
 
 struct AttendOptions {
@@ -136,6 +147,9 @@ struct StoreStats {
   uint64_t raw_bytes = 0;            // the same K/V as plain fp16
   uint64_t segment_bytes = 0;        // segment files on disk (4096-padded)
   std::string reader;                // "io_uring" or "pread"
+  std::string reader_detail;         // how it is set up, or why the fallback is in use
+  uint64_t disk_blocks_read = 0;     // this handle's block reads from disk (queries, prefetches, ReadStream)
+  uint64_t disk_bytes_read = 0;      // their bytes, 4096-padded as requested
   uint32_t ivf_streams = 0;          // streams routed through an IVF index (the rest: exact scan)
   BlockCacheStats cache;             // this handle's block cache
   std::vector<StreamBytes> streams;  // [layer * kv_heads + kv_head]
@@ -217,6 +231,9 @@ class Store {
   // not returned as errors; the Status is for failures to run at all.
   Status Verify(VerifyReport* report) const;
   StoreStats Stats() const;
+  // Empties the block cache (its counters stay): the next queries read
+  // from disk. For cold-cache measurements.
+  void DropCache() const { cache_.Clear(); }
 
  private:
   Store(std::string path, std::unique_ptr<Catalog> catalog, const StoreOptions& options);
@@ -276,6 +293,8 @@ class Store {
   const StoreOptions options_;
   const std::unique_ptr<io::BlockReader> reader_;
   mutable BlockCache cache_;  // internally synchronised
+  const std::unique_ptr<DecodePool> decoders_;  // null when options_.decode_threads == 0
+  mutable std::atomic<uint64_t> disk_blocks_read_{0}, disk_bytes_read_{0};
 
   // Committed state seen by queries; guarded by state_mu_ (shared for
   // readers, exclusive while a commit publishes).

@@ -11,7 +11,7 @@ from pathlib import Path
 
 # The header version this wrapper was written for (include/msa.h).
 HEADER_MAJOR = 0
-HEADER_MINOR = 5
+HEADER_MINOR = 6
 
 _LIB_NAMES = ("libmsa.so", "libmsa.so.0")
 
@@ -75,6 +75,23 @@ class CompactStats(ctypes.Structure):
     ]
 
 
+class FetchStats(ctypes.Structure):
+    _fields_ = [
+        ("cache_capacity_bytes", ctypes.c_uint64),
+        ("cache_resident_bytes", ctypes.c_uint64),
+        ("cache_entries", ctypes.c_uint64),
+        ("cache_hits", ctypes.c_uint64),
+        ("cache_misses", ctypes.c_uint64),
+        ("cache_hit_bytes", ctypes.c_uint64),
+        ("cache_evictions", ctypes.c_uint64),
+        ("disk_blocks_read", ctypes.c_uint64),
+        ("disk_bytes_read", ctypes.c_uint64),
+        ("reader", ctypes.c_uint32),
+        ("reserved32", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint64 * 6),
+    ]
+
+
 # Struct name in msa.h -> ctypes mirror (the ABI test walks this).
 STRUCTS = {
     "msa_geometry_t": Geometry,
@@ -82,6 +99,7 @@ STRUCTS = {
     "msa_stats_t": Stats,
     "msa_document_t": Document,
     "msa_compact_stats_t": CompactStats,
+    "msa_fetch_stats_t": FetchStats,
 }
 
 
@@ -135,6 +153,7 @@ def _declare(lib):
         "msa_prefetch_wait": (i32, [vp]),
         "msa_prefetch_free": (None, [vp]),
         "msa_store_stats": (i32, [vp, c.POINTER(Stats)]),
+        "msa_store_fetch_stats": (i32, [vp, c.POINTER(FetchStats)]),
     }
     for name, (restype, argtypes) in protos.items():
         fn = getattr(lib, name)
