@@ -39,16 +39,16 @@ using ReadDoneFn = std::function<void(size_t index)>;
 
 class StagingPool;  // the registered buffers of an io_uring reader
 
-// Memory that reads land in, 4096-aligned: a slab of the reader's
-// registered pool (io_uring reads into it without pinning pages per read:
-// IORING_OP_READ_FIXED) or, when none is free or large enough, an ordinary
-// heap buffer. Move-only; the slab goes back to the pool when destroyed.
+// Memory that reads land in, 4096-aligned: a run of chunks of the reader's
+// registered buffer (io_uring reads into it without pinning pages per read:
+// IORING_OP_READ_FIXED) or, when not enough of it is free, an ordinary heap
+// buffer. Move-only; the chunks go back to the pool when destroyed.
 class StagingBuffer {
  public:
   StagingBuffer() = default;
   explicit StagingBuffer(size_t size) : heap_(size) {}
-  StagingBuffer(std::shared_ptr<StagingPool> pool, int slab, uint8_t* data, size_t size)
-      : pool_(std::move(pool)), slab_(slab), slab_data_(data), slab_size_(size) {}
+  StagingBuffer(std::shared_ptr<StagingPool> pool, int first_chunk, uint8_t* data, size_t size)
+      : pool_(std::move(pool)), slab_(first_chunk), slab_data_(data), slab_size_(size) {}
   ~StagingBuffer();
   StagingBuffer(StagingBuffer&& other) noexcept;
   StagingBuffer& operator=(StagingBuffer&& other) noexcept;
@@ -58,17 +58,25 @@ class StagingBuffer {
   uint8_t* data() { return pool_ ? slab_data_ : heap_.data(); }
   size_t size() const { return pool_ ? slab_size_ : heap_.size(); }
   bool registered() const { return pool_ != nullptr; }
-  // Gives the memory up for good (see BlockReader::abandoned): a slab is
-  // never handed out again, a heap buffer never freed.
+  // Gives the memory up for good (see BlockReader::abandoned): registered
+  // chunks are never lent again, a heap buffer is never freed.
   void Leak();
 
  private:
   void Release();
   AlignedBuffer heap_;
   std::shared_ptr<StagingPool> pool_;  // null: heap_
-  int slab_ = -1;
+  int slab_ = -1;                      // first chunk
   uint8_t* slab_data_ = nullptr;
   size_t slab_size_ = 0;
+};
+
+// What a reader has submitted since it was made (reads include continued
+// short reads and retries).
+struct ReaderCounters {
+  uint64_t reads = 0;
+  uint64_t registered_file_reads = 0;    // through the ring's file table
+  uint64_t registered_buffer_reads = 0;  // IORING_OP_READ_FIXED
 };
 
 class BlockReader {
@@ -103,6 +111,8 @@ class BlockReader {
   virtual void RegisterFile(int /*fd*/) {}
   virtual void ForgetFile(int /*fd*/) {}
 
+  virtual ReaderCounters counters() const { return {}; }
+
   // A buffer for a batch of reads totalling `size` bytes (see StagingBuffer).
   virtual StagingBuffer Staging(size_t size) { return StagingBuffer(size); }
 };
@@ -115,12 +125,11 @@ struct BlockReaderOptions {
   // io_uring only. Registered files: a sparse table of this many slots (0:
   // none, every read names its descriptor).
   unsigned registered_files = 1024;
-  // Registered buffers: `registered_slabs` slabs of `registered_slab_bytes`
-  // each, pinned once (0 slabs: none; reads go to the caller's memory).
-  // A batch larger than a slab, or one arriving while every slab is in use,
-  // gets heap memory and plain reads.
-  unsigned registered_slabs = 4;
-  uint64_t registered_slab_bytes = 4ull << 20;
+  // Registered buffer: this many bytes, pinned once, lent out in 256 KiB
+  // chunks (0: none; reads go to heap memory). Where RLIMIT_MEMLOCK refuses
+  // it, half as much is tried, down to 1 MiB. A batch that does not fit
+  // the free part gets heap memory and plain reads.
+  uint64_t registered_buffer_bytes = 32ull << 20;
 };
 
 // Probes io_uring (queue init); where the kernel refuses it (ENOSYS, EPERM

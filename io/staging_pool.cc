@@ -1,5 +1,6 @@
 #include "io/staging_pool.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -7,18 +8,16 @@
 
 namespace msa::io {
 
-std::shared_ptr<StagingPool> StagingPool::Make(unsigned slabs, size_t slab_bytes) {
-  return std::shared_ptr<StagingPool>(new StagingPool(slabs, slab_bytes));
+std::shared_ptr<StagingPool> StagingPool::Make(size_t bytes) {
+  return std::shared_ptr<StagingPool>(new StagingPool(bytes));
 }
 
-StagingPool::StagingPool(unsigned slabs, size_t slab_bytes)
-    : slabs_(slabs), slab_bytes_(AlignUp(slab_bytes)) {
-  const size_t total = static_cast<size_t>(slabs_) * slab_bytes_;
-  void* p = std::aligned_alloc(kIoAlignment, total == 0 ? kIoAlignment : total);
+StagingPool::StagingPool(size_t bytes)
+    : chunks_(std::max<size_t>(1, (bytes + kChunkBytes - 1) / kChunkBytes)), used_(chunks_, false) {
+  void* p = std::aligned_alloc(kIoAlignment, chunks_ * kChunkBytes);
   if (p == nullptr) throw std::bad_alloc();
-  std::memset(p, 0, total);  // touched now: registration pins resident pages
+  std::memset(p, 0, chunks_ * kChunkBytes);  // resident before registration pins it
   base_ = static_cast<uint8_t*>(p);
-  for (int i = static_cast<int>(slabs_) - 1; i >= 0; --i) free_.push_back(i);
 }
 
 StagingPool::~StagingPool() {
@@ -27,31 +26,31 @@ StagingPool::~StagingPool() {
 }
 
 StagingBuffer StagingPool::Acquire(size_t size) {
-  {
+  const size_t need = std::max<size_t>(1, (size + kChunkBytes - 1) / kChunkBytes);
+  if (need <= chunks_) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (size <= slab_bytes_ && !free_.empty()) {
-      const int i = free_.back();
-      free_.pop_back();
-      return StagingBuffer(shared_from_this(), i, slab(i), slab_bytes_);
+    size_t run = 0;
+    for (size_t i = 0; i < chunks_; ++i) {
+      run = used_[i] ? 0 : run + 1;
+      if (run == need) {
+        const size_t first = i + 1 - need;
+        for (size_t c = first; c <= i; ++c) used_[c] = true;
+        return StagingBuffer(shared_from_this(), static_cast<int>(first), base_ + first * kChunkBytes,
+                             need * kChunkBytes);
+      }
     }
-    ++misses_;
   }
   return StagingBuffer(size);
 }
 
-void StagingPool::Return(int slab) {
+void StagingPool::Return(int first_chunk, size_t bytes) {
   std::lock_guard<std::mutex> lock(mu_);
-  free_.push_back(slab);
+  for (size_t c = static_cast<size_t>(first_chunk); c < first_chunk + bytes / kChunkBytes; ++c) used_[c] = false;
 }
 
-void StagingPool::Leak(int /*slab*/) {
+void StagingPool::Leak() {
   std::lock_guard<std::mutex> lock(mu_);
-  leaked_ = true;  // the slab is never returned, and the memory never freed
-}
-
-uint64_t StagingPool::misses() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return misses_;
+  leaked_ = true;  // the lease's chunks are never returned, and the memory never freed
 }
 
 StagingBuffer::~StagingBuffer() { Release(); }
@@ -76,7 +75,7 @@ StagingBuffer& StagingBuffer::operator=(StagingBuffer&& other) noexcept {
 }
 
 void StagingBuffer::Release() {
-  if (pool_) pool_->Return(slab_);
+  if (pool_) pool_->Return(slab_, slab_size_);
   pool_.reset();
   slab_ = -1;
   slab_data_ = nullptr;
@@ -85,7 +84,7 @@ void StagingBuffer::Release() {
 
 void StagingBuffer::Leak() {
   if (pool_) {
-    pool_->Leak(slab_);
+    pool_->Leak();
     pool_.reset();
     slab_data_ = nullptr;
     slab_size_ = 0;

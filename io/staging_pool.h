@@ -1,10 +1,12 @@
-// The registered buffers of an io_uring reader: a few equal slabs carved
-// from one 4096-aligned allocation, lent out whole as StagingBuffers.
+// The registered buffer of an io_uring reader: one 4096-aligned region,
+// registered with the ring as a single buffer and lent out in runs of
+// contiguous chunks as StagingBuffers, so that any batch that fits the free
+// space reads into registered memory (IORING_OP_READ_FIXED).
 //
 // Thread safety: Acquire, Return and Leak may be called from any thread.
-// Invariants: a slab is either free (in free_) or lent to exactly one
-// StagingBuffer, or leaked (neither; never lent again). The memory lives as
-// long as the pool, which lives as long as its last lease (shared_ptr).
+// Invariants: a chunk is free, lent to exactly one StagingBuffer, or leaked
+// (never lent again); the region lives as long as the pool, which lives as
+// long as its last lease (shared_ptr).
 #pragma once
 
 #include <cstddef>
@@ -19,39 +21,32 @@ namespace msa::io {
 
 class StagingPool : public std::enable_shared_from_this<StagingPool> {
  public:
-  // slabs * slab_bytes bytes, slab_bytes a multiple of kIoAlignment.
-  static std::shared_ptr<StagingPool> Make(unsigned slabs, size_t slab_bytes);
+  static constexpr size_t kChunkBytes = 256 << 10;
+  // bytes rounded up to whole chunks.
+  static std::shared_ptr<StagingPool> Make(size_t bytes);
   ~StagingPool();
   StagingPool(const StagingPool&) = delete;
   StagingPool& operator=(const StagingPool&) = delete;
 
-  // A free slab when size fits one, else heap memory of `size` bytes.
+  // The first run of free chunks that holds `size` bytes, else heap memory.
   StagingBuffer Acquire(size_t size);
-  void Return(int slab);
-  void Leak(int slab);
+  void Return(int first_chunk, size_t bytes);
+  void Leak();
 
-  uint8_t* slab(int i) const { return base_ + static_cast<size_t>(i) * slab_bytes_; }
-  unsigned slabs() const { return slabs_; }
-  size_t slab_bytes() const { return slab_bytes_; }
-  // The slab that holds all of [p, p + length), or -1.
-  int SlabOf(const uint8_t* p, size_t length) const {
-    if (p < base_ || p >= base_ + static_cast<size_t>(slabs_) * slab_bytes_) return -1;
-    const size_t at = static_cast<size_t>(p - base_);
-    const size_t i = at / slab_bytes_;
-    return at + length <= (i + 1) * slab_bytes_ ? static_cast<int>(i) : -1;
+  uint8_t* base() const { return base_; }
+  size_t bytes() const { return chunks_ * kChunkBytes; }
+  // True when all of [p, p + length) lies in the region.
+  bool Holds(const uint8_t* p, size_t length) const {
+    return p >= base_ && p + length <= base_ + bytes();
   }
-  // Batches that found no free slab, or did not fit one (heap instead).
-  uint64_t misses() const;
 
  private:
-  StagingPool(unsigned slabs, size_t slab_bytes);
-  const unsigned slabs_;
-  const size_t slab_bytes_;
+  explicit StagingPool(size_t bytes);
+  const size_t chunks_;
   uint8_t* base_ = nullptr;  // constant after construction
-  mutable std::mutex mu_;
-  std::vector<int> free_;  // guarded by mu_
-  bool leaked_ = false;    // guarded by mu_: keep the memory forever
-  uint64_t misses_ = 0;    // guarded by mu_
+  std::mutex mu_;
+  std::vector<bool> used_;  // per chunk; guarded by mu_
+  bool leaked_ = false;     // guarded by mu_: keep the memory forever
 };
 
 }  // namespace msa::io

@@ -5,7 +5,7 @@
 //
 // Registered files and buffers: descriptors the owner registers go into a
 // sparse file table (reads name the slot, IOSQE_FIXED_FILE), and reads into
-// the reader's staging slabs, registered once, are IORING_OP_READ_FIXED
+// the reader's staging buffer, registered once, are IORING_OP_READ_FIXED
 // (no page pinning per read). Anything else is read the plain way.
 #include <liburing.h>
 #include <sys/uio.h>
@@ -58,20 +58,24 @@ class UringReader final : public BlockReader {
         detail_ += ", " + std::to_string(file_slots_) + " registered file slots";
       }
     }
-    if (options_.registered_slabs > 0 && options_.registered_slab_bytes > 0) {
-      auto pool = StagingPool::Make(options_.registered_slabs, options_.registered_slab_bytes);
-      std::vector<iovec> iov(pool->slabs());
-      for (unsigned i = 0; i < pool->slabs(); ++i) iov[i] = {pool->slab(static_cast<int>(i)), pool->slab_bytes()};
-      rc = io_uring_register_buffers(&ring_, iov.data(), static_cast<unsigned>(iov.size()));
-      if (rc < 0) {
-        // ENOMEM: pinning would pass RLIMIT_MEMLOCK (no CAP_IPC_LOCK).
-        spdlog::info("io_uring: no registered buffers ({}); reads go to heap buffers", std::strerror(-rc));
-        detail_ += ", registered buffers refused (" + std::string(std::strerror(-rc)) + ")";
-      } else {
+    // One registered buffer, halved while RLIMIT_MEMLOCK refuses it (ENOMEM
+    // without CAP_IPC_LOCK).
+    std::string refused;
+    for (uint64_t bytes = options_.registered_buffer_bytes; bytes > 0; bytes /= 2) {
+      auto pool = StagingPool::Make(bytes);
+      iovec iov{pool->base(), pool->bytes()};
+      rc = io_uring_register_buffers(&ring_, &iov, 1);
+      if (rc == 0) {
         pool_ = std::move(pool);
-        detail_ += ", " + std::to_string(pool_->slabs()) + " registered buffers of " +
-                   std::to_string(pool_->slab_bytes() >> 10) + " KiB";
+        detail_ += ", registered buffer of " + std::to_string(pool_->bytes() >> 10) + " KiB";
+        break;
       }
+      refused = std::strerror(-rc);
+      if (rc != -ENOMEM || bytes <= (1u << 20)) break;
+    }
+    if (!pool_ && options_.registered_buffer_bytes > 0) {
+      spdlog::info("io_uring: no registered buffer ({}); reads go to heap buffers", refused);
+      detail_ += ", registered buffer refused (" + refused + ")";
     }
     return Status::OK();
   }
@@ -137,13 +141,15 @@ class UringReader final : public BlockReader {
         const int fd = slot >= 0 ? slot : r.fd;
         uint8_t* const dest = r.dest + done_[i];
         const uint32_t length = r.length - done_[i];
-        const int buffer = pool_ ? pool_->SlabOf(dest, length) : -1;
-        if (buffer >= 0) {
-          io_uring_prep_read_fixed(sqe, fd, dest, length, r.offset + done_[i], buffer);
+        if (pool_ && pool_->Holds(dest, length)) {
+          io_uring_prep_read_fixed(sqe, fd, dest, length, r.offset + done_[i], /*buf_index=*/0);
         } else {
           io_uring_prep_read(sqe, fd, dest, length, r.offset + done_[i]);
         }
         if (slot >= 0) sqe->flags |= IOSQE_FIXED_FILE;
+        ++counters_.reads;
+        counters_.registered_file_reads += slot >= 0;
+        counters_.registered_buffer_reads += sqe->opcode == IORING_OP_READ_FIXED;
         io_uring_sqe_set_data64(sqe, i);
         ++queued;
       }
@@ -203,6 +209,10 @@ class UringReader final : public BlockReader {
 
   const char* name() const override { return "io_uring"; }
   std::string detail() const override { return detail_; }
+  ReaderCounters counters() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return counters_;
+  }
 
  private:
   // After a failure: SQEs still queued are submitted (they cannot be taken
@@ -235,13 +245,14 @@ class UringReader final : public BlockReader {
   const unsigned depth_;
   const BlockReaderOptions options_;
   std::string detail_;  // constant after Init
-  std::shared_ptr<StagingPool> pool_;  // registered buffers (null: none); constant after Init
+  std::shared_ptr<StagingPool> pool_;  // the registered buffer (null: none); constant after Init
   unsigned file_slots_ = 0;            // registered file table size (0: none); constant after Init
   std::vector<int> slot_of_fd_;        // fd -> file table slot, -1 none; guarded by mu_
   std::vector<int> free_slots_;        // guarded by mu_
   io_uring ring_{};
   bool initialized_ = false;
-  std::mutex mu_;
+  mutable std::mutex mu_;
+  ReaderCounters counters_;       // guarded by mu_
   std::vector<uint32_t> done_;    // bytes read per request; guarded by mu_
   std::vector<size_t> pending_;   // requests to (re)submit; guarded by mu_
   Status broken_;                 // set when reads could not be reaped; guarded by mu_

@@ -81,7 +81,7 @@ Store::Store(std::string path, std::unique_ptr<Catalog> catalog, const StoreOpti
       geometry_(catalog_->geometry()),
       options_(options),
       reader_(io::MakeBlockReader({options.queue_depth, options.allow_io_uring, options.registered_files,
-                                   options.registered_slabs, options.registered_slab_bytes})),
+                                   options.registered_buffer_bytes})),
       cache_(options.cache_bytes),
       decoders_(options.decode_threads > 0 ? std::make_unique<DecodePool>(options.decode_threads) : nullptr),
       directory_(geometry_.streams()),
@@ -814,7 +814,7 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
   std::vector<io::ReadRequest> requests(misses.size());
   uint64_t total = 0;
   for (size_t j : misses) total += io::AlignUp(locs[j].record_bytes);
-  io::StagingBuffer buffer = reader_->Staging(total);  // registered memory when a slab is free
+  io::StagingBuffer buffer = reader_->Staging(total);  // registered memory when enough is free
   uint64_t at = 0;
   for (size_t m = 0; m < misses.size(); ++m) {
     const BlockLocation& loc = locs[misses[m]];
@@ -1293,6 +1293,7 @@ StoreStats Store::Stats() const {
   }
   s.reader = reader_->name();
   s.reader_detail = reader_->detail();
+  s.reader_counters = reader_->counters();
   s.disk_blocks_read = disk_blocks_read_.load(std::memory_order_relaxed);
   s.disk_bytes_read = disk_bytes_read_.load(std::memory_order_relaxed);
   s.cache = cache_.Stats();

@@ -77,8 +77,7 @@ struct StoreOptions {
   // io_uring registered files and buffers (io/block_reader.h); 0 turns
   // either off. Measured in BENCHMARKS.md "Fetch path".
   unsigned registered_files = 1024;
-  unsigned registered_slabs = 4;
-  uint64_t registered_slab_bytes = 4ull << 20;
+  uint64_t registered_buffer_bytes = 32ull << 20;
   // Threads that decode a fetch's blocks as their reads complete, overlapping
   // the reads still in flight (0: the querying thread decodes once all reads
   // are in). Measured in BENCHMARKS.md "Fetch path".
@@ -150,6 +149,7 @@ struct StoreStats {
   std::string reader_detail;         // how it is set up, or why the fallback is in use
   uint64_t disk_blocks_read = 0;     // this handle's block reads from disk (queries, prefetches, ReadStream)
   uint64_t disk_bytes_read = 0;      // their bytes, 4096-padded as requested
+  io::ReaderCounters reader_counters;  // reads submitted (all callers), how many registered
   uint32_t ivf_streams = 0;          // streams routed through an IVF index (the rest: exact scan)
   BlockCacheStats cache;             // this handle's block cache
   std::vector<StreamBytes> streams;  // [layer * kv_heads + kv_head]

@@ -188,8 +188,7 @@ TEST(UringReader, RegisteredFilesAndBuffersReadTheRightBytes) {
   BlockReaderOptions options;
   options.queue_depth = 8;
   options.registered_files = 2;
-  options.registered_slabs = 2;
-  options.registered_slab_bytes = 64 << 10;
+  options.registered_buffer_bytes = 512 << 10;  // two 256 KiB chunks
   auto made = MakeUringReader(options);
   if (!made.ok()) GTEST_SKIP() << "io_uring unavailable here: " << made.status().ToString();
   std::unique_ptr<BlockReader> reader = std::move(made).value();
@@ -197,7 +196,7 @@ TEST(UringReader, RegisteredFilesAndBuffersReadTheRightBytes) {
     GTEST_SKIP() << "this kernel refuses part of the registration: " << reader->detail();
   }
   EXPECT_NE(reader->detail().find("2 registered file slots"), std::string::npos) << reader->detail();
-  EXPECT_NE(reader->detail().find("2 registered buffers of 64 KiB"), std::string::npos) << reader->detail();
+  EXPECT_NE(reader->detail().find("registered buffer of 512 KiB"), std::string::npos) << reader->detail();
   auto a = OpenRead(dir.Sub("a.seg"));
   auto b = OpenRead(dir.Sub("b.seg"));
   ASSERT_TRUE(a.ok() && b.ok());
@@ -205,20 +204,25 @@ TEST(UringReader, RegisteredFilesAndBuffersReadTheRightBytes) {
   reader->RegisterFile(*b);
   reader->RegisterFile(*b);  // twice is once
 
-  // Slabs: lent whole while free and large enough, heap memory otherwise.
-  StagingBuffer fixed = reader->Staging(16 * 4096);
+  // Chunks: lent in runs while enough are free, heap memory otherwise.
+  StagingBuffer fixed = reader->Staging(16 * 4096);  // one chunk
   EXPECT_TRUE(fixed.registered());
-  EXPECT_FALSE(reader->Staging(1 << 20).registered()) << "larger than a slab";
+  EXPECT_FALSE(reader->Staging(1 << 20).registered()) << "larger than the buffer";
   {
     StagingBuffer second = reader->Staging(4096);
     EXPECT_TRUE(second.registered());
-    EXPECT_FALSE(reader->Staging(4096).registered()) << "both slabs are lent";
+    EXPECT_FALSE(reader->Staging(4096).registered()) << "both chunks are lent";
   }
   StagingBuffer again = reader->Staging(4096);
-  EXPECT_TRUE(again.registered()) << "a released slab is lent again";
+  EXPECT_TRUE(again.registered()) << "a released chunk is lent again";
+  again = StagingBuffer();
+  {
+    StagingBuffer both = reader->Staging(300 << 10);  // two chunks, one of them lent (fixed)
+    EXPECT_FALSE(both.registered());
+  }
   StagingBuffer heap = reader->Staging(1 << 20);
 
-  // Registered files into a registered slab (READ_FIXED) and into heap
+  // Registered files into registered memory (READ_FIXED) and into heap
   // memory (plain read), interleaved, in one batch.
   std::vector<ReadRequest> reqs;
   for (int i = 0; i < 16; ++i) {

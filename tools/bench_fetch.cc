@@ -4,9 +4,9 @@
 //
 //   msa_bench_fetch FILE [--gib N] [--bs BYTES] [--qd 1,8,32,128,256]
 //                        [--seconds S] [--readers io_uring,io_uring_reg,pread]
-// Readers: io_uring (plain reads into heap memory, descriptors named per
+// Readers, run in the order given: io_uring (plain reads into heap memory, descriptors named per
 // read), io_uring_reg (the file registered and the batch's buffer a
-// registered slab: IOSQE_FIXED_FILE + IORING_OP_READ_FIXED), pread (the
+// registered buffer: IOSQE_FIXED_FILE + IORING_OP_READ_FIXED), pread (the
 // thread-pool fallback). Prints CSV: reader,qd,blocks_per_s,mb_per_s,
 // cpu_us_per_block (user + system time of the whole process per block) and,
 // per reader, the latency of one query-sized batch of 64 blocks (p50/p99
@@ -52,7 +52,7 @@ double CpuSeconds() {
 }
 
 // The reader of a variant, with room for `batch` requests of bs bytes; the
-// registered variant registers the file and one slab that holds the batch.
+// registered variant registers the file and a buffer that holds the batch.
 msa::Result<std::unique_ptr<msa::io::BlockReader>> MakeReader(const std::string& variant, unsigned qd,
                                                               size_t batch_bytes, int fd) {
   if (variant == "pread") return msa::io::MakePreadReader(qd);
@@ -60,8 +60,7 @@ msa::Result<std::unique_ptr<msa::io::BlockReader>> MakeReader(const std::string&
   options.queue_depth = qd;
   const bool reg = variant == "io_uring_reg";
   options.registered_files = reg ? 16 : 0;
-  options.registered_slabs = reg ? 1 : 0;
-  options.registered_slab_bytes = batch_bytes;
+  options.registered_buffer_bytes = reg ? batch_bytes : 0;
   auto reader = msa::io::MakeUringReader(options);
   if (reader.ok() && reg) (*reader)->RegisterFile(fd);
   return reader;
@@ -124,9 +123,16 @@ int main(int argc, char** argv) {
   std::mt19937_64 rng(42);
   std::uniform_int_distribution<uint64_t> slot(0, slots - 1);
   std::printf("reader,qd,blocks_per_s,mb_per_s,cpu_us_per_block\n");
-  for (const char* name : {"io_uring", "io_uring_reg", "pread"}) {
-    const std::string variant = name;
-    if (("," + readers + ",").find("," + variant + ",") == std::string::npos) continue;
+  std::vector<std::string> variants;  // in the order given
+  for (size_t at = 0; at <= readers.size();) {
+    const size_t comma = std::min(readers.find(',', at), readers.size());
+    if (comma > at) variants.push_back(readers.substr(at, comma - at));
+    at = comma + 1;
+  }
+  for (const std::string& variant : variants) {
+    if (variant != "io_uring" && variant != "io_uring_reg" && variant != "pread") {
+      return Die("unknown reader " + variant);
+    }
     for (unsigned qd : ParseList(qd_list)) {
       // Batches of 64 * qd requests (at most 8192): the reader keeps qd in
       // flight throughout, and the drain at the end of a batch (a query's

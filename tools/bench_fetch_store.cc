@@ -3,7 +3,7 @@
 //
 //   msa_bench_fetch_store STORE --queries Q.npy [--top-k 64] [--rows 64]
 //                         [--variants io_uring,io_uring_plain,io_uring_dec1,pread]
-//                         [--cache-mb 256] [--json]
+//                         [--cache-mb 256] [--json] [--json-out FILE]
 //     latency: one handle per variant, all open at once; per query row, in
 //     turn for each variant (order rotated per row): drop the block cache,
 //     Attend (cold: every block from disk), Attend again (warm: every block
@@ -26,6 +26,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
@@ -80,7 +81,7 @@ bool VariantOptions(const std::string& name, uint64_t cache_bytes, msa::StoreOpt
   if (name == "io_uring") return true;
   if (name == "io_uring_plain") {
     so->registered_files = 0;
-    so->registered_slabs = 0;
+    so->registered_buffer_bytes = 0;
     return true;
   }
   if (name.rfind("io_uring_dec", 0) == 0) {
@@ -100,12 +101,19 @@ struct Samples {
   uint64_t seq_hits = 0, seq_blocks = 0;
 };
 
+bool WriteJson(const std::string& path, const nlohmann::json& j) {
+  if (path.empty()) return true;
+  std::ofstream f(path);
+  f << j.dump(2) << "\n";
+  return static_cast<bool>(f);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::warn);
   if (const char* level = std::getenv("MSA_LOG_LEVEL")) spdlog::set_level(spdlog::level::from_str(level));
-  std::string store_path, queries_path, variants = "io_uring,io_uring_plain,io_uring_dec1,pread";
+  std::string store_path, queries_path, json_out, variants = "io_uring,io_uring_plain,io_uring_dec1,pread";
   uint32_t top_k = 64, rows = 64, passes = 20;
   uint64_t cache_mb = 256;
   bool overlap = false, json = false;
@@ -118,7 +126,8 @@ int main(int argc, char** argv) {
   app.add_option("--cache-mb", cache_mb)->capture_default_str();
   app.add_flag("--overlap", overlap, "measure prefetch overlap over the store's layers instead");
   app.add_option("--passes", passes, "passes per mode (--overlap)")->capture_default_str();
-  app.add_flag("--json", json);
+  app.add_flag("--json", json, "print JSON instead of the table");
+  app.add_option("--json-out", json_out, "also write the JSON to this file");
   CLI11_PARSE(app, argc, argv);
 
   auto qt = msa::formats::ReadNpy(queries_path);
@@ -192,6 +201,7 @@ int main(int argc, char** argv) {
                         {"prefetch_attend_fetch_decode_ms", Dist(pre_fetch)},
                         {"prefetch_hit_rate", pre_blocks ? static_cast<double>(pre_hits) / pre_blocks : 0.0},
                         {"speedup_p50", p50 > 0 ? s50 / p50 : 0.0}};
+    if (!WriteJson(json_out, j)) return Die(Status::IOError("cannot write " + json_out));
     if (json) {
       std::printf("%s\n", j.dump(2).c_str());
     } else {
@@ -294,6 +304,9 @@ int main(int argc, char** argv) {
                              {"warm_hit_rate", warm_rate},
                              {"sequence_hit_rate", seq_rate},
                              {"sequence_total_ms", Dist(sm.seq_total)},
+                             {"reads", st.reader_counters.reads},
+                             {"registered_file_reads", st.reader_counters.registered_file_reads},
+                             {"registered_buffer_reads", st.reader_counters.registered_buffer_reads},
                              {"cache",
                               {{"hits", st.cache.hits},
                                {"misses", st.cache.misses},
@@ -311,11 +324,16 @@ int main(int argc, char** argv) {
                   warm_rate, seq_rate, Percentile(sm.seq_total, 50));
     }
   }
+  if (!WriteJson(json_out, j)) return Die(Status::IOError("cannot write " + json_out));
   if (json) {
     std::printf("%s\n", j.dump(2).c_str());
   } else {
     for (size_t v = 0; v < names.size(); ++v) {
-      std::printf("# %s: %s\n", names[v].c_str(), stores[v]->Stats().reader_detail.c_str());
+      const msa::StoreStats st = stores[v]->Stats();
+      std::printf("# %s: %s; %llu reads, %llu through registered files, %llu into the registered buffer\n",
+                  names[v].c_str(), st.reader_detail.c_str(), (unsigned long long)st.reader_counters.reads,
+                  (unsigned long long)st.reader_counters.registered_file_reads,
+                  (unsigned long long)st.reader_counters.registered_buffer_reads);
     }
   }
   return 0;
