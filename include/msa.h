@@ -328,6 +328,35 @@ typedef struct msa_stats_t {
  * counters. Thread-safe like msa_attend. */
 MSA_EXPORT msa_status_t msa_store_stats(const msa_store_t* store, msa_stats_t* out);
 
+/* How this handle reads blocks (msa_fetch_stats_t.reader). */
+typedef enum msa_reader_t {
+  MSA_READER_PREAD = 0,   /* the thread-pool fallback (io_uring refused or MSA_IO_URING=0) */
+  MSA_READER_IO_URING = 1 /* one io_uring submission per fetch */
+} msa_reader_t;
+
+/* The fetch path's counters of this handle since it was opened (0.6): its
+ * host block cache and its reads from disk (queries, prefetches, stream
+ * reads). A block counts once per lookup: a query that needs it twice (two
+ * rows) looks it up once. */
+typedef struct msa_fetch_stats_t {
+  uint64_t cache_capacity_bytes; /* the cache's bound (0: no cache) */
+  uint64_t cache_resident_bytes; /* bytes held now */
+  uint64_t cache_entries;        /* blocks held now */
+  uint64_t cache_hits;           /* blocks served from the cache */
+  uint64_t cache_misses;         /* lookups that missed */
+  uint64_t cache_hit_bytes;      /* bytes of the blocks served, as kept (float32, or int8/int4 records) */
+  uint64_t cache_evictions;      /* blocks evicted to make room */
+  uint64_t disk_blocks_read;     /* block records read from disk */
+  uint64_t disk_bytes_read;      /* their bytes, 4096-padded */
+  uint32_t reader;               /* an msa_reader_t */
+  uint32_t reserved32;           /* 0 */
+  uint64_t reserved[6];          /* 0: room for later counters in this struct's size */
+} msa_fetch_stats_t;
+
+/* Fills *out (every field written, reserved ones 0). Thread-safe like
+ * msa_attend. */
+MSA_EXPORT msa_status_t msa_store_fetch_stats(const msa_store_t* store, msa_fetch_stats_t* out);
+
 /* Logging. msa logs through spdlog's default logger. When the library is
  * loaded it sets that logger's level to MSA_LOG_WARN, so that nothing is
  * printed on the happy path, only warnings (a fallback taken, such as no

@@ -19,14 +19,14 @@ std::unique_ptr<BlockReader> MakeBlockReader(const BlockReaderOptions& options) 
   const char* env = std::getenv("MSA_IO_URING");
   if (env != nullptr && std::strcmp(env, "0") == 0) {
     spdlog::warn("io_uring disabled by MSA_IO_URING=0: block reads use the pread fallback");
-    return MakePreadReader();
+    return MakePreadReader(kDefaultPreadThreads, "MSA_IO_URING=0");
   }
-  if (!options.allow_io_uring) return MakePreadReader();
-  auto uring = MakeUringReader(options.queue_depth);
+  if (!options.allow_io_uring) return MakePreadReader(kDefaultPreadThreads, "io_uring not allowed by the options");
+  auto uring = MakeUringReader(options);
   if (uring.ok()) return std::move(uring).value();
   spdlog::warn("io_uring unavailable ({}): block reads use the pread fallback",
                uring.status().message());
-  return MakePreadReader();
+  return MakePreadReader(kDefaultPreadThreads, "io_uring unavailable: " + uring.status().message());
 }
 
 }  // namespace msa::io

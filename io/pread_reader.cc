@@ -7,7 +7,9 @@
 #include <cerrno>
 #include <condition_variable>
 #include <mutex>
+#include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "io/block_reader.h"
@@ -36,7 +38,7 @@ Status ReadOne(size_t i, const ReadRequest& r) {
 
 class PreadReader final : public BlockReader {
  public:
-  explicit PreadReader(unsigned threads) {
+  PreadReader(unsigned threads, std::string why) : why_(std::move(why)) {
     for (unsigned t = 1; t < threads; ++t) workers_.emplace_back([this] { WorkerLoop(); });
   }
   ~PreadReader() override {
@@ -48,12 +50,13 @@ class PreadReader final : public BlockReader {
     for (auto& w : workers_) w.join();
   }
 
-  Status ReadAll(std::span<const ReadRequest> requests) override {
+  Status ReadAll(std::span<const ReadRequest> requests, const ReadDoneFn& on_read) override {
     std::lock_guard<std::mutex> call(call_mu_);  // one batch at a time
-    if (workers_.empty() || requests.size() < 2) return RunSerial(requests);
+    if (workers_.empty() || requests.size() < 2) return RunSerial(requests, on_read);
     {
       std::lock_guard<std::mutex> lock(mu_);
       job_ = requests;
+      on_read_ = &on_read;
       next_.store(0);
       failure_ = Status::OK();
       failed_index_ = SIZE_MAX;
@@ -65,14 +68,22 @@ class PreadReader final : public BlockReader {
     std::unique_lock<std::mutex> lock(mu_);
     done_.wait(lock, [this] { return busy_ == 0; });
     job_ = {};
+    on_read_ = nullptr;
     return failure_;
   }
 
   const char* name() const override { return "pread"; }
+  std::string detail() const override {
+    return "pread, " + std::to_string(workers_.size() + 1) + " threads" +
+           (why_.empty() ? "" : " (fallback: " + why_ + ")");
+  }
 
  private:
-  Status RunSerial(std::span<const ReadRequest> requests) {
-    for (size_t i = 0; i < requests.size(); ++i) MSA_RETURN_IF_ERROR(ReadOne(i, requests[i]));
+  Status RunSerial(std::span<const ReadRequest> requests, const ReadDoneFn& on_read) {
+    for (size_t i = 0; i < requests.size(); ++i) {
+      MSA_RETURN_IF_ERROR(ReadOne(i, requests[i]));
+      if (on_read) on_read(i);
+    }
     return Status::OK();
   }
 
@@ -80,7 +91,9 @@ class PreadReader final : public BlockReader {
   void Work() {
     for (size_t i = next_.fetch_add(1); i < job_.size(); i = next_.fetch_add(1)) {
       Status s = ReadOne(i, job_[i]);
-      if (!s.ok()) {
+      if (s.ok()) {
+        if (*on_read_) (*on_read_)(i);
+      } else {
         std::lock_guard<std::mutex> lock(mu_);
         if (i < failed_index_) {
           failed_index_ = i;
@@ -109,7 +122,9 @@ class PreadReader final : public BlockReader {
   std::mutex mu_;
   std::condition_variable wake_, done_;
   std::vector<std::thread> workers_;
+  const std::string why_;  // why the fallback is in use ("" when chosen)
   std::span<const ReadRequest> job_;  // set under mu_ before a generation starts
+  const ReadDoneFn* on_read_ = nullptr;  // likewise
   std::atomic<size_t> next_{0};
   Status failure_;
   size_t failed_index_ = SIZE_MAX;
@@ -120,8 +135,8 @@ class PreadReader final : public BlockReader {
 
 }  // namespace
 
-std::unique_ptr<BlockReader> MakePreadReader(unsigned threads) {
-  return std::make_unique<PreadReader>(threads == 0 ? 1 : threads);
+std::unique_ptr<BlockReader> MakePreadReader(unsigned threads, std::string why) {
+  return std::make_unique<PreadReader>(threads == 0 ? 1 : threads, std::move(why));
 }
 
 }  // namespace msa::io

@@ -20,6 +20,7 @@ std::shared_ptr<const CachedBlock> BlockCache::Lookup(uint32_t stream, uint64_t 
   }
   shard.lru.splice(shard.lru.begin(), shard.lru, it->second);
   hits_.fetch_add(1, std::memory_order_relaxed);
+  hit_bytes_.fetch_add(it->second->value->bytes(), std::memory_order_relaxed);
   return it->second->value;
 }
 
@@ -60,7 +61,17 @@ BlockCacheStats BlockCache::Stats() const {
   s.misses = misses_.load();
   s.inserts = inserts_.load();
   s.evictions = evictions_.load();
+  s.hit_bytes = hit_bytes_.load();
   return s;
+}
+
+void BlockCache::Clear() {
+  for (Shard& shard : shards_) {
+    std::lock_guard<std::mutex> lock(shard.mu);
+    shard.map.clear();
+    shard.lru.clear();
+    shard.used = 0;
+  }
 }
 
 }  // namespace msa

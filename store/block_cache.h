@@ -32,6 +32,7 @@ struct CachedBlock {
 struct BlockCacheStats {
   uint64_t capacity_bytes = 0, used_bytes = 0, entries = 0;
   uint64_t hits = 0, misses = 0, inserts = 0, evictions = 0;
+  uint64_t hit_bytes = 0;  // bytes of the entries served by hits (as kept: decoded floats or records)
 };
 
 class BlockCache {
@@ -47,6 +48,8 @@ class BlockCache {
   // shard until it fits; a block larger than a shard's share is not kept.
   void Insert(uint32_t stream, uint64_t block, std::shared_ptr<const CachedBlock> value);
   BlockCacheStats Stats() const;
+  // Drops every entry (not counted as evictions); counters stay.
+  void Clear();
   uint64_t capacity() const { return capacity_; }
 
  private:
@@ -75,7 +78,7 @@ class BlockCache {
 
   const uint64_t capacity_;
   std::vector<Shard> shards_;
-  std::atomic<uint64_t> hits_{0}, misses_{0}, inserts_{0}, evictions_{0};
+  std::atomic<uint64_t> hits_{0}, misses_{0}, inserts_{0}, evictions_{0}, hit_bytes_{0};
 };
 
 }  // namespace msa

@@ -399,4 +399,25 @@ msa_status_t msa_store_stats(const msa_store_t* store, msa_stats_t* out) {
   });
 }
 
+msa_status_t msa_store_fetch_stats(const msa_store_t* store, msa_fetch_stats_t* out) {
+  return Guard([&]() -> msa::Status {
+    MSA_REQUIRE(store != nullptr, "msa_store_fetch_stats: store is NULL");
+    MSA_REQUIRE(out != nullptr, "msa_store_fetch_stats: out is NULL");
+    const msa::StoreStats s = store->store->Stats();
+    msa_fetch_stats_t f{};
+    f.cache_capacity_bytes = s.cache.capacity_bytes;
+    f.cache_resident_bytes = s.cache.used_bytes;
+    f.cache_entries = s.cache.entries;
+    f.cache_hits = s.cache.hits;
+    f.cache_misses = s.cache.misses;
+    f.cache_hit_bytes = s.cache.hit_bytes;
+    f.cache_evictions = s.cache.evictions;
+    f.disk_blocks_read = s.disk_blocks_read;
+    f.disk_bytes_read = s.disk_bytes_read;
+    f.reader = s.reader == "io_uring" ? MSA_READER_IO_URING : MSA_READER_PREAD;
+    *out = f;
+    return msa::Status::OK();
+  });
+}
+
 }  // extern "C"

@@ -82,8 +82,10 @@ Store::Store(std::string path, std::unique_ptr<Catalog> catalog, const StoreOpti
       catalog_(std::move(catalog)),
       geometry_(catalog_->geometry()),
       options_(options),
-      reader_(io::MakeBlockReader({options.queue_depth, options.allow_io_uring})),
+      reader_(io::MakeBlockReader({options.queue_depth, options.allow_io_uring, options.registered_files,
+                                   options.registered_buffer_bytes})),
       cache_(options.cache_bytes),
+      decoders_(options.decode_threads > 0 ? std::make_unique<DecodePool>(options.decode_threads) : nullptr),
       directory_(geometry_.streams()),
       router_(geometry_, options.router),
       staged_locations_(geometry_.streams()),
@@ -687,6 +689,9 @@ Status Store::Compact(CompactStats* out, const ProgressFn& progress) {
     for (uint32_t segment : victims) {
       auto it = read_fds_.find(segment);
       if (it != read_fds_.end()) {
+        // Out of the ring's file table first: its reference would keep the
+        // unlinked file's space, and the descriptor number may be reused.
+        reader_->ForgetFile(it->second);
         ::close(it->second);
         read_fds_.erase(it);
       }
@@ -902,6 +907,7 @@ Result<int> Store::SegmentFd(uint32_t segment) const {
                  SegmentPath(path_, segment));
   }
   read_fds_[segment] = fd;
+  reader_->RegisterFile(fd);  // forgotten before it is closed (Compact)
   return fd;
 }
 
@@ -940,7 +946,7 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
   std::vector<io::ReadRequest> requests(misses.size());
   uint64_t total = 0;
   for (size_t j : misses) total += io::AlignUp(locs[j].record_bytes);
-  io::AlignedBuffer buffer(total);
+  io::StagingBuffer buffer = reader_->Staging(total);  // registered memory when enough is free
   uint64_t at = 0;
   for (size_t m = 0; m < misses.size(); ++m) {
     const BlockLocation& loc = locs[misses[m]];
@@ -949,17 +955,11 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
     requests[m] = io::ReadRequest{fd, loc.offset, padded, buffer.data() + at};
     at += padded;
   }
-  Status read = reader_->ReadAll(requests);
-  if (!read.ok()) {
-    if (reader_->abandoned()) buffer.Leak();  // the kernel may still write into it
-    // Name the block and file, not just the descriptor.
-    return read.WithContext("fetching " + std::to_string(misses.size()) + " blocks from " +
-                            SegmentDir(path_));
-  }
-  // 2. Decode (checksums verified) into the slots, and keep a copy in the cache.
-  const auto t1 = Clock::now();
-  BlockDecoder decoder;
-  for (size_t m = 0; m < misses.size(); ++m) {
+  // 2. Decode (checksums verified) into the slots, and keep a copy in the
+  // cache: read m's block, on whichever thread runs it.
+  const bool keep = use_cache && cache_.capacity() > 0;
+  auto decode = [&](size_t m) -> Status {
+    thread_local BlockDecoder decoder;
     const size_t j = misses[m];
     const BlockLocation& loc = locs[j];
     float* k = keys + j * block_elems;
@@ -970,7 +970,7 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
       return s.WithContext(SegmentPath(path_, loc.segment) + " offset " + std::to_string(loc.offset));
     }
     len[j] = static_cast<int32_t>(loc.tokens);
-    if (use_cache && cache_.capacity() > 0) {
+    if (keep) {
       auto entry = std::make_shared<CachedBlock>();
       entry->tokens = loc.tokens;
       if (quantized::Handles(static_cast<Codec>(requests[m].dest[6]))) {  // the header's codec
@@ -981,8 +981,32 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
       }
       cache_.Insert(geometry_.StreamOf(ids[j].layer, ids[j].kv_head), ids[j].block, std::move(entry));
     }
+    return Status::OK();
+  };
+  // With decoders, each block is decoded as soon as its read completes,
+  // while the others are still in flight; a block or two is not worth the
+  // hand-off.
+  std::shared_ptr<DecodePool::Batch> batch;
+  if (decoders_ && misses.size() >= 4) batch = decoders_->Start(misses.size(), decode);
+  Status read = batch ? reader_->ReadAll(requests, [&batch](size_t m) { batch->Ready(m); })
+                      : reader_->ReadAll(requests);
+  const auto t1 = Clock::now();
+  disk_blocks_read_.fetch_add(misses.size(), std::memory_order_relaxed);
+  disk_bytes_read_.fetch_add(total, std::memory_order_relaxed);
+  if (!read.ok()) {
+    if (batch) batch->Cancel();  // no decoder touches the buffer after this
+    if (reader_->abandoned()) buffer.Leak();  // the kernel may still write into it
+    // Name the block and file, not just the descriptor.
+    return read.WithContext("fetching " + std::to_string(misses.size()) + " blocks from " +
+                            SegmentDir(path_));
+  }
+  if (batch) {
+    MSA_RETURN_IF_ERROR(batch->Finish());
+  } else {
+    for (size_t m = 0; m < misses.size(); ++m) MSA_RETURN_IF_ERROR(decode(m));
   }
   if (stats) {
+    // With decoders, decode_ms is what was left to decode after the reads.
     stats->fetch_ms += std::chrono::duration<double, std::milli>(t1 - t0).count();
     stats->decode_ms += MsSince(t1);
     stats->blocks_read += misses.size();
@@ -1617,6 +1641,10 @@ StoreStats Store::Stats() const {
     s.raw_bytes += b.raw_bytes;
   }
   s.reader = reader_->name();
+  s.reader_detail = reader_->detail();
+  s.reader_counters = reader_->counters();
+  s.disk_blocks_read = disk_blocks_read_.load(std::memory_order_relaxed);
+  s.disk_bytes_read = disk_bytes_read_.load(std::memory_order_relaxed);
   s.cache = cache_.Stats();
   {
     std::lock_guard<std::mutex> lock(gpu_mu_);

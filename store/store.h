@@ -29,6 +29,7 @@
 // committed when it was opened; reopen it to see later commits.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <future>
@@ -49,6 +50,7 @@
 #include "store/block_cache.h"
 #include "store/catalog.h"
 #include "store/codec.h"
+#include "store/decode_pool.h"
 #include "store/geometry.h"
 #include "store/router.h"
 
@@ -86,6 +88,14 @@ struct StoreOptions {
   // rather than record by record from RocksDB. Rounded up to a multiple of
   // 128 blocks; 0: none saved (saved ones are still used).
   uint64_t summary_piece_blocks = 16384;
+  // io_uring registered files and buffers (io/block_reader.h); 0 turns
+  // either off. Measured in BENCHMARKS.md "Fetch path".
+  unsigned registered_files = 1024;
+  uint64_t registered_buffer_bytes = 32ull << 20;
+  // Threads that decode a fetch's blocks as their reads complete, overlapping
+  // the reads still in flight (0: the querying thread decodes once all reads
+  // are in). Measured in BENCHMARKS.md "Fetch path".
+  unsigned decode_threads = 0;
 };
 
 // Where Attend computes attention.
@@ -213,6 +223,10 @@ struct StoreStats {
   uint64_t raw_bytes = 0;            // the same K/V as plain fp16
   uint64_t segment_bytes = 0;        // segment files on disk (4096-padded)
   std::string reader;                // "io_uring" or "pread"
+  std::string reader_detail;         // how it is set up, or why the fallback is in use
+  uint64_t disk_blocks_read = 0;     // this handle's block reads from disk (queries, prefetches, ReadStream)
+  uint64_t disk_bytes_read = 0;      // their bytes, 4096-padded as requested
+  io::ReaderCounters reader_counters;  // reads submitted (all callers), how many registered
   uint32_t ivf_streams = 0;          // streams routed through an IVF index (the rest: exact scan)
   uint64_t summary_piece_blocks = 0; // blocks, summed over streams, whose summaries are in saved
                                      // pieces (StoreOptions::summary_piece_blocks)
@@ -320,6 +334,9 @@ class Store {
   // not returned as errors; the Status is for failures to run at all.
   Status Verify(VerifyReport* report, const ProgressFn& progress = {}) const;
   StoreStats Stats() const;
+  // Empties the block cache (its counters stay): the next queries read
+  // from disk. For cold-cache measurements.
+  void DropCache() const { cache_.Clear(); }
 
   // ---- Introspection (store/store_inspect.cc) ----
   // The token ids / text a committed live document was ingested with;
@@ -428,6 +445,8 @@ class Store {
   const StoreOptions options_;
   const std::unique_ptr<io::BlockReader> reader_;
   mutable BlockCache cache_;  // internally synchronised
+  const std::unique_ptr<DecodePool> decoders_;  // null when options_.decode_threads == 0
+  mutable std::atomic<uint64_t> disk_blocks_read_{0}, disk_bytes_read_{0};
 
   // Committed state seen by queries; guarded by state_mu_ (shared for
   // readers, exclusive while a commit publishes).

@@ -105,6 +105,19 @@ int main(int argc, char** argv) {
   CHECK(msa_attend(store, 0, q, 1, QH, &params, out, lse) == MSA_OK);
   CHECK(msa_store_stats(store, &stats) == MSA_OK);
   CHECK(stats.cache_hits > 0 && stats.cache_capacity_bytes > 0);
+  {
+    msa_fetch_stats_t fetch;
+    memset(&fetch, 0xff, sizeof fetch);
+    CHECK(msa_store_fetch_stats(store, &fetch) == MSA_OK);
+    CHECK(fetch.cache_hits == stats.cache_hits && fetch.cache_misses == stats.cache_misses);
+    CHECK(fetch.cache_capacity_bytes == stats.cache_capacity_bytes);
+    CHECK(fetch.cache_resident_bytes > 0 && fetch.cache_entries > 0 && fetch.cache_hit_bytes > 0);
+    CHECK(fetch.disk_blocks_read > 0 && fetch.disk_bytes_read >= 4096 * fetch.disk_blocks_read);
+    CHECK(fetch.reader == MSA_READER_IO_URING || fetch.reader == MSA_READER_PREAD);
+    CHECK(fetch.reserved32 == 0 && fetch.reserved[0] == 0 && fetch.reserved[5] == 0);
+    CHECK(msa_store_fetch_stats(store, NULL) == MSA_INVALID_ARGUMENT);
+    CHECK(msa_store_fetch_stats(NULL, &fetch) == MSA_INVALID_ARGUMENT);
+  }
   CHECK(msa_prefetch(store, 9, q, 1, QH, &params, &pf) == MSA_OK); /* errors arrive at the wait */
   CHECK(msa_prefetch_wait(pf) == MSA_INVALID_ARGUMENT);
   CHECK(strstr(msa_last_error(), "layer 9") != NULL);

@@ -5,6 +5,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <vector>
+
 #include "io/aligned_buffer.h"
 #include "io/block_reader.h"
 #include "io/segment_file.h"
@@ -57,6 +60,11 @@ TEST(SegmentWriter, PreallocatesWithoutChangingTheSizeRecoveryTrusts) {
   auto again = SegmentWriter::Open(path, 4096, 8 << 20);  // reopen at the committed length
   ASSERT_TRUE(again.ok());
   EXPECT_EQ((*again)->length(), 4096u);
+}
+
+Result<int> OpenRead(const std::string& path) {
+  bool direct = false;
+  return OpenSegmentForRead(path, &direct);
 }
 
 class BlockReaderTest : public ::testing::TestWithParam<bool> {};
@@ -116,8 +124,164 @@ TEST_P(BlockReaderTest, ReadsManyRecordsAndReportsEndOfFile) {
   ::close(*fd);
 }
 
+TEST_P(BlockReaderTest, ReportsEachCompletedReadOnce) {
+  msa::testing::TempDir dir;
+  const std::string path = dir.Sub("1.seg");
+  const int records = 40;
+  {
+    auto w = SegmentWriter::Open(path, 0);
+    ASSERT_TRUE(w.ok());
+    for (int i = 0; i < records; ++i) {
+      std::vector<uint8_t> rec(4096, static_cast<uint8_t>(i));
+      ASSERT_TRUE((*w)->Append(rec.data(), rec.size()).ok());
+    }
+    ASSERT_TRUE((*w)->Sync().ok());
+  }
+  auto fd = OpenRead(path);
+  ASSERT_TRUE(fd.ok());
+  std::unique_ptr<BlockReader> reader;
+  if (GetParam()) {
+    auto r = MakeUringReader(8);  // fewer than the requests: several rounds
+    if (!r.ok()) GTEST_SKIP() << "io_uring unavailable here: " << r.status().ToString();
+    reader = std::move(r).value();
+  } else {
+    reader = MakePreadReader(4);
+  }
+  StagingBuffer buf = reader->Staging(static_cast<size_t>(records) * 4096);
+  std::vector<ReadRequest> reqs;
+  for (int i = 0; i < records; ++i) reqs.push_back({*fd, static_cast<uint64_t>(i) * 4096, 4096, buf.data() + i * 4096});
+  std::vector<std::atomic<int>> seen(records);
+  ASSERT_TRUE(reader->ReadAll(reqs, [&](size_t i) {
+    // The bytes are in when the callback hears of them.
+    EXPECT_EQ(reqs[i].dest[4095], static_cast<uint8_t>(i));
+    seen[i].fetch_add(1);
+  }).ok());
+  for (int i = 0; i < records; ++i) EXPECT_EQ(seen[i].load(), 1) << "request " << i;
+  // A failed request is not reported; the others may be.
+  for (auto& n : seen) n.store(0);
+  reqs[5].offset = static_cast<uint64_t>(records + 5) * 4096;  // past the end
+  ASSERT_FALSE(reader->ReadAll(reqs, [&](size_t i) { seen[i].fetch_add(1); }).ok());
+  EXPECT_EQ(seen[5].load(), 0);
+  for (int i = 0; i < records; ++i) EXPECT_LE(seen[i].load(), 1) << "request " << i;
+  ::close(*fd);
+}
+
 INSTANTIATE_TEST_SUITE_P(Readers, BlockReaderTest, ::testing::Values(true, false),
                          [](const auto& info) { return info.param ? "io_uring" : "pread"; });
+
+// A file of `pages` 4096-byte pages, page i filled with (tag + i) & 0xff.
+void WritePages(const std::string& path, int pages, int tag) {
+  auto w = SegmentWriter::Open(path, 0);
+  ASSERT_TRUE(w.ok());
+  for (int i = 0; i < pages; ++i) {
+    std::vector<uint8_t> page(4096, static_cast<uint8_t>(tag + i));
+    ASSERT_TRUE((*w)->Append(page.data(), page.size()).ok());
+  }
+  ASSERT_TRUE((*w)->Sync().ok());
+}
+
+TEST(UringReader, RegisteredFilesAndBuffersReadTheRightBytes) {
+  msa::testing::TempDir dir;
+  WritePages(dir.Sub("a.seg"), 16, 0);
+  WritePages(dir.Sub("b.seg"), 16, 100);
+  WritePages(dir.Sub("c.seg"), 16, 200);
+  BlockReaderOptions options;
+  options.queue_depth = 8;
+  options.registered_files = 2;
+  options.registered_buffer_bytes = 512 << 10;  // two 256 KiB chunks
+  auto made = MakeUringReader(options);
+  if (!made.ok()) GTEST_SKIP() << "io_uring unavailable here: " << made.status().ToString();
+  std::unique_ptr<BlockReader> reader = std::move(made).value();
+  if (reader->detail().find("refused") != std::string::npos) {
+    GTEST_SKIP() << "this kernel refuses part of the registration: " << reader->detail();
+  }
+  EXPECT_NE(reader->detail().find("2 registered file slots"), std::string::npos) << reader->detail();
+  EXPECT_NE(reader->detail().find("registered buffer of 512 KiB"), std::string::npos) << reader->detail();
+  auto a = OpenRead(dir.Sub("a.seg"));
+  auto b = OpenRead(dir.Sub("b.seg"));
+  ASSERT_TRUE(a.ok() && b.ok());
+  reader->RegisterFile(*a);
+  reader->RegisterFile(*b);
+  reader->RegisterFile(*b);  // twice is once
+
+  // Chunks: lent in runs while enough are free, heap memory otherwise.
+  StagingBuffer fixed = reader->Staging(16 * 4096);  // one chunk
+  EXPECT_TRUE(fixed.registered());
+  EXPECT_FALSE(reader->Staging(1 << 20).registered()) << "larger than the buffer";
+  {
+    StagingBuffer second = reader->Staging(4096);
+    EXPECT_TRUE(second.registered());
+    EXPECT_FALSE(reader->Staging(4096).registered()) << "both chunks are lent";
+  }
+  StagingBuffer again = reader->Staging(4096);
+  EXPECT_TRUE(again.registered()) << "a released chunk is lent again";
+  again = StagingBuffer();
+  {
+    StagingBuffer both = reader->Staging(300 << 10);  // two chunks, one of them lent (fixed)
+    EXPECT_FALSE(both.registered());
+  }
+  StagingBuffer heap = reader->Staging(1 << 20);
+
+  // Registered files into registered memory (READ_FIXED) and into heap
+  // memory (plain read), interleaved, in one batch.
+  std::vector<ReadRequest> reqs;
+  for (int i = 0; i < 16; ++i) {
+    const int fd = i % 2 ? *b : *a;
+    uint8_t* dest = i % 4 < 2 ? fixed.data() + i * 4096 : heap.data() + i * 4096;
+    reqs.push_back({fd, static_cast<uint64_t>(15 - i) * 4096, 4096, dest});
+  }
+  ASSERT_TRUE(reader->ReadAll(reqs).ok());
+  for (int i = 0; i < 16; ++i) {
+    const uint8_t want = static_cast<uint8_t>((i % 2 ? 100 : 0) + 15 - i);
+    EXPECT_EQ(reqs[i].dest[0], want) << "request " << i;
+    EXPECT_EQ(reqs[i].dest[4095], want) << "request " << i;
+  }
+
+  // A forgotten descriptor is closed and its number reused for another
+  // file: reads of that number see the new file, not the old one.
+  const int old_a = *a;
+  reader->ForgetFile(old_a);
+  ::close(old_a);
+  auto c = OpenRead(dir.Sub("c.seg"));
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(*c, old_a) << "the test wants the number reused (lowest free descriptor)";
+  ReadRequest rc{*c, 3 * 4096, 4096, fixed.data()};
+  ASSERT_TRUE(reader->ReadAll({&rc, 1}).ok());
+  EXPECT_EQ(fixed.data()[0], static_cast<uint8_t>(203));
+  // Registered in the freed slot, it reads c too.
+  reader->RegisterFile(*c);
+  rc.offset = 4 * 4096;
+  ASSERT_TRUE(reader->ReadAll({&rc, 1}).ok());
+  EXPECT_EQ(fixed.data()[0], static_cast<uint8_t>(204));
+
+  // A full table leaves plain reads of the descriptor.
+  auto extra = OpenRead(dir.Sub("a.seg"));
+  ASSERT_TRUE(extra.ok());
+  reader->RegisterFile(*extra);  // both slots taken (b, c)
+  ReadRequest rx{*extra, 7 * 4096, 4096, fixed.data()};
+  ASSERT_TRUE(reader->ReadAll({&rx, 1}).ok());
+  EXPECT_EQ(fixed.data()[0], static_cast<uint8_t>(7));
+  // Errors on registered files and buffers still name the file.
+  ReadRequest past{*b, 64 * 4096, 4096, fixed.data()};
+  Status s = reader->ReadAll({&past, 1});
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("b.seg"), std::string::npos) << s.ToString();
+  EXPECT_NE(s.message().find("end of file"), std::string::npos) << s.ToString();
+  for (int fd : {*b, *c, *extra}) {
+    reader->ForgetFile(fd);
+    ::close(fd);
+  }
+}
+
+TEST(BlockReader, FallbackSaysWhy) {
+  auto reader = MakePreadReader(2, "io_uring unavailable: test");
+  EXPECT_EQ(std::string(reader->name()), "pread");
+  EXPECT_NE(reader->detail().find("fallback: io_uring unavailable: test"), std::string::npos) << reader->detail();
+  EXPECT_FALSE(reader->Staging(4096).registered());
+  BlockReaderOptions options;
+  options.allow_io_uring = false;
+  EXPECT_NE(MakeBlockReader(options)->detail().find("fallback"), std::string::npos);
+}
 
 }  // namespace
 }  // namespace msa::io

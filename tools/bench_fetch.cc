@@ -3,10 +3,16 @@
 // compare with fio on the same file (tools/bench_fetch.sh runs both).
 //
 //   msa_bench_fetch FILE [--gib N] [--bs BYTES] [--qd 1,8,32,128,256]
-//                        [--seconds S] [--readers io_uring,pread]
-// Prints CSV: reader,qd,blocks_per_s,mb_per_s and, per reader, the latency
-// of one query-sized batch of 64 blocks (p50/p99 over 300 batches).
+//                        [--seconds S] [--readers io_uring,io_uring_reg,pread]
+// Readers, run in the order given: io_uring (plain reads into heap memory, descriptors named per
+// read), io_uring_reg (the file registered and the batch's buffer a
+// registered buffer: IOSQE_FIXED_FILE + IORING_OP_READ_FIXED), pread (the
+// thread-pool fallback). Prints CSV: reader,qd,blocks_per_s,mb_per_s,
+// cpu_us_per_block (user + system time of the whole process per block) and,
+// per reader, the latency of one query-sized batch of 64 blocks (p50/p99
+// over 300 batches).
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -38,6 +44,28 @@ std::vector<unsigned> ParseList(const std::string& s) {
   return out;
 }
 
+double CpuSeconds() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) * 1e-6;
+}
+
+// The reader of a variant, with room for `batch` requests of bs bytes; the
+// registered variant registers the file and a buffer that holds the batch.
+msa::Result<std::unique_ptr<msa::io::BlockReader>> MakeReader(const std::string& variant, unsigned qd,
+                                                              size_t batch_bytes, int fd) {
+  if (variant == "pread") return msa::io::MakePreadReader(qd);
+  msa::io::BlockReaderOptions options;
+  options.queue_depth = qd;
+  const bool reg = variant == "io_uring_reg";
+  options.registered_files = reg ? 16 : 0;
+  options.registered_buffer_bytes = reg ? batch_bytes : 0;
+  auto reader = msa::io::MakeUringReader(options);
+  if (reader.ok() && reg) (*reader)->RegisterFile(fd);
+  return reader;
+}
+
 int Die(const std::string& what) {
   std::fprintf(stderr, "msa_bench_fetch: %s\n", what.c_str());
   return 1;
@@ -50,7 +78,7 @@ int main(int argc, char** argv) {
   const std::string file = argv[1];
   uint64_t gib = 4, bs = 16384;
   double seconds = 3;
-  std::string qd_list = "1,8,32,128,256", readers = "io_uring,pread";
+  std::string qd_list = "1,8,32,128,256", readers = "io_uring,io_uring_reg,pread";
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--gib") gib = std::stoull(value);
@@ -94,25 +122,33 @@ int main(int argc, char** argv) {
   const uint64_t slots = size / bs;
   std::mt19937_64 rng(42);
   std::uniform_int_distribution<uint64_t> slot(0, slots - 1);
-  std::printf("reader,qd,blocks_per_s,mb_per_s\n");
-  for (const std::string reader_name : {std::string("io_uring"), std::string("pread")}) {
-    if (readers.find(reader_name) == std::string::npos) continue;
+  std::printf("reader,qd,blocks_per_s,mb_per_s,cpu_us_per_block\n");
+  std::vector<std::string> variants;  // in the order given
+  for (size_t at = 0; at <= readers.size();) {
+    const size_t comma = std::min(readers.find(',', at), readers.size());
+    if (comma > at) variants.push_back(readers.substr(at, comma - at));
+    at = comma + 1;
+  }
+  for (const std::string& variant : variants) {
+    if (variant != "io_uring" && variant != "io_uring_reg" && variant != "pread") {
+      return Die("unknown reader " + variant);
+    }
     for (unsigned qd : ParseList(qd_list)) {
-      std::unique_ptr<msa::io::BlockReader> reader;
-      if (reader_name == "io_uring") {
-        auto r = msa::io::MakeUringReader(qd);
-        if (!r.ok()) return Die(r.status().ToString());
-        reader = std::move(r).value();
-      } else {
-        reader = msa::io::MakePreadReader(qd);
-      }
       // Batches of 64 * qd requests (at most 8192): the reader keeps qd in
       // flight throughout, and the drain at the end of a batch (a query's
       // tail) weighs ~1/64 of the time, as in fio's steady state.
       const size_t batch = std::min<size_t>(8192, std::max<size_t>(64, 64 * qd));
-      msa::io::AlignedBuffer buffer(batch * bs);
+      auto made = MakeReader(variant, qd, batch * bs, fd);
+      if (!made.ok()) return Die(made.status().ToString());
+      std::unique_ptr<msa::io::BlockReader> reader = std::move(made).value();
+      msa::io::StagingBuffer buffer = reader->Staging(batch * bs);
+      if ((variant == "io_uring_reg") != buffer.registered()) {
+        return Die(variant + ": staging buffer registered " + std::to_string(buffer.registered()) +
+                   " (" + reader->detail() + ")");
+      }
       std::vector<msa::io::ReadRequest> requests(batch);
       uint64_t blocks = 0;
+      const double cpu0 = CpuSeconds();
       const auto t0 = Clock::now();
       double elapsed = 0;
       while (elapsed < seconds) {
@@ -124,17 +160,16 @@ int main(int argc, char** argv) {
         blocks += batch;
         elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
       }
-      std::printf("%s,%u,%.0f,%.1f\n", reader->name(), qd, blocks / elapsed, blocks * bs / elapsed / 1e6);
+      const double cpu = CpuSeconds() - cpu0;
+      std::printf("%s,%u,%.0f,%.1f,%.2f\n", variant.c_str(), qd, blocks / elapsed, blocks * bs / elapsed / 1e6,
+                  cpu / static_cast<double>(blocks) * 1e6);
       std::fflush(stdout);
     }
     // One query's fetch: 64 random blocks in one ReadAll, cold (O_DIRECT).
-    std::unique_ptr<msa::io::BlockReader> reader;
-    if (reader_name == "io_uring") {
-      reader = std::move(msa::io::MakeUringReader(64)).value();
-    } else {
-      reader = msa::io::MakePreadReader(64);
-    }
-    msa::io::AlignedBuffer buffer(64 * bs);
+    auto made = MakeReader(variant, 64, 64 * bs, fd);
+    if (!made.ok()) return Die(made.status().ToString());
+    std::unique_ptr<msa::io::BlockReader> reader = std::move(made).value();
+    msa::io::StagingBuffer buffer = reader->Staging(64 * bs);
     std::vector<msa::io::ReadRequest> requests(64);
     std::vector<double> ms;
     for (int it = 0; it < 300; ++it) {
@@ -145,8 +180,9 @@ int main(int argc, char** argv) {
       ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t).count());
     }
     std::sort(ms.begin(), ms.end());
-    std::printf("# %s: fetch of 64 random blocks, p50 %.3f ms, p99 %.3f ms\n", reader->name(),
+    std::printf("# %s: fetch of 64 random blocks, p50 %.3f ms, p99 %.3f ms\n", variant.c_str(),
                 ms[ms.size() / 2], ms[ms.size() * 99 / 100]);
+    reader->ForgetFile(fd);
   }
   ::close(fd);
   return 0;

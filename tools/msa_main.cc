@@ -164,6 +164,17 @@ int RunStats(const std::string& path, bool json) {
                         {"compression_ratio", ratio(s.raw_bytes, s.stored_bytes)},
                         {"segment_ratio", ratio(s.raw_bytes, s.segment_bytes)},
                         {"reader", s.reader},
+                        {"reader_detail", s.reader_detail},
+                        {"cache",
+                         {{"capacity_bytes", s.cache.capacity_bytes},
+                          {"resident_bytes", s.cache.used_bytes},
+                          {"entries", s.cache.entries},
+                          {"hits", s.cache.hits},
+                          {"misses", s.cache.misses},
+                          {"hit_bytes", s.cache.hit_bytes},
+                          {"evictions", s.cache.evictions},
+                          {"disk_blocks_read", s.disk_blocks_read},
+                          {"disk_bytes_read", s.disk_bytes_read}}},
                         {"streams", streams}};
     std::printf("%s\n", j.dump(2).c_str());
     return kExitOk;
@@ -175,7 +186,15 @@ int RunStats(const std::string& path, bool json) {
               (unsigned long long)s.tokens, (unsigned long long)s.blocks_per_stream,
               (unsigned long long)s.raw_bytes, (unsigned long long)s.stored_bytes,
               ratio(s.raw_bytes, s.stored_bytes), (unsigned long long)s.segment_bytes,
-              ratio(s.raw_bytes, s.segment_bytes), s.reader.c_str());
+              ratio(s.raw_bytes, s.segment_bytes), s.reader_detail.c_str());
+  // This process's counters: a fresh read-only handle has served nothing yet.
+  std::printf("cache         %llu of %llu bytes resident (%llu blocks); %llu hits (%llu bytes), "
+              "%llu misses, %llu evictions; %llu blocks (%llu bytes) read from disk\n",
+              (unsigned long long)s.cache.used_bytes, (unsigned long long)s.cache.capacity_bytes,
+              (unsigned long long)s.cache.entries, (unsigned long long)s.cache.hits,
+              (unsigned long long)s.cache.hit_bytes, (unsigned long long)s.cache.misses,
+              (unsigned long long)s.cache.evictions, (unsigned long long)s.disk_blocks_read,
+              (unsigned long long)s.disk_bytes_read);
   std::printf("per stream    layer kv-head       raw fp16         stored  ratio\n");
   for (size_t i = 0; i < s.streams.size(); ++i) {
     const StreamBytes& b = s.streams[i];

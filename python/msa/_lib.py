@@ -76,6 +76,23 @@ class CompactStats(ctypes.Structure):
     ]
 
 
+class FetchStats(ctypes.Structure):
+    _fields_ = [
+        ("cache_capacity_bytes", ctypes.c_uint64),
+        ("cache_resident_bytes", ctypes.c_uint64),
+        ("cache_entries", ctypes.c_uint64),
+        ("cache_hits", ctypes.c_uint64),
+        ("cache_misses", ctypes.c_uint64),
+        ("cache_hit_bytes", ctypes.c_uint64),
+        ("cache_evictions", ctypes.c_uint64),
+        ("disk_blocks_read", ctypes.c_uint64),
+        ("disk_bytes_read", ctypes.c_uint64),
+        ("reader", ctypes.c_uint32),
+        ("reserved32", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint64 * 6),
+    ]
+
+
 # Struct name in msa.h -> ctypes mirror (the ABI test walks this).
 STRUCTS = {
     "msa_geometry_t": Geometry,
@@ -83,6 +100,7 @@ STRUCTS = {
     "msa_stats_t": Stats,
     "msa_document_t": Document,
     "msa_compact_stats_t": CompactStats,
+    "msa_fetch_stats_t": FetchStats,
 }
 
 
@@ -138,6 +156,7 @@ def _declare(lib):
         "msa_store_stats": (i32, [vp, c.POINTER(Stats)]),
         "msa_attend_device": (i32, [vp, u32, vp, u32, u32, c.POINTER(AttendParams), vp, vp, vp]),
         "msa_gpu_available": (i32, [c.POINTER(c.c_char_p)]),
+        "msa_store_fetch_stats": (i32, [vp, c.POINTER(FetchStats)]),
     }
     for name, (restype, argtypes) in protos.items():
         fn = getattr(lib, name)

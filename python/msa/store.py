@@ -450,6 +450,15 @@ class Store:
         _check(_c.msa_store_stats(self._live("stats"), ctypes.byref(s)))
         return {name: getattr(s, name) for name, _ in _lib.Stats._fields_}
 
+    def fetch_stats(self):
+        """This handle's block cache and disk read counters, as a dict (the
+        fields of msa_fetch_stats_t; reader is "io_uring" or "pread")."""
+        s = _lib.FetchStats()
+        _check(_c.msa_store_fetch_stats(self._live("fetch_stats"), ctypes.byref(s)))
+        out = {name: getattr(s, name) for name, _ in _lib.FetchStats._fields_ if not name.startswith("reserved")}
+        out["reader"] = "io_uring" if s.reader == 1 else "pread"
+        return out
+
 
 def _path_bytes(path):
     return os.fsencode(path)

@@ -144,6 +144,15 @@ def test_list_documents_and_stats(corpus):
         assert stats["documents"] == 2 and stats["tokens"] == sum(DOC_TOKENS)
         assert stats["blocks_per_stream"] == sum(d.blocks for d in listed)
         assert stats["raw_bytes"] == 2 * 2 * LAYERS * KV_HEADS * sum(DOC_TOKENS) * HEAD_DIM
+        fetch = store.fetch_stats()
+        assert fetch["reader"] in ("io_uring", "pread")
+        assert fetch["cache_hits"] == 0 and fetch["disk_blocks_read"] == 0
+        store.attend(0, queries(2))
+        store.attend(0, queries(2))
+        fetch = store.fetch_stats()
+        assert fetch["disk_blocks_read"] > 0 and fetch["disk_bytes_read"] >= 4096 * fetch["disk_blocks_read"]
+        assert fetch["cache_hits"] == fetch["cache_misses"] == fetch["disk_blocks_read"]
+        assert 0 < fetch["cache_resident_bytes"] <= fetch["cache_capacity_bytes"]
 
 
 def test_uncommitted_documents_are_invisible_then_discarded(tmp_path):

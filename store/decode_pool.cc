@@ -1,0 +1,84 @@
+#include "store/decode_pool.h"
+
+namespace msa {
+
+DecodePool::DecodePool(unsigned threads) {
+  for (unsigned t = 0; t < threads; ++t) threads_.emplace_back([this] { Loop(); });
+}
+
+DecodePool::~DecodePool() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  for (auto& t : threads_) t.join();
+}
+
+std::shared_ptr<DecodePool::Batch> DecodePool::Start(size_t items, std::function<Status(size_t)> work) {
+  return std::make_shared<Batch>(this, items, std::move(work));
+}
+
+void DecodePool::Post(std::shared_ptr<Batch> batch, size_t item) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.emplace_back(std::move(batch), item);
+  }
+  wake_.notify_one();
+}
+
+void DecodePool::Loop() {
+  for (;;) {
+    std::pair<std::shared_ptr<Batch>, size_t> next;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      wake_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping
+      next = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    next.first->Run(next.second);
+  }
+}
+
+void DecodePool::Batch::Run(size_t i) {
+  if (claimed_[i].exchange(1, std::memory_order_acq_rel) != 0) return;
+  Status s;
+  try {
+    s = work_(i);
+  } catch (const std::exception& e) {
+    s = Status::Internal(std::string("decode: ") + e.what());
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!s.ok() && i < failed_index_) {
+    failed_index_ = i;
+    failure_ = std::move(s);
+  }
+  if (++done_ == claimed_.size()) finished_.notify_all();
+}
+
+Status DecodePool::Batch::Finish() {
+  for (size_t i = 0; i < claimed_.size(); ++i) Run(i);
+  Wait();
+  std::lock_guard<std::mutex> lock(mu_);
+  return failure_;
+}
+
+void DecodePool::Batch::Cancel() {
+  size_t cancelled = 0;
+  for (size_t i = 0; i < claimed_.size(); ++i) {
+    if (claimed_[i].exchange(1, std::memory_order_acq_rel) == 0) ++cancelled;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    done_ += cancelled;
+  }
+  Wait();
+}
+
+void DecodePool::Batch::Wait() {
+  std::unique_lock<std::mutex> lock(mu_);
+  finished_.wait(lock, [this] { return done_ == claimed_.size(); });
+}
+
+}  // namespace msa

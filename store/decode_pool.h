@@ -1,0 +1,84 @@
+// A few threads that decode a fetch's blocks while the rest of its reads
+// are still in flight (StoreOptions::decode_threads).
+//
+// The reader's completion callback calls Batch::Ready(i) for each block
+// whose bytes are in; a pool thread takes it and runs the batch's work for
+// it (checksum, decompression, cache insert). The submitting thread, once
+// its reads are done, calls Finish(): it runs whatever no pool thread has
+// taken yet, then waits for the rest. After a failed read it calls Cancel()
+// instead, which starts nothing more and waits for what is running, so
+// that no work touches the fetch's buffers after it returns.
+//
+// Thread safety: Start, Ready, Finish and Cancel may be called from any
+// thread; Finish or Cancel once per batch, by its owner.
+// Invariants: every item is claimed exactly once (by a pool thread, by
+// Finish, or by Cancel); `done` counts claimed items that are finished.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "msa/status.h"
+
+namespace msa {
+
+class DecodePool {
+ public:
+  class Batch;
+  explicit DecodePool(unsigned threads);
+  ~DecodePool();  // joins the threads; no batch may be unfinished
+  DecodePool(const DecodePool&) = delete;
+  DecodePool& operator=(const DecodePool&) = delete;
+
+  unsigned threads() const { return static_cast<unsigned>(threads_.size()); }
+  // A batch of `items` pieces of work; work(i) runs at most once per i.
+  std::shared_ptr<Batch> Start(size_t items, std::function<Status(size_t)> work);
+
+ private:
+  friend class Batch;
+  void Post(std::shared_ptr<Batch> batch, size_t item);
+  void Loop();
+
+  std::mutex mu_;
+  std::condition_variable wake_;
+  std::deque<std::pair<std::shared_ptr<Batch>, size_t>> queue_;  // guarded by mu_
+  bool stop_ = false;                                            // guarded by mu_
+  std::vector<std::thread> threads_;                             // constant after construction
+};
+
+class DecodePool::Batch : public std::enable_shared_from_this<Batch> {
+ public:
+  Batch(DecodePool* pool, size_t items, std::function<Status(size_t)> work)
+      : pool_(pool), work_(std::move(work)), claimed_(items) {}
+  // Item i's input is ready: a pool thread may run it.
+  void Ready(size_t i) { pool_->Post(shared_from_this(), i); }
+  // Runs every unclaimed item here, waits for the others; the failure of
+  // the lowest-numbered failed item, if any.
+  Status Finish();
+  // Claims every unclaimed item without running it, waits for the running ones.
+  void Cancel();
+  // Runs item i unless already claimed (pool threads call this).
+  void Run(size_t i);
+
+ private:
+  void Wait();
+  DecodePool* const pool_;
+  const std::function<Status(size_t)> work_;
+  std::vector<std::atomic<uint8_t>> claimed_;
+  std::mutex mu_;
+  std::condition_variable finished_;
+  size_t done_ = 0;                 // guarded by mu_
+  Status failure_;                  // guarded by mu_
+  size_t failed_index_ = SIZE_MAX;  // guarded by mu_
+};
+
+}  // namespace msa
