@@ -136,8 +136,12 @@ struct GpuBlockPool::Impl {
   std::vector<int32_t> free_pages;
   std::vector<Slot> slots;
   GpuPoolStats stats;
+  // ReadToHost's bounce buffer (only its host side is used); guarded by read_mu.
+  std::mutex read_mu;
+  Slot bounce;
 
   ~Impl() {
+    FreeSlot(&bounce);
     for (Slot& s : slots) {
       if (s.done) (void)cudaEventSynchronize(s.done->e);
       FreeSlot(&s);
@@ -452,6 +456,19 @@ Status GpuBlockPool::Finish(BatchPtr b, void* stream_ptr, bool ok) {
   std::lock_guard<std::mutex> lock(im.mu);
   im.ReleaseLocked(*b, done.ok() ? *done : nullptr, ok && done.ok());
   return done.status();
+}
+
+Status GpuBlockPool::ReadToHost(const void* device, size_t bytes, void* host, void* stream_ptr) {
+  if (bytes == 0) return Status::OK();
+  Impl& im = *impl_;
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  std::lock_guard<std::mutex> lock(im.read_mu);
+  MSA_RETURN_IF_ERROR(Impl::GrowSlot(&im.bounce, bytes));
+  MSA_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(im.bounce.host, device, bytes, cudaMemcpyDeviceToHost, stream),
+                                 "copying " + std::to_string(bytes) + " bytes from the GPU"));
+  MSA_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(stream), "waiting for a copy from the GPU"));
+  std::memcpy(host, im.bounce.host, bytes);
+  return Status::OK();
 }
 
 void GpuBlockPool::Clear() {
