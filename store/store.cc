@@ -1180,7 +1180,18 @@ Status Store::AttendOnGpu(const QueryPlan& plan, const float* q, uint32_t n,
         ids[m] = plan.ids[misses[m]];
         locs[m] = plan.locs[misses[m]];
       }
-      std::vector<float> k(misses.size() * block_elems), v(k.size());
+      // Decoded float32 scratch, kept per thread up to 64 MiB each: a fresh
+      // 2 x 16 MiB for 512 blocks would cost its page faults on every call.
+      constexpr size_t kKeepElems = (size_t{64} << 20) / sizeof(float);
+      thread_local std::vector<float> kept_k, kept_v;
+      std::vector<float> big_k, big_v;
+      const size_t elems = misses.size() * block_elems;
+      std::vector<float>& k = elems <= kKeepElems ? kept_k : big_k;
+      std::vector<float>& v = elems <= kKeepElems ? kept_v : big_v;
+      if (k.size() < elems) {
+        k.resize(elems);
+        v.resize(elems);
+      }
       std::vector<int32_t> len(misses.size());
       MSA_RETURN_IF_ERROR(FetchBlocks(ids, locs, k.data(), v.data(), len.data(), st, options.use_cache));
       const auto t_stage = Clock::now();
