@@ -9,10 +9,10 @@
 #include <climits>
 #include <condition_variable>
 #include <cstring>
-#include <list>
+#include <atomic>
+#include <deque>
 #include <mutex>
 #include <string>
-#include <unordered_map>
 #include <unordered_set>
 
 #include "attention/cuda_attention_kernel.cuh"
@@ -30,6 +30,7 @@ size_t AlignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 // event whose work is pending is allowed: CUDA releases it once complete.
 struct Event {
   cudaEvent_t e = nullptr;
+  std::atomic<bool> complete{false};  // set once a query saw it done: no more driver calls
   ~Event() {
     if (e != nullptr) (void)cudaEventDestroy(e);
   }
@@ -47,9 +48,12 @@ Result<EventPtr> RecordEvent(cudaStream_t stream, const char* what) {
 // True when the event's work is still pending; an error of the query is
 // returned as a status (a broken context).
 Result<bool> Pending(const EventPtr& ev) {
-  if (!ev) return false;
+  if (!ev || ev->complete.load(std::memory_order_relaxed)) return false;
   const cudaError_t err = cudaEventQuery(ev->e);
-  if (err == cudaSuccess) return false;
+  if (err == cudaSuccess) {
+    ev->complete.store(true, std::memory_order_relaxed);
+    return false;
+  }
   if (err == cudaErrorNotReady) {
     (void)cudaGetLastError();  // NotReady is no error; don't leave it for a later check
     return true;
@@ -74,16 +78,64 @@ __global__ void ScatterBlocksKernel(const uint4* __restrict__ staged, const int3
   if (which == 0 && threadIdx.x == 0) lens[page] = tokens;
 }
 
-struct KeyHash {
-  size_t operator()(const GpuPoolKey& k) const {
-    uint64_t x = (k.block * 0x9E3779B97F4A7C15ull) ^ (uint64_t{k.stream} * 0xC2B2AE3D27D4EB4Full);
-    return static_cast<size_t>(x ^ (x >> 29));
+size_t HashKey(uint32_t stream, uint64_t block) {
+  uint64_t x = (block * 0x9E3779B97F4A7C15ull) ^ (uint64_t{stream} * 0xC2B2AE3D27D4EB4Full);
+  return static_cast<size_t>(x ^ (x >> 29));
+}
+
+// (stream, block) -> page: open addressing with linear probing and
+// backward-shift deletion, at most half full. A warm call looks up every
+// block it attends (512 for 8 KV heads x 64 blocks), so this is on the
+// critical path: one probe into a flat array, no node allocation.
+class PageIndex {
+ public:
+  explicit PageIndex(size_t pages) {
+    size_t cap = 16;
+    while (cap < 2 * pages) cap *= 2;
+    slots_.assign(cap, Entry{});
+    mask_ = cap - 1;
   }
-};
-struct KeyEq {
-  bool operator()(const GpuPoolKey& a, const GpuPoolKey& b) const {
-    return a.stream == b.stream && a.block == b.block;
+  int32_t Find(uint32_t stream, uint64_t block) const {
+    for (size_t i = HashKey(stream, block) & mask_;; i = (i + 1) & mask_) {
+      const Entry& e = slots_[i];
+      if (e.page < 0) return -1;
+      if (e.block == block && e.stream == stream) return e.page;
+    }
   }
+  // The key must be absent.
+  void Insert(uint32_t stream, uint64_t block, int32_t page) {
+    size_t i = HashKey(stream, block) & mask_;
+    while (slots_[i].page >= 0) i = (i + 1) & mask_;
+    slots_[i] = Entry{block, stream, page};
+    ++size_;
+  }
+  void Erase(uint32_t stream, uint64_t block) {
+    size_t i = HashKey(stream, block) & mask_;
+    while (slots_[i].page >= 0 && !(slots_[i].block == block && slots_[i].stream == stream)) i = (i + 1) & mask_;
+    if (slots_[i].page < 0) return;
+    --size_;
+    // Backward shift: move later entries of the cluster into the hole when
+    // their home slot does not lie cyclically in (hole, j].
+    for (size_t j = (i + 1) & mask_; slots_[j].page >= 0; j = (j + 1) & mask_) {
+      const size_t home = HashKey(slots_[j].stream, slots_[j].block) & mask_;
+      const bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+      if (stays) continue;
+      slots_[i] = slots_[j];
+      i = j;
+    }
+    slots_[i].page = -1;
+  }
+  size_t size() const { return size_; }
+
+ private:
+  struct Entry {
+    uint64_t block = 0;
+    uint32_t stream = 0;
+    int32_t page = -1;  // < 0: empty
+  };
+  std::vector<Entry> slots_;
+  size_t mask_ = 0;
+  size_t size_ = 0;
 };
 
 }  // namespace
@@ -91,9 +143,10 @@ struct KeyEq {
 struct GpuBlockPool::Batch {
   int slot = -1;
   bool lookup = true;
-  std::vector<GpuPoolKey> keys;
-  std::vector<int32_t> pages;       // per key
-  std::vector<size_t> misses;       // indices into keys
+  std::vector<GpuPoolKey> miss_keys;  // per miss
+  std::vector<int32_t> pages;         // per key
+  std::vector<size_t> misses;         // indices into the keys
+  uint64_t waited_gen = 0;            // release events up to this generation are in waits
   std::vector<EventPtr> waits;      // GPU-side waits before the upload / kernel
   EventPtr uploaded;                // recorded after the scatter (misses only)
   size_t io_bytes = 0;
@@ -114,9 +167,9 @@ struct GpuBlockPool::Impl {
     GpuPoolKey key;
     bool keyed = false;
     int pins = 0;
-    std::list<int32_t>::iterator lru;  // valid while keyed
-    EventPtr ready;                    // the upload that wrote it (keyed pages)
-    EventPtr last_use;                 // the last call that read it
+    int32_t prev = -1, next = -1;  // LRU list links (keyed pages)
+    EventPtr ready;                // the upload that wrote it, until seen complete
+    uint64_t last_use_gen = 0;     // the last batch that read it (0: none)
   };
   struct Slot {
     uint8_t* host = nullptr;  // mmap'd, cudaHostRegister'ed
@@ -131,22 +184,33 @@ struct GpuBlockPool::Impl {
   mutable std::mutex mu;
   std::condition_variable slot_free;
   std::vector<Page> page;
-  std::unordered_map<GpuPoolKey, int32_t, KeyHash, KeyEq> map;
-  std::list<int32_t> lru;  // keyed pages, front: most recent
+  std::unique_ptr<PageIndex> index;
+  int32_t lru_head = -1, lru_tail = -1;  // keyed pages; head: most recent
   std::vector<int32_t> free_pages;
+  // Release events of finished batches, in generation order, until seen
+  // complete (popped from the front only: events on different streams may
+  // complete out of order). A page read by batch generation g may be
+  // rewritten once every event of generation <= g still listed is done --
+  // conservative (it also waits for older batches), but it covers a page
+  // read by several batches at once, whose readers end in any order.
+  std::deque<std::pair<uint64_t, EventPtr>> releases;
+  uint64_t next_gen = 1;
   std::vector<Slot> slots;
   GpuPoolStats stats;
+  // ReadToHost's bounce buffer (only its host side is used); guarded by read_mu.
+  std::mutex read_mu;
+  Slot bounce;
 
   ~Impl() {
+    FreeSlot(&bounce);
     for (Slot& s : slots) {
       if (s.done) (void)cudaEventSynchronize(s.done->e);
       FreeSlot(&s);
       if (s.stream != nullptr) (void)cudaStreamDestroy(s.stream);
     }
-    // Page reads were all on slots' work or on callers' streams whose
-    // Finish recorded last_use: wait for those too.
+    // Reads of pages on callers' streams: their batches' release events.
+    for (auto& r : releases) (void)cudaEventSynchronize(r.second->e);
     for (Page& p : page) {
-      if (p.last_use) (void)cudaEventSynchronize(p.last_use->e);
       if (p.ready) (void)cudaEventSynchronize(p.ready->e);
     }
     if (keys != nullptr) (void)cudaFree(keys);
@@ -188,52 +252,105 @@ struct GpuBlockPool::Impl {
     return dev;
   }
 
+  // Under mu: the intrusive LRU list of keyed pages.
+  void LinkFront(int32_t p) {
+    page[p].prev = -1;
+    page[p].next = lru_head;
+    if (lru_head >= 0) page[lru_head].prev = p;
+    lru_head = p;
+    if (lru_tail < 0) lru_tail = p;
+  }
+  void Unlink(int32_t p) {
+    Page& pg = page[p];
+    (pg.prev >= 0 ? page[pg.prev].next : lru_head) = pg.next;
+    (pg.next >= 0 ? page[pg.next].prev : lru_tail) = pg.prev;
+    pg.prev = pg.next = -1;
+  }
+  // Under mu: drops a keyed page's key (it becomes a plain page).
+  void ForgetLocked(int32_t p) {
+    Page& pg = page[p];
+    index->Erase(pg.key.stream, pg.key.block);
+    Unlink(p);
+    pg.keyed = false;
+    pg.ready.reset();
+  }
+
+  // Under mu: the release events a rewrite of page p must wait for, added
+  // to the batch's waits (each once per batch).
+  void AddReleaseWaitsLocked(int32_t p, Batch* b) {
+    const uint64_t gen = page[p].last_use_gen;
+    if (gen <= b->waited_gen) return;
+    for (const auto& r : releases) {
+      if (r.first > gen) break;
+      if (r.first > b->waited_gen) b->waits.push_back(r.second);
+    }
+    b->waited_gen = gen;
+  }
+
   // Under mu: a page for a miss -- a free one, else the least recently used
   // unpinned keyed page (evicted). -1 when every page is pinned.
-  int32_t TakePageLocked(std::vector<EventPtr>* waits) {
+  int32_t TakePageLocked(Batch* b) {
     int32_t p = -1;
     if (!free_pages.empty()) {
       p = free_pages.back();
       free_pages.pop_back();
     } else {
-      for (auto it = lru.rbegin(); it != lru.rend(); ++it) {
-        if (page[*it].pins == 0) {
-          p = *it;
+      for (int32_t q = lru_tail; q >= 0; q = page[q].prev) {
+        if (page[q].pins == 0) {
+          p = q;
           break;
         }
       }
       if (p < 0) return -1;
-      Page& victim = page[p];
-      map.erase(victim.key);
-      lru.erase(victim.lru);
-      victim.keyed = false;
-      victim.ready.reset();
+      ForgetLocked(p);
       ++stats.evictions;
     }
-    // The new contents must not land before the last reader of the old is done.
-    if (page[p].last_use) waits->push_back(page[p].last_use);
+    // The new contents must not land before the last readers of the old are done.
+    AddReleaseWaitsLocked(p, b);
     return p;
   }
 
+  // Under mu: forgets release events seen complete, from the front.
+  void PruneReleasesLocked() {
+    while (!releases.empty()) {
+      Event& e = *releases.front().second;
+      if (!e.complete.load(std::memory_order_relaxed)) {
+        if (cudaEventQuery(e.e) != cudaSuccess) {
+          (void)cudaGetLastError();  // NotReady (or a broken context, which the next call reports)
+          break;
+        }
+        e.complete.store(true, std::memory_order_relaxed);
+      }
+      releases.pop_front();
+    }
+  }
+
   // Under mu: undoes a batch's pins; its misses' pages are published (ok &&
-  // lookup) or freed.
+  // lookup) or freed. done: the event after the batch's work (null when the
+  // caller's stream was synchronised instead).
   void ReleaseLocked(Batch& b, const EventPtr& done, bool ok) {
-    std::vector<bool> is_miss(b.keys.size(), false);
-    for (size_t m : b.misses) is_miss[m] = true;
-    for (size_t i = 0; i < b.keys.size(); ++i) {
-      const int32_t p = b.pages[i];
+    uint64_t gen = 0;
+    if (done) {
+      gen = next_gen++;
+      releases.emplace_back(gen, done);
+    }
+    for (const int32_t p : b.pages) {
       if (p < 0) continue;
       Page& pg = page[p];
       --pg.pins;
-      if (done) pg.last_use = done;
-      if (!is_miss[i]) continue;
-      if (ok && b.lookup && b.uploaded && map.find(b.keys[i]) == map.end()) {
-        pg.key = b.keys[i];
+      if (gen != 0) pg.last_use_gen = gen;  // generations only grow: the latest reader covers the older
+    }
+    for (size_t m = 0; m < b.misses.size(); ++m) {
+      const int32_t p = b.pages[b.misses[m]];
+      if (p < 0) continue;
+      const GpuPoolKey& key = b.miss_keys[m];
+      if (ok && b.lookup && b.uploaded && index->Find(key.stream, key.block) < 0) {
+        Page& pg = page[p];
+        pg.key = key;
         pg.keyed = true;
         pg.ready = b.uploaded;
-        lru.push_front(p);
-        pg.lru = lru.begin();
-        map.emplace(b.keys[i], p);
+        LinkFront(p);
+        index->Insert(key.stream, key.block, p);
       } else {
         free_pages.push_back(p);
       }
@@ -276,6 +393,7 @@ Result<std::unique_ptr<GpuBlockPool>> GpuBlockPool::Create(const GpuPoolOptions&
   MSA_RETURN_IF_ERROR(CudaStatus(cudaMalloc(&impl->lens, pages * sizeof(int32_t)), "allocating the pool's page lengths"));
   MSA_RETURN_IF_ERROR(CudaStatus(cudaMemset(impl->lens, 0, pages * sizeof(int32_t)), "clearing the page lengths"));
   impl->page.resize(pages);
+  impl->index = std::make_unique<PageIndex>(pages);
   impl->free_pages.reserve(pages);
   for (int64_t p = static_cast<int64_t>(pages) - 1; p >= 0; --p) impl->free_pages.push_back(static_cast<int32_t>(p));
   impl->slots.resize(o.slots);
@@ -299,7 +417,7 @@ BlockTable<uint16_t> GpuBlockPool::table() const {
 GpuPoolStats GpuBlockPool::Stats() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
   GpuPoolStats s = impl_->stats;
-  s.resident = impl_->map.size();
+  s.resident = impl_->index->size();
   s.pinned_bytes = 0;
   for (const auto& slot : impl_->slots) s.pinned_bytes += slot.capacity;
   return s;
@@ -311,7 +429,6 @@ Status GpuBlockPool::Begin(const std::vector<GpuPoolKey>& keys, bool lookup, siz
   Impl& im = *impl_;
   BatchPtr b(new Batch);
   b->lookup = lookup;
-  b->keys.assign(keys.begin(), keys.end());
   b->pages.assign(keys.size(), -1);
   b->io_bytes = io_bytes;
   {
@@ -331,25 +448,36 @@ Status GpuBlockPool::Begin(const std::vector<GpuPoolKey>& keys, bool lookup, siz
         break;
       }
     }
-    // Hits: pinned, and moved to the front.
+    im.PruneReleasesLocked();
+    // Hits: pinned, and moved to the front. A hit whose upload (by another
+    // call) may still be in flight is waited for on the GPU.
     for (size_t i = 0; i < keys.size(); ++i) {
-      auto it = lookup ? im.map.find(keys[i]) : im.map.end();
-      if (it == im.map.end()) {
+      const int32_t p = lookup ? im.index->Find(keys[i].stream, keys[i].block) : -1;
+      if (p < 0) {
         b->misses.push_back(i);
+        b->miss_keys.push_back(keys[i]);
         continue;
       }
-      const int32_t p = it->second;
       Impl::Page& pg = im.page[p];
       ++pg.pins;
-      im.lru.splice(im.lru.begin(), im.lru, pg.lru);
+      if (im.lru_head != p) {
+        im.Unlink(p);
+        im.LinkFront(p);
+      }
       b->pages[i] = p;
-      if (pg.ready) b->waits.push_back(pg.ready);
+      if (pg.ready) {
+        if (pg.ready->complete.load(std::memory_order_relaxed)) {
+          pg.ready.reset();
+        } else if (b->waits.empty() || b->waits.back() != pg.ready) {
+          b->waits.push_back(pg.ready);
+        }
+      }
     }
     im.stats.hits += keys.size() - b->misses.size();
     im.stats.misses += b->misses.size();
     // Misses: free or evicted pages, pinned and private until Finish.
     for (size_t m : b->misses) {
-      const int32_t p = im.TakePageLocked(&b->waits);
+      const int32_t p = im.TakePageLocked(b.get());
       if (p < 0) {
         im.ReleaseLocked(*b, nullptr, /*ok=*/false);
         return Status::NotSupported("the GPU pool has no unpinned page left for " +
@@ -454,20 +582,29 @@ Status GpuBlockPool::Finish(BatchPtr b, void* stream_ptr, bool ok) {
   return done.status();
 }
 
+Status GpuBlockPool::ReadToHost(const void* device, size_t bytes, void* host, void* stream_ptr) {
+  if (bytes == 0) return Status::OK();
+  Impl& im = *impl_;
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  std::lock_guard<std::mutex> lock(im.read_mu);
+  MSA_RETURN_IF_ERROR(Impl::GrowSlot(&im.bounce, bytes));
+  MSA_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(im.bounce.host, device, bytes, cudaMemcpyDeviceToHost, stream),
+                                 "copying " + std::to_string(bytes) + " bytes from the GPU"));
+  MSA_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(stream), "waiting for a copy from the GPU"));
+  std::memcpy(host, im.bounce.host, bytes);
+  return Status::OK();
+}
+
 void GpuBlockPool::Clear() {
   Impl& im = *impl_;
   std::lock_guard<std::mutex> lock(im.mu);
-  for (auto it = im.lru.begin(); it != im.lru.end();) {
-    Impl::Page& pg = im.page[*it];
-    if (pg.pins != 0) {
-      ++it;
-      continue;
+  for (int32_t p = im.lru_head; p >= 0;) {
+    const int32_t next = im.page[p].next;
+    if (im.page[p].pins == 0) {
+      im.ForgetLocked(p);
+      im.free_pages.push_back(p);
     }
-    im.map.erase(pg.key);
-    pg.keyed = false;
-    pg.ready.reset();
-    im.free_pages.push_back(*it);
-    it = im.lru.erase(it);
+    p = next;
   }
 }
 

@@ -131,6 +131,11 @@ class GpuBlockPool {
   // return to the free list). Always releases the batch.
   Status Finish(BatchPtr batch, void* stream, bool ok = true);
 
+  // Copies `bytes` of device memory to `host` (pageable) through a pinned
+  // bounce buffer on `stream` and waits for it: a pageable copy goes through
+  // the driver's own staging and costs more. Calls are serialised.
+  Status ReadToHost(const void* device, size_t bytes, void* host, void* stream);
+
   // Forgets every keyed page (they become free); for cold measurements and
   // tests. Pinned pages of open batches are not touched.
   void Clear();

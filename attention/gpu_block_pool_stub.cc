@@ -31,6 +31,9 @@ void GpuBlockPool::SetStagedTokens(Batch&, size_t, int32_t) const {}
 void* GpuBlockPool::SlotStream(Batch&) const { return nullptr; }
 Status GpuBlockPool::Upload(Batch&, void*) { return Status::NotSupported("msa built without CUDA"); }
 Status GpuBlockPool::Finish(BatchPtr, void*, bool) { return Status::OK(); }
+Status GpuBlockPool::ReadToHost(const void*, size_t, void*, void*) {
+  return Status::NotSupported("msa built without CUDA");
+}
 void GpuBlockPool::Clear() {}
 
 }  // namespace msa::attention

@@ -1114,16 +1114,33 @@ Result<Store::QueryPlan> Store::PlanQuery(uint32_t layer, const float* q, uint32
   }
   st->route_ms = MsSince(t0);
 
-  // 2. The distinct (KV head, block) pairs, to be fetched in one batch.
+  // 2. The distinct (KV head, block) pairs, to be fetched in one batch: per
+  // KV head the union of its rows' selections (each ascending), ascending.
+  // A flat sorted vector rather than a map: this runs on every query, and
+  // the warm GPU path's whole budget is ~100 us.
   plan.slot_of.resize(g.kv_heads);
-  for (uint32_t i = 0; i < n; ++i) {
-    for (uint32_t kv = 0; kv < g.kv_heads; ++kv) {
-      for (uint64_t b : chosen[static_cast<size_t>(i) * g.kv_heads + kv]) {
-        if (plan.slot_of[kv].emplace(b, static_cast<int32_t>(plan.ids.size())).second) {
-          plan.ids.push_back(BlockId{layer, kv, b});
-          plan.locs.push_back(directory_[g.StreamOf(layer, kv)][b]);
-        }
+  plan.ids.reserve(chosen.empty() ? 0 : chosen[0].size() * g.kv_heads);
+  plan.locs.reserve(plan.ids.capacity());
+  std::vector<uint64_t> blocks_of_kv;
+  for (uint32_t kv = 0; kv < g.kv_heads; ++kv) {
+    const std::vector<uint64_t>* one = &chosen[kv];  // row 0's, when it is the only row
+    if (n > 1) {
+      blocks_of_kv.clear();
+      for (uint32_t i = 0; i < n; ++i) {
+        const auto& sel = chosen[static_cast<size_t>(i) * g.kv_heads + kv];
+        blocks_of_kv.insert(blocks_of_kv.end(), sel.begin(), sel.end());
       }
+      std::sort(blocks_of_kv.begin(), blocks_of_kv.end());
+      blocks_of_kv.erase(std::unique(blocks_of_kv.begin(), blocks_of_kv.end()), blocks_of_kv.end());
+      one = &blocks_of_kv;
+    }
+    auto& slots = plan.slot_of[kv];
+    slots.reserve(one->size());
+    const auto& dir = directory_[g.StreamOf(layer, kv)];
+    for (uint64_t b : *one) {
+      slots.emplace_back(b, static_cast<int32_t>(plan.ids.size()));
+      plan.ids.push_back(BlockId{layer, kv, b});
+      plan.locs.push_back(dir[b]);
     }
   }
   return plan;
@@ -1150,7 +1167,9 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
     if (!suits.ok() && options.gpu == GpuMode::kRequire) return suits;
     gpu = suits.ok();
   }
+  const auto t_plan = Clock::now();
   MSA_ASSIGN_OR_RETURN(QueryPlan plan, PlanQuery(layer, q, n, q_heads, options, &st));
+  st.plan_ms = MsSince(t_plan);
   if (gpu) {
     const Status done = AttendOnGpu(plan, q, n, q_heads, options, out, lse, /*device_io=*/false,
                                     nullptr, &st);
@@ -1180,7 +1199,11 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
   for (size_t r = 0; r < chosen.size(); ++r) {
     const uint32_t kv = static_cast<uint32_t>(r % g.kv_heads);
     count[r] = static_cast<int32_t>(chosen[r].size());
-    for (size_t j = 0; j < chosen[r].size(); ++j) index[r * max_blocks + j] = plan.slot_of[kv][chosen[r][j]];
+    const auto& slots = plan.slot_of[kv];
+    for (size_t j = 0; j < chosen[r].size(); ++j) {
+      const auto it = std::lower_bound(slots.begin(), slots.end(), std::make_pair(chosen[r][j], INT32_MIN));
+      index[r * max_blocks + j] = it->second;  // present: slot_of holds every chosen block
+    }
   }
   attention::AttentionShape shape;
   shape.n_queries = static_cast<int>(n);
@@ -1267,6 +1290,7 @@ Status Store::AttendOnGpu(const QueryPlan& plan, const float* q, uint32_t n,
   const size_t off_lse = off_out + rows * d * sizeof(float);
   const size_t io_bytes = device_io ? off_q : off_lse + align(rows * sizeof(float));
 
+  const auto t_pool = Clock::now();
   std::vector<attention::GpuPoolKey> keys(plan.ids.size());
   for (size_t j = 0; j < keys.size(); ++j) {
     keys[j] = {g.StreamOf(plan.ids[j].layer, plan.ids[j].kv_head), plan.ids[j].block};
@@ -1285,16 +1309,26 @@ Status Store::AttendOnGpu(const QueryPlan& plan, const float* q, uint32_t n,
   void* s = device_io ? stream : pool->SlotStream(*batch);
 
   const Status result = [&]() -> Status {
-    // 1. The page table: each selection's blocks as page numbers.
+    // 1. The page table: each selection's blocks as page numbers. Both a
+    // selection and slot_of are in ascending block order: one forward walk
+    // finds every block's slot without a lookup.
     auto* index = reinterpret_cast<int32_t*>(h);
     auto* count = reinterpret_cast<int32_t*>(h + off_count);
     for (size_t r = 0; r < n_sel; ++r) {
       const auto& sel = plan.chosen[r];
       const auto& slots = plan.slot_of[r % g.kv_heads];
       count[r] = static_cast<int32_t>(sel.size());
-      for (size_t j = 0; j < sel.size(); ++j) index[r * max_blocks + j] = pages[slots.at(sel[j])];
+      auto it = slots.begin();
+      for (size_t j = 0; j < sel.size(); ++j) {
+        while (it != slots.end() && it->first < sel[j]) ++it;
+        if (it == slots.end() || it->first != sel[j]) {
+          return Status::Internal("block " + std::to_string(sel[j]) + " missing from the fetch plan");
+        }
+        index[r * max_blocks + j] = pages[it->second];
+      }
     }
     if (!device_io) std::memcpy(h + off_q, q, rows * d * sizeof(float));
+    st->pool_ms += MsSince(t_pool);
 
     // 2. Blocks missing from the pool: host cache or disk, decoded, staged as fp16.
     if (!misses.empty()) {
@@ -1305,7 +1339,18 @@ Status Store::AttendOnGpu(const QueryPlan& plan, const float* q, uint32_t n,
         ids[m] = plan.ids[misses[m]];
         locs[m] = plan.locs[misses[m]];
       }
-      std::vector<float> k(misses.size() * block_elems), v(k.size());
+      // Decoded float32 scratch, kept per thread up to 64 MiB each: a fresh
+      // 2 x 16 MiB for 512 blocks would cost its page faults on every call.
+      constexpr size_t kKeepElems = (size_t{64} << 20) / sizeof(float);
+      thread_local std::vector<float> kept_k, kept_v;
+      std::vector<float> big_k, big_v;
+      const size_t elems = misses.size() * block_elems;
+      std::vector<float>& k = elems <= kKeepElems ? kept_k : big_k;
+      std::vector<float>& v = elems <= kKeepElems ? kept_v : big_v;
+      if (k.size() < elems) {
+        k.resize(elems);
+        v.resize(elems);
+      }
       std::vector<int32_t> len(misses.size());
       MSA_RETURN_IF_ERROR(FetchBlocks(ids, locs, k.data(), v.data(), len.data(), st, options.use_cache));
       const auto t_stage = Clock::now();
@@ -1350,7 +1395,9 @@ Status Store::AttendOnGpu(const QueryPlan& plan, const float* q, uint32_t n,
     return Status::OK();
   }();
   // The batch ends on every path: pages unpinned, misses published on success.
+  const auto t_finish = Clock::now();
   const Status finished = pool->Finish(std::move(batch), s, result.ok());
+  st->pool_ms += MsSince(t_finish);
   return result.ok() ? finished : result;
 }
 
@@ -1365,15 +1412,16 @@ Status Store::AttendDevice(uint32_t layer, const float* q, uint32_t n, uint32_t 
   AttendStats local;
   AttendStats& st = stats ? *stats : local;
   st = AttendStats{};
-  MSA_RETURN_IF_ERROR(GpuPool().status());
+  MSA_ASSIGN_OR_RETURN(attention::GpuBlockPool * pool, GpuPool());
   // The router runs on the CPU: it needs q on the host.
   const size_t q_elems = static_cast<size_t>(n) * q_heads * g.head_dim;
   std::vector<float> q_host(q_elems);
-  MSA_RETURN_IF_ERROR(attention::CudaCopyToHostAsync(q_host.data(), q, q_elems * sizeof(float), stream)
+  MSA_RETURN_IF_ERROR(pool->ReadToHost(q, q_elems * sizeof(float), q_host.data(), stream)
                           .WithContext("reading q from the GPU"));
-  MSA_RETURN_IF_ERROR(attention::CudaSynchronize(stream, "reading q from the GPU"));
   MSA_RETURN_IF_ERROR(GpuSuits(options, q_host.data(), q_elems));
+  const auto t_plan = Clock::now();
   MSA_ASSIGN_OR_RETURN(QueryPlan plan, PlanQuery(layer, q_host.data(), n, q_heads, options, &st));
+  st.plan_ms = MsSince(t_plan);
   const Status done = AttendOnGpu(plan, q, n, q_heads, options, out, lse,
                                   /*device_io=*/true, stream, &st);
   st.total_ms = MsSince(t_start);

@@ -143,6 +143,8 @@ struct AttendStats {
   bool on_gpu = false;
   uint64_t gpu_pool_hits = 0;
   double upload_ms = 0;
+  double plan_ms = 0;  // routing and the fetch plan (route_ms is part of it)
+  double pool_ms = 0;  // GPU pool bookkeeping: lookups, page table, release
 };
 
 // What `msa verify` found: every block read and checked, every catalog
@@ -402,8 +404,8 @@ class Store {
   // use_cache: look blocks up in the block cache and keep what was read.
   Status CheckQuery(uint32_t layer, const float* q, uint32_t n, uint32_t q_heads) const;
   // A query's routing: chosen[i * kv_heads + kv] (ascending block numbers),
-  // and the distinct blocks to fetch with their locations; slot_of[kv] maps
-  // a block number to its index in ids.
+  // and the distinct blocks to fetch with their locations; slot_of[kv] holds
+  // (block number, its index in ids) for KV head kv in ascending block order.
   struct QueryPlan {
     // Held from planning until the reads are done: compaction removes a
     // segment file only once no planned query can still read it.
@@ -411,7 +413,7 @@ class Store {
     std::vector<std::vector<uint64_t>> chosen;
     std::vector<BlockId> ids;
     std::vector<BlockLocation> locs;
-    std::vector<std::map<uint64_t, int32_t>> slot_of;
+    std::vector<std::vector<std::pair<uint64_t, int32_t>>> slot_of;  // [kv]: (block, slot), ascending
     bool all = false;  // every block of the range (exact, or a budget covering it)
     uint64_t sink = 0, recent = 0;  // the forced blocks (when not all)
     // Filled only when PlanQuery is asked for it (ExplainQuery): per (row,

@@ -128,7 +128,9 @@ Status Store::ExplainQuery(uint32_t layer, const float* q, uint32_t n, uint32_t 
       ExplainedBlock e;
       e.block = block;
       // Every chosen block is in the plan's fetch list, with its location.
-      const BlockLocation& loc = plan.locs[static_cast<size_t>(plan.slot_of[kv].at(block))];
+      const auto& slots = plan.slot_of[kv];  // (block, slot), ascending
+      const auto it = std::lower_bound(slots.begin(), slots.end(), std::make_pair(block, INT32_MIN));
+      const BlockLocation& loc = plan.locs[static_cast<size_t>(it->second)];
       e.doc_id = loc.doc_id;
       e.first_position = loc.first_position;
       e.tokens = loc.tokens;

@@ -88,6 +88,7 @@ TEST(BlockCache, StoreQueryFromCacheEqualsQueryFromDisk) {
   auto q = msa::testing::RandomVector(3 * 4 * g.head_dim, 3);
   AttendOptions opts;
   opts.top_k = 5;
+  opts.gpu = GpuMode::kOff;  // the host cache's hits: the GPU pool would serve the warm call
   std::vector<float> cold(q.size()), warm(q.size()), nocache(q.size());
   std::vector<float> lse_cold(12), lse_warm(12);
   AttendStats st;
@@ -128,6 +129,7 @@ TEST(BlockCache, QuantisedBlocksAreCachedAsRecordsAndDecodeTheSame) {
     auto q = msa::testing::RandomVector(2 * 4 * g.head_dim, 7);
     AttendOptions opts;
     opts.top_k = 6;
+    opts.gpu = GpuMode::kOff;  // the host cache's hits: the GPU pool would serve the warm call
     std::vector<float> cold(q.size()), warm(q.size());
     AttendStats st;
     ASSERT_TRUE((*s)->Attend(0, q.data(), 2, 4, opts, cold.data(), nullptr, &st).ok());

@@ -47,10 +47,12 @@ double Pct(std::vector<double> v, double p) {
 }
 
 struct Series {
-  std::vector<double> total, route, fetch, stage, attend, hits;
+  std::vector<double> total, route, plan, pool, fetch, stage, attend, hits;
   void Add(double us, const msa::AttendStats& st) {
     total.push_back(us);
     route.push_back(st.route_ms * 1e3);
+    plan.push_back(st.plan_ms * 1e3);
+    pool.push_back(st.pool_ms * 1e3);
     fetch.push_back((st.fetch_ms + st.decode_ms) * 1e3);
     stage.push_back(st.upload_ms * 1e3);
     attend.push_back(st.attend_ms * 1e3);
@@ -96,13 +98,14 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  // Without a device (a CPU-only machine) only the CPU rows run.
   cudaDeviceProp prop;
-  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
-  std::printf("device: %s\n", prop.name);
+  const bool have_gpu = cudaGetDeviceProperties(&prop, 0) == cudaSuccess;
+  std::printf("device: %s\n", have_gpu ? prop.name : "none (CPU rows only)");
   const uint32_t kv_heads = 8, q_heads = 32, d = 128, bt = 64;
 
-  std::printf("%-6s %-3s %-14s %9s %9s | %8s %8s %8s %8s | %5s\n", "blocks", "n", "path", "p50 us", "p99 us",
-              "route", "fetch", "stage", "attend", "hits");
+  std::printf("%-6s %-3s %-14s %9s %9s | %8s %8s %8s %8s %8s %8s | %5s\n", "blocks", "n", "path", "p50 us",
+              "p99 us", "route", "plan", "pool", "fetch", "stage", "attend", "hits");
   for (int blocks : blocks_list) {
     const std::string path = dir + "/store_" + std::to_string(blocks);
     std::filesystem::remove_all(path);
@@ -128,13 +131,15 @@ int main(int argc, char** argv) {
       const size_t q_elems = static_cast<size_t>(n) * q_heads * d;
       auto q = msa::testing::RandomVector(q_elems, 3 + n);
       std::vector<float> out(q_elems), lse(static_cast<size_t>(n) * q_heads);
-      float *dq, *dout, *dlse;
-      CHECK_CUDA(cudaMalloc(&dq, q_elems * 4));
-      CHECK_CUDA(cudaMalloc(&dout, q_elems * 4));
-      CHECK_CUDA(cudaMalloc(&dlse, lse.size() * 4));
-      CHECK_CUDA(cudaMemcpy(dq, q.data(), q_elems * 4, cudaMemcpyHostToDevice));
-      cudaStream_t stream;
-      CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+      float *dq = nullptr, *dout = nullptr, *dlse = nullptr;
+      cudaStream_t stream = nullptr;
+      if (have_gpu) {
+        CHECK_CUDA(cudaMalloc(&dq, q_elems * 4));
+        CHECK_CUDA(cudaMalloc(&dout, q_elems * 4));
+        CHECK_CUDA(cudaMalloc(&dlse, lse.size() * 4));
+        CHECK_CUDA(cudaMemcpy(dq, q.data(), q_elems * 4, cudaMemcpyHostToDevice));
+        CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+      }
 
       auto run = [&](const char* name, msa::GpuMode mode, bool use_cache, bool clear_pool, bool device, int count) {
         msa::AttendOptions o;
@@ -159,21 +164,25 @@ int main(int argc, char** argv) {
           }
           if (r >= 0) s.Add(us, st);
         }
-        std::printf("%-6d %-3d %-14s %9.1f %9.1f | %8.1f %8.1f %8.1f %8.1f | %5.0f\n", blocks, n, name,
-                    Pct(s.total, 0.5), Pct(s.total, 0.99), Pct(s.route, 0.5), Pct(s.fetch, 0.5), Pct(s.stage, 0.5),
-                    Pct(s.attend, 0.5), Pct(s.hits, 0.5));
+        std::printf("%-6d %-3d %-14s %9.1f %9.1f | %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f | %5.0f\n", blocks, n, name,
+                    Pct(s.total, 0.5), Pct(s.total, 0.99), Pct(s.route, 0.5), Pct(s.plan, 0.5), Pct(s.pool, 0.5),
+                    Pct(s.fetch, 0.5), Pct(s.stage, 0.5), Pct(s.attend, 0.5), Pct(s.hits, 0.5));
         std::fflush(stdout);
       };
-      run("gpu warm", msa::GpuMode::kRequire, true, false, false, reps);
-      run("device warm", msa::GpuMode::kRequire, true, false, true, reps);
-      run("gpu host-warm", msa::GpuMode::kRequire, true, true, false, reps);
-      run("gpu cold", msa::GpuMode::kRequire, false, false, false, std::max(20, reps / 5));
+      if (have_gpu) {
+        run("gpu warm", msa::GpuMode::kRequire, true, false, false, reps);
+        run("device warm", msa::GpuMode::kRequire, true, false, true, reps);
+        run("gpu host-warm", msa::GpuMode::kRequire, true, true, false, reps);
+        run("gpu cold", msa::GpuMode::kRequire, false, false, false, std::max(20, reps / 5));
+      }
       run("cpu warm", msa::GpuMode::kOff, true, false, false, std::max(20, reps / 5));
       run("cpu cold", msa::GpuMode::kOff, false, false, false, std::max(20, reps / 5));
-      CHECK_CUDA(cudaFree(dq));
-      CHECK_CUDA(cudaFree(dout));
-      CHECK_CUDA(cudaFree(dlse));
-      CHECK_CUDA(cudaStreamDestroy(stream));
+      if (have_gpu) {
+        CHECK_CUDA(cudaFree(dq));
+        CHECK_CUDA(cudaFree(dout));
+        CHECK_CUDA(cudaFree(dlse));
+        CHECK_CUDA(cudaStreamDestroy(stream));
+      }
     }
   }
   return 0;
