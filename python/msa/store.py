@@ -27,6 +27,7 @@ _c = _lib.lib
 CODECS = {"f16": 1, "bf16": 2, "int8": 3, "int4": 4}
 SUMMARIES = {"mean": 1, "bound": 2, "centroids": 3, "hybrid": 4}
 GQA_COMBINE = {"max": 0, "sum": 1}
+GPU_MODES = {"auto": 0, "off": 1, "require": 2}  # msa_gpu_t: where attend computes
 LOG_LEVELS = {"trace": 0, "debug": 1, "info": 2, "warn": 3, "warning": 3, "error": 4, "off": 6}
 _DTYPE_CODES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1}  # msa_dtype_t
 
@@ -300,7 +301,7 @@ class Store:
     # -- reading --
 
     def _query(self, what, q, top_k, exact, gqa_combine, nprobe, candidates, exact_routing,
-               channels, documents):
+               channels, documents, gpu="auto"):
         """q as a float32 array [n, q_heads, head_dim], the params struct, and the
         documents array the struct points into (keep it alive for the call)."""
         g = self._geometry
@@ -316,6 +317,7 @@ class Store:
         p.gqa_combine = _code_of(GQA_COMBINE, gqa_combine, "gqa_combine")
         p.nprobe, p.candidates, p.channels = nprobe, candidates, channels
         p.exact_routing = 1 if exact_routing else 0
+        p.gpu = _code_of(GPU_MODES, gpu, "gpu")
         docs = None
         if documents is not None:
             docs = np.ascontiguousarray(np.asarray(documents, dtype=np.uint64).reshape(-1))
@@ -326,7 +328,8 @@ class Store:
         return qa, p, docs
 
     def attend(self, layer, q, *, top_k=None, exact=False, gqa_combine="max", nprobe=0,
-               candidates=0, exact_routing=False, channels=0, documents=None, out=None, lse=None):
+               candidates=0, exact_routing=False, channels=0, documents=None, out=None, lse=None,
+               gpu="auto"):
         """Attention of queries over the memory of one layer; returns (out, lse).
 
         q: [n, q_heads, head_dim] float32 (q_heads a multiple of kv_heads; query head h
@@ -336,10 +339,12 @@ class Store:
         top_k: routed blocks per KV head besides the first and last (None: 16);
         exact: every block of the layer; documents: ids to restrict the query to.
         out=/lse=: arrays to write into (exact shape, float32, C order).
+        gpu: "auto" (the GPU when msa has CUDA, a device and the call suits it),
+        "off" (the CPU) or "require" (the GPU, or NotSupported saying why).
         A torch q gives torch results (sharing memory with numpy arrays)."""
         handle = self._live("attend")
         qa, p, docs = self._query("attend", q, top_k, exact, gqa_combine, nprobe, candidates,
-                                  exact_routing, channels, documents)
+                                  exact_routing, channels, documents, gpu)
         n, q_heads = qa.shape[0], qa.shape[1]
         o = np.empty(qa.shape, np.float32) if out is None else _output(out, "out", qa.shape)
         s = np.empty((n, q_heads), np.float32) if lse is None else _output(lse, "lse", (n, q_heads))
@@ -354,14 +359,14 @@ class Store:
         return o, s
 
     def prefetch(self, layer, q, *, top_k=None, exact=False, gqa_combine="max", nprobe=0,
-                 candidates=0, exact_routing=False, channels=0, documents=None):
+                 candidates=0, exact_routing=False, channels=0, documents=None, gpu="auto"):
         """Starts reading the blocks attend() with the same arguments will need into
-        the block cache, on a background thread, and returns a Prefetch at once
+        the block cache (or, for a GPU call, the GPU pool), on a background thread, and returns a Prefetch at once
         (q is copied). Typical use: prefetch layer l + 1, then attend layer l,
         then wait() and attend layer l + 1."""
         handle = self._live("prefetch")
         qa, p, docs = self._query("prefetch", q, top_k, exact, gqa_combine, nprobe, candidates,
-                                  exact_routing, channels, documents)
+                                  exact_routing, channels, documents, gpu)
         out = ctypes.c_void_p()
         _check(_c.msa_prefetch(handle, layer, qa.ctypes.data, qa.shape[0], qa.shape[1],
                                ctypes.byref(p), ctypes.byref(out)))
