@@ -156,7 +156,7 @@ struct GpuBlockPool::Batch {
 struct GpuBlockPool::Impl {
   // Constant after construction.
   GpuPoolOptions options;
-  int device = 0;
+  int device = 0;  // current at creation; callers must keep it current
   int pages = 0;
   size_t block_bytes = 0;  // one of K or V of one page
   uint16_t* keys = nullptr;

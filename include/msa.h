@@ -291,8 +291,9 @@ MSA_EXPORT msa_status_t msa_attend_device(const msa_store_t* store, uint32_t lay
 MSA_EXPORT int msa_gpu_available(const char** why);
 
 /* Asynchronous prefetch: routes q now and reads the blocks an msa_attend
- * with the same arguments will need into the store's block cache, on a
- * background thread; returns at once (q and params, documents included,
+ * with the same arguments will need into the store's block cache (or, where
+ * that msa_attend would run on the GPU, into the store's GPU pool, copied
+ * on a stream of its own), on a background thread; returns at once (q and params, documents included,
  * are copied). Typical use: prefetch layer l + 1, then attend layer l.
  * Shapes as msa_attend's. *out receives a handle that the caller owns and
  * frees with msa_prefetch_free (it may outlive the store: closing the store

@@ -1272,7 +1272,7 @@ void Store::ClearGpuPool() const {
 
 Status Store::AttendOnGpu(const QueryPlan& plan, const float* q, uint32_t n,
                           uint32_t q_heads, const AttendOptions& options, float* out, float* lse,
-                          bool device_io, void* stream, AttendStats* st) const {
+                          bool device_io, void* stream, AttendStats* st, bool upload_only) const {
   const Geometry& g = geometry_;
   const size_t d = g.head_dim;
   MSA_ASSIGN_OR_RETURN(attention::GpuBlockPool * pool, GpuPool());
@@ -1288,7 +1288,7 @@ Status Store::AttendOnGpu(const QueryPlan& plan, const float* q, uint32_t n,
   const size_t off_q = off_count + align(n_sel * sizeof(int32_t));
   const size_t off_out = off_q + align(rows * d * sizeof(float));
   const size_t off_lse = off_out + rows * d * sizeof(float);
-  const size_t io_bytes = device_io ? off_q : off_lse + align(rows * sizeof(float));
+  const size_t io_bytes = upload_only ? 0 : device_io ? off_q : off_lse + align(rows * sizeof(float));
 
   const auto t_pool = Clock::now();
   std::vector<attention::GpuPoolKey> keys(plan.ids.size());
@@ -1314,7 +1314,7 @@ Status Store::AttendOnGpu(const QueryPlan& plan, const float* q, uint32_t n,
     // finds every block's slot without a lookup.
     auto* index = reinterpret_cast<int32_t*>(h);
     auto* count = reinterpret_cast<int32_t*>(h + off_count);
-    for (size_t r = 0; r < n_sel; ++r) {
+    for (size_t r = 0; r < (upload_only ? 0 : n_sel); ++r) {
       const auto& sel = plan.chosen[r];
       const auto& slots = plan.slot_of[r % g.kv_heads];
       count[r] = static_cast<int32_t>(sel.size());
@@ -1327,7 +1327,7 @@ Status Store::AttendOnGpu(const QueryPlan& plan, const float* q, uint32_t n,
         index[r * max_blocks + j] = pages[it->second];
       }
     }
-    if (!device_io) std::memcpy(h + off_q, q, rows * d * sizeof(float));
+    if (!device_io && !upload_only) std::memcpy(h + off_q, q, rows * d * sizeof(float));
     st->pool_ms += MsSince(t_pool);
 
     // 2. Blocks missing from the pool: host cache or disk, decoded, staged as fp16.
@@ -1365,6 +1365,7 @@ Status Store::AttendOnGpu(const QueryPlan& plan, const float* q, uint32_t n,
     const auto t_enqueue = Clock::now();
     MSA_RETURN_IF_ERROR(pool->Upload(*batch, s));
     st->upload_ms += MsSince(t_enqueue);
+    if (upload_only) return Status::OK();
 
     // 3. The kernel over the pool's pages.
     const auto t_attend = Clock::now();
@@ -1428,8 +1429,45 @@ Status Store::AttendDevice(uint32_t layer, const float* q, uint32_t n, uint32_t 
   return done;
 }
 
+bool Store::PrefetchToGpu(uint32_t layer, const float* q, uint32_t n, uint32_t q_heads,
+                          const AttendOptions& options, std::shared_future<Status>* done) const {
+  if (options.gpu == GpuMode::kOff || options.exact || !options.use_cache || n == 0) return false;
+  if (!CheckQuery(layer, q, n, q_heads).ok()) return false;  // the host prefetch reports it
+  if (!GpuSuits(options, q, static_cast<size_t>(n) * q_heads * geometry_.head_dim).ok()) return false;
+  auto promise = std::make_shared<std::promise<Status>>();
+  *done = promise->get_future().share();
+  std::vector<float> q_copy(q, q + static_cast<size_t>(n) * q_heads * geometry_.head_dim);
+  prefetcher_.Post([this, layer, n, q_heads, options, promise, q_copy = std::move(q_copy)]() {
+    try {
+      AttendStats st;
+      auto planned = PlanQuery(layer, q_copy.data(), n, q_heads, options, &st);
+      if (!planned.ok()) {
+        promise->set_value(planned.status());
+        return;
+      }
+      Status s = AttendOnGpu(*planned, q_copy.data(), n, q_heads, options, nullptr, nullptr,
+                             /*device_io=*/false, nullptr, &st, /*upload_only=*/true);
+      if (s.code() == Status::Code::kNotSupported && options.gpu == GpuMode::kAuto &&
+          cache_.capacity() > 0) {
+        // The pool cannot take it: Attend will run on the CPU, so warm the host cache.
+        const size_t block_elems = static_cast<size_t>(geometry_.block_tokens) * geometry_.head_dim;
+        std::vector<float> keys(planned->ids.size() * block_elems), values(keys.size());
+        std::vector<int32_t> len(planned->ids.size());
+        s = FetchBlocks(planned->ids, planned->locs, keys.data(), values.data(), len.data(), nullptr,
+                        /*use_cache=*/true);
+      }
+      promise->set_value(s);
+    } catch (const std::exception& e) {
+      promise->set_value(Status::Internal(std::string("prefetch: ") + e.what()));
+    }
+  });
+  return true;
+}
+
 std::shared_future<Status> Store::Prefetch(uint32_t layer, const float* q, uint32_t n,
                                            uint32_t q_heads, const AttendOptions& options) const {
+  std::shared_future<Status> to_gpu;
+  if (PrefetchToGpu(layer, q, n, q_heads, options, &to_gpu)) return to_gpu;
   auto promise = std::make_shared<std::promise<Status>>();
   std::shared_future<Status> done = promise->get_future().share();
   Status check = CheckQuery(layer, q, n, q_heads);

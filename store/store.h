@@ -305,7 +305,9 @@ class Store {
   void ClearGpuPool() const;
 
   // Asynchronous prefetch: routes q now and reads the chosen blocks into
-  // the block cache on a background thread, so that an Attend with the same
+  // the block cache -- or, where Attend with these options would run on the
+  // GPU, into the GPU pool (read, staged and copied on a pool stream) -- on
+  // a background thread, so that an Attend with the same
   // arguments later finds them there (typically: prefetch layer l + 1, then
   // attend layer l). The future holds the fetch's status. q is copied; the
   // call returns at once. Does nothing (an OK future) for exact mode, with
@@ -437,9 +439,17 @@ class Store {
   // device pointers and the work is left enqueued on `stream`; otherwise
   // they are host arrays, and the call waits for the result. NotSupported
   // before any work when the pool cannot take the call.
+  // upload_only (a prefetch): the blocks go into the pool and nothing else
+  // runs (out, lse and q unused).
   Status AttendOnGpu(const QueryPlan& plan, const float* q, uint32_t n,
                      uint32_t q_heads, const AttendOptions& options, float* out, float* lse,
-                     bool device_io, void* stream, AttendStats* st) const;
+                     bool device_io, void* stream, AttendStats* st, bool upload_only = false) const;
+  // Prefetch's GPU half: where Attend would run on the GPU, posts a task
+  // that routes q and uploads the blocks into the GPU pool, and returns
+  // true (*done then holds its status); false leaves the call to the
+  // host-cache prefetch.
+  bool PrefetchToGpu(uint32_t layer, const float* q, uint32_t n, uint32_t q_heads,
+                     const AttendOptions& options, std::shared_future<Status>* done) const;
 
   const std::string path_;
   const std::unique_ptr<Catalog> catalog_;

@@ -152,6 +152,7 @@ TEST(BlockCache, PrefetchedLayerIsAttendedFromTheCache) {
   auto q = msa::testing::RandomVector(2 * 4 * g.head_dim, 13);
   AttendOptions opts;
   opts.top_k = 4;
+  opts.gpu = GpuMode::kOff;  // the host cache's prefetch (a GPU call prefetches into the GPU pool)
   std::vector<float> out(q.size()), ref(q.size());
   // The reference answer, read from disk without the cache.
   AttendOptions nocache = opts;

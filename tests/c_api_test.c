@@ -97,7 +97,9 @@ int main(int argc, char** argv) {
   params.top_k = 1;
   params.gqa_combine = MSA_GQA_SUM;
   CHECK(msa_attend(store, 0, q, 1, QH, &params, out, lse) == MSA_OK);
-  /* Prefetch, then attend from the cache. */
+  /* Prefetch, then attend from the host cache (on the CPU: a GPU call's
+   * prefetch fills the GPU pool instead, which the host counters don't see). */
+  params.gpu = MSA_GPU_OFF;
   msa_prefetch_t* pf = NULL;
   CHECK(msa_prefetch(store, 0, q, 1, QH, &params, &pf) == MSA_OK);
   CHECK(msa_prefetch_wait(pf) == MSA_OK);

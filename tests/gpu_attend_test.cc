@@ -332,6 +332,31 @@ TEST(GpuAttend, ConcurrentCallsMatchSingleCalls) {
   for (int t = 0; t < kThreads; ++t) EXPECT_EQ(bad[t], 0) << "thread " << t;
 }
 
+// Prefetch of a GPU call fills the GPU pool: the attend after it reads
+// nothing and copies no block, and answers as without the prefetch.
+TEST(GpuAttend, PrefetchFillsThePool) {
+  MSA_SKIP_WITHOUT_CUDA();
+  TempDir dir;
+  Fixture f = MakeStore(dir.Sub("s"), Codec::kInt8, 64, 32, 2, {32 * 50 + 3}, uint64_t{64} << 20, 80);
+  ASSERT_TRUE(f.store);
+  const uint32_t n = 2, qh = 4;
+  const auto q = msa::testing::RandomVector(n * qh * 64, 81);
+  AttendOptions o;
+  o.top_k = 7;
+  o.gpu = GpuMode::kRequire;
+  const Outcome plain = Attend(f, 1, q, n, qh, o);
+  f.store->ClearGpuPool();
+  ASSERT_TRUE(f.store->Prefetch(1, q.data(), n, qh, o).get().ok());
+  const Outcome after = Attend(f, 1, q, n, qh, o);
+  EXPECT_TRUE(after.stats.on_gpu);
+  EXPECT_EQ(after.stats.blocks_read, 0u);
+  EXPECT_GT(after.stats.gpu_pool_hits, 0u);
+  EXPECT_EQ(after.out, plain.out);
+  EXPECT_EQ(after.lse, plain.lse);
+  // An error of the prefetch arrives at its future.
+  EXPECT_EQ(f.store->Prefetch(7, q.data(), n, qh, o).get().code(), Status::Code::kInvalidArgument);
+}
+
 #ifdef MSA_WITH_CUDA
 // q, out and lse in device memory on a caller's stream: the same answer as
 // the host entry point, bit for bit (same kernel, same pages).

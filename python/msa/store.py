@@ -27,7 +27,7 @@ _c = _lib.lib
 CODECS = {"f16": 1, "bf16": 2, "int8": 3, "int4": 4}
 SUMMARIES = {"mean": 1, "bound": 2, "centroids": 3, "hybrid": 4}
 GQA_COMBINE = {"max": 0, "sum": 1}
-GPU_MODES = {"auto": 0, "off": 1, "require": 2}  # msa_gpu_t
+GPU_MODES = {"auto": 0, "off": 1, "require": 2}  # msa_gpu_t: where attend computes
 LOG_LEVELS = {"trace": 0, "debug": 1, "info": 2, "warn": 3, "warning": 3, "error": 4, "off": 6}
 _DTYPE_CODES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1}  # msa_dtype_t
 
@@ -333,9 +333,9 @@ class Store:
             p.top_k = top_k
         p.exact = 1 if exact else 0
         p.gqa_combine = _code_of(GQA_COMBINE, gqa_combine, "gqa_combine")
-        p.gpu = _code_of(GPU_MODES, gpu, "gpu")
         p.nprobe, p.candidates, p.channels = nprobe, candidates, channels
         p.exact_routing = 1 if exact_routing else 0
+        p.gpu = _code_of(GPU_MODES, gpu, "gpu")
         docs = None
         if documents is not None:
             docs = np.ascontiguousarray(np.asarray(documents, dtype=np.uint64).reshape(-1))
@@ -417,14 +417,14 @@ class Store:
         return o, s
 
     def prefetch(self, layer, q, *, top_k=None, exact=False, gqa_combine="max", nprobe=0,
-                 candidates=0, exact_routing=False, channels=0, documents=None):
+                 candidates=0, exact_routing=False, channels=0, documents=None, gpu="auto"):
         """Starts reading the blocks attend() with the same arguments will need into
-        the block cache, on a background thread, and returns a Prefetch at once
+        the block cache (or, for a GPU call, the GPU pool), on a background thread, and returns a Prefetch at once
         (q is copied). Typical use: prefetch layer l + 1, then attend layer l,
         then wait() and attend layer l + 1."""
         handle = self._live("prefetch")
         qa, p, docs = self._query("prefetch", q, top_k, exact, gqa_combine, nprobe, candidates,
-                                  exact_routing, channels, documents)
+                                  exact_routing, channels, documents, gpu)
         out = ctypes.c_void_p()
         _check(_c.msa_prefetch(handle, layer, qa.ctypes.data, qa.shape[0], qa.shape[1],
                                ctypes.byref(p), ctypes.byref(out)))

@@ -171,14 +171,15 @@ def test_prefetch_then_attend_from_cache(corpus):
     path, _, _ = corpus
     q = queries(8)
     with msa.Store.open(path, read_only=True) as cold:
-        expected = cold.attend(1, q, top_k=2)
+        expected = cold.attend(1, q, top_k=2, gpu="off")
+    # gpu="off": this is the host cache's prefetch (a GPU call's fills the GPU pool).
     with msa.Store.open(path, read_only=True) as store:
-        with store.prefetch(1, q, top_k=2) as pending:
+        with store.prefetch(1, q, top_k=2, gpu="off") as pending:
             pending.wait()
             pending.wait()  # waiting again returns the same status
         before = store.stats()
         assert before["cache_misses"] > 0 and before["cache_hits"] == 0
-        out, lse = store.attend(1, q, top_k=2)
+        out, lse = store.attend(1, q, top_k=2, gpu="off")
         after = store.stats()
         assert after["cache_hits"] > 0 and after["cache_misses"] == before["cache_misses"]
         np.testing.assert_array_equal(out, expected[0])
