@@ -13,7 +13,8 @@
 # (single-threaded: nothing for TSan to find). The crash test kills its
 # child 5..60 ms after the start; sanitized children start and commit
 # several times slower, so that window is stretched (MSA_CRASH_TEST_SLOWDOWN:
-# 4x under ASan, 10x under TSan). Any report
+# 4x under ASan, 10x under TSan); the power-loss test runs 100 (ASan) and 60
+# (TSan) of its 200 iterations, which take about 4 minutes under TSan. Any report
 # fails its test: UBSan is built with -fno-sanitize-recover, ASan and TSan
 # halt on the first error.
 #
@@ -31,10 +32,10 @@ kinds=("$@")
 run_kind() {
   local kind=$1 dir sanitize
   local -a ctest_args=(--output-on-failure -j "$jobs")
-  local slowdown
+  local slowdown power_losses
   case "$kind" in
-    asan) dir=build-asan; sanitize=address,undefined; slowdown=4 ;;
-    tsan) dir=build-tsan; sanitize=thread; slowdown=10; ctest_args+=(-LE fuzz) ;;
+    asan) dir=build-asan; sanitize=address,undefined; slowdown=4; power_losses=100 ;;
+    tsan) dir=build-tsan; sanitize=thread; slowdown=10; power_losses=60; ctest_args+=(-LE fuzz) ;;
     *) echo "test_sanitizers: unknown kind '$kind' (asan, tsan)" >&2; return 2 ;;
   esac
   echo "== $kind: configure and build $dir" >&2
@@ -47,7 +48,8 @@ run_kind() {
     "ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1}"
     "UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
     "TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/tools/tsan.supp}"
-    "MSA_CRASH_TEST_SLOWDOWN=${MSA_CRASH_TEST_SLOWDOWN:-$slowdown}")
+    "MSA_CRASH_TEST_SLOWDOWN=${MSA_CRASH_TEST_SLOWDOWN:-$slowdown}"
+    "MSA_POWER_LOSS_ITERATIONS=${MSA_POWER_LOSS_ITERATIONS:-$power_losses}")
   [ "$kind" = tsan ] && env_vars+=(OMP_NUM_THREADS=1)
   env "${env_vars[@]}" ctest --test-dir "$dir" "${ctest_args[@]}"
   echo "== $kind: passed in $((SECONDS - start)) s" >&2
