@@ -167,6 +167,21 @@ TEST(DocumentTokensTest, KeptPerDocumentCheckedAndDeletedWithIt) {
   EXPECT_TRUE(inspected->document_deleted);
   EXPECT_FALSE(inspected->tokens.has_value());
   EXPECT_EQ(inspected->stream_position, -1);
+  EXPECT_TRUE(inspected->record_read) << "its record is still there until compaction";
+  // Compacted away: no record to read, and that is not an error.
+  ASSERT_TRUE((*store)->Compact().ok());
+  inspected = (*store)->InspectBlock(BlockId{0, 0, 1});
+  ASSERT_TRUE(inspected.ok()) << inspected.status().ToString();
+  EXPECT_EQ(inspected->location.segment, 0u);
+  EXPECT_FALSE(inspected->record_read);
+  EXPECT_TRUE(inspected->segment_path.empty());
+  EXPECT_TRUE(inspected->record_error.empty());
+  // The live document's block after it: positions in the stream start at 0.
+  inspected = (*store)->InspectBlock(BlockId{0, 0, 3});
+  ASSERT_TRUE(inspected.ok());
+  EXPECT_EQ(inspected->document.name, "without");
+  EXPECT_EQ(inspected->stream_position, 0);
+  EXPECT_TRUE(inspected->record_read && inspected->record_error.empty()) << inspected->record_error;
 }
 
 TEST(InspectCliTest, ShowsHeaderDocumentPositionsTokenIdsAndText) {

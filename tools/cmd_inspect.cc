@@ -73,7 +73,8 @@ nlohmann::json InspectionJson(const std::string& path, const Geometry& g, const 
   } else {
     j["record"] = nullptr;
   }
-  j["record_ok"] = r.record_read && r.record_error.empty();
+  // null: no record to check (its deleted document's records were compacted away).
+  j["record_ok"] = loc.segment == 0 ? nlohmann::json(nullptr) : nlohmann::json(r.record_read && r.record_error.empty());
   if (!r.record_error.empty()) j["record_error"] = r.record_error;
   j["document"] = {{"id", r.document.id},
                    {"name", r.document.name},
