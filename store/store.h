@@ -283,6 +283,7 @@ class Store {
   };
   Result<QueryPlan> PlanQuery(uint32_t layer, const float* q, uint32_t n, uint32_t q_heads,
                               const AttendOptions& options, AttendStats* st) const;
+  // keys, values and len null: only into the cache (a prefetch; use_cache must be true).
   Status FetchBlocks(const std::vector<BlockId>& ids, const std::vector<BlockLocation>& locs,
                      float* keys, float* values, int32_t* len, AttendStats* stats,
                      bool use_cache) const;
