@@ -68,6 +68,11 @@ void WidenToFloat(const void* array, ElementType dtype, size_t at, size_t count,
   }
 }
 
+unsigned DecodeThreads(const StoreOptions& options) {
+  if (options.decode_threads != StoreOptions::kAutoDecodeThreads) return options.decode_threads;
+  return std::thread::hardware_concurrency() >= 4 ? 1 : 0;
+}
+
 bool IsDirectory(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
@@ -83,7 +88,7 @@ Store::Store(std::string path, std::unique_ptr<Catalog> catalog, const StoreOpti
       reader_(io::MakeBlockReader({options.queue_depth, options.allow_io_uring, options.registered_files,
                                    options.registered_buffer_bytes})),
       cache_(options.cache_bytes),
-      decoders_(options.decode_threads > 0 ? std::make_unique<DecodePool>(options.decode_threads) : nullptr),
+      decoders_(DecodeThreads(options) > 0 ? std::make_unique<DecodePool>(DecodeThreads(options)) : nullptr),
       directory_(geometry_.streams()),
       router_(geometry_, options.router),
       staged_locations_(geometry_.streams()),
@@ -1319,7 +1324,8 @@ StoreStats Store::Stats() const {
     s.raw_bytes += b.raw_bytes;
   }
   s.reader = reader_->name();
-  s.reader_detail = reader_->detail();
+  s.reader_detail = reader_->detail() + ", " + std::to_string(decoders_ ? decoders_->threads() : 0) +
+                    " decode threads";
   s.reader_counters = reader_->counters();
   s.disk_blocks_read = disk_blocks_read_.load(std::memory_order_relaxed);
   s.disk_bytes_read = disk_bytes_read_.load(std::memory_order_relaxed);

@@ -80,6 +80,7 @@ bool VariantOptions(const std::string& name, uint64_t cache_bytes, msa::StoreOpt
   *so = msa::StoreOptions{};
   so->read_only = true;
   so->cache_bytes = cache_bytes;
+  so->decode_threads = 0;  // unless the variant says
   if (name == "io_uring") return true;
   if (name == "io_uring_plain") {
     so->registered_files = 0;
@@ -158,7 +159,7 @@ int main(int argc, char** argv) {
 
   if (overlap) {
     msa::StoreOptions so;
-    VariantOptions("io_uring", cache_mb << 20, &so);
+    VariantOptions("io_uring", cache_mb << 20, &so);  // decode threads 0: the prefetch thread decodes
     auto opened = msa::Store::Open(store_path, so);
     if (!opened.ok()) return Die(opened.status());
     msa::Store& store = **opened;
