@@ -70,6 +70,11 @@ void WidenToFloat(const void* array, ElementType dtype, size_t at, size_t count,
   }
 }
 
+unsigned DecodeThreads(const StoreOptions& options) {
+  if (options.decode_threads != StoreOptions::kAutoDecodeThreads) return options.decode_threads;
+  return std::thread::hardware_concurrency() >= 4 ? 1 : 0;
+}
+
 bool IsDirectory(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
@@ -85,7 +90,7 @@ Store::Store(std::string path, std::unique_ptr<Catalog> catalog, const StoreOpti
       reader_(io::MakeBlockReader({options.queue_depth, options.allow_io_uring, options.registered_files,
                                    options.registered_buffer_bytes})),
       cache_(options.cache_bytes),
-      decoders_(options.decode_threads > 0 ? std::make_unique<DecodePool>(options.decode_threads) : nullptr),
+      decoders_(DecodeThreads(options) > 0 ? std::make_unique<DecodePool>(DecodeThreads(options)) : nullptr),
       directory_(geometry_.streams()),
       router_(geometry_, options.router),
       staged_locations_(geometry_.streams()),
@@ -930,6 +935,10 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
       misses.push_back(j);
       continue;
     }
+    if (keys == nullptr) {  // a prefetch: already there is all it needs
+      ++hits;
+      continue;
+    }
     if (!cached->record.empty()) {
       // Verified when it was read: decoded without the checks.
       const uint8_t* r = cached->record.data();
@@ -958,27 +967,49 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
   // 2. Decode (checksums verified) into the slots, and keep a copy in the
   // cache: read m's block, on whichever thread runs it.
   const bool keep = use_cache && cache_.capacity() > 0;
+  // Without output slots (keys == nullptr: a prefetch) a lossless block is
+  // decoded straight into its cache entry, a quantised one into scratch
+  // (to verify it; the entry keeps the record).
   auto decode = [&](size_t m) -> Status {
     thread_local BlockDecoder decoder;
+    thread_local std::vector<float> scratch;
     const size_t j = misses[m];
     const BlockLocation& loc = locs[j];
-    float* k = keys + j * block_elems;
-    float* v = values + j * block_elems;
+    const bool quantised = quantized::Handles(static_cast<Codec>(requests[m].dest[6]));  // the header's codec
+    std::shared_ptr<CachedBlock> entry;
+    float* k;
+    float* v;
+    if (keys != nullptr) {
+      k = keys + j * block_elems;
+      v = values + j * block_elems;
+    } else if (quantised) {
+      scratch.resize(2 * block_elems);
+      k = scratch.data();
+      v = scratch.data() + block_elems;
+    } else {
+      entry = std::make_shared<CachedBlock>();
+      entry->keys.resize(loc.tokens * d);
+      entry->values.resize(loc.tokens * d);
+      k = entry->keys.data();
+      v = entry->values.data();
+    }
     Status s = decoder.Decode(std::span<const uint8_t>(requests[m].dest, loc.record_bytes), ids[j],
                               loc.checksum, loc.tokens, geometry_.head_dim, k, v);
     if (!s.ok()) {
       return s.WithContext(SegmentPath(path_, loc.segment) + " offset " + std::to_string(loc.offset));
     }
-    len[j] = static_cast<int32_t>(loc.tokens);
+    if (len != nullptr) len[j] = static_cast<int32_t>(loc.tokens);
     if (keep) {
-      auto entry = std::make_shared<CachedBlock>();
-      entry->tokens = loc.tokens;
-      if (quantized::Handles(static_cast<Codec>(requests[m].dest[6]))) {  // the header's codec
-        entry->record.assign(requests[m].dest, requests[m].dest + loc.record_bytes);
-      } else {
-        entry->keys.assign(k, k + loc.tokens * d);
-        entry->values.assign(v, v + loc.tokens * d);
+      if (!entry) {
+        entry = std::make_shared<CachedBlock>();
+        if (quantised) {
+          entry->record.assign(requests[m].dest, requests[m].dest + loc.record_bytes);
+        } else {
+          entry->keys.assign(k, k + loc.tokens * d);
+          entry->values.assign(v, v + loc.tokens * d);
+        }
       }
+      entry->tokens = loc.tokens;
       cache_.Insert(geometry_.StreamOf(ids[j].layer, ids[j].kv_head), ids[j].block, std::move(entry));
     }
     return Status::OK();
@@ -988,8 +1019,11 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
   // hand-off.
   std::shared_ptr<DecodePool::Batch> batch;
   if (decoders_ && misses.size() >= 4) batch = decoders_->Start(misses.size(), decode);
-  Status read = batch ? reader_->ReadAll(requests, [&batch](size_t m) { batch->Ready(m); })
-                      : reader_->ReadAll(requests);
+  // All hits: not even an empty ReadAll, which would wait for the reader's
+  // lock while another query's (a prefetch's) reads are in flight.
+  Status read = requests.empty() ? Status::OK()
+                : batch          ? reader_->ReadAll(requests, [&batch](size_t m) { batch->Ready(m); })
+                                 : reader_->ReadAll(requests);
   const auto t1 = Clock::now();
   disk_blocks_read_.fetch_add(misses.size(), std::memory_order_relaxed);
   disk_bytes_read_.fetch_add(total, std::memory_order_relaxed);
@@ -1486,11 +1520,9 @@ std::shared_future<Status> Store::Prefetch(uint32_t layer, const float* q, uint3
         return;
       }
       QueryPlan& plan = *planned;
-      const size_t block_elems = static_cast<size_t>(geometry_.block_tokens) * geometry_.head_dim;
-      std::vector<float> keys(plan.ids.size() * block_elems), values(plan.ids.size() * block_elems);
-      std::vector<int32_t> len(plan.ids.size());
-      promise->set_value(FetchBlocks(plan.ids, plan.locs, keys.data(), values.data(), len.data(),
-                                     nullptr, /*use_cache=*/true));
+      // No output slots: the blocks go straight into the cache.
+      promise->set_value(FetchBlocks(plan.ids, plan.locs, nullptr, nullptr, nullptr, nullptr,
+                                     /*use_cache=*/true));
     } catch (const std::exception& e) {
       promise->set_value(Status::Internal(std::string("prefetch: ") + e.what()));
     }
@@ -1727,7 +1759,8 @@ StoreStats Store::Stats() const {
     s.raw_bytes += b.raw_bytes;
   }
   s.reader = reader_->name();
-  s.reader_detail = reader_->detail();
+  s.reader_detail = reader_->detail() + ", " + std::to_string(decoders_ ? decoders_->threads() : 0) +
+                    " decode threads";
   s.reader_counters = reader_->counters();
   s.disk_blocks_read = disk_blocks_read_.load(std::memory_order_relaxed);
   s.disk_bytes_read = disk_bytes_read_.load(std::memory_order_relaxed);

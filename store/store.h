@@ -94,8 +94,12 @@ struct StoreOptions {
   uint64_t registered_buffer_bytes = 32ull << 20;
   // Threads that decode a fetch's blocks as their reads complete, overlapping
   // the reads still in flight (0: the querying thread decodes once all reads
-  // are in). Measured in BENCHMARKS.md "Fetch path".
-  unsigned decode_threads = 0;
+  // are in). kAutoDecodeThreads: 1 where the machine has 4 or more hardware
+  // threads, else 0 -- on the 2-core VM it cut a cold top-64 fetch+decode
+  // from 7.2 to 4.4 ms p50 when a core was free, and gained nothing with
+  // both cores busy (BENCHMARKS.md "Fetch path").
+  static constexpr unsigned kAutoDecodeThreads = ~0u;
+  unsigned decode_threads = kAutoDecodeThreads;
 };
 
 // Where Attend computes attention.
@@ -225,7 +229,7 @@ struct StoreStats {
   uint64_t raw_bytes = 0;            // the same K/V as plain fp16
   uint64_t segment_bytes = 0;        // segment files on disk (4096-padded)
   std::string reader;                // "io_uring" or "pread"
-  std::string reader_detail;         // how it is set up, or why the fallback is in use
+  std::string reader_detail;         // how it is set up, or why the fallback is in use; decode threads
   uint64_t disk_blocks_read = 0;     // this handle's block reads from disk (queries, prefetches, ReadStream)
   uint64_t disk_bytes_read = 0;      // their bytes, 4096-padded as requested
   io::ReaderCounters reader_counters;  // reads submitted (all callers), how many registered
@@ -425,6 +429,7 @@ class Store {
   Result<QueryPlan> PlanQuery(uint32_t layer, const float* q, uint32_t n, uint32_t q_heads,
                               const AttendOptions& options, AttendStats* st,
                               bool keep_scores = false) const;
+  // keys, values and len null: only into the cache (a prefetch; use_cache must be true).
   Status FetchBlocks(const std::vector<BlockId>& ids, const std::vector<BlockLocation>& locs,
                      float* keys, float* values, int32_t* len, AttendStats* stats,
                      bool use_cache) const;

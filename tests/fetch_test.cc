@@ -140,6 +140,7 @@ TEST_P(DecodeThreadsTest, SameAnswersAndErrorsAsDecodingInline) {
   }
   StoreOptions inline_opts, threaded_opts;
   inline_opts.read_only = threaded_opts.read_only = true;
+  inline_opts.decode_threads = 0;
   inline_opts.allow_io_uring = threaded_opts.allow_io_uring = GetParam();
   threaded_opts.decode_threads = 2;
   auto a = Store::Open(dir.Sub("store"), inline_opts);
@@ -268,7 +269,8 @@ TEST(Fetch, StatsCommandShowsReaderAndCacheCounters) {
   EXPECT_NE(forced.find("\"reader\": \"pread\""), std::string::npos) << forced;
   EXPECT_NE(forced.find("fallback: MSA_IO_URING=0"), std::string::npos) << forced;
   const std::string text = run("MSA_IO_URING=0", "");
-  EXPECT_NE(text.find("reader        pread, 8 threads (fallback: MSA_IO_URING=0)"), std::string::npos) << text;
+  EXPECT_NE(text.find("reader        pread, 8 threads (fallback: MSA_IO_URING=0), "), std::string::npos) << text;
+  EXPECT_NE(text.find(" decode threads\n"), std::string::npos) << text;
   EXPECT_NE(text.find("cache         0 of 268435456 bytes resident"), std::string::npos) << text;
 }
 

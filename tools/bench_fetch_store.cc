@@ -22,6 +22,8 @@
 //
 // Times are milliseconds of Store::Attend's own clock (AttendStats) or of
 // the pass; p50/p99 over rows (or passes).
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -78,6 +80,7 @@ bool VariantOptions(const std::string& name, uint64_t cache_bytes, msa::StoreOpt
   *so = msa::StoreOptions{};
   so->read_only = true;
   so->cache_bytes = cache_bytes;
+  so->decode_threads = 0;  // unless the variant says
   if (name == "io_uring") return true;
   if (name == "io_uring_plain") {
     so->registered_files = 0;
@@ -101,6 +104,21 @@ struct Samples {
   uint64_t seq_hits = 0, seq_blocks = 0;
 };
 
+// User + system CPU seconds of this process (all threads).
+double CpuSeconds() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) * 1e-6;
+}
+
+std::string LoadAverage() {
+  std::ifstream f("/proc/loadavg");
+  std::string a, b, c;
+  f >> a >> b >> c;
+  return a + " " + b + " " + c;
+}
+
 bool WriteJson(const std::string& path, const nlohmann::json& j) {
   if (path.empty()) return true;
   std::ofstream f(path);
@@ -114,7 +132,7 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::warn);
   if (const char* level = std::getenv("MSA_LOG_LEVEL")) spdlog::set_level(spdlog::level::from_str(level));
   std::string store_path, queries_path, json_out, variants = "io_uring,io_uring_plain,io_uring_dec1,pread";
-  uint32_t top_k = 64, rows = 64, passes = 20;
+  uint32_t top_k = 64, rows = 64, passes = 20, repeats = 1;
   uint64_t cache_mb = 256;
   bool overlap = false, json = false;
   CLI::App app{"msa_bench_fetch_store: cold/warm fetch latency by reader, decode threads, prefetch overlap"};
@@ -123,6 +141,7 @@ int main(int argc, char** argv) {
   app.add_option("--top-k", top_k)->capture_default_str();
   app.add_option("--rows", rows, "query rows (at most the file's)")->capture_default_str();
   app.add_option("--variants", variants)->capture_default_str();
+  app.add_option("--repeats", repeats, "passes over the rows (cold and warm each time)")->capture_default_str();
   app.add_option("--cache-mb", cache_mb)->capture_default_str();
   app.add_flag("--overlap", overlap, "measure prefetch overlap over the store's layers instead");
   app.add_option("--passes", passes, "passes per mode (--overlap)")->capture_default_str();
@@ -140,7 +159,7 @@ int main(int argc, char** argv) {
 
   if (overlap) {
     msa::StoreOptions so;
-    VariantOptions("io_uring", cache_mb << 20, &so);
+    VariantOptions("io_uring", cache_mb << 20, &so);  // decode threads 0: the prefetch thread decodes
     auto opened = msa::Store::Open(store_path, so);
     if (!opened.ok()) return Die(opened.status());
     msa::Store& store = **opened;
@@ -152,13 +171,14 @@ int main(int argc, char** argv) {
     const uint32_t n = static_cast<uint32_t>(qt->shape[0]);
     const size_t row_elems = static_cast<size_t>(qh) * g.head_dim;
     std::vector<float> out(row_elems), lse(qh);
-    std::vector<double> seq_ms, pre_ms, seq_fetch, pre_fetch, seq_attend;
+    std::vector<double> seq_ms, pre_ms, seq_fetch, pre_fetch, seq_attend, seq_cpu, pre_cpu, pre_wait;
     uint64_t pre_hits = 0, pre_blocks = 0;
     for (uint32_t pass = 0; pass < 2 * passes; ++pass) {
       const float* row = q.data() + static_cast<size_t>(pass / 2 % n) * row_elems;
       const bool prefetching = (pass % 2 == 0) == (pass / 2 % 2 == 0);  // alternate which goes first
       store.DropCache();
       double fetch = 0, compute = 0;
+      const double cpu0 = CpuSeconds();
       const auto t0 = Clock::now();
       if (!prefetching) {
         for (uint32_t l = 0; l < g.layers; ++l) {
@@ -171,7 +191,9 @@ int main(int argc, char** argv) {
       } else {
         auto next = store.Prefetch(0, row, 1, qh, options);
         for (uint32_t l = 0; l < g.layers; ++l) {
+          const auto w0 = Clock::now();
           if (Status s = next.get(); !s.ok()) return Die(s);
+          compute += std::chrono::duration<double, std::milli>(Clock::now() - w0).count();
           if (l + 1 < g.layers) next = store.Prefetch(l + 1, row, 1, qh, options);
           AttendStats st;
           Status s = store.Attend(l, row, 1, qh, options, out.data(), lse.data(), &st);
@@ -183,8 +205,9 @@ int main(int argc, char** argv) {
       }
       const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
       (prefetching ? pre_ms : seq_ms).push_back(ms);
+      (prefetching ? pre_cpu : seq_cpu).push_back((CpuSeconds() - cpu0) * 1e3);
       (prefetching ? pre_fetch : seq_fetch).push_back(fetch);
-      if (!prefetching) seq_attend.push_back(compute);
+      (prefetching ? pre_wait : seq_attend).push_back(compute);
     }
     const double s50 = Percentile(seq_ms, 50), p50 = Percentile(pre_ms, 50);
     nlohmann::json j = {{"store", store_path},
@@ -199,6 +222,10 @@ int main(int argc, char** argv) {
                         {"sequential_route_attend_ms", Dist(seq_attend)},
                         {"prefetch_ms", Dist(pre_ms)},
                         {"prefetch_attend_fetch_decode_ms", Dist(pre_fetch)},
+                        {"prefetch_wait_ms", Dist(pre_wait)},
+                        {"sequential_cpu_ms", Dist(seq_cpu)},
+                        {"prefetch_cpu_ms", Dist(pre_cpu)},
+                        {"load_average", LoadAverage()},
                         {"prefetch_hit_rate", pre_blocks ? static_cast<double>(pre_hits) / pre_blocks : 0.0},
                         {"speedup_p50", p50 > 0 ? s50 / p50 : 0.0}};
     if (!WriteJson(json_out, j)) return Die(Status::IOError("cannot write " + json_out));
@@ -209,10 +236,13 @@ int main(int argc, char** argv) {
                   top_k, passes, store.Stats().reader_detail.c_str());
       std::printf("  sequential  p50 %8.3f ms  p99 %8.3f ms  (fetch+decode p50 %.3f, route+attend p50 %.3f)\n", s50,
                   Percentile(seq_ms, 99), Percentile(seq_fetch, 50), Percentile(seq_attend, 50));
-      std::printf("  prefetch    p50 %8.3f ms  p99 %8.3f ms  (left in attend: fetch+decode p50 %.3f, hit rate %.3f)\n",
-                  p50, Percentile(pre_ms, 99), Percentile(pre_fetch, 50),
+      std::printf("  prefetch    p50 %8.3f ms  p99 %8.3f ms  (waiting for prefetches p50 %.3f; left in attend: "
+                  "fetch+decode p50 %.3f, hit rate %.3f)\n",
+                  p50, Percentile(pre_ms, 99), Percentile(pre_wait, 50), Percentile(pre_fetch, 50),
                   pre_blocks ? static_cast<double>(pre_hits) / pre_blocks : 0.0);
-      std::printf("  speedup     %.2fx at p50\n", p50 > 0 ? s50 / p50 : 0.0);
+      std::printf("  CPU time    sequential p50 %.3f ms, prefetch p50 %.3f ms (user + system, all threads)\n",
+                  Percentile(seq_cpu, 50), Percentile(pre_cpu, 50));
+      std::printf("  speedup     %.2fx at p50 (load average %s)\n", p50 > 0 ? s50 / p50 : 0.0, LoadAverage().c_str());
     }
     return 0;
   }
@@ -238,10 +268,12 @@ int main(int argc, char** argv) {
   const size_t row_elems = static_cast<size_t>(qh) * g.head_dim;
   std::vector<float> out(row_elems), lse(qh);
   std::vector<Samples> samples(names.size());
-  for (uint32_t i = 0; i < rows; ++i) {
+  const std::string load_before = LoadAverage();
+  for (uint32_t it = 0; it < rows * repeats; ++it) {
+    const uint32_t i = it % rows;
     const float* row = q.data() + static_cast<size_t>(i) * row_elems;
     for (size_t k = 0; k < names.size(); ++k) {
-      const size_t v = (k + i) % names.size();
+      const size_t v = (k + it) % names.size();
       msa::Store& store = *stores[v];
       Samples& sm = samples[v];
       store.DropCache();
@@ -278,10 +310,13 @@ int main(int argc, char** argv) {
   }
   nlohmann::json j = {{"store", store_path}, {"geometry", g.ToString()}, {"tokens", stores[0]->Stats().tokens},
                       {"top_k", top_k},      {"rows", rows},             {"q_heads", qh},
+                      {"repeats", repeats},  {"load_average_before", load_before},
+                      {"load_average_after", LoadAverage()},
                       {"variants", nlohmann::json::array()}};
   if (!json) {
-    std::printf("%s, %llu tokens per stream, top-%u, %u rows x %u q-heads, layer 0\n", g.ToString().c_str(),
-                (unsigned long long)stores[0]->Stats().tokens, top_k, rows, qh);
+    std::printf("%s, %llu tokens per stream, top-%u, %u rows x %u q-heads x %u passes, layer 0, load average %s -> %s\n",
+                g.ToString().c_str(), (unsigned long long)stores[0]->Stats().tokens, top_k, rows, qh, repeats,
+                load_before.c_str(), LoadAverage().c_str());
     std::printf("| variant | cold total p50 / p99 | cold fetch+decode p50 / p99 (fetch, decode p50) | "
                 "blocks per cold query | warm total p50 / p99 | warm fetch+decode p50 | warm hit rate | "
                 "in-sequence hit rate, total p50 |\n|---|---|---|---|---|---|---|---|\n");
@@ -297,8 +332,8 @@ int main(int argc, char** argv) {
                              {"cold_fetch_decode_ms", Dist(sm.cold_io)},
                              {"cold_fetch_ms", Dist(sm.cold_fetch)},
                              {"cold_decode_ms", Dist(sm.cold_decode)},
-                             {"cold_blocks_per_query", static_cast<double>(sm.cold_blocks) / rows},
-                             {"cold_bytes_per_query", static_cast<double>(sm.cold_bytes) / rows},
+                             {"cold_blocks_per_query", static_cast<double>(sm.cold_blocks) / sm.cold_total.size()},
+                             {"cold_bytes_per_query", static_cast<double>(sm.cold_bytes) / sm.cold_total.size()},
                              {"warm_total_ms", Dist(sm.warm_total)},
                              {"warm_fetch_decode_ms", Dist(sm.warm_io)},
                              {"warm_hit_rate", warm_rate},
@@ -319,7 +354,7 @@ int main(int argc, char** argv) {
       std::printf("| %s | %.3f / %.3f | %.3f / %.3f (%.3f, %.3f) | %.1f | %.3f / %.3f | %.3f | %.3f | %.3f, %.3f |\n",
                   names[v].c_str(), Percentile(sm.cold_total, 50), Percentile(sm.cold_total, 99),
                   Percentile(sm.cold_io, 50), Percentile(sm.cold_io, 99), Percentile(sm.cold_fetch, 50),
-                  Percentile(sm.cold_decode, 50), static_cast<double>(sm.cold_blocks) / rows,
+                  Percentile(sm.cold_decode, 50), static_cast<double>(sm.cold_blocks) / sm.cold_total.size(),
                   Percentile(sm.warm_total, 50), Percentile(sm.warm_total, 99), Percentile(sm.warm_io, 50),
                   warm_rate, seq_rate, Percentile(sm.seq_total, 50));
     }

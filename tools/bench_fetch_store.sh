@@ -39,7 +39,7 @@ fi
 echo "== cold vs warm, $tokens tokens, top-$top_k, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 "$build/msa_bench_fetch_store" "$work/store" --queries "$work/corpus/queries.npy" --rows "$rows" \
   --top-k "$top_k" --variants "$variants" --json-out "$work/latency.json"
-rm -rf "$work/store"
+[[ ${KEEP:-0} == 1 ]] || rm -rf "$work/store"
 
 if [[ ! -d $work/layers ]]; then
   "$build/msa" create "$work/layers" --layers "$layers" --kv-heads 2 --head-dim 128 >/dev/null
