@@ -5,6 +5,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -33,6 +34,13 @@ inline int CrashTestIterations() {
   const char* s = std::getenv("MSA_CRASH_TEST_ITERATIONS");
   const int n = s != nullptr ? std::atoi(s) : 0;
   return n >= 1 ? n : 200;
+}
+
+// The child's first act: tells the parent it is running (acknowledges 0),
+// so that the kill delay starts there.
+inline void CrashChildStarted(int ack_fd) {
+  const uint64_t zero = 0;
+  (void)::write(ack_fd, &zero, sizeof(zero));
 }
 
 // The child's side: the store it works on and the descriptor it acknowledges
@@ -74,6 +82,15 @@ inline CrashChildRun RunCrashChild(const std::string& child_test, const std::str
   if (pid < 0) {
     ::close(fds[0]);
     return run;
+  }
+  // The delay counts from the child's "started" message (CrashChildStarted):
+  // exec, loading the libraries and GoogleTest's start take tens of
+  // milliseconds more on a loaded machine, and a kill inside them tests
+  // nothing. Opening or creating the store is still inside the window.
+  pollfd started{fds[0], POLLIN, 0};
+  if (::poll(&started, 1, 60000) == 1) {
+    uint64_t value;
+    if (::read(fds[0], &value, sizeof(value)) == sizeof(value)) run.max_ack = value;
   }
   std::this_thread::sleep_for(std::chrono::microseconds(delay_us * CrashTestSlowdown()));
   ::kill(pid, SIGKILL);

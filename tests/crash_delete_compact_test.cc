@@ -27,6 +27,7 @@ namespace msa {
 namespace {
 
 using msa::testing::CrashChildRun;
+using msa::testing::CrashChildStarted;
 using msa::testing::CrashTestIterations;
 using msa::testing::CrashChildArguments;
 using msa::testing::RunCrashChild;
@@ -83,6 +84,7 @@ TEST(CrashChild, DeleteCompact) {
   std::string path;
   int ack_fd;
   if (!CrashChildArguments(&path, &ack_fd)) GTEST_SKIP() << "runs only as the crash test's child";
+  CrashChildStarted(ack_fd);
   const Geometry g = CrashGeometry();
   auto store = Store::Open(path, CrashOptions());
   if (!store.ok()) store = Store::Create(path, g, CrashOptions());
@@ -140,7 +142,7 @@ TEST(CrashTest, KillNineDuringDeletionAndCompactionLosesNothingCommitted) {
   uint64_t compactions_acked = 0;
   const int iterations = CrashTestIterations();
   for (int iter = 0; iter < iterations; ++iter) {
-    // The kill comes 20..120 ms after the child starts: a commit and a
+    // The kill comes 20..120 ms after the child has started: a commit and a
     // compaction each take a few milliseconds here, so most children get
     // some operations done.
     const CrashChildRun run = RunCrashChild("CrashChild.DeleteCompact", store_path,

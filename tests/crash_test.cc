@@ -24,6 +24,7 @@ namespace msa {
 namespace {
 
 using msa::testing::CrashChildRun;
+using msa::testing::CrashChildStarted;
 using msa::testing::CrashTestIterations;
 using msa::testing::CrashChildArguments;
 using msa::testing::RunCrashChild;
@@ -52,6 +53,7 @@ TEST(CrashChild, Ingest) {
   std::string path;
   int ack_fd;
   if (!CrashChildArguments(&path, &ack_fd)) GTEST_SKIP() << "runs only as the crash test's child";
+  CrashChildStarted(ack_fd);
   const Geometry g = CrashGeometry();
   auto store = Store::Open(path);
   if (!store.ok()) store = Store::Create(path, g);
@@ -78,8 +80,8 @@ TEST(CrashTest, KillNineDuringIngestLosesNothingCommitted) {
   int kills_after_progress = 0;
   const int iterations = CrashTestIterations();
   for (int iter = 0; iter < iterations; ++iter) {
-    // The kill comes 5..60 ms after the child starts (times the sanitizer
-    // slowdown, tests/crash_child.h).
+    // The kill comes 5..60 ms after the child has started (times the
+    // sanitizer slowdown, tests/crash_child.h).
     const CrashChildRun run = RunCrashChild("CrashChild.Ingest", store_path,
                                             std::uniform_int_distribution<int>(5000, 60000)(rng));
     const uint64_t before = acked;
