@@ -39,8 +39,8 @@ using ReadDoneFn = std::function<void(size_t index)>;
 
 class StagingPool;  // the registered buffers of an io_uring reader
 
-// Memory that reads land in, 4096-aligned: a run of chunks of the reader's
-// registered buffer (io_uring reads into it without pinning pages per read:
+// Memory that reads land in, 4096-aligned: a run of chunks of one of the
+// reader's registered buffers (io_uring reads into it without pinning pages per read:
 // IORING_OP_READ_FIXED) or, when not enough of it is free, an ordinary heap
 // buffer. Move-only; the chunks go back to the pool when destroyed.
 class StagingBuffer {
@@ -125,10 +125,11 @@ struct BlockReaderOptions {
   // io_uring only. Registered files: a sparse table of this many slots (0:
   // none, every read names its descriptor).
   unsigned registered_files = 1024;
-  // Registered buffer: this many bytes, pinned once, lent out in 256 KiB
-  // chunks (0: none; reads go to heap memory). Where RLIMIT_MEMLOCK refuses
-  // it, half as much is tried, down to 1 MiB. A batch that does not fit
-  // the free part gets heap memory and plain reads.
+  // Registered buffers: up to this many bytes, pinned in regions of at
+  // least 4 MiB as batches need them, lent out in 256 KiB chunks (0: none;
+  // reads go to heap memory). A batch that does not fit what is free (and
+  // the bound, or a ring that refuses more, e.g. over RLIMIT_MEMLOCK) gets
+  // heap memory and plain reads.
   uint64_t registered_buffer_bytes = 32ull << 20;
 };
 

@@ -58,24 +58,17 @@ class UringReader final : public BlockReader {
         detail_ += ", " + std::to_string(file_slots_) + " registered file slots";
       }
     }
-    // One registered buffer, halved while RLIMIT_MEMLOCK refuses it (ENOMEM
-    // without CAP_IPC_LOCK).
-    std::string refused;
-    for (uint64_t bytes = options_.registered_buffer_bytes; bytes > 0; bytes /= 2) {
-      auto pool = StagingPool::Make(bytes);
-      iovec iov{pool->base(), pool->bytes()};
-      rc = io_uring_register_buffers(&ring_, &iov, 1);
-      if (rc == 0) {
-        pool_ = std::move(pool);
-        detail_ += ", registered buffer of " + std::to_string(pool_->bytes() >> 10) + " KiB";
-        break;
+    // Registered buffers: a sparse table now, regions registered as the
+    // staging pool needs them (io/staging_pool.h says why).
+    if (options_.registered_buffer_bytes > 0) {
+      rc = io_uring_register_buffers_sparse(&ring_, StagingPool::kMaxRegions);
+      if (rc < 0) {
+        spdlog::info("io_uring: no registered buffers ({}); reads go to heap buffers", std::strerror(-rc));
+        detail_ += ", registered buffers refused (" + std::string(std::strerror(-rc)) + ")";
+      } else {
+        pool_ = StagingPool::Make(options_.registered_buffer_bytes,
+                                  [this](int index, uint8_t* base, size_t bytes) { return RegisterRegion(index, base, bytes); });
       }
-      refused = std::strerror(-rc);
-      if (rc != -ENOMEM || bytes <= (1u << 20)) break;
-    }
-    if (!pool_ && options_.registered_buffer_bytes > 0) {
-      spdlog::info("io_uring: no registered buffer ({}); reads go to heap buffers", refused);
-      detail_ += ", registered buffer refused (" + refused + ")";
     }
     return Status::OK();
   }
@@ -115,6 +108,20 @@ class UringReader final : public BlockReader {
     }
   }
 
+  // Called by the pool (its lock held) to register a new region.
+  bool RegisterRegion(int index, uint8_t* base, size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);  // no read is in flight meanwhile
+    iovec iov{base, bytes};
+    const __u64 tag = 0;
+    const int rc = io_uring_register_buffers_update_tag(&ring_, static_cast<unsigned>(index), &iov, &tag, 1);
+    if (rc == 1) return true;
+    // ENOMEM: pinning more would pass RLIMIT_MEMLOCK (no CAP_IPC_LOCK).
+    buffer_refusal_ = std::strerror(rc < 0 ? -rc : EIO);
+    spdlog::info("io_uring: no more registered buffer memory ({}); larger batches read into heap buffers",
+                 buffer_refusal_);
+    return false;
+  }
+
   StagingBuffer Staging(size_t size) override {
     if (pool_) return pool_->Acquire(size);
     return StagingBuffer(size);
@@ -141,8 +148,9 @@ class UringReader final : public BlockReader {
         const int fd = slot >= 0 ? slot : r.fd;
         uint8_t* const dest = r.dest + done_[i];
         const uint32_t length = r.length - done_[i];
-        if (pool_ && pool_->Holds(dest, length)) {
-          io_uring_prep_read_fixed(sqe, fd, dest, length, r.offset + done_[i], /*buf_index=*/0);
+        const int region = pool_ ? pool_->Find(dest, length) : -1;
+        if (region >= 0) {
+          io_uring_prep_read_fixed(sqe, fd, dest, length, r.offset + done_[i], region);
         } else {
           io_uring_prep_read(sqe, fd, dest, length, r.offset + done_[i]);
         }
@@ -208,7 +216,13 @@ class UringReader final : public BlockReader {
   }
 
   const char* name() const override { return "io_uring"; }
-  std::string detail() const override { return detail_; }
+  std::string detail() const override {
+    if (!pool_) return detail_;
+    std::lock_guard<std::mutex> lock(mu_);
+    return detail_ + ", registered buffers " + std::to_string(pool_->registered_bytes() >> 10) + " of up to " +
+           std::to_string(pool_->max_bytes() >> 10) + " KiB" +
+           (buffer_refusal_.empty() ? "" : " (ring refused more: " + buffer_refusal_ + ")");
+  }
   ReaderCounters counters() const override {
     std::lock_guard<std::mutex> lock(mu_);
     return counters_;
@@ -245,7 +259,8 @@ class UringReader final : public BlockReader {
   const unsigned depth_;
   const BlockReaderOptions options_;
   std::string detail_;  // constant after Init
-  std::shared_ptr<StagingPool> pool_;  // the registered buffer (null: none); constant after Init
+  std::shared_ptr<StagingPool> pool_;  // registered buffers (null: none); constant after Init
+  std::string buffer_refusal_;         // why the ring refused a region; guarded by mu_
   unsigned file_slots_ = 0;            // registered file table size (0: none); constant after Init
   std::vector<int> slot_of_fd_;        // fd -> file table slot, -1 none; guarded by mu_
   std::vector<int> free_slots_;        // guarded by mu_

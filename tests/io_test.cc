@@ -188,7 +188,7 @@ TEST(UringReader, RegisteredFilesAndBuffersReadTheRightBytes) {
   BlockReaderOptions options;
   options.queue_depth = 8;
   options.registered_files = 2;
-  options.registered_buffer_bytes = 512 << 10;  // two 256 KiB chunks
+  options.registered_buffer_bytes = 8 << 20;  // two regions of 4 MiB
   auto made = MakeUringReader(options);
   if (!made.ok()) GTEST_SKIP() << "io_uring unavailable here: " << made.status().ToString();
   std::unique_ptr<BlockReader> reader = std::move(made).value();
@@ -196,7 +196,8 @@ TEST(UringReader, RegisteredFilesAndBuffersReadTheRightBytes) {
     GTEST_SKIP() << "this kernel refuses part of the registration: " << reader->detail();
   }
   EXPECT_NE(reader->detail().find("2 registered file slots"), std::string::npos) << reader->detail();
-  EXPECT_NE(reader->detail().find("registered buffer of 512 KiB"), std::string::npos) << reader->detail();
+  EXPECT_NE(reader->detail().find("registered buffers 0 of up to 8192 KiB"), std::string::npos)
+      << "nothing pinned before it is needed: " << reader->detail();
   auto a = OpenRead(dir.Sub("a.seg"));
   auto b = OpenRead(dir.Sub("b.seg"));
   ASSERT_TRUE(a.ok() && b.ok());
@@ -204,33 +205,41 @@ TEST(UringReader, RegisteredFilesAndBuffersReadTheRightBytes) {
   reader->RegisterFile(*b);
   reader->RegisterFile(*b);  // twice is once
 
-  // Chunks: lent in runs while enough are free, heap memory otherwise.
-  StagingBuffer fixed = reader->Staging(16 * 4096);  // one chunk
+  // Chunks are lent in runs from registered regions, added as needed up to
+  // the bound; beyond it, heap memory.
+  StagingBuffer fixed = reader->Staging(16 * 4096);  // one chunk of a first 4 MiB region
   EXPECT_TRUE(fixed.registered());
-  EXPECT_FALSE(reader->Staging(1 << 20).registered()) << "larger than the buffer";
+  EXPECT_NE(reader->detail().find("registered buffers 4096 of up to 8192 KiB"), std::string::npos) << reader->detail();
+  EXPECT_FALSE(reader->Staging(9 << 20).registered()) << "larger than the bound";
+  StagingBuffer rest = reader->Staging((4 << 20) - (256 << 10));  // the first region's other 15 chunks
+  EXPECT_TRUE(rest.registered());
   {
-    StagingBuffer second = reader->Staging(4096);
+    StagingBuffer second = reader->Staging(4096);  // a second region
     EXPECT_TRUE(second.registered());
-    EXPECT_FALSE(reader->Staging(4096).registered()) << "both chunks are lent";
+    EXPECT_NE(reader->detail().find("registered buffers 8192 of up to 8192 KiB"), std::string::npos)
+        << reader->detail();
+    StagingBuffer big = reader->Staging(4 << 20);  // the second region has 15 chunks free: no room
+    EXPECT_FALSE(big.registered()) << "the bound is reached";
   }
-  StagingBuffer again = reader->Staging(4096);
-  EXPECT_TRUE(again.registered()) << "a released chunk is lent again";
-  again = StagingBuffer();
-  {
-    StagingBuffer both = reader->Staging(300 << 10);  // two chunks, one of them lent (fixed)
-    EXPECT_FALSE(both.registered());
-  }
-  StagingBuffer heap = reader->Staging(1 << 20);
+  StagingBuffer again = reader->Staging(4 << 20);
+  EXPECT_TRUE(again.registered()) << "a released run is lent again";  // the second region's
+  rest = StagingBuffer();
+  StagingBuffer heap = reader->Staging(16 << 20);
+  EXPECT_FALSE(heap.registered());
 
   // Registered files into registered memory (READ_FIXED) and into heap
   // memory (plain read), interleaved, in one batch.
   std::vector<ReadRequest> reqs;
   for (int i = 0; i < 16; ++i) {
     const int fd = i % 2 ? *b : *a;
-    uint8_t* dest = i % 4 < 2 ? fixed.data() + i * 4096 : heap.data() + i * 4096;
+    // Registered region 0, region 1, and heap memory.
+    uint8_t* dest = i % 4 < 2 ? fixed.data() + i * 4096 : i % 4 == 2 ? again.data() + i * 4096 : heap.data() + i * 4096;
     reqs.push_back({fd, static_cast<uint64_t>(15 - i) * 4096, 4096, dest});
   }
+  const ReaderCounters before = reader->counters();
   ASSERT_TRUE(reader->ReadAll(reqs).ok());
+  EXPECT_EQ(reader->counters().registered_buffer_reads - before.registered_buffer_reads, 12u);
+  EXPECT_EQ(reader->counters().registered_file_reads - before.registered_file_reads, 16u);
   for (int i = 0; i < 16; ++i) {
     const uint8_t want = static_cast<uint8_t>((i % 2 ? 100 : 0) + 15 - i);
     EXPECT_EQ(reqs[i].dest[0], want) << "request " << i;
