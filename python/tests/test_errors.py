@@ -104,12 +104,19 @@ def test_closed_store(tmp_path):
         s.commit()
 
 
-def test_cuda_tensors_are_refused_clearly(store):
+def test_cuda_tensors_are_refused_clearly_where_not_taken(store):
+    """attend() takes CUDA float32 queries (test_store.test_cuda_tensors);
+    elsewhere a CUDA tensor is refused saying so."""
     torch = pytest.importorskip("torch", reason="torch is not installed for this interpreter")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device for torch")
-    with pytest.raises(msa.NotSupported, match="CPU tensors"):
-        store.attend(0, torch.zeros((1, 2, 8), device="cuda"))
+    k = torch.ones((1, 2, 6, 8), device="cuda")
+    with pytest.raises(msa.NotSupported, match="only attend"):
+        store.append_document("cuda", k, k)
+    with pytest.raises(msa.NotSupported, match="only attend"):
+        store.prefetch(0, torch.zeros((1, 2, 8), device="cuda"))
+    with pytest.raises(msa.InvalidArgument, match="float32"):
+        store.attend(0, torch.zeros((1, 2, 8), device="cuda", dtype=torch.float16))
 
 
 def run_python(code, log_level=None):
