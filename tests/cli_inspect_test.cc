@@ -427,6 +427,16 @@ TEST(CliSurfaceTest, ExitCodesHelpExamplesAndQuietProgressOffTerminal) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(nlohmann::json::parse(r.out)["tokens"], 300);
   EXPECT_EQ(r.err, "");
+  // The log: quiet by default, --log-level before or after the subcommand.
+  r = Cli("stats " + store);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+  for (const std::string args : {"--log-level info stats " + store, "stats " + store + " --log-level info"}) {
+    r = Cli(args);
+    ASSERT_EQ(r.code, 0) << args << ": " << r.err;
+    EXPECT_NE(r.err.find("[info] opened"), std::string::npos) << args << ": " << r.err;
+  }
+  EXPECT_EQ(Cli("--log-level loud stats " + store).code, 2);
   r = Cli("verify " + store + " --json");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(nlohmann::json::parse(r.out)["blocks_checked"], 2 * 19);

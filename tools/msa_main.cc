@@ -219,6 +219,13 @@ int main(int argc, char** argv) {
   CLI::App app{"msa: an out-of-core memory store with disk-backed attention"};
   app.require_subcommand(1);
   app.footer(kExitCodesHelp);
+  // Before or after the subcommand: `msa --log-level info stats S` or `msa stats S --log-level info`.
+  app.fallthrough();
+  std::string log_level;
+  app.add_option("--log-level", log_level,
+                 "log to stderr from this level on: trace, debug, info, warn (default), error, off; "
+                 "overrides MSA_LOG_LEVEL")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
 
   std::string store;
   bool json = false;
@@ -308,6 +315,7 @@ int main(int argc, char** argv) {
     const int rc = app.exit(e);
     return rc == 0 ? kExitOk : kExitUsage;
   }
+  if (!log_level.empty()) spdlog::set_level(spdlog::level::from_str(log_level));
   if (*create) {
     auto c = msa::ParseCodec(codec);
     if (!c.ok()) return Fail(c.status());
