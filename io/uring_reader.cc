@@ -218,8 +218,11 @@ class UringReader final : public BlockReader {
   const char* name() const override { return "io_uring"; }
   std::string detail() const override {
     if (!pool_) return detail_;
+    // The pool's lock first and alone: the pool calls RegisterRegion (mu_)
+    // with its lock held, so taking it under mu_ would invert that order.
+    const size_t registered = pool_->registered_bytes();
     std::lock_guard<std::mutex> lock(mu_);
-    return detail_ + ", registered buffers " + std::to_string(pool_->registered_bytes() >> 10) + " of up to " +
+    return detail_ + ", registered buffers " + std::to_string(registered >> 10) + " of up to " +
            std::to_string(pool_->max_bytes() >> 10) + " KiB" +
            (buffer_refusal_.empty() ? "" : " (ring refused more: " + buffer_refusal_ + ")");
   }
