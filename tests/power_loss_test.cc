@@ -106,6 +106,22 @@ void RunOnce(uint64_t seed, Totals* totals) {
     EXPECT_TRUE(sim.power_cut()) << what << " failed with the power on: " << s.ToString();
   };
 
+  // Commits what is staged; on failure (the power cut) records what the
+  // store holds if the commit landed after all.
+  auto commit = [&](const char* what) {
+    Status s = store->Commit();
+    if (!s.ok()) {
+      fail(s, what);
+      in_flight = true;
+      in_flight_after = model.AfterCommit();
+      return false;
+    }
+    model.live = model.AfterCommit();
+    model.staged.clear();
+    model.deleting.clear();
+    return true;
+  };
+
   auto c = Store::Create(path, g, opts);
   if (c.ok()) {
     store = std::move(c).value();
@@ -127,17 +143,7 @@ void RunOnce(uint64_t seed, Totals* totals) {
           ok = false;
         }
       }
-      if (!ok) break;
-      Status s = store->Commit();
-      if (!s.ok()) {
-        fail(s, "commit");
-        in_flight = true;
-        in_flight_after = model.AfterCommit();
-        break;
-      }
-      model.live = model.AfterCommit();
-      model.staged.clear();
-      model.deleting.clear();
+      if (!ok || !commit("commit")) break;
       ++totals->commits_ok;
     } else if (r <= 6) {  // delete a live document and commit
       if (model.live.empty()) continue;
@@ -150,16 +156,7 @@ void RunOnce(uint64_t seed, Totals* totals) {
         break;
       }
       model.deleting.insert(victim.name);
-      s = store->Commit();
-      if (!s.ok()) {
-        fail(s, "commit of a deletion");
-        in_flight = true;
-        in_flight_after = model.AfterCommit();
-        break;
-      }
-      model.live = model.AfterCommit();
-      model.staged.clear();
-      model.deleting.clear();
+      if (!commit("commit of a deletion")) break;
       ++totals->deletions_ok;
     } else if (r == 7) {  // compact: the content stays the same either way
       if (!model.staged.empty()) continue;  // Compact refuses while anything is staged
