@@ -15,35 +15,16 @@
 
 #include "attention/half.h"
 #include "store/store.h"
+#include "cli_runner.h"
 #include "test_util.h"
 
 namespace msa {
 namespace {
 
+using msa::testing::Cli;
+using msa::testing::CliResult;
 using msa::testing::TempDir;
 namespace fs = std::filesystem;
-
-struct CliResult {
-  int code = -1;
-  std::string out, err;
-};
-
-CliResult Cli(const std::string& args, const std::string& stdin_file = "") {
-  static int serial = 0;
-  const std::string base = ::testing::TempDir() + "msa_cli_ingest_" + std::to_string(::getpid()) + "_" +
-                           std::to_string(serial++);
-  std::string cmd = std::string(MSA_CLI_PATH) + " " + args + " >" + base + ".out 2>" + base + ".err";
-  if (!stdin_file.empty()) cmd += " <" + stdin_file;
-  const int rc = std::system(cmd.c_str());
-  CliResult r;
-  r.code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-  for (auto [path, dst] : {std::pair{base + ".out", &r.out}, std::pair{base + ".err", &r.err}}) {
-    std::ifstream f(path);
-    std::getline(f, *dst, '\0');
-    fs::remove(path);
-  }
-  return r;
-}
 
 // A small corpus: 1 layer, 1 KV head, head dim 32, `docs` documents.
 const char kGeometry[] = " --layers 1 --kv-heads 1 --head-dim 32";

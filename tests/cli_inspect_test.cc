@@ -18,35 +18,17 @@
 #include <vector>
 
 #include "store/store.h"
+#include "cli_runner.h"
 #include "test_util.h"
 #include "tools/npy_file.h"
 
 namespace msa {
 namespace {
 
+using msa::testing::Cli;
+using msa::testing::CliResult;
 using msa::testing::TempDir;
 namespace fs = std::filesystem;
-
-struct CliResult {
-  int code = -1;
-  std::string out, err;
-};
-
-CliResult Cli(const std::string& args) {
-  static int serial = 0;
-  const std::string base = ::testing::TempDir() + "msa_cli_inspect_" + std::to_string(::getpid()) + "_" +
-                           std::to_string(serial++);
-  const std::string cmd = std::string(MSA_CLI_PATH) + " " + args + " >" + base + ".out 2>" + base + ".err </dev/null";
-  const int rc = std::system(cmd.c_str());
-  CliResult r;
-  r.code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-  for (auto [path, dst] : {std::pair{base + ".out", &r.out}, std::pair{base + ".err", &r.err}}) {
-    std::ifstream f(path);
-    std::getline(f, *dst, '\0');
-    fs::remove(path);
-  }
-  return r;
-}
 
 // A .npy of int32 or int64 (tools/ writes only floats): numpy's layout,
 // header padded so the data starts at byte 64.
