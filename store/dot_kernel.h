@@ -21,6 +21,14 @@ inline constexpr size_t kColumnTile = 128;
 void WeightedColumnSum(const float* coef, const uint32_t* cols, size_t ncols, const uint16_t* base,
                        size_t stride, float* out);
 
+// The same over int8 columns (store/route_sketch.h): the caller folds each
+// column's scale into its coefficient.
+void WeightedColumnSumI8(const float* coef, const uint32_t* cols, size_t ncols, const int8_t* base,
+                         size_t stride, float* out);
+
+// sum_i a[i] * b[i] in float.
+float DotF32(const float* a, const float* b, size_t n);
+
 // Which implementation these use here: "avx512", "avx2" or "portable".
 const char* F16KernelIsa();
 

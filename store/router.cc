@@ -15,14 +15,18 @@
 
 #include "attention/half.h"
 #include "store/dot_kernel.h"
+#include "store/route_sketch.h"
 #include "store/summary.h"
 #include "store/summary_table.h"
 
 namespace msa {
 
 struct Router::Stream {
-  explicit Stream(const Geometry& g) : summaries(IndexVectorsPerBlock(g), IndexVectorDim(g)) {}
+  explicit Stream(const Geometry& g)
+      : summaries(IndexVectorsPerBlock(g), IndexVectorDim(g)),
+        sketch(IndexVectorsPerBlock(g), IndexVectorDim(g), g.summary == SummaryKind::kHybrid ? 1 : -1) {}
   SummaryTable summaries;  // its block count is the stream's
+  RouteSketch sketch;      // 8-bit columns of its whole runs, for approximate scans
   std::unique_ptr<faiss::IndexIVF> ivf;  // null: exact scan
   uint64_t trained_vectors = 0;          // vectors the IVF was trained on
 };
@@ -81,6 +85,11 @@ class TopK {
       std::push_heap(heap_.begin(), heap_.end(), Better);
     }
   }
+  // The lowest score that may still enter (a tie may, by block number).
+  float bar() const {
+    if (k_ == 0) return std::numeric_limits<float>::infinity();
+    return heap_.size() < k_ ? -std::numeric_limits<float>::infinity() : heap_.front().score;
+  }
   std::vector<ScoredBlock> Take() { return std::move(heap_); }
 
  private:
@@ -105,7 +114,9 @@ Router::Router(const Geometry& geometry, const RouterOptions& options)
 Router::~Router() = default;
 
 void Router::Reserve(uint32_t stream, uint64_t blocks) {
-  streams_[stream]->summaries.Reserve(blocks);
+  Stream& s = *streams_[stream];
+  s.summaries.Reserve(blocks);
+  s.sketch.Reserve(s.summaries.blocks(), blocks);
 }
 
 void Router::Add(uint32_t stream, std::span<const float> summaries) {
@@ -114,6 +125,7 @@ void Router::Add(uint32_t stream, std::span<const float> summaries) {
   if (n == 0) return;
   const uint64_t first = s.summaries.blocks();
   s.summaries.Append(summaries.data(), n);  // within the reserved chunks
+  s.sketch.CatchUp(s.summaries);
   if (s.ivf) {
     // Summaries are [block][vector][dim], exactly the index vectors in order.
     try {
@@ -131,6 +143,7 @@ void Router::AddChunks(uint32_t stream, const uint16_t* data, size_t n_chunks) {
   Stream& s = *streams_[stream];
   const uint64_t first = s.summaries.blocks();
   s.summaries.AppendChunks(data, n_chunks);
+  s.sketch.CatchUp(s.summaries);
   if (s.ivf) {
     try {
       AddInChunks(s.ivf.get(), s.summaries, first, n_chunks * SummaryTable::kChunkBlocks,
@@ -225,52 +238,136 @@ Status Router::LoadIndex(uint32_t stream, const std::vector<uint8_t>& bytes, uin
 }
 
 std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>& probes,
-                                      int group_size, const RouteOptions& options) const {
+                                      int group_size, const RouteOptions& options,
+                                      uint64_t* sketch_blocks) const {
   const size_t dim = IndexVectorDim(geometry_);
   const uint32_t per_block = IndexVectorsPerBlock(geometry_);
   // The columns each head reads: those of its non-zero coefficients (half of
-  // a bound's probe is zero), or only the `channels` largest in magnitude.
+  // a bound's probe is zero), or approximately, those of the `channels` key
+  // channels where the group's queries are largest (sum of magnitudes over
+  // the heads): the heads of a group then read the same few columns (one
+  // per channel, or two where their signs differ), so a tile is fetched
+  // once for all of them.
+  const uint32_t head_dim = geometry_.head_dim;
+  std::vector<bool> chosen(head_dim, true);
+  if (options.channels > 0 && options.channels < head_dim) {
+    std::vector<float> weight(head_dim, 0.0f);
+    for (size_t i = 0; i < probes.size(); ++i) weight[(i % dim) % head_dim] += std::abs(probes[i]);
+    std::vector<uint32_t> order(head_dim);
+    for (uint32_t c = 0; c < head_dim; ++c) order[c] = c;
+    std::partial_sort(order.begin(), order.begin() + options.channels, order.end(),
+                      [&](uint32_t a, uint32_t b) { return weight[a] > weight[b] || (weight[a] == weight[b] && a < b); });
+    std::fill(chosen.begin(), chosen.end(), false);
+    for (uint32_t i = 0; i < options.channels; ++i) chosen[order[i]] = true;
+  }
   std::vector<std::vector<uint32_t>> columns(group_size);
+  std::vector<std::vector<float>> coefs(group_size);
   for (int h = 0; h < group_size; ++h) {
     const float* p = probes.data() + h * dim;
     for (uint32_t c = 0; c < dim; ++c) {
-      if (p[c] != 0.0f) columns[h].push_back(c);
+      if (p[c] != 0.0f && chosen[c % head_dim]) {
+        columns[h].push_back(c);
+        coefs[h].push_back(p[c]);
+      }
     }
-    if (options.channels > 0 && options.channels < columns[h].size()) {
-      std::partial_sort(columns[h].begin(), columns[h].begin() + options.channels, columns[h].end(),
-                        [&](uint32_t a, uint32_t b) { return std::abs(p[a]) > std::abs(p[b]); });
-      columns[h].resize(options.channels);
-    }
-  }
-  std::vector<std::vector<float>> coefs(group_size);
-  for (int h = 0; h < group_size; ++h) {
-    for (uint32_t c : columns[h]) coefs[h].push_back(probes[h * dim + c]);
   }
   const float identity = options.combine == GqaCombine::kMax ? -std::numeric_limits<float>::infinity() : 0.0f;
-  // The best `keep` blocks, selected while scanning: a min-heap whose root
-  // is the bar a block must clear (one comparison for almost every block,
-  // instead of sorting the whole stream).
   // The hybrid summary ranks blocks twice, by its bound and by its mean
   // (index vectors 0 and 1), and takes the two rankings in turn; the other
   // kinds take the max over their index vectors, one ranking.
   const bool hybrid = geometry_.summary == SummaryKind::kHybrid;
   const uint32_t rankings = hybrid ? per_block : 1;
-  const bool approximate = options.channels > 0 && !hybrid;
+  // Approximate scores propose a wider set of candidates per ranking, which
+  // is then rescored exactly.
+  const bool approximate = options.channels > 0;
   const uint64_t keep = !approximate
                             ? options.top_k
-                            : std::max<uint64_t>(options.candidates ? options.candidates : 8ull * options.top_k,
+                            : std::max<uint64_t>(options.candidates ? options.candidates : 4ull * options.top_k,
                                                  options.top_k);
+  // The best `keep` blocks, selected while scanning: a min-heap whose root
+  // is the bar a block must clear (one comparison for almost every block,
+  // instead of sorting the whole stream).
   std::vector<TopK> tops;
   for (uint32_t i = 0; i < rankings; ++i) tops.emplace_back(keep);
   float dots[kColumnTile], best[kColumnTile], totals[2][kColumnTile];
-  // Tiles of 128 blocks: the tile's columns (at most 32 KiB) stay in L1
-  // while every head reads them. Chunks are allocated whole and zeroed, so a
-  // tile may run past the last block; those sums are never used.
-  static_assert(SummaryTable::kChunkBlocks % kColumnTile == 0);
-  // With ranges, only the tiles that meet one are scanned (r: the first
-  // range that may still meet the current tile).
+  // Scores the nt blocks from b0 (one tile) and offers them to the top
+  // lists; dots_of(h, j, out) writes head h's 128 dot products with index
+  // vector j. With ranges, only blocks inside one are offered (r: the first
+  // range that may still meet the tile).
   size_t r = 0;
-  for (size_t chunk = 0; chunk < s.summaries.chunks(); ++chunk) {
+  auto score_tile = [&](size_t nt, uint64_t b0, auto&& dots_of) {
+    for (uint32_t i = 0; i < rankings; ++i) std::fill(totals[i], totals[i] + nt, identity);
+    for (int h = 0; h < group_size; ++h) {
+      std::fill(best, best + nt, -std::numeric_limits<float>::infinity());
+      for (uint32_t j = 0; j < per_block; ++j) {
+        dots_of(h, j, dots);
+        if (hybrid) {
+          for (size_t b = 0; b < nt; ++b) totals[j][b] = Combine(options.combine, totals[j][b], dots[b]);
+        } else {
+          for (size_t b = 0; b < nt; ++b) best[b] = std::max(best[b], dots[b]);
+        }
+      }
+      if (!hybrid) {
+        for (size_t b = 0; b < nt; ++b) totals[0][b] = Combine(options.combine, totals[0][b], best[b]);
+      }
+    }
+    for (uint32_t i = 0; i < rankings; ++i) {
+      if (options.ranges) {
+        size_t rr = r;
+        for (size_t b = 0; b < nt; ++b) {
+          while (rr < options.ranges->size() && (*options.ranges)[rr].second <= b0 + b) ++rr;
+          if (rr < options.ranges->size() && (*options.ranges)[rr].first <= b0 + b) tops[i].Offer(b0 + b, totals[i][b]);
+        }
+      } else {
+        // Almost every block falls below the bar: one comparison each.
+        float bar = tops[i].bar();
+        for (size_t b = 0; b < nt; ++b) {
+          if (totals[i][b] >= bar) {
+            tops[i].Offer(b0 + b, totals[i][b]);
+            bar = tops[i].bar();
+          }
+        }
+      }
+    }
+  };
+  // An approximate scan reads the 8-bit sketch where it covers the stream:
+  // per run, each head's columns with the run's scales folded into the
+  // coefficients.
+  uint64_t from = 0;
+  if (approximate && !options.ranges && s.sketch.runs() > 0) {
+    std::vector<std::vector<uint32_t>> slots(group_size * per_block);
+    for (int h = 0; h < group_size; ++h) {
+      for (uint32_t j = 0; j < per_block; ++j) {
+        for (uint32_t c : columns[h]) slots[h * per_block + j].push_back(s.sketch.Slot(j, c));
+      }
+    }
+    std::vector<std::vector<float>> scaled(slots.size());
+    for (size_t run = 0; run < s.sketch.runs(); ++run) {
+      for (int h = 0; h < group_size; ++h) {
+        for (uint32_t j = 0; j < per_block; ++j) {
+          std::vector<float>& sc = scaled[h * per_block + j];
+          sc.resize(coefs[h].size());
+          for (size_t k = 0; k < sc.size(); ++k) sc[k] = coefs[h][k] * s.sketch.Scale(run, slots[h * per_block + j][k]);
+        }
+      }
+      const int8_t* base = s.sketch.Codes(run, 0);
+      for (size_t t0 = 0; t0 < RouteSketch::kRunBlocks; t0 += kColumnTile) {
+        score_tile(kColumnTile, run * RouteSketch::kRunBlocks + t0, [&](int h, uint32_t j, float* out) {
+          const auto& sl = slots[h * per_block + j];
+          WeightedColumnSumI8(scaled[h * per_block + j].data(), sl.data(), sl.size(), base + t0,
+                              RouteSketch::kRunBlocks, out);
+        });
+      }
+    }
+    from = s.sketch.blocks();
+  }
+  *sketch_blocks = from;
+  // The rest from the fp16 table, in tiles of 128 blocks: the tile's
+  // columns (at most 32 KiB) stay in L1 while every head reads them. Chunks
+  // are allocated whole and zeroed, so a tile may run past the last block;
+  // those sums are never used.
+  static_assert(SummaryTable::kChunkBlocks % kColumnTile == 0);
+  for (size_t chunk = from / SummaryTable::kChunkBlocks; chunk < s.summaries.chunks(); ++chunk) {
     const size_t nb = s.summaries.blocks_in_chunk(chunk);
     for (size_t t0 = 0; t0 < nb; t0 += kColumnTile) {
       const size_t nt = std::min(kColumnTile, nb - t0);
@@ -281,76 +378,74 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
         if (r == ranges.size()) break;
         if (ranges[r].first >= tile_first + nt) continue;
       }
-      for (uint32_t i = 0; i < rankings; ++i) std::fill(totals[i], totals[i] + nt, identity);
+      score_tile(nt, tile_first, [&](int h, uint32_t j, float* out) {
+        WeightedColumnSum(coefs[h].data(), columns[h].data(), columns[h].size(),
+                          s.summaries.Column(chunk, j, 0) + t0, SummaryTable::kChunkBlocks, out);
+      });
+    }
+  }
+  std::vector<std::vector<ScoredBlock>> lists;
+  for (TopK& t : tops) lists.push_back(t.Take());
+  if (approximate) {
+    // Approximate scores: each ranking's candidates are rescored exactly
+    // (hybrid: ranking i is index vector i; otherwise the max over them),
+    // from the columns any head needs, gathered once for all heads.
+    std::vector<uint32_t> needed;
+    for (uint32_t c = 0; c < dim; ++c) {
       for (int h = 0; h < group_size; ++h) {
-        std::fill(best, best + nt, -std::numeric_limits<float>::infinity());
-        for (uint32_t j = 0; j < per_block; ++j) {
-          WeightedColumnSum(coefs[h].data(), columns[h].data(), columns[h].size(),
-                            s.summaries.Column(chunk, j, 0) + t0, SummaryTable::kChunkBlocks, dots);
-          if (hybrid) {
-            for (size_t b = 0; b < nt; ++b) totals[j][b] = Combine(options.combine, totals[j][b], dots[b]);
-          } else {
-            for (size_t b = 0; b < nt; ++b) best[b] = std::max(best[b], dots[b]);
-          }
-        }
-        if (!hybrid) {
-          for (size_t b = 0; b < nt; ++b) totals[0][b] = Combine(options.combine, totals[0][b], best[b]);
-        }
-      }
-      const uint64_t b0 = tile_first;
-      for (uint32_t i = 0; i < rankings; ++i) {
-        if (options.ranges) {
-          size_t rr = r;
-          for (size_t b = 0; b < nt; ++b) {
-            while (rr < options.ranges->size() && (*options.ranges)[rr].second <= b0 + b) ++rr;
-            if (rr < options.ranges->size() && (*options.ranges)[rr].first <= b0 + b) tops[i].Offer(b0 + b, totals[i][b]);
-          }
-        } else {
-          for (size_t b = 0; b < nt; ++b) tops[i].Offer(b0 + b, totals[i][b]);
+        if (probes[h * dim + c] != 0.0f) {
+          needed.push_back(c);
+          break;
         }
       }
     }
-  }
-  if (hybrid) {
-    // In turn from each ranking, best first, skipping blocks already taken.
-    std::vector<std::vector<ScoredBlock>> lists;
-    for (TopK& t : tops) {
-      lists.push_back(t.Take());
-      KeepTop(&lists.back(), lists.back().size());
-    }
-    std::vector<ScoredBlock> merged;
-    std::unordered_set<uint64_t> taken;
-    std::vector<size_t> next(lists.size(), 0);
-    for (bool progress = true; merged.size() < options.top_k && progress;) {
-      progress = false;
-      for (size_t i = 0; i < lists.size() && merged.size() < options.top_k; ++i) {
-        while (next[i] < lists[i].size() && !taken.insert(lists[i][next[i]].block).second) ++next[i];
-        if (next[i] < lists[i].size()) {
-          merged.push_back(lists[i][next[i]++]);
-          merged.back().ranking = static_cast<uint8_t>(i);
-          progress = true;
-        }
-      }
-    }
-    return merged;
-  }
-  std::vector<ScoredBlock> scored = tops[0].Take();
-  if (!approximate) {
-    KeepTop(&scored, options.top_k);
-    return scored;
-  }
-  // Approximate scores: the wider set is rescored exactly.
-  std::vector<float> summary(geometry_.summary_width());
-  for (ScoredBlock& sb : scored) {
-    s.summaries.Rows(sb.block, 1, summary.data());
-    float score = identity;
+    const size_t nn = needed.size();
+    std::vector<float> dense(group_size * nn);  // each head's coefficients over `needed`
     for (int h = 0; h < group_size; ++h) {
-      score = Combine(options.combine, score, ScoreSummary(geometry_, probes.data() + h * dim, summary.data()));
+      for (size_t k = 0; k < nn; ++k) dense[h * nn + k] = probes[h * dim + needed[k]];
     }
-    sb.score = score;
+    std::vector<float> gathered, head_best;
+    std::vector<uint64_t> blocks;
+    for (uint32_t i = 0; i < rankings; ++i) {
+      std::vector<ScoredBlock>& list = lists[i];
+      blocks.clear();
+      for (const ScoredBlock& sb : list) blocks.push_back(sb.block);
+      gathered.resize(blocks.size() * nn);
+      head_best.assign(blocks.size() * group_size, -std::numeric_limits<float>::infinity());
+      for (uint32_t j = hybrid ? i : 0; j < (hybrid ? i + 1 : per_block); ++j) {
+        s.summaries.Gather(blocks.data(), blocks.size(), j, needed.data(), nn, gathered.data());
+        for (size_t b = 0; b < blocks.size(); ++b) {
+          for (int h = 0; h < group_size; ++h) {
+            const float dot = DotF32(dense.data() + h * nn, gathered.data() + b * nn, nn);
+            head_best[b * group_size + h] = std::max(head_best[b * group_size + h], dot);
+          }
+        }
+      }
+      for (size_t b = 0; b < list.size(); ++b) {
+        float score = identity;
+        for (int h = 0; h < group_size; ++h) score = Combine(options.combine, score, head_best[b * group_size + h]);
+        list[b].score = score;
+      }
+    }
   }
-  KeepTop(&scored, options.top_k);
-  return scored;
+  for (auto& list : lists) KeepTop(&list, options.top_k);
+  if (!hybrid) return std::move(lists[0]);
+  // In turn from each ranking, best first, skipping blocks already taken.
+  std::vector<ScoredBlock> merged;
+  std::unordered_set<uint64_t> taken;
+  std::vector<size_t> next(lists.size(), 0);
+  for (bool progress = true; merged.size() < options.top_k && progress;) {
+    progress = false;
+    for (size_t i = 0; i < lists.size() && merged.size() < options.top_k; ++i) {
+      while (next[i] < lists[i].size() && !taken.insert(lists[i][next[i]].block).second) ++next[i];
+      if (next[i] < lists[i].size()) {
+        merged.push_back(lists[i][next[i]++]);
+        merged.back().ranking = static_cast<uint8_t>(i);
+        progress = true;
+      }
+    }
+  }
+  return merged;
 }
 
 std::vector<ScoredBlock> Router::Search(uint32_t stream, const float* queries, int group_size,
@@ -375,7 +470,10 @@ std::vector<ScoredBlock> Router::Search(uint32_t stream, const float* queries, i
       }
       *stats = RouteStats{static_cast<double>(read) / (static_cast<double>(dim) * group_size), false};
     }
-    return Scan(s, probes, group_size, options);
+    uint64_t sketch_blocks = 0;
+    auto found = Scan(s, probes, group_size, options, &sketch_blocks);
+    if (stats) stats->sketch_blocks = sketch_blocks;
+    return found;
   }
   // IVF candidates per head, then the union rescored exactly.
   const faiss::IndexIVF& ivf = *s.ivf;

@@ -72,6 +72,7 @@ struct RouteOptions {
 struct RouteStats {
   double scanned_fraction = 0;  // share of the summaries' values read (IVF: expected share of vectors)
   bool used_ivf = false;
+  uint64_t sketch_blocks = 0;  // blocks scored from the 8-bit sketch (approximate scans)
 };
 
 struct RouterOptions {
@@ -131,7 +132,8 @@ class Router {
  private:
   struct Stream;
   std::vector<ScoredBlock> Scan(const Stream& s, const std::vector<float>& probes,
-                                int group_size, const RouteOptions& options) const;
+                                int group_size, const RouteOptions& options,
+                                uint64_t* sketch_blocks) const;
 
   const Geometry geometry_;
   const RouterOptions options_;

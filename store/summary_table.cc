@@ -38,6 +38,27 @@ void SummaryTable::AppendChunks(const uint16_t* data, size_t n_chunks) {
   }
 }
 
+void SummaryTable::Gather(const uint64_t* blocks, size_t n, uint32_t j, const uint32_t* cols, size_t ncols,
+                          float* out) const {
+  auto base = [&](uint64_t block) {
+    return chunks_[block / kChunkBlocks].get() + static_cast<size_t>(j) * dim_ * kChunkBlocks + block % kChunkBlocks;
+  };
+  constexpr size_t kAhead = 4;  // blocks in flight: ~4 x ncols outstanding lines
+  for (size_t i = 0; i < std::min(n, kAhead); ++i) {
+    for (size_t k = 0; k < ncols; ++k) __builtin_prefetch(base(blocks[i]) + cols[k] * kChunkBlocks);
+  }
+  std::vector<uint16_t> halves(ncols);
+  for (size_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) {
+      const uint16_t* ahead = base(blocks[i + kAhead]);
+      for (size_t k = 0; k < ncols; ++k) __builtin_prefetch(ahead + cols[k] * kChunkBlocks);
+    }
+    const uint16_t* at = base(blocks[i]);
+    for (size_t k = 0; k < ncols; ++k) halves[k] = at[cols[k] * kChunkBlocks];
+    attention::HalfToFloatArray(halves.data(), out + i * ncols, ncols);
+  }
+}
+
 void SummaryTable::Rows(uint64_t first, uint64_t n, float* out) const {
   const size_t width = static_cast<size_t>(per_block_) * dim_;
   for (uint64_t i = 0; i < n; ++i) {

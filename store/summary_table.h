@@ -35,6 +35,12 @@ class SummaryTable {
   const uint16_t* Column(size_t chunk, uint32_t j, uint32_t c) const {
     return chunks_[chunk].get() + (static_cast<size_t>(j) * dim_ + c) * kChunkBlocks;
   }
+  // Values (vector j, dim cols[k]) of n blocks: out[i * ncols + k], in
+  // float. For rescoring a few candidates with the columns their probes
+  // need: each value is its own cache line in this layout, so the loads of
+  // later blocks are issued ahead (prefetched) while earlier ones convert.
+  void Gather(const uint64_t* blocks, size_t n, uint32_t j, const uint32_t* cols, size_t ncols,
+              float* out) const;
   // Blocks [first, first + n) as rows of vectors_per_block * dim floats.
   void Rows(uint64_t first, uint64_t n, float* out) const;
 

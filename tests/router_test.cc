@@ -154,6 +154,24 @@ TEST(DotKernel, WeightedColumnSumMatchesAScalarReference) {
   }
 }
 
+TEST(DotKernel, Int8WeightedColumnSumMatchesAScalarReference) {
+  SCOPED_TRACE(F16KernelIsa());
+  const size_t stride = 4096, columns = 6;
+  std::vector<int8_t> x(columns * stride);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<int8_t>(static_cast<int>((i * 2654435761u) >> 7) % 255 - 127);
+  const std::vector<uint32_t> cols = {5, 0, 3};
+  const std::vector<float> coef = {0.25f, -1.5f, 2.0f};
+  std::vector<float> out(kColumnTile);
+  WeightedColumnSumI8(coef.data(), cols.data(), cols.size(), x.data() + 384, stride, out.data());
+  for (size_t b = 0; b < kColumnTile; ++b) {
+    double ref = 0;
+    for (size_t k = 0; k < cols.size(); ++k) ref += coef[k] * x[cols[k] * stride + 384 + b];
+    ASSERT_NEAR(out[b], ref, 1e-4 * (std::abs(ref) + 1)) << b;
+  }
+  const std::vector<float> a = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19};
+  EXPECT_FLOAT_EQ(DotF32(a.data(), a.data(), a.size()), 2470.0f);
+}
+
 TEST(Router, ExactScanIsTheExactTopKForEverySummaryAndCombine) {
   for (SummaryKind kind : {SummaryKind::kMean, SummaryKind::kBound, SummaryKind::kCentroids}) {
     const Geometry g = OneStream(kind);
@@ -245,6 +263,63 @@ TEST(Router, HybridTakesTheBoundsAndTheMeansRankingsInTurn) {
   // The bound alone would rank block 100 first and never reach block 300.
   opts.top_k = 1;
   EXPECT_EQ(Blocks(router.Search(0, q.data(), 1, opts)), (std::vector<uint64_t>{100}));
+}
+
+// Past RouteSketch::kRunBlocks the approximate scan reads the 8-bit sketch
+// for whole runs and the fp16 table for the rest: needles are found in
+// both, by both hybrid rankings, with exact scores.
+TEST(Router, SketchScanFindsNeedlesInWholeRunsAndInTheTail) {
+  const Geometry g = OneStream(SummaryKind::kHybrid, 32);
+  const uint32_t d = g.head_dim, width = g.summary_width();
+  const uint64_t blocks = 2 * 4096 + 1000;
+  auto noise = msa::testing::RandomVector(blocks * width, 51, 0.5f);
+  std::vector<float> summaries(blocks * width);
+  for (uint64_t b = 0; b < blocks; ++b) {
+    float* row = &summaries[b * width];
+    for (uint32_t c = 0; c < d; ++c) {
+      row[c] = 2.0f + noise[b * width + c];
+      row[d + c] = -2.0f - noise[b * width + d + c];
+      row[2 * d + c] = row[3 * d + c] = 0.3f * noise[b * width + 2 * d + c];
+    }
+  }
+  const int group = 2;
+  auto q = msa::testing::RandomVector(group * d, 52);
+  for (uint32_t c = 0; c < d; ++c) q[d + c] = 0.7f * q[c] + 0.3f * q[d + c];  // heads of a group agree, roughly
+  // Sharp tokens (the bound) in run 0 and in the tail; a spread span (the
+  // mean) in run 1.
+  for (uint64_t needle : {1234ull, 8500ull}) {
+    for (uint32_t c = 0; c < d; ++c) {
+      float* row = &summaries[needle * width];
+      if (q[c] > 0) row[c] = 2.0f + 3.0f * q[c]; else row[d + c] = -2.0f + 3.0f * q[c];
+    }
+  }
+  for (uint32_t c = 0; c < d; ++c) summaries[5000 * width + 2 * d + c] = summaries[5000 * width + 3 * d + c] = 1.5f * q[c];
+  for (float& x : summaries) x = attention::HalfToFloat(attention::FloatToHalf(x));
+  Router router(g);
+  router.Reserve(0, blocks);
+  router.Add(0, summaries);
+  RouteOptions opts;
+  opts.top_k = 8;
+  opts.channels = 8;
+  RouteStats stats;
+  const auto found = router.Search(0, q.data(), group, opts, &stats);
+  EXPECT_EQ(stats.sketch_blocks, 2u * 4096);
+  const auto ids = Blocks(found);
+  for (uint64_t needle : {1234ull, 5000ull, 8500ull}) EXPECT_TRUE(std::count(ids.begin(), ids.end(), needle)) << needle;
+  std::vector<float> probe(IndexVectorDim(g));
+  for (const ScoredBlock& sb : found) {
+    float best = -std::numeric_limits<float>::infinity();
+    for (int h = 0; h < group; ++h) {
+      MakeProbe(g, &q[h * d], probe.data());
+      best = std::max(best, Dot(probe.data(), &summaries[sb.block * width + sb.ranking * 2 * d], 2 * d));
+    }
+    EXPECT_NEAR(sb.score, best, 1e-3f * (std::abs(best) + 1)) << sb.block;
+  }
+  // The exact scan agrees on the needles.
+  opts.channels = 0;
+  const auto exact = Blocks(router.Search(0, q.data(), group, opts, &stats));
+  EXPECT_EQ(stats.sketch_blocks, 0u);
+  for (uint64_t needle : {1234ull, 5000ull, 8500ull}) EXPECT_TRUE(std::count(exact.begin(), exact.end(), needle)) << needle;
 }
 
 TEST(Router, IvfFindsWhatTheExactScanFinds) {

@@ -1,12 +1,13 @@
 // Router scan micro-benchmark (issue 3): Router::Search alone over random
 // Quest bounds, exact and with the approximate channel scan, plus the raw
 // column kernel from L1 (what the scan would cost if memory were free).
-//   msa_bench_router_scan [BLOCKS (163840)] [HEAD_DIM (64)] [GROUP (4)] [TOP_K (64)]
+//   msa_bench_router_scan [BLOCKS (163840)] [HEAD_DIM (64)] [GROUP (4)] [TOP_K (64)] [bound|hybrid]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "store/dot_kernel.h"
@@ -23,7 +24,8 @@ int main(int argc, char** argv) {
   g.layers = 1;
   g.kv_heads = 1;
   g.head_dim = head_dim;
-  g.summary = msa::SummaryKind::kBound;
+  const std::string kind = argc > 5 ? argv[5] : "bound";
+  g.summary = kind == "hybrid" ? msa::SummaryKind::kHybrid : msa::SummaryKind::kBound;
   std::mt19937 rng(1);
   std::normal_distribution<float> normal;
   std::vector<float> summaries(blocks * g.summary_width());
@@ -33,21 +35,23 @@ int main(int argc, char** argv) {
   router.Add(0, summaries);
   std::vector<float> q(group * head_dim);
   for (float& x : q) x = normal(rng);
-  std::printf("# %llu bound summaries, head_dim %u, %d query heads, top-k %u, kernel isa %s\n",
-              static_cast<unsigned long long>(blocks), head_dim, group, top_k, msa::F16KernelIsa());
-  for (uint32_t channels : {0u, 8u, 16u, 32u}) {
+  std::printf("# %llu %s summaries, head_dim %u, %d query heads, top-k %u, kernel isa %s\n",
+              static_cast<unsigned long long>(blocks), kind.c_str(), head_dim, group, top_k, msa::F16KernelIsa());
+  std::vector<uint32_t> settings = {0u, 8u, 16u, 32u};
+  if (argc > 6) settings = {static_cast<uint32_t>(std::atoi(argv[6]))};
+  for (uint32_t channels : settings) {
     msa::RouteOptions options;
     options.top_k = top_k;
     options.channels = channels;
     std::vector<double> ms;
-    for (int i = 0; i < 31; ++i) {
+    for (int i = 0; i < (argc > 6 ? 301 : 31); ++i) {
       const auto t0 = Clock::now();
       auto found = router.Search(0, q.data(), group, options);
       ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
     }
     std::sort(ms.begin(), ms.end());
     std::printf("search %-12s p50 %.3f ms  min %.3f ms\n",
-                channels ? ("channels " + std::to_string(channels)).c_str() : "exact", ms[15], ms[0]);
+                channels ? ("channels " + std::to_string(channels)).c_str() : "exact", ms[ms.size() / 2], ms[0]);
   }
   // The column kernel on one L1-resident tile: 64 columns x 128 blocks.
   std::vector<uint16_t> tile(128 * msa::kColumnTile, 0x3c00);

@@ -1,0 +1,70 @@
+#include "store/route_sketch.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "attention/half.h"
+#include "store/summary_table.h"
+
+namespace msa {
+
+static_assert(RouteSketch::kRunBlocks % SummaryTable::kChunkBlocks == 0);
+
+RouteSketch::RouteSketch(uint32_t vectors_per_block, uint32_t dim, int mirrored_vector)
+    : per_block_(vectors_per_block),
+      dim_(dim),
+      mirrored_(mirrored_vector),
+      slots_(vectors_per_block * dim - (mirrored_vector >= 0 ? dim / 2 : 0)) {}
+
+uint32_t RouteSketch::Slot(uint32_t j, uint32_t c) const {
+  // Slots in (j, c) order, the mirrored vector's second half folded onto its
+  // first, and the vectors after it shifted down by the half it saved.
+  const int half = static_cast<int>(dim_ / 2);
+  if (mirrored_ >= 0 && static_cast<int>(j) == mirrored_ && c >= dim_ / 2) c -= dim_ / 2;
+  const uint32_t slot = j * dim_ + c;
+  return mirrored_ >= 0 && static_cast<int>(j) > mirrored_ ? slot - half : slot;
+}
+
+void RouteSketch::Reserve(uint64_t current_blocks, uint64_t more) {
+  const size_t need = static_cast<size_t>((current_blocks + more) / kRunBlocks);
+  runs_.reserve(need);
+  scales_.reserve(need * slots_);
+  while (runs_.size() < need) runs_.push_back(std::make_unique<int8_t[]>(slots_ * kRunBlocks));
+}
+
+void RouteSketch::CatchUp(const SummaryTable& table) {
+  constexpr size_t kChunksPerRun = kRunBlocks / SummaryTable::kChunkBlocks;
+  std::vector<float> values(kRunBlocks);
+  while ((runs_done_ + 1) * kRunBlocks <= table.blocks()) {
+    if (runs_.size() <= runs_done_) Reserve(runs_done_ * kRunBlocks, kRunBlocks);
+    int8_t* run = runs_[runs_done_].get();
+    scales_.resize((runs_done_ + 1) * slots_);
+    for (uint32_t j = 0; j < per_block_; ++j) {
+      for (uint32_t c = 0; c < dim_; ++c) {
+        if (mirrored_ >= 0 && static_cast<int>(j) == mirrored_ && c >= dim_ / 2) continue;
+        const uint32_t slot = Slot(j, c);
+        for (size_t k = 0; k < kChunksPerRun; ++k) {
+          attention::HalfToFloatArray(table.Column(runs_done_ * kChunksPerRun + k, j, c),
+                                      values.data() + k * SummaryTable::kChunkBlocks,
+                                      SummaryTable::kChunkBlocks);
+        }
+        float peak = 0.0f;
+        for (float v : values) peak = std::max(peak, std::abs(v));
+        // Infinite summaries (an overflowed fp16 mean) saturate rather than
+        // poisoning the run's scale; the rescoring sees the true value.
+        if (!std::isfinite(peak)) peak = 65504.0f;
+        const float scale = peak > 0.0f ? peak / 127.0f : 1.0f;
+        const float inverse = 1.0f / scale;
+        int8_t* codes = run + static_cast<size_t>(slot) * kRunBlocks;
+        for (size_t b = 0; b < kRunBlocks; ++b) {
+          const float q = std::nearbyint(std::clamp(values[b] * inverse, -127.0f, 127.0f));
+          codes[b] = static_cast<int8_t>(std::isnan(q) ? 0.0f : q);
+        }
+        scales_[runs_done_ * slots_ + slot] = scale;
+      }
+    }
+    ++runs_done_;
+  }
+}
+
+}  // namespace msa
