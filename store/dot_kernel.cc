@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "attention/half.h"
 
@@ -143,7 +144,48 @@ __attribute__((target("avx2,fma"))) float DotAvx2(const float* a, const float* b
   return sum;
 }
 
+__attribute__((target("avx512f"))) float MaxAbsAvx512(const float* x, size_t n) {
+  __m512 peak = _mm512_setzero_ps();
+  size_t i = 0;
+  // MAXPS returns its second operand when either is NaN: a NaN keeps the peak.
+  for (; i + 16 <= n; i += 16) peak = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + i)), peak);
+  float m = _mm512_reduce_max_ps(peak);
+  for (; i < n; ++i) m = std::abs(x[i]) > m ? std::abs(x[i]) : m;
+  return m;
+}
+
+__attribute__((target("avx512f"))) void QuantizeAvx512(const float* x, size_t n, float inverse, int8_t* out) {
+  const __m512 scale = _mm512_set1_ps(inverse), hi = _mm512_set1_ps(127.0f), lo = _mm512_set1_ps(-127.0f);
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + i), scale);
+    v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);  // NaN operands: max/min return the second (lo, then clamped)
+    const __mmask16 nan = _mm512_cmp_ps_mask(_mm512_loadu_ps(x + i), _mm512_loadu_ps(x + i), _CMP_UNORD_Q);
+    v = _mm512_mask_blend_ps(nan, v, _mm512_setzero_ps());
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v)));
+  }
+  for (; i < n; ++i) {
+    const float v = std::nearbyint(std::min(127.0f, std::max(-127.0f, x[i] * inverse)));
+    out[i] = std::isnan(x[i]) ? 0 : static_cast<int8_t>(v);
+  }
+}
+
 }  // namespace
+
+float MaxAbs(const float* x, size_t n) {
+  if (kIsa == Isa::kAvx512) return MaxAbsAvx512(x, n);
+  float m = 0.0f;
+  for (size_t i = 0; i < n; ++i) m = std::abs(x[i]) > m ? std::abs(x[i]) : m;
+  return m;
+}
+
+void QuantizeInt8(const float* x, size_t n, float inverse, int8_t* out) {
+  if (kIsa == Isa::kAvx512) return QuantizeAvx512(x, n, inverse, out);
+  for (size_t i = 0; i < n; ++i) {
+    const float v = std::nearbyint(std::min(127.0f, std::max(-127.0f, x[i] * inverse)));
+    out[i] = std::isnan(x[i]) ? 0 : static_cast<int8_t>(v);
+  }
+}
 
 float DotF32(const float* a, const float* b, size_t n) {
   if (kIsa == Isa::kAvx512) return DotAvx512(a, b, n);

@@ -26,6 +26,11 @@ void WeightedColumnSum(const float* coef, const uint32_t* cols, size_t ncols, co
 void WeightedColumnSumI8(const float* coef, const uint32_t* cols, size_t ncols, const int8_t* base,
                          size_t stride, float* out);
 
+// max_i |x[i]| (NaN ignored), and out[i] = round(x[i] * inverse) clamped
+// to [-127, 127] (NaN to 0): the sketch's quantiser (store/route_sketch.h).
+float MaxAbs(const float* x, size_t n);
+void QuantizeInt8(const float* x, size_t n, float inverse, int8_t* out);
+
 // sum_i a[i] * b[i] in float.
 float DotF32(const float* a, const float* b, size_t n);
 

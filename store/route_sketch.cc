@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "attention/half.h"
+#include "store/dot_kernel.h"
 #include "store/summary_table.h"
 
 namespace msa {
@@ -48,18 +49,12 @@ void RouteSketch::CatchUp(const SummaryTable& table) {
                                       values.data() + k * SummaryTable::kChunkBlocks,
                                       SummaryTable::kChunkBlocks);
         }
-        float peak = 0.0f;
-        for (float v : values) peak = std::max(peak, std::abs(v));
+        float peak = MaxAbs(values.data(), kRunBlocks);
         // Infinite summaries (an overflowed fp16 mean) saturate rather than
         // poisoning the run's scale; the rescoring sees the true value.
         if (!std::isfinite(peak)) peak = 65504.0f;
         const float scale = peak > 0.0f ? peak / 127.0f : 1.0f;
-        const float inverse = 1.0f / scale;
-        int8_t* codes = run + static_cast<size_t>(slot) * kRunBlocks;
-        for (size_t b = 0; b < kRunBlocks; ++b) {
-          const float q = std::nearbyint(std::clamp(values[b] * inverse, -127.0f, 127.0f));
-          codes[b] = static_cast<int8_t>(std::isnan(q) ? 0.0f : q);
-        }
+        QuantizeInt8(values.data(), kRunBlocks, 1.0f / scale, run + static_cast<size_t>(slot) * kRunBlocks);
         scales_[runs_done_ * slots_ + slot] = scale;
       }
     }

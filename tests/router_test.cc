@@ -172,6 +172,25 @@ TEST(DotKernel, Int8WeightedColumnSumMatchesAScalarReference) {
   EXPECT_FLOAT_EQ(DotF32(a.data(), a.data(), a.size()), 2470.0f);
 }
 
+TEST(DotKernel, Int8QuantiserRoundsClampsAndIgnoresNan) {
+  SCOPED_TRACE(F16KernelIsa());
+  std::vector<float> x(37);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = (static_cast<float>(i) - 18.0f) * 0.37f;
+  x[5] = std::numeric_limits<float>::quiet_NaN();
+  x[20] = 9.0f;  // the peak
+  x[30] = 1e9f;  // beyond the scale given below: clamped
+  x[3] = -1e9f;
+  EXPECT_FLOAT_EQ(MaxAbs(x.data() + 4, 20), 9.0f);  // the NaN at 5 ignored
+  std::vector<int8_t> q(x.size());
+  QuantizeInt8(x.data(), x.size(), 127.0f / 9.0f, q.data());
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (i == 5) EXPECT_EQ(q[i], 0);
+    else if (i == 30) EXPECT_EQ(q[i], 127);
+    else if (i == 3) EXPECT_EQ(q[i], -127);
+    else EXPECT_EQ(q[i], static_cast<int8_t>(std::nearbyint(x[i] * 127.0f / 9.0f))) << i;
+  }
+}
+
 TEST(Router, ExactScanIsTheExactTopKForEverySummaryAndCombine) {
   for (SummaryKind kind : {SummaryKind::kMean, SummaryKind::kBound, SummaryKind::kCentroids}) {
     const Geometry g = OneStream(kind);

@@ -2,7 +2,8 @@
 // bounded whatever its size (tools/bench_scale.sh runs it per size).
 //
 //   msa_bench_scale STORE --queries Q.npy [--needles needles.json] [--top-k 64]
-//       [--repeats 5] [--dense-rows 16] [--dense-samples 1] [--chunk-tokens 1048576] [--json]
+//       [--repeats 5] [--dense-rows 16] [--dense-samples 1] [--chunk-tokens 1048576]
+//       [--routing default,exact,ch16] [--json]
 //
 // What it measures, in one process that opens the store read-only:
 //   open      Store::Open (catalog, router summaries, saved IVF) in ms, and
@@ -38,7 +39,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cctype>
 #include <cstring>
+#include <iterator>
 #include <fstream>
 #include <set>
 #include <string>
@@ -86,6 +89,7 @@ struct Options {
   uint32_t top_k = 64, repeats = 5, dense_rows = 16, dense_samples = 1;
   uint64_t chunk_tokens = 1 << 20;
   uint64_t cache_mb = 256;
+  std::string routing = "default";
   bool json = false;
 };
 
@@ -109,6 +113,10 @@ int main(int argc, char** argv) {
   app.add_option("--dense-samples", o.dense_samples, "single-row dense passes timed")->capture_default_str();
   app.add_option("--chunk-tokens", o.chunk_tokens, "tokens per dense pass part")->capture_default_str();
   app.add_option("--cache-mb", o.cache_mb, "block cache")->capture_default_str();
+  app.add_option("--routing", o.routing,
+                 "comma-separated routing settings to compare on the same queries: default, exact "
+                 "(score every summary), chN (approximate over N channels)")
+      ->capture_default_str();
   app.add_flag("--json", o.json);
   CLI11_PARSE(app, argc, argv);
 
@@ -156,59 +164,103 @@ int main(int argc, char** argv) {
     if (needles.is_discarded()) return Die(Status::InvalidArgument("needles " + o.needles + ": not JSON"));
   }
 
-  // ---- sparse: cold, then warm, per row ------------------------------------
-  AttendOptions sparse;
-  sparse.top_k = o.top_k;
-  std::vector<double> cold_ms, cold_route, cold_fetch, cold_decode, cold_attend, warm_ms, warm_route,
-      warm_fetch, warm_decode, warm_attend;
-  uint64_t blocks_selected = 0, cold_bytes = 0, warm_hits = 0, warm_blocks = 0, needle_hits = 0, needle_total = 0;
+  // ---- sparse: cold, then warm, per row, for each routing setting -----------
+  struct SparseRun {
+    std::string name;
+    AttendOptions options;
+    std::vector<double> cold_ms, cold_route, cold_fetch, cold_decode, cold_attend, warm_ms, warm_route,
+        warm_fetch, warm_decode, warm_attend;
+    uint64_t blocks_selected = 0, cold_bytes = 0, warm_hits = 0, warm_blocks = 0, needle_hits = 0,
+             needle_total = 0;
+    std::vector<float> out, lse;                       // rows with a dense reference
+    std::vector<std::vector<uint64_t>> selections;     // [row * kv_heads + kv], sorted
+    std::vector<double> mass, err, router_recall;
+  };
+  std::vector<SparseRun> runs;
+  for (size_t at = 0; at <= o.routing.size();) {
+    const size_t comma = std::min(o.routing.find(',', at), o.routing.size());
+    const std::string item = o.routing.substr(at, comma - at);
+    at = comma + 1;
+    SparseRun run;
+    run.name = item;
+    run.options.top_k = o.top_k;
+    if (item == "exact") {
+      run.options.exact_routing = true;
+    } else if (item.rfind("ch", 0) == 0 && item.size() > 2 && std::isdigit(static_cast<unsigned char>(item[2]))) {
+      run.options.channels = static_cast<uint32_t>(std::stoul(item.substr(2)));
+    } else if (item != "default") {
+      return Die(Status::InvalidArgument("--routing: '" + item + "' is not default, exact or chN"));
+    }
+    runs.push_back(std::move(run));
+  }
   const uint32_t qrows = std::min(n, std::max(o.dense_rows, o.dense_samples));  // rows with a dense reference
-  std::vector<float> sparse_out(static_cast<size_t>(qrows) * qh * d), sparse_lse(static_cast<size_t>(qrows) * qh);
   std::vector<float> out(qh * d), lse(qh);
-  for (uint32_t i = 0; i < n; ++i) {
-    const float* q = qv->data() + static_cast<size_t>(i) * qh * d;
-    std::vector<std::vector<uint64_t>> selected;
-    AttendStats st;
-    AttendOptions cold = sparse;
-    cold.use_cache = false;
-    Status s = store.Attend(0, q, 1, qh, cold, out.data(), lse.data(), &st, &selected);
-    if (!s.ok()) return Die(s);
-    cold_ms.push_back(st.total_ms);
-    cold_route.push_back(st.route_ms);
-    cold_fetch.push_back(st.fetch_ms);
-    cold_decode.push_back(st.decode_ms);
-    cold_attend.push_back(st.attend_ms);
-    cold_bytes += st.bytes_read;
-    if (i < qrows) {
-      std::copy(out.begin(), out.end(), sparse_out.begin() + static_cast<size_t>(i) * qh * d);
-      std::copy(lse.begin(), lse.end(), sparse_lse.begin() + static_cast<size_t>(i) * qh);
-    }
-    for (const auto& sel : selected) blocks_selected += sel.size();
-    for (uint32_t r = 0; r <= std::max(1u, o.repeats); ++r) {
-      s = store.Attend(0, q, 1, qh, sparse, out.data(), lse.data(), &st);
+  for (SparseRun& run : runs) {
+    run.out.resize(static_cast<size_t>(qrows) * qh * d);
+    run.lse.resize(static_cast<size_t>(qrows) * qh);
+    for (uint32_t i = 0; i < n; ++i) {
+      const float* q = qv->data() + static_cast<size_t>(i) * qh * d;
+      std::vector<std::vector<uint64_t>> selected;
+      AttendStats st;
+      AttendOptions cold = run.options;
+      cold.use_cache = false;
+      Status s = store.Attend(0, q, 1, qh, cold, out.data(), lse.data(), &st, &selected);
       if (!s.ok()) return Die(s);
-      if (r == 0) continue;  // fills the cache
-      warm_ms.push_back(st.total_ms);
-      warm_route.push_back(st.route_ms);
-      warm_fetch.push_back(st.fetch_ms);
-      warm_decode.push_back(st.decode_ms);
-      warm_attend.push_back(st.attend_ms);
-      warm_hits += st.cache_hits;
-      warm_blocks += st.cache_hits + st.blocks_read;
-    }
-    for (const auto& nd : needles) {
-      if (nd.value("query", -1) != static_cast<int>(i) || nd.value("layer", 0) != 0) continue;
-      const uint32_t kv = nd.value("kv_head", 0u);
-      const uint64_t p0 = nd.value("position", uint64_t{0}), span = nd.value("span", uint64_t{1});
-      if (kv >= g.kv_heads) continue;
-      needle_total++;
-      const std::set<uint64_t> sel(selected[kv].begin(), selected[kv].end());
-      bool all_in = true;
-      for (uint64_t p = p0; p < p0 + span && all_in; ++p) {
-        const int64_t b = block_of(p);
-        all_in = b >= 0 && sel.count(static_cast<uint64_t>(b));
+      run.cold_ms.push_back(st.total_ms);
+      run.cold_route.push_back(st.route_ms);
+      run.cold_fetch.push_back(st.fetch_ms);
+      run.cold_decode.push_back(st.decode_ms);
+      run.cold_attend.push_back(st.attend_ms);
+      run.cold_bytes += st.bytes_read;
+      if (i < qrows) {
+        std::copy(out.begin(), out.end(), run.out.begin() + static_cast<size_t>(i) * qh * d);
+        std::copy(lse.begin(), lse.end(), run.lse.begin() + static_cast<size_t>(i) * qh);
       }
-      needle_hits += all_in;
+      for (auto& sel : selected) {
+        run.blocks_selected += sel.size();
+        std::sort(sel.begin(), sel.end());
+        run.selections.push_back(sel);
+      }
+      for (uint32_t r = 0; r <= std::max(1u, o.repeats); ++r) {
+        s = store.Attend(0, q, 1, qh, run.options, out.data(), lse.data(), &st);
+        if (!s.ok()) return Die(s);
+        if (r == 0) continue;  // fills the cache
+        run.warm_ms.push_back(st.total_ms);
+        run.warm_route.push_back(st.route_ms);
+        run.warm_fetch.push_back(st.fetch_ms);
+        run.warm_decode.push_back(st.decode_ms);
+        run.warm_attend.push_back(st.attend_ms);
+        run.warm_hits += st.cache_hits;
+        run.warm_blocks += st.cache_hits + st.blocks_read;
+      }
+      for (const auto& nd : needles) {
+        if (nd.value("query", -1) != static_cast<int>(i) || nd.value("layer", 0) != 0) continue;
+        const uint32_t kv = nd.value("kv_head", 0u);
+        const uint64_t p0 = nd.value("position", uint64_t{0}), span = nd.value("span", uint64_t{1});
+        if (kv >= g.kv_heads) continue;
+        run.needle_total++;
+        const std::set<uint64_t> sel(selected[kv].begin(), selected[kv].end());
+        bool all_in = true;
+        for (uint64_t p = p0; p < p0 + span && all_in; ++p) {
+          const int64_t b = block_of(p);
+          all_in = b >= 0 && sel.count(static_cast<uint64_t>(b));
+        }
+        run.needle_hits += all_in;
+      }
+    }
+  }
+  // Router recall: overlap of each setting's selection with the exact
+  // scan's (when the exact setting ran).
+  const auto exact_run = std::find_if(runs.begin(), runs.end(), [](const SparseRun& r) { return r.name == "exact"; });
+  if (exact_run != runs.end()) {
+    for (SparseRun& run : runs) {
+      for (size_t i = 0; i < run.selections.size() && i < exact_run->selections.size(); ++i) {
+        const auto& a = run.selections[i];
+        const auto& b = exact_run->selections[i];
+        std::vector<uint64_t> both;
+        std::set_intersection(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(both));
+        run.router_recall.push_back(b.empty() ? 1.0 : static_cast<double>(both.size()) / b.size());
+      }
     }
   }
   const uint64_t hwm_sparse = ProcStatusBytes("VmHWM:");
@@ -293,19 +345,44 @@ int main(int argc, char** argv) {
     reference_ms = ref.wall_ms;
     keep_reference(samples, ref);
   }
-  std::vector<double> mass, err;
-  for (size_t h = 0; h < static_cast<size_t>(qrows) * qh; ++h) {
-    mass.push_back(std::min(1.0, std::exp(static_cast<double>(sparse_lse[h]) - ref_lse[h])));
-    double num = 0, den = 0;
-    for (size_t c = 0; c < d; ++c) {
-      const double diff = sparse_out[h * d + c] - ref_out[h * d + c];
-      num += diff * diff;
-      den += ref_out[h * d + c] * ref_out[h * d + c];
+  for (SparseRun& run : runs) {
+    for (size_t h = 0; h < static_cast<size_t>(qrows) * qh; ++h) {
+      run.mass.push_back(std::min(1.0, std::exp(static_cast<double>(run.lse[h]) - ref_lse[h])));
+      double num = 0, den = 0;
+      for (size_t c = 0; c < d; ++c) {
+        const double diff = run.out[h * d + c] - ref_out[h * d + c];
+        num += diff * diff;
+        den += ref_out[h * d + c] * ref_out[h * d + c];
+      }
+      run.err.push_back(std::sqrt(num / std::max(den, 1e-300)));
     }
-    err.push_back(std::sqrt(num / std::max(den, 1e-300)));
   }
-
-  const double avg_blocks = static_cast<double>(blocks_selected) / std::max<uint64_t>(1, uint64_t{n} * g.kv_heads);
+  auto run_json = [&](const SparseRun& run) {
+    const double avg = static_cast<double>(run.blocks_selected) / std::max<uint64_t>(1, uint64_t{n} * g.kv_heads);
+    return nlohmann::json{
+        {"routing", run.name},
+        {"avg_blocks_per_kv_head", avg},
+        {"sparse_cold_ms", Dist(run.cold_ms)},
+        {"sparse_cold_stages_p50",
+         {{"route", Percentile(run.cold_route, 50)}, {"fetch", Percentile(run.cold_fetch, 50)},
+          {"decode", Percentile(run.cold_decode, 50)}, {"attend", Percentile(run.cold_attend, 50)}}},
+        {"sparse_cold_bytes_per_query", n ? run.cold_bytes / n : 0},
+        {"sparse_warm_ms", Dist(run.warm_ms)},
+        {"sparse_warm_stages_p50",
+         {{"route", Percentile(run.warm_route, 50)}, {"fetch", Percentile(run.warm_fetch, 50)},
+          {"decode", Percentile(run.warm_decode, 50)}, {"attend", Percentile(run.warm_attend, 50)}}},
+        {"warm_route_ms", Dist(run.warm_route)},
+        {"warm_cache_hit_rate", run.warm_blocks ? static_cast<double>(run.warm_hits) / run.warm_blocks : 0.0},
+        {"needle_hits", run.needle_hits},
+        {"needles", run.needle_total},
+        {"needle_hit_rate", run.needle_total ? static_cast<double>(run.needle_hits) / run.needle_total : 0.0},
+        {"mass_recall", {{"mean", Mean(run.mass)}, {"p5", Percentile(run.mass, 5)}, {"p1", Percentile(run.mass, 1)}}},
+        {"output_error", {{"mean", Mean(run.err)}, {"p95", Percentile(run.err, 95)}, {"p99", Percentile(run.err, 99)}}},
+        {"router_recall", run.router_recall.empty() ? nlohmann::json(nullptr) : nlohmann::json(Mean(run.router_recall))},
+    };
+  };
+  const SparseRun& first = runs.front();
+  const std::vector<double>& cold_ms = first.cold_ms;
   nlohmann::json j = {
       {"store", o.store},
       {"geometry", g.ToString()},
@@ -328,18 +405,6 @@ int main(int argc, char** argv) {
       {"q_heads", qh},
       {"group", group},
       {"top_k", o.top_k},
-      {"avg_blocks_per_kv_head", avg_blocks},
-      {"sparse_cold_ms", Dist(cold_ms)},
-      {"sparse_cold_stages_p50", {{"route", Percentile(cold_route, 50)}, {"fetch", Percentile(cold_fetch, 50)},
-                                  {"decode", Percentile(cold_decode, 50)}, {"attend", Percentile(cold_attend, 50)}}},
-      {"sparse_cold_bytes_per_query", n ? cold_bytes / n : 0},
-      {"sparse_warm_ms", Dist(warm_ms)},
-      {"sparse_warm_stages_p50", {{"route", Percentile(warm_route, 50)}, {"fetch", Percentile(warm_fetch, 50)},
-                                  {"decode", Percentile(warm_decode, 50)}, {"attend", Percentile(warm_attend, 50)}}},
-      {"warm_cache_hit_rate", warm_blocks ? static_cast<double>(warm_hits) / warm_blocks : 0.0},
-      {"needle_hits", needle_hits},
-      {"needles", needle_total},
-      {"needle_hit_rate", needle_total ? static_cast<double>(needle_hits) / needle_total : 0.0},
       {"dense_chunks", chunks.size()},
       {"dense_ms", Dist(dense_ms)},
       {"dense_wall_ms", Dist(dense_wall)},
@@ -348,9 +413,12 @@ int main(int argc, char** argv) {
       {"dense_bytes_read", dense_bytes},
       {"dense_reference_rows", qrows},
       {"dense_reference_ms", reference_ms},
-      {"mass_recall", {{"mean", Mean(mass)}, {"p5", Percentile(mass, 5)}, {"p1", Percentile(mass, 1)}}},
-      {"output_error", {{"mean", Mean(err)}, {"p95", Percentile(err, 95)}, {"p99", Percentile(err, 99)}}},
   };
+  // The first routing setting's figures at the top level (what
+  // tools/plot_scale.py reads), every setting's under "routings".
+  j.update(run_json(first));
+  j["routings"] = nlohmann::json::array();
+  for (const SparseRun& run : runs) j["routings"].push_back(run_json(run));
   if (o.json) {
     std::printf("%s\n", j.dump(2).c_str());
     return 0;
@@ -358,20 +426,26 @@ int main(int argc, char** argv) {
   std::printf("%s: %llu tokens, %llu blocks, codec %s, %.1f MB of segments; opened in %.1f ms (RSS %.0f MB)\n",
               o.store.c_str(), (unsigned long long)stats.tokens, (unsigned long long)stats.blocks_per_stream,
               msa::CodecName(g.codec), stats.segment_bytes / 1e6, open_ms, rss_open / 1e6);
-  std::printf("sparse top-k %u (%.1f blocks per KV head), %u rows x %u heads:\n", o.top_k, avg_blocks, n, qh);
-  std::printf("  cold p50 %.3f ms  p99 %.3f ms  (route %.3f fetch %.3f decode %.3f attend %.3f)\n",
-              Percentile(cold_ms, 50), Percentile(cold_ms, 99), Percentile(cold_route, 50), Percentile(cold_fetch, 50),
-              Percentile(cold_decode, 50), Percentile(cold_attend, 50));
-  std::printf("  warm p50 %.3f ms  p99 %.3f ms  (route %.3f fetch %.3f decode %.3f attend %.3f)\n",
-              Percentile(warm_ms, 50), Percentile(warm_ms, 99), Percentile(warm_route, 50), Percentile(warm_fetch, 50),
-              Percentile(warm_decode, 50), Percentile(warm_attend, 50));
-  std::printf("  needles %llu / %llu\n", (unsigned long long)needle_hits, (unsigned long long)needle_total);
+  for (const SparseRun& run : runs) {
+    const double avg = static_cast<double>(run.blocks_selected) / std::max<uint64_t>(1, uint64_t{n} * g.kv_heads);
+    std::printf("sparse, routing %s, top-k %u (%.1f blocks per KV head), %u rows x %u heads:\n", run.name.c_str(),
+                o.top_k, avg, n, qh);
+    std::printf("  cold p50 %.3f ms  p99 %.3f ms  (route %.3f fetch %.3f decode %.3f attend %.3f)\n",
+                Percentile(run.cold_ms, 50), Percentile(run.cold_ms, 99), Percentile(run.cold_route, 50),
+                Percentile(run.cold_fetch, 50), Percentile(run.cold_decode, 50), Percentile(run.cold_attend, 50));
+    std::printf("  warm p50 %.3f ms  p99 %.3f ms  (route %.3f fetch %.3f decode %.3f attend %.3f)\n",
+                Percentile(run.warm_ms, 50), Percentile(run.warm_ms, 99), Percentile(run.warm_route, 50),
+                Percentile(run.warm_fetch, 50), Percentile(run.warm_decode, 50), Percentile(run.warm_attend, 50));
+    std::printf("  needles %llu / %llu; on %u rows: mass recall mean %.4f p5 %.4f; output error mean %.4f p95 %.4f",
+                (unsigned long long)run.needle_hits, (unsigned long long)run.needle_total, qrows, Mean(run.mass),
+                Percentile(run.mass, 5), Mean(run.err), Percentile(run.err, 95));
+    if (!run.router_recall.empty()) std::printf("; router recall %.3f", Mean(run.router_recall));
+    std::printf("\n");
+  }
   std::printf("dense (store exact mode, %zu parts): p50 %.1f ms over %zu samples (fetch %.1f decode %.1f attend %.1f)"
               " -> sparse cold is %.0fx faster\n",
               chunks.size(), Percentile(dense_ms, 50), dense_ms.size(), Mean(dense_fetch), Mean(dense_decode),
               Mean(dense_attend), Percentile(dense_ms, 50) / std::max(1e-9, Percentile(cold_ms, 50)));
-  std::printf("quality on %u rows: mass recall mean %.4f p5 %.4f; output error mean %.4f p95 %.4f\n", qrows,
-              Mean(mass), Percentile(mass, 5), Mean(err), Percentile(err, 95));
   std::printf("peak RSS %.0f MB (after open %.0f, after sparse %.0f)\n", ProcStatusBytes("VmHWM:") / 1e6,
               hwm_open / 1e6, hwm_sparse / 1e6);
   return 0;
