@@ -239,10 +239,14 @@ typedef struct msa_attend_params_t {
   msa_gqa_combine_t gqa_combine; /* how a GQA group's head scores combine; default MAX */
   uint32_t nprobe;     /* IVF lists probed per head, for streams large enough to have an
                           IVF index; 0: the default */
-  uint32_t candidates; /* IVF candidates per head, rescored exactly; 0: 4 * top_k */
-  int exact_routing;   /* != 0: score every block summary (no IVF) */
-  uint32_t channels;   /* > 0: approximate routing that reads only each head's `channels`
-                          largest query coefficients, then rescores exactly; 0: exact */
+  uint32_t candidates; /* candidates rescored exactly: per head for the IVF (0: 4 * top_k),
+                          per ranking for approximate routing (0: 2 * top_k) */
+  int exact_routing;   /* != 0: score every block summary (no IVF, no approximation) */
+  uint32_t channels;   /* > 0: approximate routing that reads only the `channels` key
+                          channels where the group's queries are largest (an 8-bit copy of
+                          the summaries), then rescores 2 * top_k candidates exactly;
+                          0: the default -- approximate over 8 channels for streams of
+                          65,536 blocks or more, exact scoring below */
   msa_gpu_t gpu;       /* where to compute (since 0.6; it sits in what was padding, so 0 --
                           MSA_GPU_AUTO -- for callers of 0.5 that zero-filled the struct) */
   const uint64_t* documents; /* restrict to these document ids (from msa_append_document or

@@ -282,7 +282,7 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
   const bool approximate = options.channels > 0;
   const uint64_t keep = !approximate
                             ? options.top_k
-                            : std::max<uint64_t>(options.candidates ? options.candidates : 4ull * options.top_k,
+                            : std::max<uint64_t>(options.candidates ? options.candidates : 2ull * options.top_k,
                                                  options.top_k);
   // The best `keep` blocks, selected while scanning: a min-heap whose root
   // is the bar a block must clear (one comparison for almost every block,
@@ -453,12 +453,25 @@ std::vector<ScoredBlock> Router::Search(uint32_t stream, const float* queries, i
   const Stream& s = *streams_[stream];
   if (s.summaries.blocks() == 0 || group_size <= 0 || options.top_k == 0) return {};
   const size_t dim = IndexVectorDim(geometry_);
-  const size_t per_block = IndexVectorsPerBlock(geometry_);
   std::vector<float> probes(group_size * dim);
   for (int h = 0; h < group_size; ++h) {
     MakeProbe(geometry_, queries + static_cast<size_t>(h) * geometry_.head_dim,
               probes.data() + h * dim);
   }
+  // Large streams are scanned approximately unless the query chose exact
+  // scoring, a channel count or an IVF probe count.
+  RouteOptions effective = options;
+  if (!options.exact_scan && options.channels == 0 && options.nprobe == 0 &&
+      s.summaries.blocks() >= options_.approximate_min_blocks) {
+    effective.channels = options_.approximate_channels;
+  }
+  return Route(s, probes, group_size, effective, stats);
+}
+
+std::vector<ScoredBlock> Router::Route(const Stream& s, const std::vector<float>& probes, int group_size,
+                                       const RouteOptions& options, RouteStats* stats) const {
+  const size_t dim = IndexVectorDim(geometry_);
+  const size_t per_block = IndexVectorsPerBlock(geometry_);
   if (!s.ivf || options.exact_scan || options.channels > 0 || options.ranges) {
     if (stats) {
       // Share of the summary values read (columns of non-zero coefficients).
@@ -469,6 +482,7 @@ std::vector<ScoredBlock> Router::Search(uint32_t stream, const float* queries, i
         read += options.channels > 0 ? std::min<size_t>(options.channels, nonzero) : nonzero;
       }
       *stats = RouteStats{static_cast<double>(read) / (static_cast<double>(dim) * group_size), false};
+      stats->channels = options.channels;
     }
     uint64_t sketch_blocks = 0;
     auto found = Scan(s, probes, group_size, options, &sketch_blocks);

@@ -59,10 +59,12 @@ struct RouteOptions {
   bool exact_scan = false;  // score every summary even where an IVF exists
   uint32_t nprobe = 0;      // IVF lists probed per head; 0: the default (see router.cc)
   uint32_t candidates = 0;  // candidates rescored exactly; 0: 4 * top_k per head (IVF),
-                            // 8 * top_k (channel scan)
-  // Approximate scan: score with only the `channels` largest-magnitude
-  // probe coefficients of each head (SparQ's idea applied to summaries),
-  // then rescore the best candidates exactly. 0: every non-zero coefficient.
+                            // 2 * top_k per ranking (channel scan)
+  // Approximate scan: score with only the `channels` key channels where the
+  // group's queries are largest (SparQ's idea applied to summaries), from
+  // the 8-bit sketch where it covers the stream, then rescore the best
+  // candidates exactly. 0: the router's default (RouterOptions: approximate
+  // for large streams, exact below), unless exact_scan or nprobe is set.
   uint32_t channels = 0;
   // Only blocks inside these [first, end) ranges (sorted, disjoint); null:
   // all. Restricted searches scan exactly (the IVF cannot filter).
@@ -72,6 +74,7 @@ struct RouteOptions {
 struct RouteStats {
   double scanned_fraction = 0;  // share of the summaries' values read (IVF: expected share of vectors)
   bool used_ivf = false;
+  uint32_t channels = 0;       // channels of an approximate scan (0: exact scoring)
   uint64_t sketch_blocks = 0;  // blocks scored from the 8-bit sketch (approximate scans)
 };
 
@@ -82,6 +85,14 @@ struct RouterOptions {
   // distributed like keys), and Debian's generic FAISS scans its 8-bit codes
   // ~10x slower per vector than the exact AVX-512 scan of float summaries.
   uint64_t ivf_min_vectors = 1u << 21;
+  // Streams of at least this many blocks are scanned approximately unless
+  // a query asks otherwise: over `approximate_channels` channels, reading
+  // the 8-bit sketch, the candidates rescored exactly. Chosen from the
+  // router benchmarks (BENCHMARKS.md, "Approximate routing by default"):
+  // the same needle hits and mass recall as the exact scan on the synthetic
+  // suites, 10-20x less routing time at 10M tokens.
+  uint64_t approximate_min_blocks = 1u << 16;
+  uint32_t approximate_channels = 8;
 };
 
 class Router {
@@ -131,6 +142,8 @@ class Router {
 
  private:
   struct Stream;
+  std::vector<ScoredBlock> Route(const Stream& s, const std::vector<float>& probes, int group_size,
+                                 const RouteOptions& options, RouteStats* stats) const;
   std::vector<ScoredBlock> Scan(const Stream& s, const std::vector<float>& probes,
                                 int group_size, const RouteOptions& options,
                                 uint64_t* sketch_blocks) const;

@@ -120,15 +120,17 @@ struct AttendOptions {
   GqaCombine combine = GqaCombine::kMax;  // how a GQA group's head scores make a block's score
   bool exact_routing = false;  // score every summary, even where the stream has an IVF index
   uint32_t nprobe = 0;         // IVF lists probed per head (0: default)
-  uint32_t candidates = 0;     // IVF candidates per head before exact rescoring (0: 4 * top_k)
+  uint32_t candidates = 0;     // candidates rescored exactly: IVF per head (0: 4 * top_k),
+                               // approximate routing per ranking (0: 2 * top_k)
   // Restrict the query to these documents (ids from AppendDocument or
   // ListDocuments; empty: all). Routing, the sink and the recent block then
   // come from their blocks only: the sink is the first block of the first
   // of them, the recent block the last block of the last. An unknown id is
   // NotFound.
   std::vector<uint64_t> documents;
-  uint32_t channels = 0;       // approximate routing over each head's largest probe
-                               // coefficients, rescored exactly (0: exact scan)
+  uint32_t channels = 0;       // approximate routing over the group's largest query
+                               // channels, rescored exactly (0: the router's default:
+                               // approximate for large streams, see RouterOptions)
   bool use_cache = true;       // false: read every block from disk (cold-path measurements);
                                // on the GPU also bypasses the GPU pool
   GpuMode gpu = GpuMode::kAuto;

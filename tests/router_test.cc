@@ -336,9 +336,24 @@ TEST(Router, SketchScanFindsNeedlesInWholeRunsAndInTheTail) {
   }
   // The exact scan agrees on the needles.
   opts.channels = 0;
+  opts.exact_scan = true;
   const auto exact = Blocks(router.Search(0, q.data(), group, opts, &stats));
   EXPECT_EQ(stats.sketch_blocks, 0u);
+  EXPECT_EQ(stats.channels, 0u);
   for (uint64_t needle : {1234ull, 5000ull, 8500ull}) EXPECT_TRUE(std::count(exact.begin(), exact.end(), needle)) << needle;
+  // By default a stream this large is routed approximately; a smaller one,
+  // or one whose router sets a higher bar, exactly.
+  opts.exact_scan = false;
+  EXPECT_EQ(Blocks(router.Search(0, q.data(), group, opts, &stats)), exact);
+  EXPECT_EQ(stats.channels, 0u);  // 9,192 blocks: below the default bar of 65,536
+  RouterOptions low;
+  low.approximate_min_blocks = 8192;
+  low.approximate_channels = 8;
+  Router eager(g, low);
+  eager.Add(0, summaries);
+  EXPECT_EQ(Blocks(eager.Search(0, q.data(), group, opts, &stats)), ids);
+  EXPECT_EQ(stats.channels, 8u);
+  EXPECT_EQ(stats.sketch_blocks, 2u * 4096);
 }
 
 TEST(Router, IvfFindsWhatTheExactScanFinds) {

@@ -4,7 +4,9 @@
 # one run. Prints a markdown table; the JSON of every eval is kept in WORKDIR.
 #   usage: tools/bench_router.sh [WORKDIR] [TOKENS] [TOP_K]
 # Environment: SUITES (names below), SUMMARIES (mean bound centroids hybrid),
-#              STRENGTH (needle logit above the noise), COMBINE (max|sum).
+#              STRENGTH (needle logit above the noise), COMBINE (max|sum),
+#              ROUTINGS (msa eval --nprobe settings, one row each: default,
+#              scan, chN; default "default"), CANDIDATES (0: the default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-bench-out/router}
@@ -13,6 +15,8 @@ top_k=${3:-64}
 strength=${STRENGTH:-16}
 combine=${COMBINE:-max}
 summaries=${SUMMARIES:-mean bound centroids hybrid}
+routings=${ROUTINGS:-default}
+candidates=${CANDIDATES:-0}
 suites=${SUITES:-needle1 needle4 needle16 shift16 outlier16}
 rm -rf "$work"; mkdir -p "$work"
 cp build/msa "$work/msa"  # a rebuild during the run must not change the binary
@@ -29,8 +33,8 @@ suite_args() {
     *) echo "unknown suite $1" >&2; exit 2 ;;
   esac
 }
-echo "| suite | summary | needle hits | mass recall mean / p5 | block-oracle mass p5 | token-oracle mass p5 | output error mean / p95 | block recall@k | router recall | scored | route ms p50 | sparse ms p50 | exact ms p50 |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| suite | summary | routing | needle hits | mass recall mean / p5 | block-oracle mass p5 | token-oracle mass p5 | output error mean / p95 | block recall@k | router recall | scored | route ms p50 | sparse ms p50 | exact ms p50 |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for suite in $suites; do
   # shellcheck disable=SC2046
   $msa synth "$work/$suite" --tokens "$tokens" --docs 4 --layers 1 --kv-heads 2 --q-heads 8 \
@@ -42,20 +46,23 @@ for suite in $suites; do
       $msa ingest "$store" --doc "doc_$i" --keys "$work/$suite/doc_${i}_keys.npy" \
         --values "$work/$suite/doc_${i}_values.npy" >/dev/null 2>&1
     done
+    for routing in $routings; do
     $msa eval "$store" --queries "$work/$suite/queries.npy" --needles "$work/$suite/needles.json" \
-      --top-k "$top_k" --combine "$combine" --repeats 3 --json 2>/dev/null > "$work/$suite-$summary.json"
-    python3 - "$suite" "$summary" "$work/$suite-$summary.json" <<'PY'
+      --top-k "$top_k" --combine "$combine" --repeats 3 --nprobe "$routing" --candidates "$candidates" \
+      --json 2>/dev/null > "$work/$suite-$summary-$routing.json"
+    python3 - "$suite" "$summary" "$routing" "$work/$suite-$summary-$routing.json" <<'PY'
 import json, sys
-suite, summary, path = sys.argv[1:]
+suite, summary, routing, path = sys.argv[1:]
 j = json.load(open(path))
 l = j["latency_ms"]
-print(f"| {suite} | {summary} | {j['needle_hit_rate']*j['needles']:.0f}/{j['needles']} "
+print(f"| {suite} | {summary} | {routing} | {j['needle_hit_rate']*j['needles']:.0f}/{j['needles']} "
       f"| {j['mass_recall']['mean']:.3f} / {j['mass_recall']['p5']:.3f} "
       f"| {j['oracle_block_mass_recall']['p5']:.3f} | {j['oracle_token_mass_recall']['p5']:.3f} "
       f"| {j['output_error']['mean']:.3f} / {j['output_error']['p95']:.3f} | {j['block_recall']:.3f} "
       f"| {j['router_recall']:.3f} | {100*j['routed_fraction']:.1f}% | {l['sparse_route_p50']:.3f} "
       f"| {l['sparse_p50']:.2f} | {l['exact_store_p50']:.1f} |")
 PY
+    done
     rm -rf "$store"
   done
   rm -rf "${work:?}/$suite"

@@ -115,7 +115,7 @@ int main(int argc, char** argv) {
   app.add_option("--cache-mb", o.cache_mb, "block cache")->capture_default_str();
   app.add_option("--routing", o.routing,
                  "comma-separated routing settings to compare on the same queries: default, exact "
-                 "(score every summary), chN (approximate over N channels)")
+                 "(score every summary), chN (approximate over N channels), chN:C (and C candidates)")
       ->capture_default_str();
   app.add_flag("--json", o.json);
   CLI11_PARSE(app, argc, argv);
@@ -188,6 +188,8 @@ int main(int argc, char** argv) {
       run.options.exact_routing = true;
     } else if (item.rfind("ch", 0) == 0 && item.size() > 2 && std::isdigit(static_cast<unsigned char>(item[2]))) {
       run.options.channels = static_cast<uint32_t>(std::stoul(item.substr(2)));
+      const size_t colon = item.find(':');  // chN:C, C candidates rescored per ranking
+      if (colon != std::string::npos) run.options.candidates = static_cast<uint32_t>(std::stoul(item.substr(colon + 1)));
     } else if (item != "default") {
       return Die(Status::InvalidArgument("--routing: '" + item + "' is not default, exact or chN"));
     }

@@ -41,7 +41,7 @@ int RunCreate(const std::string& path, const Geometry& g, bool json) {
 }
 
 int RunQuery(const std::string& path, uint32_t layer, const std::string& q_path,
-             const std::string& out_path, const std::string& lse_path, uint32_t top_k, bool exact,
+             const std::string& out_path, const std::string& lse_path, const AttendOptions& ao,
              bool json, bool explain) {
   StoreOptions options;
   options.read_only = true;
@@ -62,9 +62,6 @@ int RunQuery(const std::string& path, uint32_t layer, const std::string& q_path,
   const uint32_t n = static_cast<uint32_t>(q->shape[0]);
   const uint32_t qh = static_cast<uint32_t>(q->shape[1]);
   std::vector<float> out(static_cast<size_t>(n) * qh * g.head_dim), lse(static_cast<size_t>(n) * qh);
-  AttendOptions ao;
-  ao.top_k = top_k;
-  ao.exact = exact;
   AttendStats st;
   std::vector<std::vector<uint64_t>> selected;
   Status s = (*store)->Attend(layer, qf->data(), n, qh, ao, out.data(), lse.data(), &st,
@@ -84,7 +81,7 @@ int RunQuery(const std::string& path, uint32_t layer, const std::string& q_path,
   }
   if (json) {
     nlohmann::json j = {{"queries", n},          {"q_heads", qh},           {"layer", layer},
-                        {"exact", exact},        {"top_k", top_k},          {"blocks_read", st.blocks_read},
+                        {"exact", ao.exact},     {"top_k", ao.top_k},       {"blocks_read", st.blocks_read},
                         {"bytes_read", st.bytes_read}, {"route_ms", st.route_ms}, {"fetch_ms", st.fetch_ms},
                         {"decode_ms", st.decode_ms}, {"attend_ms", st.attend_ms}, {"total_ms", st.total_ms}};
     if (explain) j["explain"] = std::move(explained);
@@ -255,14 +252,16 @@ int main(int argc, char** argv) {
 
   uint32_t layer = 0, top_k = msa::AttendOptions{}.top_k;
   std::string q_path, out_path, lse_path;
-  bool exact = false, explain = false;
+  bool exact = false, explain = false, exact_routing = false;
+  uint32_t channels = 0;
   auto* query = app.add_subcommand("query", "Attend queries over one layer's memory");
   query->footer(
       "Q: [n, q_heads, head_dim] float16/float32 .npy. Writes O [n, q_heads, head_dim] and\n"
       "LSE [n, q_heads] as float32 .npy (LSE: natural log of the softmax denominator).\n"
       "--explain lists, per query row and KV head, the blocks read: the router's picks best\n"
       "first with their scores, then the forced first (sink) and last (recent) blocks, each\n"
-      "with its document and token range.\n"
+      "with its document and token range. Streams of 65,536 blocks or more are routed\n"
+      "approximately (8 channels, candidates rescored exactly) unless --exact-routing.\n"
       "Examples: msa query /data/mem --layer 0 --queries q.npy --out o.npy --top-k 32\n"
       "          msa query /data/mem --layer 0 --queries q.npy --out o.npy --explain --json");
   query->add_option("STORE", store, "store directory")->required();
@@ -271,7 +270,11 @@ int main(int argc, char** argv) {
   query->add_option("--out", out_path, "output .npy")->required();
   query->add_option("--lse", lse_path, "log-sum-exp output .npy");
   auto* topk_opt = query->add_option("--top-k", top_k, "routed blocks per KV head")->capture_default_str();
-  query->add_flag("--exact", exact, "attend over every token of the layer")->excludes(topk_opt);
+  auto* exact_opt = query->add_flag("--exact", exact, "attend over every token of the layer")->excludes(topk_opt);
+  query->add_flag("--exact-routing", exact_routing, "score every block summary (large streams are routed "
+                  "approximately by default)")->excludes(exact_opt);
+  query->add_option("--channels", channels, "approximate routing over the group's N largest query channels "
+                    "(0: the default)")->excludes(exact_opt)->capture_default_str();
   query->add_flag("--json", json, "print timings (and --explain) as JSON");
   query->add_flag("--explain", explain, "show which blocks were chosen, their scores and documents");
 
@@ -326,7 +329,14 @@ int main(int argc, char** argv) {
     return RunCreate(store, g, json);
   }
   if (*ingest) return RunIngest(ingest_opts);
-  if (*query) return RunQuery(store, layer, q_path, out_path, lse_path, top_k, exact, json, explain);
+  if (*query) {
+    msa::AttendOptions ao;
+    ao.top_k = top_k;
+    ao.exact = exact;
+    ao.exact_routing = exact_routing;
+    ao.channels = channels;
+    return RunQuery(store, layer, q_path, out_path, lse_path, ao, json, explain);
+  }
   if (*stats) return RunStats(store, json);
   if (*verify) return RunVerify(store, json);
   if (*synth) return RunSynth(synth_opts);
