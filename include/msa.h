@@ -243,10 +243,12 @@ typedef struct msa_attend_params_t {
                           per ranking for approximate routing (0: 2 * top_k) */
   int exact_routing;   /* != 0: score every block summary (no IVF, no approximation) */
   uint32_t channels;   /* > 0: approximate routing that reads only the `channels` key
-                          channels where the group's queries are largest (an 8-bit copy of
+                          channels chosen from the group's queries (each head's largest,
+                          then the group's; read from an 8-bit copy of
                           the summaries), then rescores 2 * top_k candidates exactly;
-                          0: the default -- approximate over 8 channels for streams of
-                          65,536 blocks or more, exact scoring below */
+                          0: the default -- approximate over 8 channels per query head
+                          of the group (at most head_dim) for streams of 65,536 blocks or
+                          more, exact scoring below */
   msa_gpu_t gpu;       /* where to compute (since 0.6; it sits in what was padding, so 0 --
                           MSA_GPU_AUTO -- for callers of 0.5 that zero-filled the struct) */
   const uint64_t* documents; /* restrict to these document ids (from msa_append_document or

@@ -243,22 +243,39 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
   const size_t dim = IndexVectorDim(geometry_);
   const uint32_t per_block = IndexVectorsPerBlock(geometry_);
   // The columns each head reads: those of its non-zero coefficients (half of
-  // a bound's probe is zero), or approximately, those of the `channels` key
-  // channels where the group's queries are largest (sum of magnitudes over
-  // the heads): the heads of a group then read the same few columns (one
-  // per channel, or two where their signs differ), so a tile is fetched
-  // once for all of them.
+  // a bound's probe is zero), or approximately, those of `channels` key
+  // channels chosen for the whole group: each head's own largest
+  // (channels / group_size of them, at least one: a head looking for its
+  // own needle keeps its strongest channels), then the group's largest by
+  // summed magnitude. Every head scores with all of them, so a tile's
+  // columns (one per channel, or two where the heads' signs differ) are
+  // fetched once for the group.
   const uint32_t head_dim = geometry_.head_dim;
   std::vector<bool> chosen(head_dim, true);
   if (options.channels > 0 && options.channels < head_dim) {
-    std::vector<float> weight(head_dim, 0.0f);
-    for (size_t i = 0; i < probes.size(); ++i) weight[(i % dim) % head_dim] += std::abs(probes[i]);
-    std::vector<uint32_t> order(head_dim);
-    for (uint32_t c = 0; c < head_dim; ++c) order[c] = c;
-    std::partial_sort(order.begin(), order.begin() + options.channels, order.end(),
-                      [&](uint32_t a, uint32_t b) { return weight[a] > weight[b] || (weight[a] == weight[b] && a < b); });
     std::fill(chosen.begin(), chosen.end(), false);
-    for (uint32_t i = 0; i < options.channels; ++i) chosen[order[i]] = true;
+    uint32_t picked = 0;
+    auto take_top = [&](const std::vector<float>& weight, uint32_t count) {
+      std::vector<uint32_t> order(head_dim);
+      for (uint32_t c = 0; c < head_dim; ++c) order[c] = c;
+      std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return weight[a] > weight[b]; });
+      for (uint32_t i = 0; i < head_dim && count > 0 && picked < options.channels; ++i) {
+        if (!chosen[order[i]]) {
+          chosen[order[i]] = true;
+          ++picked;
+          --count;
+        }
+      }
+    };
+    const uint32_t per_head = std::max<uint32_t>(1, options.channels / static_cast<uint32_t>(group_size));
+    std::vector<float> group_weight(head_dim, 0.0f), weight(head_dim);
+    for (int h = 0; h < group_size; ++h) {
+      std::fill(weight.begin(), weight.end(), 0.0f);
+      for (size_t i = 0; i < dim; ++i) weight[i % head_dim] += std::abs(probes[h * dim + i]);
+      for (uint32_t c = 0; c < head_dim; ++c) group_weight[c] += weight[c];
+      take_top(weight, per_head);
+    }
+    take_top(group_weight, options.channels);
   }
   std::vector<std::vector<uint32_t>> columns(group_size);
   std::vector<std::vector<float>> coefs(group_size);
@@ -463,7 +480,8 @@ std::vector<ScoredBlock> Router::Search(uint32_t stream, const float* queries, i
   RouteOptions effective = options;
   if (!options.exact_scan && options.channels == 0 && options.nprobe == 0 &&
       s.summaries.blocks() >= options_.approximate_min_blocks) {
-    effective.channels = options_.approximate_channels;
+    effective.channels = std::min<uint32_t>(geometry_.head_dim,
+                                            options_.approximate_channels_per_head * static_cast<uint32_t>(group_size));
   }
   return Route(s, probes, group_size, effective, stats);
 }

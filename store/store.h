@@ -128,9 +128,10 @@ struct AttendOptions {
   // of them, the recent block the last block of the last. An unknown id is
   // NotFound.
   std::vector<uint64_t> documents;
-  uint32_t channels = 0;       // approximate routing over the group's largest query
-                               // channels, rescored exactly (0: the router's default:
-                               // approximate for large streams, see RouterOptions)
+  uint32_t channels = 0;       // approximate routing over this many key channels chosen
+                               // from the group's queries, rescored exactly (0: the
+                               // router's default: approximate for large streams, see
+                               // RouterOptions)
   bool use_cache = true;       // false: read every block from disk (cold-path measurements);
                                // on the GPU also bypasses the GPU pool
   GpuMode gpu = GpuMode::kAuto;

@@ -348,11 +348,11 @@ TEST(Router, SketchScanFindsNeedlesInWholeRunsAndInTheTail) {
   EXPECT_EQ(stats.channels, 0u);  // 9,192 blocks: below the default bar of 65,536
   RouterOptions low;
   low.approximate_min_blocks = 8192;
-  low.approximate_channels = 8;
+  low.approximate_channels_per_head = 4;
   Router eager(g, low);
   eager.Add(0, summaries);
   EXPECT_EQ(Blocks(eager.Search(0, q.data(), group, opts, &stats)), ids);
-  EXPECT_EQ(stats.channels, 8u);
+  EXPECT_EQ(stats.channels, 8u);  // 4 per head, 2 heads
   EXPECT_EQ(stats.sketch_blocks, 2u * 4096);
 }
 

@@ -261,7 +261,8 @@ int main(int argc, char** argv) {
       "--explain lists, per query row and KV head, the blocks read: the router's picks best\n"
       "first with their scores, then the forced first (sink) and last (recent) blocks, each\n"
       "with its document and token range. Streams of 65,536 blocks or more are routed\n"
-      "approximately (8 channels, candidates rescored exactly) unless --exact-routing.\n"
+      "approximately (8 channels per query head, candidates rescored exactly) unless\n"
+      "--exact-routing.\n"
       "Examples: msa query /data/mem --layer 0 --queries q.npy --out o.npy --top-k 32\n"
       "          msa query /data/mem --layer 0 --queries q.npy --out o.npy --explain --json");
   query->add_option("STORE", store, "store directory")->required();
@@ -273,7 +274,7 @@ int main(int argc, char** argv) {
   auto* exact_opt = query->add_flag("--exact", exact, "attend over every token of the layer")->excludes(topk_opt);
   query->add_flag("--exact-routing", exact_routing, "score every block summary (large streams are routed "
                   "approximately by default)")->excludes(exact_opt);
-  query->add_option("--channels", channels, "approximate routing over the group's N largest query channels "
+  query->add_option("--channels", channels, "approximate routing over N channels chosen from the group's queries "
                     "(0: the default)")->excludes(exact_opt)->capture_default_str();
   query->add_flag("--json", json, "print timings (and --explain) as JSON");
   query->add_flag("--explain", explain, "show which blocks were chosen, their scores and documents");
