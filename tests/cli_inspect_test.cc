@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "attention/sparse_attention_cuda.h"
 #include "store/store.h"
 #include "cli_runner.h"
 #include "test_util.h"
@@ -370,6 +371,23 @@ TEST(ExplainCliTest, RoutedBlocksBestFirstWithScoresThenForcedSinkAndRecent) {
     ASSERT_EQ(exact["explain"][3]["blocks"].size(), 21u);
     EXPECT_EQ(exact["explain"][3]["blocks"][5]["why"], "all");
     EXPECT_TRUE(exact["explain"][3]["blocks"][5]["score"].is_null());
+    // Where it attends: --gpu off stays on the CPU; require fails, naming
+    // the GPU or CUDA, on a machine without one (and runs there on one).
+    r = Cli(query + " --top-k 3 --gpu off --json");
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_FALSE(nlohmann::json::parse(r.out)["on_gpu"].get<bool>());
+    r = Cli(query + " --top-k 3 --gpu require --json");
+    if (attention::CudaAvailable()) {
+      ASSERT_EQ(r.code, 0) << r.err;
+      EXPECT_TRUE(nlohmann::json::parse(r.out)["on_gpu"].get<bool>());
+    } else {
+      EXPECT_NE(r.code, 0);
+      EXPECT_TRUE(r.err.find("GPU") != std::string::npos || r.err.find("CUDA") != std::string::npos) << r.err;
+    }
+    EXPECT_EQ(Cli(query + " --gpu sometimes").code, 2) << "not one of auto, off, require";
+    // Routing switches: exact scoring, or a channel count.
+    EXPECT_EQ(Cli(query + " --top-k 3 --exact-routing").code, 0);
+    EXPECT_EQ(Cli(query + " --top-k 3 --channels 4").code, 0);
   }
 }
 

@@ -83,14 +83,15 @@ int RunQuery(const std::string& path, uint32_t layer, const std::string& q_path,
     nlohmann::json j = {{"queries", n},          {"q_heads", qh},           {"layer", layer},
                         {"exact", ao.exact},     {"top_k", ao.top_k},       {"blocks_read", st.blocks_read},
                         {"bytes_read", st.bytes_read}, {"route_ms", st.route_ms}, {"fetch_ms", st.fetch_ms},
-                        {"decode_ms", st.decode_ms}, {"attend_ms", st.attend_ms}, {"total_ms", st.total_ms}};
+                        {"decode_ms", st.decode_ms}, {"attend_ms", st.attend_ms}, {"total_ms", st.total_ms},
+                        {"on_gpu", st.on_gpu}};
     if (explain) j["explain"] = std::move(explained);
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("%u queries x %u heads over layer %u: %llu blocks read, %.3f ms "
-                "(route %.3f, fetch %.3f, decode %.3f, attend %.3f)\n",
+                "(route %.3f, fetch %.3f, decode %.3f, attend %.3f%s)\n",
                 n, qh, layer, static_cast<unsigned long long>(st.blocks_read), st.total_ms,
-                st.route_ms, st.fetch_ms, st.decode_ms, st.attend_ms);
+                st.route_ms, st.fetch_ms, st.decode_ms, st.attend_ms, st.on_gpu ? " on the GPU" : "");
     if (explain) PrintExplanation(explained);
   }
   return kExitOk;
@@ -254,6 +255,7 @@ int main(int argc, char** argv) {
   std::string q_path, out_path, lse_path;
   bool exact = false, explain = false, exact_routing = false;
   uint32_t channels = 0;
+  std::string gpu = "auto";
   auto* query = app.add_subcommand("query", "Attend queries over one layer's memory");
   query->footer(
       "Q: [n, q_heads, head_dim] float16/float32 .npy. Writes O [n, q_heads, head_dim] and\n"
@@ -274,6 +276,10 @@ int main(int argc, char** argv) {
   auto* exact_opt = query->add_flag("--exact", exact, "attend over every token of the layer")->excludes(topk_opt);
   query->add_flag("--exact-routing", exact_routing, "score every block summary (large streams are routed "
                   "approximately by default)")->excludes(exact_opt);
+  query->add_option("--gpu", gpu, "where to attend: auto (the GPU when one is present and the call "
+                    "fits it), off, or require (fail when the GPU cannot run it)")
+      ->check(CLI::IsMember({"auto", "off", "require"}))
+      ->capture_default_str();
   query->add_option("--channels", channels, "approximate routing over N channels chosen from the group's queries "
                     "(0: the default)")->excludes(exact_opt)->capture_default_str();
   query->add_flag("--json", json, "print timings (and --explain) as JSON");
@@ -336,6 +342,7 @@ int main(int argc, char** argv) {
     ao.exact = exact;
     ao.exact_routing = exact_routing;
     ao.channels = channels;
+    ao.gpu = gpu == "off" ? msa::GpuMode::kOff : gpu == "require" ? msa::GpuMode::kRequire : msa::GpuMode::kAuto;
     return RunQuery(store, layer, q_path, out_path, lse_path, ao, json, explain);
   }
   if (*stats) return RunStats(store, json);
