@@ -52,7 +52,7 @@ extern "C" {
 #endif
 
 #define MSA_VERSION_MAJOR 0
-#define MSA_VERSION_MINOR 6
+#define MSA_VERSION_MINOR 7
 #define MSA_VERSION_PATCH 0
 /* (major << 16) | (minor << 8) | patch: compare with msa_version(). */
 #define MSA_VERSION ((MSA_VERSION_MAJOR << 16) | (MSA_VERSION_MINOR << 8) | MSA_VERSION_PATCH)
@@ -255,6 +255,11 @@ typedef struct msa_attend_params_t {
                                 msa_list_documents); NULL: all documents. Read during the
                                 call (msa_prefetch copies them) */
   uint32_t n_documents;      /* entries of documents */
+  int document_sinks;  /* != 0: also attend over the first block of every document queried
+                          (each document run from position 0 starts with its own attention
+                          sink); top_k then counts routed blocks besides them. Since 0.7; it
+                          sits in what was padding, so 0 for callers of 0.6 that zero-filled
+                          the struct */
 } msa_attend_params_t;
 
 /* top_k 16, gqa_combine MSA_GQA_MAX, gpu MSA_GPU_AUTO, every other field 0 (NULL). */

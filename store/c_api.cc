@@ -290,6 +290,7 @@ msa_attend_params_t msa_attend_default_params(void) {
   p.gpu = MSA_GPU_AUTO;
   p.documents = nullptr;
   p.n_documents = 0;
+  p.document_sinks = 0;
   return p;
 }
 
@@ -310,6 +311,7 @@ msa::Result<msa::AttendOptions> ToOptions(const msa_attend_params_t* params, con
   MSA_REQUIRE(p.documents != nullptr || p.n_documents == 0,
               std::string(fn) + ": params->documents is NULL but n_documents is " + std::to_string(p.n_documents));
   if (p.n_documents > 0) options.documents.assign(p.documents, p.documents + p.n_documents);
+  options.document_sinks = p.document_sinks != 0;
   const int64_t gpu = EnumValue(p.gpu);
   MSA_REQUIRE(gpu == MSA_GPU_AUTO || gpu == MSA_GPU_OFF || gpu == MSA_GPU_REQUIRE,
               std::string(fn) + ": params->gpu must be MSA_GPU_AUTO, MSA_GPU_OFF or MSA_GPU_REQUIRE");

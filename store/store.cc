@@ -1103,19 +1103,32 @@ Result<Store::QueryPlan> Store::PlanQuery(uint32_t layer, const float* q, uint32
   }
   uint64_t blocks = 0;  // blocks the query may use
   for (const auto& r : ranges) blocks += r.second - r.first;
+  if (options.document_sinks) {  // the first block of each document queried
+    for (const auto& [id, doc] : doc_blocks_) {
+      const bool asked = options.documents.empty() ||
+                         std::find(options.documents.begin(), options.documents.end(), id) !=
+                             options.documents.end();
+      if (asked && doc.second > 0) plan.document_sinks.push_back(doc.first);
+    }
+    std::sort(plan.document_sinks.begin(), plan.document_sinks.end());
+  }
+  const auto& doc_sinks = plan.document_sinks;
+  auto is_doc_sink = [&](uint64_t b) { return std::binary_search(doc_sinks.begin(), doc_sinks.end(), b); };
 
   // 1. Route: per (row, KV head) the chosen blocks, ascending.
   const auto t0 = Clock::now();
   auto& chosen = plan.chosen;
   chosen.resize(static_cast<size_t>(n) * g.kv_heads);
-  const bool all = options.exact || uint64_t{options.top_k} + 2 >= blocks;
+  const bool all = options.exact || uint64_t{options.top_k} + 2 + doc_sinks.size() >= blocks;
   plan.all = all;
   if (keep_scores) plan.routed.resize(chosen.size());
   RouteOptions route;
   const bool whole_stream = ranges.size() == 1 && ranges[0].first == 0 &&
                             ranges[0].second == committed_.blocks_per_stream;
   if (!whole_stream) route.ranges = &ranges;  // documents asked for, or some deleted
-  route.top_k = static_cast<uint32_t>(std::min<uint64_t>(options.top_k, blocks));
+  // With document sinks the router ranks past them, so that top_k blocks
+  // besides them remain.
+  route.top_k = static_cast<uint32_t>(std::min<uint64_t>(uint64_t{options.top_k} + doc_sinks.size(), blocks));
   route.combine = options.combine;
   route.exact_scan = options.exact_routing;
   route.nprobe = options.nprobe;
@@ -1135,6 +1148,12 @@ Result<Store::QueryPlan> Store::PlanQuery(uint32_t layer, const float* q, uint32
       RouteStats rs;
       std::vector<ScoredBlock> found =
           router_.Search(g.StreamOf(layer, kv), qg, static_cast<int>(group), route, &rs);
+      if (!doc_sinks.empty()) {  // best first: keep the top_k that are not forced
+        found.erase(std::remove_if(found.begin(), found.end(),
+                                   [&](const ScoredBlock& s) { return is_doc_sink(s.block); }),
+                    found.end());
+        if (found.size() > options.top_k) found.resize(options.top_k);
+      }
       for (const ScoredBlock& s : found) sel.push_back(s.block);
       if (keep_scores) plan.routed[static_cast<size_t>(i) * g.kv_heads + kv] = std::move(found);
       st->routed_fraction += rs.scanned_fraction / (static_cast<double>(n) * g.kv_heads);
@@ -1142,6 +1161,7 @@ Result<Store::QueryPlan> Store::PlanQuery(uint32_t layer, const float* q, uint32
       plan.recent = ranges.back().second - 1;
       sel.push_back(plan.sink);
       sel.push_back(plan.recent);
+      sel.insert(sel.end(), doc_sinks.begin(), doc_sinks.end());
       std::sort(sel.begin(), sel.end());
       sel.erase(std::unique(sel.begin(), sel.end()), sel.end());
     }

@@ -135,6 +135,12 @@ struct AttendOptions {
   bool use_cache = true;       // false: read every block from disk (cold-path measurements);
                                // on the GPU also bypasses the GPU pool
   GpuMode gpu = GpuMode::kAuto;
+  // Also force the first block of every document queried, besides the
+  // stream's sink and recent block: a document that was run from position 0
+  // starts with its own attention sink, which soaks up mass in every later
+  // query. top_k then counts the routed blocks that are not such a first
+  // block (the router's best top_k of the others).
+  bool document_sinks = false;
 };
 
 // Where one Attend call spent its time, in milliseconds, and what it read.
@@ -217,6 +223,7 @@ struct ExplainedBlock {
   uint8_t ranking = 0;     // ScoredBlock::ranking (hybrid: 0 bound, 1 mean)
   bool sink = false;       // forced: the first block of the range queried
   bool recent = false;     // forced: the last block of the range queried
+  bool document_sink = false;  // forced: a document's first block (AttendOptions::document_sinks)
   bool all = false;        // exact mode, or the budget covers every block
   uint64_t doc_id = 0;
   uint64_t first_position = 0;  // of its first token, in its document
@@ -425,6 +432,7 @@ class Store {
     std::vector<std::vector<std::pair<uint64_t, int32_t>>> slot_of;  // [kv]: (block, slot), ascending
     bool all = false;  // every block of the range (exact, or a budget covering it)
     uint64_t sink = 0, recent = 0;  // the forced blocks (when not all)
+    std::vector<uint64_t> document_sinks;  // options.document_sinks: the documents' first blocks, ascending
     // Filled only when PlanQuery is asked for it (ExplainQuery): per (row,
     // KV head), the router's picks in its order, with their scores.
     std::vector<std::vector<ScoredBlock>> routed;

@@ -137,6 +137,7 @@ Status Store::ExplainQuery(uint32_t layer, const float* q, uint32_t n, uint32_t 
       if (!plan.all) {
         e.sink = block == plan.sink;
         e.recent = block == plan.recent;
+        e.document_sink = std::binary_search(plan.document_sinks.begin(), plan.document_sinks.end(), block);
       }
       return e;
     };
@@ -156,7 +157,9 @@ Status Store::ExplainQuery(uint32_t layer, const float* q, uint32_t n, uint32_t 
       e.ranking = plan.routed[r][rank].ranking;
       out.push_back(e);
     }
-    for (uint64_t forced : {plan.sink, plan.recent}) {
+    std::vector<uint64_t> forced_blocks = {plan.sink, plan.recent};
+    forced_blocks.insert(forced_blocks.end(), plan.document_sinks.begin(), plan.document_sinks.end());
+    for (uint64_t forced : forced_blocks) {
       const bool listed = std::any_of(out.begin(), out.end(), [&](const ExplainedBlock& e) { return e.block == forced; });
       if (!listed) out.push_back(entry(forced));
     }

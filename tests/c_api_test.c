@@ -82,6 +82,7 @@ int main(int argc, char** argv) {
   float q[QH * D], out[QH * D], lse[QH];
   for (int i = 0; i < QH * D; ++i) q[i] = (float)(i % 5) / 5.0f;
   msa_attend_params_t params = msa_attend_default_params();
+  CHECK(params.document_sinks == 0); /* off by default (since 0.7) */
   params.exact = 1;
   CHECK(msa_attend(store, 0, q, 1, QH, &params, out, lse) == MSA_OK);
   for (int i = 0; i < QH; ++i) CHECK(isfinite(lse[i]));
@@ -97,6 +98,9 @@ int main(int argc, char** argv) {
   params.top_k = 1;
   params.gqa_combine = MSA_GQA_SUM;
   CHECK(msa_attend(store, 0, q, 1, QH, &params, out, lse) == MSA_OK);
+  params.document_sinks = 1; /* accepted; its routing is tested in store_test.cc */
+  CHECK(msa_attend(store, 0, q, 1, QH, &params, out, lse) == MSA_OK);
+  params.document_sinks = 0;
   /* Prefetch, then attend from the host cache (on the CPU: a GPU call's
    * prefetch fills the GPU pool instead, which the host counters don't see). */
   params.gpu = MSA_GPU_OFF;

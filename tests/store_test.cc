@@ -219,6 +219,106 @@ TEST(Store, QueriesRestrictedToDocumentsUseOnlyTheirBlocks) {
   EXPECT_EQ(again, selected);
 }
 
+// Documents each run from position 0 start with their own attention sink:
+// document_sinks forces every queried document's first block, and the
+// router's top_k then goes to other blocks.
+TEST(Store, DocumentSinksForceEveryDocumentsFirstBlock) {
+  TempDir dir;
+  Geometry g = SmallGeometry();
+  g.layers = 1;
+  g.kv_heads = 1;
+  const uint32_t d = g.head_dim, bt = g.block_tokens;
+  auto q = msa::testing::RandomVector(d, 51);
+  auto aligned = [&](Doc& doc, uint64_t t, float strength) {
+    for (uint32_t c = 0; c < d; ++c)
+      doc.keys[t * d + c] = attention::HalfToFloat(attention::FloatToHalf(strength * q[c]));
+  };
+  // 6 documents of 5 blocks; each first token a sink stronger than the
+  // needle, a whole block of document 3 (block 3 * 5 + 2 = 17).
+  std::vector<Doc> docs;
+  for (int i = 0; i < 6; ++i) {
+    docs.push_back(MakeDoc(g, "doc" + std::to_string(i), 5 * bt, 60 + i));
+    aligned(docs.back(), 0, 4.0f);
+  }
+  for (uint64_t t = 2 * bt; t < 3 * bt; ++t) aligned(docs[3], t, 3.0f);
+  auto s = Store::Create(dir.Sub("store"), g);
+  ASSERT_TRUE(s.ok());
+  std::vector<uint64_t> ids;
+  for (const Doc& doc : docs) {
+    auto id = (*s)->AppendDocument(doc.name, DocumentKV{doc.keys.data(), doc.values.data(), doc.tokens});
+    ASSERT_TRUE(id.ok());
+    ids.push_back(*id);
+  }
+  ASSERT_TRUE((*s)->Commit().ok());
+  const std::vector<uint64_t> firsts = {0, 5, 10, 15, 20, 25};
+  auto contains = [](const std::vector<uint64_t>& v, uint64_t b) { return std::count(v.begin(), v.end(), b) > 0; };
+
+  AttendOptions opts;
+  opts.top_k = 2;
+  std::vector<float> out(d), lse(1);
+  std::vector<std::vector<uint64_t>> plain, with_sinks;
+  ASSERT_TRUE((*s)->Attend(0, q.data(), 1, 1, opts, out.data(), lse.data(), nullptr, &plain).ok());
+  EXPECT_LE(plain[0].size(), 4u);  // 2 routed + sink + recent: at most 4 of the 6 first blocks
+  opts.document_sinks = true;
+  ASSERT_TRUE((*s)->Attend(0, q.data(), 1, 1, opts, out.data(), lse.data(), nullptr, &with_sinks).ok());
+  const auto& sel = with_sinks[0];
+  for (uint64_t b : firsts) EXPECT_TRUE(contains(sel, b)) << "document sink block " << b << " missing";
+  EXPECT_TRUE(contains(sel, 29u)) << "recent block missing";
+  // The router ranked past the (stronger) sinks: the needle block is routed,
+  // and besides the forced blocks at most top_k = 2 others were chosen.
+  EXPECT_TRUE(contains(sel, 17u)) << "needle block not routed";
+  size_t others = 0;
+  for (uint64_t b : sel) others += !contains(firsts, b) && b != 29u;
+  EXPECT_GE(others, 1u);
+  EXPECT_LE(others, 2u);
+  EXPECT_TRUE(std::is_sorted(sel.begin(), sel.end()));
+  // The output is exact attention over exactly those blocks.
+  {
+    std::vector<float> k, v;
+    const auto ks = StreamOf(g, docs, 0, 0, true), vs = StreamOf(g, docs, 0, 0, false);
+    for (uint64_t b : sel) {
+      k.insert(k.end(), ks.begin() + b * bt * d, ks.begin() + (b + 1) * bt * d);
+      v.insert(v.end(), vs.begin() + b * bt * d, vs.begin() + (b + 1) * bt * d);
+    }
+    std::vector<double> ref(d);
+    double ref_lse;
+    msa::testing::DenseReference(q.data(), k.data(), v.data(), sel.size() * bt, d, ref.data(), &ref_lse);
+    for (uint32_t c = 0; c < d; ++c) EXPECT_NEAR(out[c], ref[c], 1e-4);
+    EXPECT_NEAR(lse[0], ref_lse, 1e-4);
+  }
+  // ExplainQuery: the same blocks; two routed, none a document's first; the
+  // first blocks marked as document sinks.
+  std::vector<std::vector<ExplainedBlock>> explained;
+  ASSERT_TRUE((*s)->ExplainQuery(0, q.data(), 1, 1, opts, &explained).ok());
+  ASSERT_EQ(explained.size(), 1u);
+  std::vector<uint64_t> listed;
+  int routed = 0;
+  for (const ExplainedBlock& e : explained[0]) {
+    listed.push_back(e.block);
+    EXPECT_EQ(e.document_sink, contains(firsts, e.block)) << "block " << e.block;
+    if (e.rank >= 0) {
+      ++routed;
+      EXPECT_FALSE(contains(firsts, e.block)) << "routed block " << e.block << " is a document sink";
+    }
+  }
+  EXPECT_EQ(routed, 2);
+  std::sort(listed.begin(), listed.end());
+  EXPECT_EQ(listed, sel);
+  // Restricted to documents 1 and 4: only their first blocks are forced.
+  opts.documents = {ids[4], ids[1]};
+  std::vector<std::vector<uint64_t>> restricted;
+  ASSERT_TRUE((*s)->Attend(0, q.data(), 1, 1, opts, out.data(), nullptr, nullptr, &restricted).ok());
+  EXPECT_TRUE(contains(restricted[0], 5u));
+  EXPECT_TRUE(contains(restricted[0], 20u));
+  for (uint64_t b : restricted[0]) EXPECT_TRUE((b >= 5 && b < 10) || (b >= 20 && b < 25)) << "block " << b;
+  // A budget that covers every block (top_k + sink + recent + 6 first blocks >= 30): all of them.
+  opts.documents.clear();
+  opts.top_k = 22;
+  std::vector<std::vector<uint64_t>> all;
+  ASSERT_TRUE((*s)->Attend(0, q.data(), 1, 1, opts, out.data(), nullptr, nullptr, &all).ok());
+  EXPECT_EQ(all[0].size(), 30u);
+}
+
 TEST(Store, ChecksumMismatchIsReportedNamingTheBlock) {
   TempDir dir;
   const Geometry g = SmallGeometry();

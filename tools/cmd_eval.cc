@@ -87,6 +87,8 @@ void AddEvalOptions(CLI::App* app, EvalOptions& o) {
                   "streams with this many index vectors get an IVF index at open (0: the store's default)")
       ->capture_default_str();
   app->add_option("--candidates", o.candidates, "IVF candidates per head (0: 4 x top-k)")->capture_default_str();
+  app->add_flag("--document-sinks", o.document_sinks,
+                "also attend over every document's first block (its attention sink), besides top-k");
   app->add_flag("--json", o.json, "JSON output");
 }
 
@@ -122,9 +124,11 @@ int RunEval(const EvalOptions& o) {
   // Token -> block map (blocks never straddle documents, so partial blocks exist).
   const StoreStats stats = store.Stats();
   std::vector<uint64_t> block_of;
+  size_t documents = 0;
   {
     auto docs = store.ListDocuments();
     if (!docs.ok()) return Fail(docs.status());
+    documents = docs->size();
     for (const auto& doc : *docs) {
       for (uint64_t t = 0; t < doc.tokens; ++t) block_of.push_back(doc.first_block + t / bt);
     }
@@ -141,6 +145,7 @@ int RunEval(const EvalOptions& o) {
   AttendOptions base;
   base.top_k = o.top_k;
   base.candidates = o.candidates;
+  base.document_sinks = o.document_sinks;
   if (o.combine == "sum") {
     base.combine = GqaCombine::kSum;
   } else if (o.combine != "max") {
@@ -196,7 +201,11 @@ int RunEval(const EvalOptions& o) {
   std::vector<double> token_oracle_mass, exact_ms, memory_dense_ms;
   uint64_t needle_total = 0;
   std::vector<float> out(qh * d), lse(qh);
-  const size_t token_budget = std::min<size_t>(block_of.size(), (static_cast<size_t>(o.top_k) + 2) * bt);
+  // The token oracle gets the tokens of the blocks a query may read at most:
+  // top-k, sink, recent and, with --document-sinks, every document's first.
+  const size_t forced_blocks = 2 + (o.document_sinks ? documents : 0);
+  const size_t token_budget =
+      std::min<size_t>(block_of.size(), (static_cast<size_t>(o.top_k) + forced_blocks) * bt);
   for (uint32_t i = 0; i < n; ++i) {
     const float* q = qv->data() + static_cast<size_t>(i) * qh * d;
     // The dense reference per head: output, mass per block, token oracle.
@@ -332,6 +341,7 @@ int RunEval(const EvalOptions& o) {
             {"queries", n},
             {"q_heads", qh},
             {"top_k", o.top_k},
+            {"document_sinks", o.document_sinks},
             {"open_ms", open_ms},
             {"oracle_token_mass_recall",
              {{"mean", Mean(token_oracle_mass)}, {"p5", Percentile(token_oracle_mass, 5)}}},
@@ -348,9 +358,9 @@ int RunEval(const EvalOptions& o) {
   const Setting& f = settings.front();
   const double avg_blocks = static_cast<double>(f.blocks_selected) / (n * g.kv_heads);
   std::printf("store %s: %llu tokens per stream, %llu blocks; %u queries x %u heads, top-k %u "
-              "(+ sink + recent) = %.1f blocks per KV head (%.2f%% of tokens)\n",
+              "(+ sink + recent%s) = %.1f blocks per KV head (%.2f%% of tokens)\n",
               o.store.c_str(), (unsigned long long)stats.tokens, (unsigned long long)stats.blocks_per_stream,
-              n, qh, o.top_k, avg_blocks, 100.0 * avg_blocks * bt / std::max<double>(1, stats.tokens));
+              n, qh, o.top_k, o.document_sinks ? " + document sinks" : "", avg_blocks, 100.0 * avg_blocks * bt / std::max<double>(1, stats.tokens));
   std::printf("quality vs dense (float64, all tokens), %s:\n", f.name.c_str());
   std::printf("  mass recall     mean %.4f  p5 %.4f  p1 %.4f\n", Mean(f.mass), Percentile(f.mass, 5), Percentile(f.mass, 1));
   std::printf("  output error    mean %.4f  p95 %.4f  p99 %.4f\n", Mean(f.err), Percentile(f.err, 95), Percentile(f.err, 99));

@@ -81,7 +81,8 @@ int RunQuery(const std::string& path, uint32_t layer, const std::string& q_path,
   }
   if (json) {
     nlohmann::json j = {{"queries", n},          {"q_heads", qh},           {"layer", layer},
-                        {"exact", ao.exact},     {"top_k", ao.top_k},       {"blocks_read", st.blocks_read},
+                        {"exact", ao.exact},     {"top_k", ao.top_k},       {"document_sinks", ao.document_sinks},
+                        {"blocks_read", st.blocks_read},
                         {"bytes_read", st.bytes_read}, {"route_ms", st.route_ms}, {"fetch_ms", st.fetch_ms},
                         {"decode_ms", st.decode_ms}, {"attend_ms", st.attend_ms}, {"total_ms", st.total_ms},
                         {"on_gpu", st.on_gpu}};
@@ -253,7 +254,7 @@ int main(int argc, char** argv) {
 
   uint32_t layer = 0, top_k = msa::AttendOptions{}.top_k;
   std::string q_path, out_path, lse_path;
-  bool exact = false, explain = false, exact_routing = false;
+  bool exact = false, explain = false, exact_routing = false, document_sinks = false;
   uint32_t channels = 0;
   std::string gpu = "auto";
   auto* query = app.add_subcommand("query", "Attend queries over one layer's memory");
@@ -282,6 +283,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   query->add_option("--channels", channels, "approximate routing over N channels chosen from the group's queries "
                     "(0: the default)")->excludes(exact_opt)->capture_default_str();
+  query->add_flag("--document-sinks", document_sinks,
+                  "also attend over every document's first block (its attention sink), besides top-k");
   query->add_flag("--json", json, "print timings (and --explain) as JSON");
   query->add_flag("--explain", explain, "show which blocks were chosen, their scores and documents");
 
@@ -342,6 +345,7 @@ int main(int argc, char** argv) {
     ao.exact = exact;
     ao.exact_routing = exact_routing;
     ao.channels = channels;
+    ao.document_sinks = document_sinks;
     ao.gpu = gpu == "off" ? msa::GpuMode::kOff : gpu == "require" ? msa::GpuMode::kRequire : msa::GpuMode::kAuto;
     return RunQuery(store, layer, q_path, out_path, lse_path, ao, json, explain);
   }

@@ -11,7 +11,8 @@ namespace {
 const char* Why(const ExplainedBlock& e) {
   if (e.all) return "all";  // exact, or a budget that covers every block
   if (e.rank >= 0) return e.sink ? "routed, sink" : e.recent ? "routed, recent" : "routed";
-  return e.sink && e.recent ? "sink, recent" : e.sink ? "sink" : "recent";
+  if (e.sink) return e.recent ? "sink, recent" : "sink";
+  return e.document_sink ? (e.recent ? "document sink, recent" : "document sink") : "recent";
 }
 
 }  // namespace
@@ -56,7 +57,7 @@ Result<nlohmann::json> ExplainRouting(const Store& store, uint32_t layer, const 
                       {"score", e.rank >= 0 ? nlohmann::json(e.score) : nlohmann::json(nullptr)},
                       {"scored_by", e.rank >= 0 ? nlohmann::json(ScoredBy(kind, e)) : nlohmann::json(nullptr)},
                       {"why", Why(e)},
-                      {"forced", e.sink || e.recent},
+                      {"forced", e.sink || e.recent || e.document_sink},
                       {"doc_id", e.doc_id},
                       {"doc", name != names.end() ? nlohmann::json(name->second) : nlohmann::json(nullptr)},
                       {"doc_tokens", {e.first_position, e.first_position + e.tokens}}});

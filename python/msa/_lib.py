@@ -11,7 +11,7 @@ from pathlib import Path
 
 # The header version this wrapper was written for (include/msa.h).
 HEADER_MAJOR = 0
-HEADER_MINOR = 6
+HEADER_MINOR = 7
 
 _LIB_NAMES = ("libmsa.so", "libmsa.so.0")
 
@@ -40,6 +40,7 @@ class AttendParams(ctypes.Structure):
         ("gpu", ctypes.c_int),  # msa_gpu_t
         ("documents", ctypes.POINTER(ctypes.c_uint64)),
         ("n_documents", ctypes.c_uint32),
+        ("document_sinks", ctypes.c_int),  # since 0.7
     ]
 
 

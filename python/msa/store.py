@@ -309,13 +309,13 @@ class Store:
     # -- reading --
 
     def _query(self, what, q, top_k, exact, gqa_combine, nprobe, candidates, exact_routing,
-               channels, documents, gpu="auto"):
+               channels, documents, gpu="auto", document_sinks=False):
         """q as a float32 array [n, q_heads, head_dim], the params struct, and the
         documents array the struct points into (keep it alive for the call)."""
         qa = _input(q, "q", (np.dtype(np.float32),))
         self._check_q_shape(qa.shape)
         p, docs = self._params(what, top_k, exact, gqa_combine, nprobe, candidates, exact_routing,
-                               channels, documents, gpu)
+                               channels, documents, gpu, document_sinks)
         return qa, p, docs
 
     def _check_q_shape(self, shape):
@@ -325,7 +325,7 @@ class Store:
                                     f"head_dim={g.head_dim}", tuple(shape))
 
     def _params(self, what, top_k, exact, gqa_combine, nprobe, candidates, exact_routing,
-                channels, documents, gpu="auto"):
+                channels, documents, gpu="auto", document_sinks=False):
         """The params struct, and the documents array it points into (keep it
         alive for the call)."""
         p = _c.msa_attend_default_params()
@@ -336,6 +336,7 @@ class Store:
         p.nprobe, p.candidates, p.channels = nprobe, candidates, channels
         p.exact_routing = 1 if exact_routing else 0
         p.gpu = _code_of(GPU_MODES, gpu, "gpu")
+        p.document_sinks = 1 if document_sinks else 0
         docs = None
         if documents is not None:
             docs = np.ascontiguousarray(np.asarray(documents, dtype=np.uint64).reshape(-1))
@@ -347,7 +348,7 @@ class Store:
 
     def attend(self, layer, q, *, top_k=None, exact=False, gqa_combine="max", nprobe=0,
                candidates=0, exact_routing=False, channels=0, documents=None, out=None, lse=None,
-               gpu="auto"):
+               gpu="auto", document_sinks=False):
         """Attention of queries over the memory of one layer; returns (out, lse).
 
         q: [n, q_heads, head_dim] float32 (q_heads a multiple of kv_heads; query head h
@@ -356,6 +357,9 @@ class Store:
         scaled scores q.k / sqrt(head_dim), for merging with other attention.
         top_k: routed blocks per KV head besides the first and last (None: 16);
         exact: every block of the layer; documents: ids to restrict the query to.
+        document_sinks: also attend over every queried document's first block (a
+        document run from position 0 starts with its own attention sink); top_k then
+        counts the routed blocks besides them.
         gpu: "auto" (the GPU when msa has one and the call suits it), "off" or
         "require" (msa.NotSupported, saying why, when it cannot) for host arrays.
         out=/lse=: arrays to write into (exact shape, float32, C order).
@@ -369,9 +373,9 @@ class Store:
             return self._attend_cuda(handle, layer, q, out, lse,
                                      self._params("attend", top_k, exact, gqa_combine, nprobe,
                                                   candidates, exact_routing, channels, documents,
-                                                  gpu))
+                                                  gpu, document_sinks))
         qa, p, docs = self._query("attend", q, top_k, exact, gqa_combine, nprobe, candidates,
-                                  exact_routing, channels, documents, gpu)
+                                  exact_routing, channels, documents, gpu, document_sinks)
         n, q_heads = qa.shape[0], qa.shape[1]
         o = np.empty(qa.shape, np.float32) if out is None else _output(out, "out", qa.shape)
         s = np.empty((n, q_heads), np.float32) if lse is None else _output(lse, "lse", (n, q_heads))
@@ -417,14 +421,15 @@ class Store:
         return o, s
 
     def prefetch(self, layer, q, *, top_k=None, exact=False, gqa_combine="max", nprobe=0,
-                 candidates=0, exact_routing=False, channels=0, documents=None, gpu="auto"):
+                 candidates=0, exact_routing=False, channels=0, documents=None, gpu="auto",
+                 document_sinks=False):
         """Starts reading the blocks attend() with the same arguments will need into
         the block cache (or, for a GPU call, the GPU pool), on a background thread, and returns a Prefetch at once
         (q is copied). Typical use: prefetch layer l + 1, then attend layer l,
         then wait() and attend layer l + 1."""
         handle = self._live("prefetch")
         qa, p, docs = self._query("prefetch", q, top_k, exact, gqa_combine, nprobe, candidates,
-                                  exact_routing, channels, documents, gpu)
+                                  exact_routing, channels, documents, gpu, document_sinks)
         out = ctypes.c_void_p()
         _check(_c.msa_prefetch(handle, layer, qa.ctypes.data, qa.shape[0], qa.shape[1],
                                ctypes.byref(p), ctypes.byref(out)))

@@ -131,6 +131,41 @@ def test_documents_restriction(corpus):
             store.attend(0, q, documents=[ids[1] + 100])
 
 
+def test_document_sinks(tmp_path):
+    """document_sinks=True attends over every document's first block besides
+    the routed ones. Four documents of two 8-token blocks (blocks 0..7); block
+    3 (document 1's second) is a needle aligned with the query, so top_k=1
+    routes it: with document sinks the selection is blocks {0, 2, 3, 4, 6, 7}
+    (first blocks, needle, recent), without them at most {0, routed, 7}."""
+    rng = np.random.default_rng(21)
+    q = rng.standard_normal((1, 2, HEAD_DIM)).astype(np.float32)
+    docs = []
+    for i in range(4):
+        k = rng.standard_normal((1, 1, 2 * BLOCK, HEAD_DIM)).astype(np.float32)
+        v = rng.standard_normal((1, 1, 2 * BLOCK, HEAD_DIM)).astype(np.float32)
+        k[0, 0, 0] = 2.0 * q[0, 0]  # each document's first token: a sink
+        if i == 1:
+            k[0, 0, BLOCK:] = 3.0 * q[0, 0]
+        docs.append((k, v))
+    with msa.Store.create(tmp_path / "s", layers=1, kv_heads=1, head_dim=HEAD_DIM, block_tokens=BLOCK) as store:
+        for i, (k, v) in enumerate(docs):
+            store.append_document(f"d{i}", k, v)
+        store.commit()
+        keys = np.concatenate([k[0] for k, _ in docs], axis=1)  # [1, 64, d]
+        values = np.concatenate([v[0] for _, v in docs], axis=1)
+        blocks = [0, 2, 3, 4, 6, 7]
+        tokens = np.concatenate([np.arange(b * BLOCK, (b + 1) * BLOCK) for b in blocks])
+        out, lse = store.attend(0, q, top_k=1, gpu="off", document_sinks=True)
+        check_against_dense(out, lse, q, keys[:, tokens], values[:, tokens])
+        # Without them the first blocks of documents 1 and 2 are not read, so
+        # the result must differ from the one above.
+        out0, lse0 = store.attend(0, q, top_k=1, gpu="off")
+        assert np.abs(lse0 - lse).max() > 1e-3
+        # Prefetch takes the option too.
+        with store.prefetch(0, q, top_k=1, gpu="off", document_sinks=True) as pf:
+            pf.wait()
+
+
 def test_list_documents_and_stats(corpus):
     path, docs, ids = corpus
     with msa.Store.open(path, read_only=True) as store:

@@ -251,3 +251,99 @@ def test_torch_backend_matches_numpy(tok, model):
     b = M.make_runner(model, "cpu").forward(ids, want=("logits", "k"))
     np.testing.assert_allclose(a["logits"], b["logits"], rtol=1e-3, atol=1e-2)
     np.testing.assert_allclose(a["k"][29], b["k"][29], rtol=1e-3, atol=1e-3)
+
+
+# --- retrieve.py: memory attention merged into the model's layers -------------
+
+
+def test_merge_attention_equals_attention_over_the_union():
+    import retrieve as R
+
+    rng = np.random.default_rng(5)
+    t, p, hq, hkv, d = 6, 40, 9, 3, 64
+    q = rng.standard_normal((t, hq, d)).astype(np.float32)
+    mem_k, mem_v = (rng.standard_normal((p, hkv, d)).astype(np.float32) for _ in range(2))
+    loc_k, loc_v = (rng.standard_normal((t, hkv, d)).astype(np.float32) for _ in range(2))
+    # Memory first, then the prompt, causal: memory precedes every prompt token.
+    ref_o, ref_l = R.attention_lse(q, np.concatenate([mem_k, loc_k]), np.concatenate([mem_v, loc_v]), causal_from=p)
+    o_loc, l_loc = R.attention_lse(q, loc_k, loc_v, causal_from=0)
+    o_mem, l_mem = R.attention_lse(q, mem_k, mem_v)
+    o, lse = R.merge_attention(o_loc, l_loc, o_mem, l_mem)
+    np.testing.assert_allclose(o, ref_o, atol=2e-5)
+    np.testing.assert_allclose(lse, ref_l, atol=2e-5)
+    # The first prompt token sees itself only: a mask error would show here.
+    o1, _ = R.attention_lse(q[:1], loc_k, loc_v, causal_from=0)
+    np.testing.assert_allclose(o1[0], np.repeat(loc_v[0], hq // hkv, axis=0), atol=1e-6)
+    # An empty memory (lse -inf) leaves the local attention as it is.
+    o2, l2 = R.merge_attention(o_loc, l_loc, np.zeros_like(o_mem), np.full(l_mem.shape, -np.inf, np.float32))
+    np.testing.assert_array_equal(o2, o_loc)
+    np.testing.assert_allclose(l2, l_loc, atol=1e-6)
+
+
+def _msa_or_skip():
+    sys.path.insert(0, os.path.join(HERE, "..", "..", "python"))
+    try:
+        import msa
+    except (ImportError, OSError) as e:
+        pytest.skip(f"the msa Python package could not load its library: {e}")
+    return msa
+
+
+def test_merge_with_msa_store_equals_dense_over_memory_and_prompt(tmp_path):
+    """msa's (out, lse) over a store, merged with the prompt's causal
+    attention, equals attention over memory + prompt (GQA 9 on 3, head_dim 64,
+    fp16 memory): the merge retrieve.py does in every layer."""
+    import retrieve as R
+
+    msa = _msa_or_skip()
+    rng = np.random.default_rng(6)
+    t, hq, hkv, d = 5, 9, 3, 64
+    docs = [rng.standard_normal((1, hkv, n, d)).astype(np.float16) for n in (100, 37)]
+    vals = [rng.standard_normal((1, hkv, n, d)).astype(np.float16) for n in (100, 37)]
+    with msa.Store.create(tmp_path / "s", layers=1, kv_heads=hkv, head_dim=d) as store:
+        for i, (k, v) in enumerate(zip(docs, vals)):
+            store.append_document(f"d{i}", k, v)
+        store.commit()
+        mem_k = np.concatenate([k[0] for k in docs], axis=1).transpose(1, 0, 2).astype(np.float32)  # [T, kv, d]
+        mem_v = np.concatenate([v[0] for v in vals], axis=1).transpose(1, 0, 2).astype(np.float32)
+        q = rng.standard_normal((t, hq, d)).astype(np.float32)
+        loc_k, loc_v = (rng.standard_normal((t, hkv, d)).astype(np.float32) for _ in range(2))
+        o_loc, l_loc = R.attention_lse(q, loc_k, loc_v, causal_from=0)
+        ref_o, ref_l = R.attention_lse(q, np.concatenate([mem_k, loc_k]), np.concatenate([mem_v, loc_v]),
+                                       causal_from=len(mem_k))
+        mem = R.MsaMemory(store, top_k=16, document_sinks=False)  # 16 + 2 >= 3 blocks: all of them
+        o, lse = R.merge_attention(o_loc, l_loc, *mem.attend(0, q))
+        np.testing.assert_allclose(o, ref_o, atol=1e-5)
+        np.testing.assert_allclose(lse, ref_l, atol=1e-5)
+        # A sparse selection (top_k 0: sink + recent block only) is not the dense answer.
+        o_s, _ = R.merge_attention(o_loc, l_loc, *store.attend(0, q, top_k=0, gpu="off"))
+        assert np.abs(o_s - ref_o).max() > 1e-3
+
+
+@needs_model
+def test_retrieve_runner_dense_memory_equals_a_cached_prefix(tok, model):
+    """Dense memory over a document's own K/V in every layer is exactly the
+    model with that document as a cached prefix (model.forward's past), and no
+    memory is exactly model.forward: retrieve.py's forward pass is the model's."""
+    import retrieve as R
+
+    doc = tok.encode("The pass key of the blue door is 40213. Remember it. 40213 is the pass key of the blue door.")
+    prompt = tok.encode("What is the pass key of the blue door? The pass key of the blue door is")
+    past = model.forward(doc, pos0=0, want=("k", "v"))
+    qpos = 64
+
+    class DocMemory:
+        def attend(self, layer, q):
+            return R.attention_lse(q, past["k"][layer], past["v"][layer])
+
+    ref = model.forward(prompt, pos0=qpos, logits_last_only=True, past={"k": past["k"], "v": past["v"]})["logits"]
+    got = R.Runner(model, DocMemory(), range(model.cfg.layers)).run(prompt, qpos, {})
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-3 * np.abs(ref).max())
+    ref0 = model.forward(prompt, pos0=qpos, logits_last_only=True)["logits"]
+    got0 = R.Runner(model, None, []).run(prompt, qpos, {})
+    np.testing.assert_allclose(got0, ref0, rtol=0, atol=1e-3 * np.abs(ref0).max())
+    # And greedy decoding with the K/V cache equals re-running the whole sequence.
+    out = R.Runner(model, DocMemory(), range(model.cfg.layers)).greedy(prompt, qpos, 3)
+    for i in range(3):
+        lg = model.forward(prompt + out[:i], pos0=qpos, logits_last_only=True, past=past)["logits"]
+        assert int(np.argmax(lg[-1])) == out[i]
