@@ -23,6 +23,11 @@ is also msa's scale):
   msa           msa's sparse attention (Store.attend, --top-k routed blocks
                 per KV head + the stream's sink and recent block)
   msa-docsinks  the same with document_sinks: also every document's first block
+  dense-onesink dense without the other documents' first tokens: only the
+                stream's first token stays as a sink (a control: is the memory
+                usable once the 27 extra sinks are gone?)
+msa and msa-docsinks take a top-k of their own as msa:K / msa-docsinks:K
+(e.g. msa:43 for about the blocks msa-docsinks reads at top-k 16).
 
 A hit: the decoded text, stripped, starts with the passkey (as export.py's
 --answers). For the msa modes it also records, per layer, whether the blocks
@@ -45,7 +50,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-MODES = ("none", "dense", "msa", "msa-docsinks")
+MODES = ("none", "dense", "dense-onesink", "msa", "msa-docsinks")
 
 
 def merge_attention(o1, lse1, o2, lse2):
@@ -95,13 +100,19 @@ def attention_lse(q, k, v, causal_from=None):
 class DenseMemory:
     """Every memory token of every layer, fp16 as exported, documents in corpus order."""
 
-    def __init__(self, kvdir, docs, layers):
+    def __init__(self, kvdir, docs, layers, drop_document_sinks=False):
         self.k, self.v = {}, {}
+        keep = None
+        if drop_document_sinks:  # every document's first token but the stream's first
+            keep = np.ones(sum(d["tokens"] for d in docs), dtype=bool)
+            keep[np.cumsum([d["tokens"] for d in docs])[:-1]] = False
         ks = [np.load(os.path.join(kvdir, f"{d['name']}_keys.npy"), mmap_mode="r") for d in docs]
         vs = [np.load(os.path.join(kvdir, f"{d['name']}_values.npy"), mmap_mode="r") for d in docs]
         for j in layers:  # [T, kv, d] float32
             self.k[j] = np.ascontiguousarray(np.concatenate([a[j] for a in ks], axis=1).transpose(1, 0, 2), np.float32)
             self.v[j] = np.ascontiguousarray(np.concatenate([a[j] for a in vs], axis=1).transpose(1, 0, 2), np.float32)
+            if keep is not None:
+                self.k[j], self.v[j] = self.k[j][keep], self.v[j][keep]
 
     def attend(self, layer, q):
         return attention_lse(q, self.k[layer], self.v[layer])
@@ -202,6 +213,34 @@ def explain_hits(msa_bin, store, layer, q_rows, top_k, document_sinks, needle_bl
     return hits, float(np.mean(chosen_n))
 
 
+def summarize(results) -> str:
+    """The markdown tables of a results JSON: answers per mode, and per layer
+    how often the passkey's block was chosen for the last prompt token."""
+    n = len(results["queries"])
+    lines = ["| memory | top-k | blocks per KV head (mean over layers) | passkey answers |", "|---|---:|---:|---:|"]
+    for mode, r in results["modes"].items():
+        pl = r.get("passkey_block_chosen")
+        blocks = f"{np.mean([v['blocks_per_kv_head'] for v in pl.values()]):.1f}" if pl else "-"
+        lines.append(f"| {mode} | {r.get('top_k', '-')} | {blocks} | {r['hits']} / {n} |")
+    msa_modes = [m for m, r in results["modes"].items() if "passkey_block_chosen" in r]
+    if msa_modes:
+        lines += ["", "| layer | " + " | ".join(f"{m}: queries / (query, KV head)" for m in msa_modes) + " |",
+                  "|---:|" + "---|" * len(msa_modes)]
+        tot = {m: [0, 0, 0] for m in msa_modes}
+        for j in results["layers"]:
+            cells = []
+            for m in msa_modes:
+                v = results["modes"][m]["passkey_block_chosen"][str(j)]
+                cells.append(f"{v['rows_any_kv_head']}/{n} / {v['row_kv_head']}/{v['row_kv_head_total']}")
+                tot[m][0] += v["rows_any_kv_head"]
+                tot[m][1] += v["row_kv_head"]
+                tot[m][2] += v["row_kv_head_total"]
+            lines.append(f"| {j} | " + " | ".join(cells) + " |")
+        lines.append("| all | " + " | ".join(f"{tot[m][0]}/{n * len(results['layers'])} / {tot[m][1]}/{tot[m][2]}"
+                                              for m in msa_modes) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="run_eval.sh folder (corpus.json, kv/)")
@@ -214,10 +253,20 @@ def main(argv=None):
     ap.add_argument("--queries", default="all", help="query rows, e.g. 0-7")
     ap.add_argument("--msa", default=os.path.join(HERE, "..", "..", "build", "msa"), help="msa binary (--explain)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--summary", metavar="JSON", help="print the tables of an earlier --json and exit")
+    if argv is None and "--summary" in sys.argv:  # --run/--store are not needed then
+        argv = sys.argv[1:]
+        i = argv.index("--summary")
+        print(summarize(json.load(open(argv[i + 1]))))
+        return None
     a = ap.parse_args(argv)
     modes = a.modes.split(",")
-    if any(x not in MODES for x in modes):
-        ap.error(f"--modes: one of {', '.join(MODES)}")
+    top_k_of = {}
+    for x in modes:
+        name, _, k = x.partition(":")
+        if name not in MODES or (k and (not name.startswith("msa") or not k.isdigit())):
+            ap.error(f"--modes: {x!r} is not one of {', '.join(MODES)} (msa modes may add :TOP_K)")
+        top_k_of[x] = int(k) if k else a.top_k
 
     import model as M
 
@@ -249,11 +298,14 @@ def main(argv=None):
         needle_blocks.append(list(range(first_block[p["doc"]] + o0 // bt, first_block[p["doc"]] + o1 // bt + 1)))
 
     dense = DenseMemory(kvdir, docs, layers) if "dense" in modes else None
+    dense1 = DenseMemory(kvdir, docs, layers, drop_document_sinks=True) if "dense-onesink" in modes else None
     results = {"run": os.path.abspath(a.run), "store": os.path.abspath(a.store), "layers": layers,
                "top_k": a.top_k, "tokens": a.tokens, "queries": rows, "query_position": qpos, "modes": {}}
     for mode in modes:
-        memory = {"none": None, "dense": dense, "msa": MsaMemory(store, a.top_k, False),
-                  "msa-docsinks": MsaMemory(store, a.top_k, True)}[mode]
+        name, top_k = mode.partition(":")[0], top_k_of[mode]
+        doc_sinks = name == "msa-docsinks"
+        memory = {"none": None, "dense": dense, "dense-onesink": dense1, "msa": MsaMemory(store, top_k, False),
+                  "msa-docsinks": MsaMemory(store, top_k, True)}[name]
         runner = Runner(m, memory, layers)
         t0 = time.time()
         answers, last_q, last_om = [], {j: [] for j in layers}, {j: [] for j in layers}
@@ -268,10 +320,11 @@ def main(argv=None):
                 last_om[j].append(rec[j][1])
             print(f"{mode} q{r}: {text!r} (passkey {key}) {'HIT' if answers[-1]['hit'] else 'miss'}", flush=True)
         res = {"answers": answers, "hits": sum(x["hit"] for x in answers), "seconds": time.time() - t0}
-        if mode.startswith("msa"):
+        if name.startswith("msa"):
+            res.update(top_k=top_k, document_sinks=doc_sinks)
             per_layer = {}
             for j in layers:
-                hits, chosen = explain_hits(a.msa, a.store, j, np.stack(last_q[j]), a.top_k, mode == "msa-docsinks",
+                hits, chosen = explain_hits(a.msa, a.store, j, np.stack(last_q[j]), top_k, doc_sinks,
                                             needle_blocks, np.stack(last_om[j]))
                 per_layer[j] = {"rows_any_kv_head": int(hits.any(axis=1).sum()), "row_kv_head": int(hits.sum()),
                                 "row_kv_head_total": int(hits.size), "blocks_per_kv_head": chosen,
@@ -283,6 +336,7 @@ def main(argv=None):
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)
     store.close()
+    print(summarize(results))
     return results
 
 
