@@ -26,6 +26,8 @@ is also msa's scale):
   dense-onesink dense without the other documents' first tokens: only the
                 stream's first token stays as a sink (a control: is the memory
                 usable once the 27 extra sinks are gone?)
+  dense-owndoc  dense over the passkey's own document only (a check of this
+                pipeline: export.py's in-context answers, with fp16 K/V)
 msa and msa-docsinks take a top-k of their own as msa:K / msa-docsinks:K
 (e.g. msa:43 for about the blocks msa-docsinks reads at top-k 16).
 
@@ -50,7 +52,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-MODES = ("none", "dense", "dense-onesink", "msa", "msa-docsinks")
+MODES = ("none", "dense", "dense-onesink", "dense-owndoc", "msa", "msa-docsinks")
 
 
 def merge_attention(o1, lse1, o2, lse2):
@@ -101,6 +103,8 @@ class DenseMemory:
     """Every memory token of every layer, fp16 as exported, documents in corpus order."""
 
     def __init__(self, kvdir, docs, layers, drop_document_sinks=False):
+        """docs: corpus documents in stream order; drop_document_sinks: leave out
+        every document's first token but the stream's first."""
         self.k, self.v = {}, {}
         keep = None
         if drop_document_sinks:  # every document's first token but the stream's first
@@ -304,13 +308,16 @@ def main(argv=None):
     for mode in modes:
         name, top_k = mode.partition(":")[0], top_k_of[mode]
         doc_sinks = name == "msa-docsinks"
-        memory = {"none": None, "dense": dense, "dense-onesink": dense1, "msa": MsaMemory(store, top_k, False),
-                  "msa-docsinks": MsaMemory(store, top_k, True)}[name]
+        memory = {"none": None, "dense": dense, "dense-onesink": dense1, "dense-owndoc": None,
+                  "msa": MsaMemory(store, top_k, False), "msa-docsinks": MsaMemory(store, top_k, True)}[name]
         runner = Runner(m, memory, layers)
         t0 = time.time()
         answers, last_q, last_om = [], {j: [] for j in layers}, {j: [] for j in layers}
         for r in rows:
             rec = {}
+            if name == "dense-owndoc":
+                own = [d for d in docs if d["name"] == pk[qmeta[r]["passkey"]]["doc"]]
+                runner.memory = DenseMemory(kvdir, own, layers)
             out = runner.greedy(qmeta[r]["ids"], qpos, a.tokens, rec)
             text = tok.decode(out)
             key = pk[qmeta[r]["passkey"]]["key"]
@@ -332,9 +339,9 @@ def main(argv=None):
             res["passkey_block_chosen"] = per_layer
         results["modes"][mode] = res
         print(f"{mode}: {res['hits']} / {len(rows)} answers are the passkey ({res['seconds']:.0f} s)", flush=True)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(results, f, indent=1)
+        if a.json:  # after every mode: a long run stopped part way keeps what it finished
+            with open(a.json, "w") as f:
+                json.dump(results, f, indent=1)
     store.close()
     print(summarize(results))
     return results
