@@ -28,6 +28,8 @@ is also msa's scale):
                 usable once the 27 extra sinks are gone?)
   dense-owndoc  dense over the passkey's own document only (a check of this
                 pipeline: export.py's in-context answers, with fp16 K/V)
+  dense-docs:N  dense over the passkey's document and the N - 1 documents after it
+                in the corpus (wrapping): how fast distractor documents hurt
 msa and msa-docsinks take a top-k of their own as msa:K / msa-docsinks:K
 (e.g. msa:43 for about the blocks msa-docsinks reads at top-k 16).
 
@@ -52,7 +54,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-MODES = ("none", "dense", "dense-onesink", "dense-owndoc", "msa", "msa-docsinks")
+MODES = ("none", "dense", "dense-onesink", "dense-owndoc", "dense-docs", "msa", "msa-docsinks")
 
 
 def merge_attention(o1, lse1, o2, lse2):
@@ -268,8 +270,9 @@ def main(argv=None):
     top_k_of = {}
     for x in modes:
         name, _, k = x.partition(":")
-        if name not in MODES or (k and (not name.startswith("msa") or not k.isdigit())):
-            ap.error(f"--modes: {x!r} is not one of {', '.join(MODES)} (msa modes may add :TOP_K)")
+        if name not in MODES or (k and (not (name.startswith("msa") or name == "dense-docs") or not k.isdigit())) \
+                or (name == "dense-docs" and not k):
+            ap.error(f"--modes: {x!r} is not one of {', '.join(MODES)} (msa modes may add :TOP_K; dense-docs:N)")
         top_k_of[x] = int(k) if k else a.top_k
 
     import model as M
@@ -308,16 +311,17 @@ def main(argv=None):
     for mode in modes:
         name, top_k = mode.partition(":")[0], top_k_of[mode]
         doc_sinks = name == "msa-docsinks"
-        memory = {"none": None, "dense": dense, "dense-onesink": dense1, "dense-owndoc": None,
+        memory = {"none": None, "dense": dense, "dense-onesink": dense1, "dense-owndoc": None, "dense-docs": None,
                   "msa": MsaMemory(store, top_k, False), "msa-docsinks": MsaMemory(store, top_k, True)}[name]
         runner = Runner(m, memory, layers)
         t0 = time.time()
         answers, last_q, last_om = [], {j: [] for j in layers}, {j: [] for j in layers}
         for r in rows:
             rec = {}
-            if name == "dense-owndoc":
-                own = [d for d in docs if d["name"] == pk[qmeta[r]["passkey"]]["doc"]]
-                runner.memory = DenseMemory(kvdir, own, layers)
+            if name in ("dense-owndoc", "dense-docs"):
+                at = [i for i, d in enumerate(docs) if d["name"] == pk[qmeta[r]["passkey"]]["doc"]][0]
+                n_docs = top_k if name == "dense-docs" else 1
+                runner.memory = DenseMemory(kvdir, [docs[(at + i) % len(docs)] for i in range(n_docs)], layers)
             out = runner.greedy(qmeta[r]["ids"], qpos, a.tokens, rec)
             text = tok.decode(out)
             key = pk[qmeta[r]["passkey"]]["key"]
