@@ -337,7 +337,7 @@ def main(argv=None):
             for j in layers:
                 hits, chosen = explain_hits(a.msa, a.store, j, np.stack(last_q[j]), top_k, doc_sinks,
                                             needle_blocks, np.stack(last_om[j]))
-                per_layer[j] = {"rows_any_kv_head": int(hits.any(axis=1).sum()), "row_kv_head": int(hits.sum()),
+                per_layer[str(j)] = {"rows_any_kv_head": int(hits.any(axis=1).sum()), "row_kv_head": int(hits.sum()),
                                 "row_kv_head_total": int(hits.size), "blocks_per_kv_head": chosen,
                                 "per_kv_head": hits.sum(axis=0).tolist()}
             res["passkey_block_chosen"] = per_layer
