@@ -18,12 +18,9 @@ float Dot(const float* a, const float* b, int n) {
 // One query head over one selection: two passes (scores, then weighted sum)
 // so the softmax is exact in float32 without the rescaling error of an
 // online softmax. `scores` is scratch of at least count*block_tokens.
-// Compiled for AVX-512, AVX2 and baseline x86-64, picked at load time (the
-// dot products and the weighted sum are its vector loops; CMakeLists.txt
-// lets them reassociate).
-#if defined(__x86_64__) && !defined(__clang__)
-__attribute__((target_clones("avx512f", "avx2,fma", "default")))
-#endif
+// Its dot products and weighted sum are vector loops (CMakeLists.txt lets
+// them reassociate). Not target_clones: its ifunc resolver runs before
+// ThreadSanitizer's runtime is up and crashes instrumented binaries.
 void AttendOneHead(const AttentionShape& s, const BlockTable<float>& table, const int32_t* blocks,
                    int count, const float* q, float* out, float* lse, std::vector<float>& scores) {
   const int d = s.head_dim;
