@@ -97,6 +97,22 @@ nlohmann::json Dist(const std::vector<double>& v) {
   return {{"p50", Percentile(v, 50)}, {"p99", Percentile(v, 99)}, {"mean", Mean(v)}, {"n", v.size()}};
 }
 
+// One Attend call's stage times, collected over calls.
+struct Stages {
+  std::vector<double> total, route, fetch, decode, attend;
+  void Add(const AttendStats& st) {
+    total.push_back(st.total_ms);
+    route.push_back(st.route_ms);
+    fetch.push_back(st.fetch_ms);
+    decode.push_back(st.decode_ms);
+    attend.push_back(st.attend_ms);
+  }
+  nlohmann::json StagesP50() const {
+    return {{"route", Percentile(route, 50)}, {"fetch", Percentile(fetch, 50)},
+            {"decode", Percentile(decode, 50)}, {"attend", Percentile(attend, 50)}};
+  }
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -168,8 +184,7 @@ int main(int argc, char** argv) {
   struct SparseRun {
     std::string name;
     AttendOptions options;
-    std::vector<double> cold_ms, cold_route, cold_fetch, cold_decode, cold_attend, warm_ms, warm_route,
-        warm_fetch, warm_decode, warm_attend;
+    Stages cold, warm;
     uint64_t blocks_selected = 0, cold_bytes = 0, warm_hits = 0, warm_blocks = 0, needle_hits = 0,
              needle_total = 0;
     std::vector<float> out, lse;                       // rows with a dense reference
@@ -208,11 +223,7 @@ int main(int argc, char** argv) {
       cold.use_cache = false;
       Status s = store.Attend(0, q, 1, qh, cold, out.data(), lse.data(), &st, &selected);
       if (!s.ok()) return Die(s);
-      run.cold_ms.push_back(st.total_ms);
-      run.cold_route.push_back(st.route_ms);
-      run.cold_fetch.push_back(st.fetch_ms);
-      run.cold_decode.push_back(st.decode_ms);
-      run.cold_attend.push_back(st.attend_ms);
+      run.cold.Add(st);
       run.cold_bytes += st.bytes_read;
       if (i < qrows) {
         std::copy(out.begin(), out.end(), run.out.begin() + static_cast<size_t>(i) * qh * d);
@@ -227,11 +238,7 @@ int main(int argc, char** argv) {
         s = store.Attend(0, q, 1, qh, run.options, out.data(), lse.data(), &st);
         if (!s.ok()) return Die(s);
         if (r == 0) continue;  // fills the cache
-        run.warm_ms.push_back(st.total_ms);
-        run.warm_route.push_back(st.route_ms);
-        run.warm_fetch.push_back(st.fetch_ms);
-        run.warm_decode.push_back(st.decode_ms);
-        run.warm_attend.push_back(st.attend_ms);
+        run.warm.Add(st);
         run.warm_hits += st.cache_hits;
         run.warm_blocks += st.cache_hits + st.blocks_read;
       }
@@ -364,16 +371,12 @@ int main(int argc, char** argv) {
     return nlohmann::json{
         {"routing", run.name},
         {"avg_blocks_per_kv_head", avg},
-        {"sparse_cold_ms", Dist(run.cold_ms)},
-        {"sparse_cold_stages_p50",
-         {{"route", Percentile(run.cold_route, 50)}, {"fetch", Percentile(run.cold_fetch, 50)},
-          {"decode", Percentile(run.cold_decode, 50)}, {"attend", Percentile(run.cold_attend, 50)}}},
+        {"sparse_cold_ms", Dist(run.cold.total)},
+        {"sparse_cold_stages_p50", run.cold.StagesP50()},
         {"sparse_cold_bytes_per_query", n ? run.cold_bytes / n : 0},
-        {"sparse_warm_ms", Dist(run.warm_ms)},
-        {"sparse_warm_stages_p50",
-         {{"route", Percentile(run.warm_route, 50)}, {"fetch", Percentile(run.warm_fetch, 50)},
-          {"decode", Percentile(run.warm_decode, 50)}, {"attend", Percentile(run.warm_attend, 50)}}},
-        {"warm_route_ms", Dist(run.warm_route)},
+        {"sparse_warm_ms", Dist(run.warm.total)},
+        {"sparse_warm_stages_p50", run.warm.StagesP50()},
+        {"warm_route_ms", Dist(run.warm.route)},
         {"warm_cache_hit_rate", run.warm_blocks ? static_cast<double>(run.warm_hits) / run.warm_blocks : 0.0},
         {"needle_hits", run.needle_hits},
         {"needles", run.needle_total},
@@ -384,7 +387,7 @@ int main(int argc, char** argv) {
     };
   };
   const SparseRun& first = runs.front();
-  const std::vector<double>& cold_ms = first.cold_ms;
+  const std::vector<double>& cold_ms = first.cold.total;
   nlohmann::json j = {
       {"store", o.store},
       {"geometry", g.ToString()},
@@ -433,11 +436,11 @@ int main(int argc, char** argv) {
     std::printf("sparse, routing %s, top-k %u (%.1f blocks per KV head), %u rows x %u heads:\n", run.name.c_str(),
                 o.top_k, avg, n, qh);
     std::printf("  cold p50 %.3f ms  p99 %.3f ms  (route %.3f fetch %.3f decode %.3f attend %.3f)\n",
-                Percentile(run.cold_ms, 50), Percentile(run.cold_ms, 99), Percentile(run.cold_route, 50),
-                Percentile(run.cold_fetch, 50), Percentile(run.cold_decode, 50), Percentile(run.cold_attend, 50));
+                Percentile(run.cold.total, 50), Percentile(run.cold.total, 99), Percentile(run.cold.route, 50),
+                Percentile(run.cold.fetch, 50), Percentile(run.cold.decode, 50), Percentile(run.cold.attend, 50));
     std::printf("  warm p50 %.3f ms  p99 %.3f ms  (route %.3f fetch %.3f decode %.3f attend %.3f)\n",
-                Percentile(run.warm_ms, 50), Percentile(run.warm_ms, 99), Percentile(run.warm_route, 50),
-                Percentile(run.warm_fetch, 50), Percentile(run.warm_decode, 50), Percentile(run.warm_attend, 50));
+                Percentile(run.warm.total, 50), Percentile(run.warm.total, 99), Percentile(run.warm.route, 50),
+                Percentile(run.warm.fetch, 50), Percentile(run.warm.decode, 50), Percentile(run.warm.attend, 50));
     std::printf("  needles %llu / %llu; on %u rows: mass recall mean %.4f p5 %.4f; output error mean %.4f p95 %.4f",
                 (unsigned long long)run.needle_hits, (unsigned long long)run.needle_total, qrows, Mean(run.mass),
                 Percentile(run.mass, 5), Mean(run.err), Percentile(run.err, 95));
