@@ -86,43 +86,6 @@ __attribute__((target("avx2,fma,f16c"))) void ColumnsAvx2(const float* coef, con
   }
 }
 
-__attribute__((target("avx512f"))) void ColumnsI8Avx512(const float* coef, const uint32_t* cols,
-                                                                  size_t ncols, const int8_t* base,
-                                                                  size_t stride, float* out) {
-  __m512 acc[8];
-  for (auto& a : acc) a = _mm512_setzero_ps();
-  for (size_t k = 0; k < ncols; ++k) {
-    const __m512 a = _mm512_set1_ps(coef[k]);
-    const int8_t* x = base + cols[k] * stride;
-    // The next tiles of this column: a column of a sketch run is one 4 KiB
-    // page, where the hardware prefetcher stops.
-    _mm_prefetch(reinterpret_cast<const char*>(x + 512), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(x + 576), _MM_HINT_T0);
-    for (int t = 0; t < 8; ++t) {
-      const __m512i wide = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + 16 * t)));
-      acc[t] = _mm512_fmadd_ps(a, _mm512_cvtepi32_ps(wide), acc[t]);
-    }
-  }
-  for (int t = 0; t < 8; ++t) _mm512_storeu_ps(out + 16 * t, acc[t]);
-}
-
-__attribute__((target("avx2,fma"))) void ColumnsI8Avx2(const float* coef, const uint32_t* cols, size_t ncols,
-                                                       const int8_t* base, size_t stride, float* out) {
-  for (int half = 0; half < 2; ++half) {
-    __m256 acc[8];
-    for (auto& a : acc) a = _mm256_setzero_ps();
-    for (size_t k = 0; k < ncols; ++k) {
-      const __m256 a = _mm256_set1_ps(coef[k]);
-      const int8_t* x = base + cols[k] * stride + 64 * half;
-      for (int t = 0; t < 8; ++t) {
-        const __m256i wide = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x + 8 * t)));
-        acc[t] = _mm256_fmadd_ps(a, _mm256_cvtepi32_ps(wide), acc[t]);
-      }
-    }
-    for (int t = 0; t < 8; ++t) _mm256_storeu_ps(out + 64 * half + 8 * t, acc[t]);
-  }
-}
-
 __attribute__((target("avx512f"))) float DotAvx512(const float* a, const float* b, size_t n) {
   __m512 acc = _mm512_setzero_ps();
   size_t i = 0;
@@ -142,6 +105,21 @@ __attribute__((target("avx2,fma"))) float DotAvx2(const float* a, const float* b
   for (float v : lanes) sum += v;
   for (; i < n; ++i) sum += a[i] * b[i];
   return sum;
+}
+
+__attribute__((target("avx512f"))) size_t IndicesAtLeastAvx512(const float* x, size_t n, float bar,
+                                                               uint32_t* idx) {
+  const __m512 b = _mm512_set1_ps(bar);
+  size_t m = 0, i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (__mmask16 k = _mm512_cmp_ps_mask(_mm512_loadu_ps(x + i), b, _CMP_GE_OQ); k != 0; k &= k - 1) {
+      idx[m++] = static_cast<uint32_t>(i + __builtin_ctz(k));
+    }
+  }
+  for (; i < n; ++i) {
+    if (x[i] >= bar) idx[m++] = static_cast<uint32_t>(i);
+  }
+  return m;
 }
 
 __attribute__((target("avx512f"))) float MaxAbsAvx512(const float* x, size_t n) {
@@ -187,23 +165,21 @@ void QuantizeInt8(const float* x, size_t n, float inverse, int8_t* out) {
   }
 }
 
+size_t IndicesAtLeast(const float* x, size_t n, float bar, uint32_t* idx) {
+  if (kIsa == Isa::kAvx512) return IndicesAtLeastAvx512(x, n, bar, idx);
+  size_t m = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (x[i] >= bar) idx[m++] = static_cast<uint32_t>(i);
+  }
+  return m;
+}
+
 float DotF32(const float* a, const float* b, size_t n) {
   if (kIsa == Isa::kAvx512) return DotAvx512(a, b, n);
   if (kIsa == Isa::kAvx2) return DotAvx2(a, b, n);
   float sum = 0.0f;
   for (size_t i = 0; i < n; ++i) sum += a[i] * b[i];
   return sum;
-}
-
-void WeightedColumnSumI8(const float* coef, const uint32_t* cols, size_t ncols, const int8_t* base,
-                         size_t stride, float* out) {
-  if (kIsa == Isa::kAvx512) return ColumnsI8Avx512(coef, cols, ncols, base, stride, out);
-  if (kIsa == Isa::kAvx2) return ColumnsI8Avx2(coef, cols, ncols, base, stride, out);
-  std::fill(out, out + kColumnTile, 0.0f);
-  for (size_t k = 0; k < ncols; ++k) {
-    const int8_t* x = base + cols[k] * stride;
-    for (size_t i = 0; i < kColumnTile; ++i) out[i] += coef[k] * static_cast<float>(x[i]);
-  }
 }
 
 void WeightedColumnSum(const float* coef, const uint32_t* cols, size_t ncols, const uint16_t* base,

@@ -21,15 +21,15 @@ inline constexpr size_t kColumnTile = 128;
 void WeightedColumnSum(const float* coef, const uint32_t* cols, size_t ncols, const uint16_t* base,
                        size_t stride, float* out);
 
-// The same over int8 columns (store/route_sketch.h): the caller folds each
-// column's scale into its coefficient.
-void WeightedColumnSumI8(const float* coef, const uint32_t* cols, size_t ncols, const int8_t* base,
-                         size_t stride, float* out);
-
 // max_i |x[i]| (NaN ignored), and out[i] = round(x[i] * inverse) clamped
 // to [-127, 127] (NaN to 0): the sketch's quantiser (store/route_sketch.h).
 float MaxAbs(const float* x, size_t n);
 void QuantizeInt8(const float* x, size_t n, float inverse, int8_t* out);
+
+// Writes the indices i < n with x[i] >= bar to idx, in
+// order, and returns how many: the top-k scan's filter, where almost
+// every score falls below the bar.
+size_t IndicesAtLeast(const float* x, size_t n, float bar, uint32_t* idx);
 
 // sum_i a[i] * b[i] in float.
 float DotF32(const float* a, const float* b, size_t n);

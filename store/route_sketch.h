@@ -5,8 +5,10 @@
 // pieces of 128-block chunks strided far apart, so a scan of 8 columns
 // costs more than 8/256 of the exact one (page walks and cut-off
 // prefetch). Here each column of a run of kRunBlocks blocks is one
-// contiguous int8 array (4 KiB), quantised symmetrically with one scale per
+// contiguous 8-bit array (4 KiB), quantised symmetrically with one scale per
 // (run, column): half the bytes of fp16, read as long sequential streams.
+// Codes are kept as store/sketch_scan.h's kernel reads them (biased to
+// unsigned, and permuted within groups of 64 blocks).
 // The sketch only proposes candidates; they are rescored from the fp16
 // summaries, so its rounding never reaches a returned score.
 //
@@ -20,6 +22,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <vector>
 
@@ -45,9 +48,9 @@ class RouteSketch {
   size_t runs() const { return runs_done_; }
   // Where column (vector j, dim c) is stored (mirrored halves share one).
   uint32_t Slot(uint32_t j, uint32_t c) const;
-  // The codes of slot `slot` for the blocks of run r, and their scale:
-  // value ~= scale * code.
-  const int8_t* Codes(size_t run, uint32_t slot) const { return runs_[run].get() + slot * kRunBlocks; }
+  // The codes of slot `slot` for the blocks of run r (stored as
+  // StoreSketchColumn writes them), and their scale: value ~= scale * code.
+  const uint8_t* Codes(size_t run, uint32_t slot) const { return runs_[run].get() + slot * kRunBlocks; }
   float Scale(size_t run, uint32_t slot) const { return scales_[run * slots_ + slot]; }
 
   uint64_t memory_bytes() const {
@@ -58,7 +61,8 @@ class RouteSketch {
   const uint32_t per_block_, dim_;
   const int mirrored_;
   const uint32_t slots_;
-  std::vector<std::unique_ptr<int8_t[]>> runs_;  // slots_ * kRunBlocks codes each
+  struct Free { void operator()(uint8_t* p) const { std::free(p); } };
+  std::vector<std::unique_ptr<uint8_t[], Free>> runs_;  // slots_ * kRunBlocks codes each
   std::vector<float> scales_;                    // [run][slot]
   size_t runs_done_ = 0;
 };

@@ -16,6 +16,7 @@
 #include "attention/half.h"
 #include "store/dot_kernel.h"
 #include "store/route_sketch.h"
+#include "store/sketch_scan.h"
 #include "store/summary.h"
 #include "store/summary_table.h"
 
@@ -306,41 +307,52 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
   // instead of sorting the whole stream).
   std::vector<TopK> tops;
   for (uint32_t i = 0; i < rankings; ++i) tops.emplace_back(keep);
-  float dots[kColumnTile], best[kColumnTile], totals[2][kColumnTile];
-  // Scores the nt blocks from b0 (one tile) and offers them to the top
-  // lists; dots_of(h, j, out) writes head h's 128 dot products with index
-  // vector j. With ranges, only blocks inside one are offered (r: the first
-  // range that may still meet the tile).
-  size_t r = 0;
-  auto score_tile = [&](size_t nt, uint64_t b0, auto&& dots_of) {
+  // One tile's scores: dots[(j * group_size + h) * kColumnTile + b] for
+  // index vector j, head h, block b of the tile.
+  std::vector<float> dots(static_cast<size_t>(group_size) * per_block * kColumnTile);
+  float best[kColumnTile], totals[2][kColumnTile];
+  // The group's scores of one tile per ranking (totals) from every head's:
+  // src[(j * group_size + h) * row + b].
+  auto totals_from_dots = [&](size_t nt, const float* src, size_t row) {
     for (uint32_t i = 0; i < rankings; ++i) std::fill(totals[i], totals[i] + nt, identity);
     for (int h = 0; h < group_size; ++h) {
       std::fill(best, best + nt, -std::numeric_limits<float>::infinity());
       for (uint32_t j = 0; j < per_block; ++j) {
-        dots_of(h, j, dots);
+        const float* d = src + (j * group_size + h) * row;
         if (hybrid) {
-          for (size_t b = 0; b < nt; ++b) totals[j][b] = Combine(options.combine, totals[j][b], dots[b]);
+          for (size_t b = 0; b < nt; ++b) totals[j][b] = Combine(options.combine, totals[j][b], d[b]);
         } else {
-          for (size_t b = 0; b < nt; ++b) best[b] = std::max(best[b], dots[b]);
+          for (size_t b = 0; b < nt; ++b) best[b] = std::max(best[b], d[b]);
         }
       }
       if (!hybrid) {
         for (size_t b = 0; b < nt; ++b) totals[0][b] = Combine(options.combine, totals[0][b], best[b]);
       }
     }
+  };
+  // Offers the nt blocks from b0 (one tile; ranking i's scores from
+  // scores[i]) to the top lists. With ranges, only blocks inside one are
+  // offered (r: the first range that may still meet the tile).
+  size_t r = 0;
+  uint32_t above[kColumnTile];
+  auto offer_tile = [&](size_t nt, uint64_t b0, const float* const* scores) {
     for (uint32_t i = 0; i < rankings; ++i) {
+      const float* totals_i = scores[i];
       if (options.ranges) {
         size_t rr = r;
         for (size_t b = 0; b < nt; ++b) {
           while (rr < options.ranges->size() && (*options.ranges)[rr].second <= b0 + b) ++rr;
-          if (rr < options.ranges->size() && (*options.ranges)[rr].first <= b0 + b) tops[i].Offer(b0 + b, totals[i][b]);
+          if (rr < options.ranges->size() && (*options.ranges)[rr].first <= b0 + b) tops[i].Offer(b0 + b, totals_i[b]);
         }
       } else {
-        // Almost every block falls below the bar: one comparison each.
+        // Almost every block falls below the bar: a vector compare finds
+        // the few that do not (the bar rises as they enter).
         float bar = tops[i].bar();
-        for (size_t b = 0; b < nt; ++b) {
-          if (totals[i][b] >= bar) {
-            tops[i].Offer(b0 + b, totals[i][b]);
+        const size_t m = IndicesAtLeast(totals_i, nt, bar, above);
+        for (size_t k = 0; k < m; ++k) {
+          const float score = totals_i[above[k]];
+          if (score >= bar) {
+            tops[i].Offer(b0 + above[k], score);
             bar = tops[i].bar();
           }
         }
@@ -348,32 +360,80 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
     }
   };
   // An approximate scan reads the 8-bit sketch where it covers the stream:
-  // per run, each head's columns with the run's scales folded into the
-  // coefficients.
+  // per index vector, the union of the heads' columns (slots), every head
+  // with its coefficients over all of them (0 where it has none; the two
+  // halves of a mirrored vector summed onto their one slot), requantised
+  // per run with the run's column scales folded in (store/sketch_scan.h).
   uint64_t from = 0;
   if (approximate && !options.ranges && s.sketch.runs() > 0) {
-    std::vector<std::vector<uint32_t>> slots(group_size * per_block);
-    for (int h = 0; h < group_size; ++h) {
-      for (uint32_t j = 0; j < per_block; ++j) {
-        for (uint32_t c : columns[h]) slots[h * per_block + j].push_back(s.sketch.Slot(j, c));
-      }
-    }
-    std::vector<std::vector<float>> scaled(slots.size());
-    for (size_t run = 0; run < s.sketch.runs(); ++run) {
+    std::vector<SketchProbe> sketch_probes(per_block);
+    std::vector<std::vector<float>> unscaled(per_block);  // [h][slot] coefficients
+    for (uint32_t j = 0; j < per_block; ++j) {
+      SketchProbe& sp = sketch_probes[j];
+      sp.heads = group_size;
       for (int h = 0; h < group_size; ++h) {
-        for (uint32_t j = 0; j < per_block; ++j) {
-          std::vector<float>& sc = scaled[h * per_block + j];
-          sc.resize(coefs[h].size());
-          for (size_t k = 0; k < sc.size(); ++k) sc[k] = coefs[h][k] * s.sketch.Scale(run, slots[h * per_block + j][k]);
+        for (uint32_t c : columns[h]) {
+          const uint32_t slot = s.sketch.Slot(j, c);
+          if (std::find(sp.columns.begin(), sp.columns.end(), slot) == sp.columns.end()) sp.columns.push_back(slot);
         }
       }
-      const int8_t* base = s.sketch.Codes(run, 0);
-      for (size_t t0 = 0; t0 < RouteSketch::kRunBlocks; t0 += kColumnTile) {
-        score_tile(kColumnTile, run * RouteSketch::kRunBlocks + t0, [&](int h, uint32_t j, float* out) {
-          const auto& sl = slots[h * per_block + j];
-          WeightedColumnSumI8(scaled[h * per_block + j].data(), sl.data(), sl.size(), base + t0,
-                              RouteSketch::kRunBlocks, out);
-        });
+      while (sp.columns.size() % 4 != 0) sp.columns.push_back(sp.columns.front());  // padding, coefficient 0
+      const size_t n = sp.columns.size();
+      unscaled[j].assign(group_size * n, 0.0f);
+      for (int h = 0; h < group_size; ++h) {
+        for (size_t k = 0; k < columns[h].size(); ++k) {
+          const uint32_t slot = s.sketch.Slot(j, columns[h][k]);
+          const size_t u = std::find(sp.columns.begin(), sp.columns.end(), slot) - sp.columns.begin();
+          unscaled[j][h * n + u] += coefs[h][k];
+        }
+      }
+    }
+    // The heads' combine happens in the kernel unless a sum must come
+    // after each head's max over several vectors.
+    const bool heads_in_kernel = hybrid || per_block == 1 || options.combine == GqaCombine::kMax;
+    std::vector<float> weights;
+    // A run's scores: per ranking (heads combined), or per vector and head.
+    std::vector<float> run_scores(rankings * RouteSketch::kRunBlocks);
+    std::vector<float> run_dots(heads_in_kernel ? RouteSketch::kRunBlocks
+                                                : static_cast<size_t>(per_block) * group_size * RouteSketch::kRunBlocks);
+    std::vector<int32_t> sums;
+    for (size_t run = 0; run < s.sketch.runs(); ++run) {
+      for (uint32_t j = 0; j < per_block; ++j) {
+        SketchProbe& sp = sketch_probes[j];
+        const size_t n = sp.columns.size();
+        weights.resize(group_size * n);
+        for (int h = 0; h < group_size; ++h) {
+          for (size_t u = 0; u < n; ++u) weights[h * n + u] = unscaled[j][h * n + u] * s.sketch.Scale(run, sp.columns[u]);
+        }
+        sp.Quantize(weights.data());
+      }
+      const uint8_t* base = s.sketch.Codes(run, 0);
+      constexpr size_t kRun = RouteSketch::kRunBlocks;
+      if (heads_in_kernel) {
+        // The kernel combines the heads; a non-hybrid kind then takes the
+        // max over its vectors (for the max, the same as per head first).
+        const SketchHeads mode = options.combine == GqaCombine::kMax ? SketchHeads::kMax : SketchHeads::kSum;
+        for (uint32_t j = 0; j < per_block; ++j) {
+          float* t = hybrid || j == 0 ? run_scores.data() + (hybrid ? j : 0) * kRun : run_dots.data();
+          SketchScores(sketch_probes[j], mode, base, kRun, kRun, &sums, t);
+          if (!hybrid && j > 0) {
+            for (size_t b = 0; b < kRun; ++b) run_scores[b] = std::max(run_scores[b], run_dots[b]);
+          }
+        }
+        for (size_t t0 = 0; t0 < kRun; t0 += kColumnTile) {
+          const float* scores[2] = {run_scores.data() + t0, run_scores.data() + kRun + t0};
+          offer_tile(kColumnTile, run * kRun + t0, scores);
+        }
+      } else {
+        for (uint32_t j = 0; j < per_block; ++j) {
+          SketchScores(sketch_probes[j], SketchHeads::kEach, base, kRun, kRun, &sums,
+                       run_dots.data() + j * group_size * kRun);
+        }
+        for (size_t t0 = 0; t0 < kRun; t0 += kColumnTile) {
+          totals_from_dots(kColumnTile, run_dots.data() + t0, kRun);
+          const float* scores[2] = {totals[0], totals[1]};
+          offer_tile(kColumnTile, run * kRun + t0, scores);
+        }
       }
     }
     from = s.sketch.blocks();
@@ -395,10 +455,16 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
         if (r == ranges.size()) break;
         if (ranges[r].first >= tile_first + nt) continue;
       }
-      score_tile(nt, tile_first, [&](int h, uint32_t j, float* out) {
-        WeightedColumnSum(coefs[h].data(), columns[h].data(), columns[h].size(),
-                          s.summaries.Column(chunk, j, 0) + t0, SummaryTable::kChunkBlocks, out);
-      });
+      for (int h = 0; h < group_size; ++h) {
+        for (uint32_t j = 0; j < per_block; ++j) {
+          WeightedColumnSum(coefs[h].data(), columns[h].data(), columns[h].size(),
+                            s.summaries.Column(chunk, j, 0) + t0, SummaryTable::kChunkBlocks,
+                            dots.data() + (j * group_size + h) * kColumnTile);
+        }
+      }
+      totals_from_dots(nt, dots.data(), kColumnTile);
+      const float* scores[2] = {totals[0], totals[1]};
+      offer_tile(nt, tile_first, scores);
     }
   }
   std::vector<std::vector<ScoredBlock>> lists;

@@ -16,6 +16,7 @@
 #include "attention/half.h"
 #include "store/dot_kernel.h"
 #include "store/router.h"
+#include "store/sketch_scan.h"
 #include "store/store.h"
 #include "store/summary.h"
 #include "test_util.h"
@@ -154,22 +155,82 @@ TEST(DotKernel, WeightedColumnSumMatchesAScalarReference) {
   }
 }
 
-TEST(DotKernel, Int8WeightedColumnSumMatchesAScalarReference) {
+TEST(DotKernel, DotF32AndIndicesAtLeast) {
   SCOPED_TRACE(F16KernelIsa());
-  const size_t stride = 4096, columns = 6;
-  std::vector<int8_t> x(columns * stride);
-  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<int8_t>(static_cast<int>((i * 2654435761u) >> 7) % 255 - 127);
-  const std::vector<uint32_t> cols = {5, 0, 3};
-  const std::vector<float> coef = {0.25f, -1.5f, 2.0f};
-  std::vector<float> out(kColumnTile);
-  WeightedColumnSumI8(coef.data(), cols.data(), cols.size(), x.data() + 384, stride, out.data());
-  for (size_t b = 0; b < kColumnTile; ++b) {
-    double ref = 0;
-    for (size_t k = 0; k < cols.size(); ++k) ref += coef[k] * x[cols[k] * stride + 384 + b];
-    ASSERT_NEAR(out[b], ref, 1e-4 * (std::abs(ref) + 1)) << b;
-  }
   const std::vector<float> a = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19};
   EXPECT_FLOAT_EQ(DotF32(a.data(), a.data(), a.size()), 2470.0f);
+  std::vector<float> x(37, 0.0f);
+  x[2] = x[16] = x[31] = x[36] = 5.0f;  // in the first vector, the second, the tail
+  x[20] = std::numeric_limits<float>::quiet_NaN();
+  x[21] = std::numeric_limits<float>::infinity();
+  std::vector<uint32_t> idx(x.size());
+  idx.resize(IndicesAtLeast(x.data(), x.size(), 5.0f, idx.data()));
+  EXPECT_EQ(idx, (std::vector<uint32_t>{2, 16, 21, 31, 36}));
+}
+
+// Every loop of the sketch kernel (those this CPU has) returns exactly the
+// integer sums of a scalar reference over the codes in block order, for 1
+// to 6 heads (the VNNI loop batches 4), padding columns and all-zero heads.
+TEST(SketchScan, EveryLoopEqualsTheScalarReference) {
+  SCOPED_TRACE(SketchKernelIsa());
+  for (uint32_t b = 0; b < kSketchGroup; ++b) ASSERT_EQ(SketchOrder(SketchOrder(b)), b);
+  const size_t stride = 4096, columns = 9;
+  std::vector<int8_t> codes(columns * stride);
+  for (size_t i = 0; i < codes.size(); ++i) {
+    codes[i] = static_cast<int8_t>(static_cast<int>((i * 2654435761u) >> 7) % 255 - 127);
+  }
+  codes[3 * stride + 300] = -127;  // the extremes
+  codes[5 * stride + 301] = 127;
+  std::vector<uint8_t> stored(codes.size());
+  for (size_t c = 0; c < columns; ++c) StoreSketchColumn(&codes[c * stride], stride, &stored[c * stride]);
+  for (int heads : {1, 3, 4, 6}) {
+    SketchProbe probe;
+    probe.heads = heads;
+    probe.columns = {5, 0, 3, 8, 2, 2, 7, 1};  // a repeat, as padding makes
+    const size_t n = probe.columns.size();
+    std::vector<float> weights(heads * n);
+    for (size_t i = 0; i < weights.size(); ++i) weights[i] = std::sin(1.7f * static_cast<float>(i) + 0.3f) * (1 + i % 3);
+    if (heads == 3) std::fill(weights.begin() + n, weights.begin() + 2 * n, 0.0f);  // a head with no weight
+    probe.Quantize(weights.data());
+    const size_t t0 = 256;
+    std::vector<float> expected(heads * kColumnTile);
+    for (int h = 0; h < heads; ++h) {
+      for (size_t b = 0; b < kColumnTile; ++b) {
+        int64_t sum = 0;
+        for (size_t k = 0; k < n; ++k) sum += probe.coef[h * n + k] * codes[probe.columns[k] * stride + t0 + b];
+        expected[h * kColumnTile + b] = static_cast<float>(sum) * probe.scale[h];
+      }
+    }
+    for (SketchIsa isa : {SketchIsa::kAvx512Vnni, SketchIsa::kAvx2, SketchIsa::kPortable}) {
+      std::vector<float> out(heads * kColumnTile, -1.0f);
+      std::vector<int32_t> scratch;
+      if (!SketchScoresOn(isa, probe, SketchHeads::kEach, stored.data() + t0, stride, kColumnTile, &scratch, out.data())) {
+        continue;
+      }
+      for (size_t i = 0; i < out.size(); ++i) {
+        ASSERT_EQ(out[i], expected[i]) << "isa " << static_cast<int>(isa) << " heads " << heads << " at " << i;
+      }
+      // The heads combined in head order.
+      for (SketchHeads mode : {SketchHeads::kMax, SketchHeads::kSum}) {
+        std::vector<float> combined(kColumnTile, -1.0f);
+        ASSERT_TRUE(SketchScoresOn(isa, probe, mode, stored.data() + t0, stride, kColumnTile, &scratch, combined.data()));
+        for (size_t b = 0; b < kColumnTile; ++b) {
+          float c = expected[b];
+          for (int h = 1; h < heads; ++h) {
+            c = mode == SketchHeads::kMax ? std::max(c, expected[h * kColumnTile + b]) : c + expected[h * kColumnTile + b];
+          }
+          ASSERT_EQ(combined[b], c) << "isa " << static_cast<int>(isa) << " heads " << heads << " at " << b;
+        }
+      }
+    }
+    // The quantised coefficients keep each head's weights to 1/254 of its largest.
+    for (int h = 0; h < heads; ++h) {
+      for (size_t k = 0; k < n; ++k) {
+        const float peak = probe.scale[h] * 127.0f;
+        EXPECT_NEAR(probe.coef[h * n + k] * probe.scale[h], weights[h * n + k], peak / 254.0f + 1e-7f);
+      }
+    }
+  }
 }
 
 TEST(DotKernel, Int8QuantiserRoundsClampsAndIgnoresNan) {
