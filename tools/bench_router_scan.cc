@@ -1,6 +1,8 @@
 // Router scan micro-benchmark (issue 3): Router::Search alone over random
-// Quest bounds, exact and with the approximate channel scan, plus the raw
-// column kernel from L1 (what the scan would cost if memory were free).
+// summaries: the exact scan, the default routing (approximate past
+// RouterOptions::approximate_min_blocks) and the approximate channel scan
+// at 8, 16 and 32 channels, plus the raw fp16 column kernel from L1 (what
+// the exact scan would cost if memory were free).
 //   msa_bench_router_scan [BLOCKS (163840)] [HEAD_DIM (64)] [GROUP (4)] [TOP_K (64)] [bound|hybrid]
 #include <algorithm>
 #include <chrono>
@@ -37,12 +39,15 @@ int main(int argc, char** argv) {
   for (float& x : q) x = normal(rng);
   std::printf("# %llu %s summaries, head_dim %u, %d query heads, top-k %u, kernel isa %s\n",
               static_cast<unsigned long long>(blocks), kind.c_str(), head_dim, group, top_k, msa::F16KernelIsa());
-  std::vector<uint32_t> settings = {0u, 8u, 16u, 32u};
+  // UINT32_MAX: the exact scan; 0: the default routing; else that many channels.
+  constexpr uint32_t kExact = UINT32_MAX;
+  std::vector<uint32_t> settings = {kExact, 0u, 8u, 16u, 32u};
   if (argc > 6) settings = {static_cast<uint32_t>(std::atoi(argv[6]))};
   for (uint32_t channels : settings) {
     msa::RouteOptions options;
     options.top_k = top_k;
-    options.channels = channels;
+    options.exact_scan = channels == kExact;
+    options.channels = channels == kExact ? 0 : channels;
     std::vector<double> ms;
     for (int i = 0; i < (argc > 6 ? 301 : 31); ++i) {
       const auto t0 = Clock::now();
@@ -50,8 +55,8 @@ int main(int argc, char** argv) {
       ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
     }
     std::sort(ms.begin(), ms.end());
-    std::printf("search %-12s p50 %.3f ms  min %.3f ms\n",
-                channels ? ("channels " + std::to_string(channels)).c_str() : "exact", ms[ms.size() / 2], ms[0]);
+    const std::string name = channels == kExact ? "exact scan" : channels == 0 ? "default" : "channels " + std::to_string(channels);
+    std::printf("search %-12s p50 %.3f ms  min %.3f ms\n", name.c_str(), ms[ms.size() / 2], ms[0]);
   }
   // The column kernel on one L1-resident tile: 64 columns x 128 blocks.
   std::vector<uint16_t> tile(128 * msa::kColumnTile, 0x3c00);
