@@ -65,6 +65,12 @@ struct SplitParams {
   float score_scale;  // softmax scale * log2(e): scores live in log2 units
   const __half* keys;
   const __half* values;
+  // int8_pages: keys/values point at int8 pages (attention/int8_pages.h),
+  // page_bytes apart, codes at code_offset; each tile is dequantised into
+  // the fp16 shared-memory tile the tensor cores read.
+  int int8_pages;
+  int page_bytes;
+  int code_offset;
   const int32_t* block_len;
   const int32_t* block_index;
   const int32_t* count;

@@ -42,7 +42,7 @@ constexpr size_t SplitSmemBytes() {
   constexpr size_t q = 2u * 16 * MW * RowStride<D>() * sizeof(__half);           // Q hi, lo
   constexpr size_t kv = 2u * Stages<D, MW>() * TileTokens<D>() * RowStride<D>() * sizeof(__half);  // K, V
   constexpr size_t ints = (kMaxBlocksPerSplit + (kMaxBlocksPerSplit + 4) + 4 + 64) * sizeof(int);
-  return q + kv + ints + TileTokens<D>() * sizeof(int64_t);
+  return q + kv + ints + Stages<D, MW>() * TileTokens<D>() * sizeof(int32_t);
 }
 
 __device__ __forceinline__ uint32_t SmemAddr(const void* p) {
@@ -54,6 +54,13 @@ __device__ __forceinline__ void CpAsync16(void* dst, const void* src, int src_by
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddr(dst)), "l"(src),
                "r"(src_bytes)
                : "memory");
+}
+// 8 bytes global -> shared (through L1: .cg takes only 16).
+__device__ __forceinline__ void CpAsync8(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(SmemAddr(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void PrefetchL1(const void* p) {
+  asm volatile("prefetch.global.L1 [%0];\n" ::"l"(p));
 }
 __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
@@ -95,7 +102,7 @@ __device__ __forceinline__ void SplitHiLo(float x, float y, uint32_t* hi, uint32
 // offset of the run's k-th block; blocks of length 0 (invalid entries) share
 // their start with the next block, so the last k with s_start[k] <= f is
 // always a block that holds f.
-__device__ __forceinline__ int64_t TokenRow(const int* s_block, const int* s_start, int nb,
+__device__ __forceinline__ int32_t TokenRow(const int* s_block, const int* s_start, int nb,
                                             int block_tokens, int f) {
   int lo = 0, hi = nb;
   while (hi - lo > 1) {
@@ -106,7 +113,86 @@ __device__ __forceinline__ int64_t TokenRow(const int* s_block, const int* s_sta
       hi = mid;
     }
   }
-  return static_cast<int64_t>(s_block[lo]) * block_tokens + (f - s_start[lo]);
+  return s_block[lo] * block_tokens + (f - s_start[lo]);  // < 2^31: checked at launch
+}
+
+// The same as (block << 8) | token-in-block, for int8 pages (a page per
+// block: no division by block_tokens in the loops; block_tokens <= 256 and
+// fewer than 2^23 pages, checked at launch).
+__device__ __forceinline__ int32_t TokenPage(const int* s_block, const int* s_start, int nb, int f) {
+  int lo = 0, hi = nb;
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) >> 1;
+    if (s_start[mid] <= f) {
+      lo = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  return (s_block[lo] << 8) | (f - s_start[lo]);
+}
+
+// Dequantises one stage of int8 codes (keys and values) into its fp16
+// tiles, in place: the codes of row n sit in the second half of its fp16
+// row (bytes [D, 2D)), put there by the loads. Every thread first takes its
+// code chunks into registers, then (after a barrier) writes fp16; all
+// threads call it. rows: the stage's tokens as TokenPage values (-1 past
+// the run). The parameters were prefetched into L1 with the codes. Channels
+// past head_dim and rows past the run become 0, as the fp16 loads' zero
+// fill makes them.
+template <int D, int BN>
+__device__ __forceinline__ void DequantizeStage(const SplitParams& p, __half* tk, __half* tv, const int32_t* rows) {
+  constexpr int LD = RowStride<D>();
+  constexpr int CH = D / 8;
+  constexpr int kPer = BN * CH / kSplitThreads;
+  static_assert(BN * CH % kSplitThreads == 0);
+  const int dchunks = p.head_dim / 8;
+  const auto* kpages = reinterpret_cast<const unsigned char*>(p.keys);
+  const auto* vpages = reinterpret_cast<const unsigned char*>(p.values);
+  uint2 kc[kPer], vc[kPer];
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int c = threadIdx.x + i * kSplitThreads;
+    const int n = c / CH;
+    const int part = c - n * CH;
+    kc[i] = *reinterpret_cast<const uint2*>(reinterpret_cast<const unsigned char*>(tk + n * LD) + D + part * 8);
+    vc[i] = *reinterpret_cast<const uint2*>(reinterpret_cast<const unsigned char*>(tv + n * LD) + D + part * 8);
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int c = threadIdx.x + i * kSplitThreads;
+    const int n = c / CH;
+    const int part = c - n * CH;
+    const int32_t r = rows[n];
+    uint4 kout = make_uint4(0, 0, 0, 0), vout = make_uint4(0, 0, 0, 0);
+    if (r >= 0 && part < dchunks) {
+      const size_t page = static_cast<size_t>(r >> 8) * p.page_bytes;
+      const int t = r & 0xff;
+      const uint4 s8 = __ldg(reinterpret_cast<const uint4*>(kpages + page) + part);
+      const uint4 m8 = __ldg(reinterpret_cast<const uint4*>(kpages + page + 2 * p.head_dim) + part);
+      const auto* vpar = reinterpret_cast<const __half*>(vpages + page);
+      const float vs = __half2float(vpar[t]), vm = __half2float(vpar[p.block_tokens + t]);
+      const __half2* s2 = reinterpret_cast<const __half2*>(&s8);
+      const __half2* m2 = reinterpret_cast<const __half2*>(&m8);
+      uint32_t ko[4], vo[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const uint32_t kw = e < 2 ? kc[i].x : kc[i].y, vw = e < 2 ? vc[i].x : vc[i].y;
+        const int sh = (e & 1) * 16;
+        const float2 sf = __half22float2(s2[e]), mf = __half22float2(m2[e]);
+        ko[e] = AsU32(__floats2half2_rn(fmaf(sf.x, static_cast<float>((kw >> sh) & 0xff), mf.x),
+                                        fmaf(sf.y, static_cast<float>((kw >> (sh + 8)) & 0xff), mf.y)));
+        vo[e] = AsU32(__floats2half2_rn(fmaf(vs, static_cast<float>((vw >> sh) & 0xff), vm),
+                                        fmaf(vs, static_cast<float>((vw >> (sh + 8)) & 0xff), vm)));
+      }
+      kout = make_uint4(ko[0], ko[1], ko[2], ko[3]);
+      vout = make_uint4(vo[0], vo[1], vo[2], vo[3]);
+    }
+    *reinterpret_cast<uint4*>(tk + n * LD + part * 8) = kout;
+    *reinterpret_cast<uint4*>(tv + n * LD + part * 8) = vout;
+  }
+  __syncthreads();
 }
 
 template <int D, int MW>
@@ -137,8 +223,9 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
   // [64 >= rows of a CTA]: s_same[i] = row r_first + i selects the same blocks
   // in this split as row r_first + i - 1.
   int* s_same = s_warp + 4;
-  // [BN]: table row of each token of the tile in flight, -1 past the run.
-  int64_t* s_row = reinterpret_cast<int64_t*>(s_same + 64);
+  // [ST][BN]: table row of each token of each stage's tile (int8 pages:
+  // TokenPage values), -1 past the run.
+  int32_t* s_row = reinterpret_cast<int32_t*>(s_same + 64);
 
   // The merge kernel (a programmatic dependent launch) may start launching
   // now: every CTA of this grid has started, and it waits on griddepcontrol.wait
@@ -266,17 +353,48 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
     auto set_rows = [&](int tile) {
       if (tid < BN) {
         const int f = tile * BN + tid;
-        s_row[tid] = f < total ? TokenRow(s_block, s_start, nb, p.block_tokens, f) : -1;
+        s_row[(tile % ST) * BN + tid] = f >= total      ? -1
+                                        : p.int8_pages ? TokenPage(s_block, s_start, nb, f)
+                                                       : TokenRow(s_block, s_start, nb, p.block_tokens, f);
       }
     };
     auto issue_loads = [&](int stage) {
       __half* dk = s_k + stage * BN * LD;
       __half* dv = s_v + stage * BN * LD;
+      const int32_t* rows = s_row + stage * BN;
+      if (p.int8_pages) {
+        // Codes into the second half of each fp16 row; DequantizeTile widens them.
+        const auto* kp = reinterpret_cast<const unsigned char*>(p.keys);
+        const auto* vp = reinterpret_cast<const unsigned char*>(p.values);
+#pragma unroll 4
+        for (int c = tid; c < BN * CH; c += kSplitThreads) {
+          const int n = c / CH;
+          const int part = c - n * CH;
+          const int32_t r = rows[n];
+          if (r < 0 || part >= dchunks) continue;
+          const size_t page = static_cast<size_t>(r >> 8) * p.page_bytes;
+          const int tok = r & 0xff;
+          const size_t off = page + p.code_offset + static_cast<size_t>(tok) * p.head_dim + part * 8;
+          CpAsync8(reinterpret_cast<unsigned char*>(dk + n * LD) + D + part * 8, kp + off);
+          CpAsync8(reinterpret_cast<unsigned char*>(dv + n * LD) + D + part * 8, vp + off);
+          // The parameters DequantizeStage will read: into L1 now, so that
+          // their latency hides behind the tiles in flight.
+          if ((part & 7) == 0) {
+            PrefetchL1(kp + page + part * 16);
+            PrefetchL1(kp + page + 2 * p.head_dim + part * 16);
+          }
+          if (part == 0) {
+            PrefetchL1(vp + page + 2 * tok);
+            PrefetchL1(vp + page + 2 * (p.block_tokens + tok));
+          }
+        }
+        return;
+      }
 #pragma unroll 4
       for (int c = tid; c < BN * CH; c += kSplitThreads) {
         const int n = c / CH;
         const int part = c - n * CH;
-        const int64_t row = s_row[n];
+        const int32_t row = rows[n];
         const bool ok = row >= 0 && part < dchunks;
         const size_t off = ok ? static_cast<size_t>(row) * p.head_dim + part * 8 : 0;
         CpAsync16(dk + n * LD + part * 8, p.keys + off, ok ? 16 : 0);
@@ -305,6 +423,7 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
       CpAsyncCommit();
       CpAsyncWait<ST - 1>();
       __syncthreads();  // tile t has landed for all threads
+      if (p.int8_pages) DequantizeStage<D, BN>(p, s_k + stage * BN * LD, s_v + stage * BN * LD, s_row + stage * BN);
       if (!warp_active) continue;
 
       const __half* tk = s_k + (stage * BN + ts * SN) * LD;

@@ -1,5 +1,6 @@
 // GpuBlockPool (see gpu_block_pool.h for the design and the contract).
 #include "attention/gpu_block_pool.h"
+#include "attention/int8_pages.h"
 
 #include <cuda_runtime.h>
 #include <sys/mman.h>
@@ -63,7 +64,8 @@ Result<bool> Pending(const EventPtr& ev) {
 
 // Moves staged block m (keys for blockIdx.y == 0, values for 1) into its
 // page; meta[2m] is the page, meta[2m + 1] the token count. Only the valid
-// rows are copied; 16 bytes per thread (rows are 16-byte multiples).
+// rows are copied (row_vec 0: the whole page, for int8 pages); 16 bytes per
+// thread (rows are 16-byte multiples).
 __global__ void ScatterBlocksKernel(const uint4* __restrict__ staged, const int32_t* __restrict__ meta,
                                     size_t block_vec, int row_vec, uint4* __restrict__ keys,
                                     uint4* __restrict__ values, int32_t* __restrict__ lens) {
@@ -73,7 +75,7 @@ __global__ void ScatterBlocksKernel(const uint4* __restrict__ staged, const int3
   const int32_t tokens = meta[2 * m + 1];
   const uint4* src = staged + (2 * m + which) * block_vec;
   uint4* dst = (which == 0 ? keys : values) + static_cast<size_t>(page) * block_vec;
-  const size_t n = static_cast<size_t>(tokens) * row_vec;
+  const size_t n = row_vec == 0 ? block_vec : static_cast<size_t>(tokens) * row_vec;
   for (size_t i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src[i];
   if (which == 0 && threadIdx.x == 0) lens[page] = tokens;
 }
@@ -377,12 +379,20 @@ Result<std::unique_ptr<GpuBlockPool>> GpuBlockPool::Create(const GpuPoolOptions&
                                    " must be positive, head_dim a multiple of 8");
   }
   if (o.slots <= 0) return Status::InvalidArgument("GPU block pool: slots must be positive");
+  if (o.int8_pages && o.block_tokens > kMaxInt8PageTokens) {
+    return Status::InvalidArgument("GPU block pool: int8 pages hold at most " + std::to_string(kMaxInt8PageTokens) +
+                                   " tokens, not " + std::to_string(o.block_tokens));
+  }
   auto impl = std::make_unique<Impl>();
   impl->options = o;
   MSA_RETURN_IF_ERROR(CudaStatus(cudaGetDevice(&impl->device), "cudaGetDevice"));
-  impl->block_bytes = static_cast<size_t>(o.block_tokens) * o.head_dim * sizeof(uint16_t);
+  impl->block_bytes = o.int8_pages ? Int8Pages(o.block_tokens, o.head_dim).page_bytes
+                                   : static_cast<size_t>(o.block_tokens) * o.head_dim * sizeof(uint16_t);
   const uint64_t per_page = 2 * impl->block_bytes + sizeof(int32_t);
-  const uint64_t pages = o.pool_bytes / per_page;
+  // No more pages than the kernel can address (int8: 2^23 - 1; fp16: rows
+  // of 32-bit numbers).
+  const uint64_t addressable = o.int8_pages ? uint64_t{kMaxInt8Pages} : uint64_t{INT32_MAX} / o.block_tokens;
+  const uint64_t pages = std::min<uint64_t>(o.pool_bytes / per_page, addressable);
   if (pages == 0 || pages > INT32_MAX) {
     return Status::InvalidArgument("GPU block pool of " + std::to_string(o.pool_bytes) + " bytes holds " +
                                    std::to_string(pages) + " pages of " + std::to_string(per_page) + " bytes");
@@ -409,6 +419,7 @@ Result<std::unique_ptr<GpuBlockPool>> GpuBlockPool::Create(const GpuPoolOptions&
 
 int GpuBlockPool::pages() const { return impl_->pages; }
 size_t GpuBlockPool::block_bytes() const { return impl_->block_bytes; }
+bool GpuBlockPool::int8_pages() const { return impl_->options.int8_pages; }
 
 BlockTable<uint16_t> GpuBlockPool::table() const {
   return {impl_->pages, impl_->keys, impl_->values, impl_->lens};
@@ -555,7 +566,9 @@ Status GpuBlockPool::Upload(Batch& b, void* stream_ptr) {
   }
   if (b.misses.empty()) return Status::OK();
   const size_t block_vec = im.block_bytes / sizeof(uint4);
-  const int row_vec = im.options.head_dim * static_cast<int>(sizeof(uint16_t)) / static_cast<int>(sizeof(uint4));
+  const int row_vec = im.options.int8_pages
+                          ? 0
+                          : im.options.head_dim * static_cast<int>(sizeof(uint16_t)) / static_cast<int>(sizeof(uint4));
   ScatterBlocksKernel<<<dim3(static_cast<unsigned>(b.misses.size()), 2), 256, 0, stream>>>(
       reinterpret_cast<const uint4*>(s.dev + b.blocks_offset),
       reinterpret_cast<const int32_t*>(s.dev + b.meta_offset), block_vec, row_vec,

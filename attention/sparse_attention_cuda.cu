@@ -130,7 +130,8 @@ __global__ void __launch_bounds__(kMergeWarps * 32)
   }
 }
 
-Status ValidateArguments(const AttentionShape& s, const BlockTable<uint16_t>& table,
+template <typename T>
+Status ValidateArguments(const AttentionShape& s, const BlockTable<T>& table,
                          const Selection& selection, const float* q, const float* out) {
   if (s.n_queries < 0) return Status::InvalidArgument("n_queries < 0: " + std::to_string(s.n_queries));
   if (s.q_heads <= 0 || s.kv_heads <= 0 || s.q_heads % s.kv_heads != 0) {
@@ -244,7 +245,8 @@ class DeviceBuffer {
 // The host arrays are readable here, so check what the device entry point can
 // only take on trust: counts within max_blocks, indices within the table,
 // block lengths within [1, block_tokens].
-Status ValidateHostSelection(const AttentionShape& s, const BlockTable<uint16_t>& table,
+template <typename T>
+Status ValidateHostSelection(const AttentionShape& s, const BlockTable<T>& table,
                              const Selection& selection) {
   for (int b = 0; b < table.num_blocks; ++b) {
     if (table.block_len[b] < 1 || table.block_len[b] > s.block_tokens) {
@@ -297,26 +299,68 @@ bool CudaAvailable(std::string* why) {
   return true;
 }
 
+// Plans the split and launches the kernels for parameters whose K/V
+// fields (keys, values, int8_pages...) the caller has set.
+static Status RunSplit(const AttentionShape& shape, int num_blocks, const Selection& selection, const float* q,
+                       float* out, float* lse, SplitParams p, cudaStream_t cu_stream);
+
 Status SparseAttentionCudaF16(const AttentionShape& shape, const BlockTable<uint16_t>& table,
                               const Selection& selection, const float* q, float* out, float* lse,
                               void* stream) {
   MSA_RETURN_IF_ERROR(ValidateArguments(shape, table, selection, q, out));
   if (shape.n_queries == 0) return Status::OK();
-  auto cu_stream = static_cast<cudaStream_t>(stream);
-
+  // The kernel addresses rows of the table as int32.
+  if (static_cast<int64_t>(table.num_blocks) * shape.block_tokens > INT32_MAX) {
+    return Status::InvalidArgument("a table of " + std::to_string(table.num_blocks) + " blocks of " +
+                                   std::to_string(shape.block_tokens) + " tokens has more than 2^31 rows");
+  }
   SplitParams p{};
+  p.keys = reinterpret_cast<const __half*>(table.keys);
+  p.values = reinterpret_cast<const __half*>(table.values);
+  p.block_len = table.block_len;
+  return RunSplit(shape, table.num_blocks, selection, q, out, lse, p, static_cast<cudaStream_t>(stream));
+}
+
+Status SparseAttentionCudaInt8(const AttentionShape& shape, const BlockTable<uint8_t>& table,
+                               const Int8PageLayout& layout, const Selection& selection, const float* q,
+                               float* out, float* lse, void* stream) {
+  MSA_RETURN_IF_ERROR(ValidateArguments(shape, table, selection, q, out));
+  if (shape.n_queries == 0) return Status::OK();
+  // The kernel packs (page, token) into an int32: 23 bits and 8.
+  if (shape.block_tokens > kMaxInt8PageTokens || table.num_blocks > kMaxInt8Pages) {
+    return Status::NotSupported("int8 pages hold at most " + std::to_string(kMaxInt8PageTokens) +
+                                " tokens, and a table at most " + std::to_string(kMaxInt8Pages) + " pages (got " +
+                                std::to_string(shape.block_tokens) + " and " + std::to_string(table.num_blocks) +
+                                ")");
+  }
+  const Int8PageLayout expected = Int8Pages(static_cast<uint32_t>(shape.block_tokens),
+                                            static_cast<uint32_t>(shape.head_dim));
+  if (layout.code_offset != expected.code_offset || layout.page_bytes != expected.page_bytes) {
+    return Status::InvalidArgument("int8 page layout does not match block_tokens " +
+                                   std::to_string(shape.block_tokens) + " and head_dim " +
+                                   std::to_string(shape.head_dim));
+  }
+  SplitParams p{};
+  p.keys = reinterpret_cast<const __half*>(table.keys);
+  p.values = reinterpret_cast<const __half*>(table.values);
+  p.block_len = table.block_len;
+  p.int8_pages = 1;
+  p.page_bytes = static_cast<int>(layout.page_bytes);
+  p.code_offset = static_cast<int>(layout.code_offset);
+  return RunSplit(shape, table.num_blocks, selection, q, out, lse, p, static_cast<cudaStream_t>(stream));
+}
+
+static Status RunSplit(const AttentionShape& shape, int num_blocks, const Selection& selection, const float* q,
+                       float* out, float* lse, SplitParams p, cudaStream_t cu_stream) {
   p.n_queries = shape.n_queries;
   p.q_heads = shape.q_heads;
   p.kv_heads = shape.kv_heads;
   p.group = shape.q_heads / shape.kv_heads;
   p.head_dim = shape.head_dim;
   p.block_tokens = shape.block_tokens;
-  p.num_blocks = table.num_blocks;
+  p.num_blocks = num_blocks;
   p.max_blocks = selection.max_blocks;
   p.score_scale = shape.scale * 1.4426950408889634f;  // log2(e)
-  p.keys = reinterpret_cast<const __half*>(table.keys);
-  p.values = reinterpret_cast<const __half*>(table.values);
-  p.block_len = table.block_len;
   p.block_index = selection.block_index;
   p.count = selection.count;
   p.q = q;
@@ -425,6 +469,49 @@ Status SparseAttentionCudaF16Host(const AttentionShape& shape, const BlockTable<
                                              d_out.get<float>(),
                                              lse != nullptr ? d_lse.get<float>() : nullptr,
                                              nullptr));
+  MSA_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(nullptr), "running the sparse attention kernel"));
+  MSA_RETURN_IF_ERROR(CudaStatus(
+      cudaMemcpy(out, d_out.get<const float>(), rows * d * sizeof(float), cudaMemcpyDeviceToHost),
+      "copying out to the host"));
+  if (lse != nullptr) {
+    MSA_RETURN_IF_ERROR(CudaStatus(
+        cudaMemcpy(lse, d_lse.get<const float>(), rows * sizeof(float), cudaMemcpyDeviceToHost),
+        "copying lse to the host"));
+  }
+  return Status::OK();
+}
+
+Status SparseAttentionCudaInt8Host(const AttentionShape& shape, const BlockTable<uint8_t>& table,
+                                   const Int8PageLayout& layout, const Selection& selection, const float* q,
+                                   float* out, float* lse) {
+  MSA_RETURN_IF_ERROR(ValidateArguments(shape, table, selection, q, out));
+  if (shape.n_queries == 0) return Status::OK();
+  MSA_RETURN_IF_ERROR(ValidateHostSelection(shape, table, selection));
+
+  const size_t d = shape.head_dim;
+  const size_t rows = static_cast<size_t>(shape.n_queries) * shape.q_heads;
+  const size_t n_sel = static_cast<size_t>(shape.n_queries) * shape.kv_heads;
+  const size_t page_bytes = static_cast<size_t>(table.num_blocks) * layout.page_bytes;
+
+  DeviceBuffer d_keys, d_values, d_len, d_index, d_count, d_q, d_out, d_lse;
+  MSA_RETURN_IF_ERROR(d_keys.Init(page_bytes, table.keys, "key pages"));
+  MSA_RETURN_IF_ERROR(d_values.Init(page_bytes, table.values, "value pages"));
+  MSA_RETURN_IF_ERROR(d_len.Init(table.num_blocks * sizeof(int32_t), table.block_len, "block_len"));
+  MSA_RETURN_IF_ERROR(d_index.Init(n_sel * selection.max_blocks * sizeof(int32_t),
+                                   selection.block_index, "block_index"));
+  MSA_RETURN_IF_ERROR(d_count.Init(n_sel * sizeof(int32_t), selection.count, "count"));
+  MSA_RETURN_IF_ERROR(d_q.Init(rows * d * sizeof(float), q, "q"));
+  MSA_RETURN_IF_ERROR(d_out.Init(rows * d * sizeof(float), nullptr, "out"));
+  if (lse != nullptr) MSA_RETURN_IF_ERROR(d_lse.Init(rows * sizeof(float), nullptr, "lse"));
+
+  const BlockTable<uint8_t> d_table{table.num_blocks, d_keys.get<const uint8_t>(), d_values.get<const uint8_t>(),
+                                    d_len.get<const int32_t>()};
+  const Selection d_selection{selection.max_blocks, d_index.get<const int32_t>(),
+                              d_count.get<const int32_t>()};
+  // The legacy default stream: the synchronous copies around it order themselves after it.
+  MSA_RETURN_IF_ERROR(SparseAttentionCudaInt8(shape, d_table, layout, d_selection, d_q.get<const float>(),
+                                              d_out.get<float>(), lse != nullptr ? d_lse.get<float>() : nullptr,
+                                              nullptr));
   MSA_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(nullptr), "running the sparse attention kernel"));
   MSA_RETURN_IF_ERROR(CudaStatus(
       cudaMemcpy(out, d_out.get<const float>(), rows * d * sizeof(float), cudaMemcpyDeviceToHost),

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "attention/half.h"
+#include "attention/int8_pages.h"
 #include "store/dequantize.h"
 
 namespace msa::quantized {
@@ -225,6 +226,20 @@ void Decode(Codec codec, const uint8_t* payload, uint32_t tokens, uint32_t head_
   const Layout l(codec, tokens, head_dim);
   DecodeKeys(l, payload, keys, scratch);
   if (values) DecodeValues(l, payload, values, scratch);
+}
+
+void Int8PayloadToPages(const uint8_t* payload, uint32_t tokens, uint32_t head_dim, uint32_t block_tokens,
+                        uint8_t* key_page, uint8_t* value_page) {
+  const Layout l(Codec::kInt8, tokens, head_dim);
+  const attention::Int8PageLayout pages = attention::Int8Pages(block_tokens, head_dim);
+  const size_t d = head_dim, t = tokens;
+  // Key scales and mins ([1, d] each) are adjacent in both layouts.
+  std::memcpy(key_page, payload, 4 * d);
+  std::memcpy(key_page + pages.code_offset, payload + l.key_codes_at(), t * d);
+  // Value scales then mins: [t] each in the payload, [block_tokens] in the page.
+  std::memcpy(value_page, payload + 4 * d, 2 * t);
+  std::memcpy(value_page + 2 * size_t{block_tokens}, payload + 4 * d + 2 * t, 2 * t);
+  std::memcpy(value_page + pages.code_offset, payload + l.value_codes_at(), t * d);
 }
 
 }  // namespace msa::quantized

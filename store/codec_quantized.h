@@ -54,4 +54,11 @@ Status Encode(Codec codec, const float* keys, const float* values, uint32_t toke
 void Decode(Codec codec, const uint8_t* payload, uint32_t tokens, uint32_t head_dim, float* keys,
             float* values, std::vector<float>* scratch);
 
+// The int8 payload of a block of `tokens` tokens as the two GPU pages of
+// attention/int8_pages.h (capacity block_tokens >= tokens): parameters and
+// codes copied, nothing decoded. Each page receives layout.page_bytes
+// bytes' worth of content where it matters (the rest is left as it was).
+void Int8PayloadToPages(const uint8_t* payload, uint32_t tokens, uint32_t head_dim, uint32_t block_tokens,
+                        uint8_t* key_page, uint8_t* value_page);
+
 }  // namespace msa::quantized

@@ -920,7 +920,7 @@ std::string Store::SegmentFilePath(uint32_t segment) const { return SegmentPath(
 
 Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<BlockLocation>& locs,
                           float* keys, float* values, int32_t* len, AttendStats* stats,
-                          bool use_cache) const {
+                          bool use_cache, std::vector<std::shared_ptr<const CachedBlock>>* records) const {
   const auto t0 = Clock::now();
   const size_t d = geometry_.head_dim;
   const size_t block_elems = static_cast<size_t>(geometry_.block_tokens) * d;
@@ -931,8 +931,14 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
   for (size_t j = 0; j < ids.size(); ++j) {
     const uint32_t stream = geometry_.StreamOf(ids[j].layer, ids[j].kv_head);
     auto cached = use_cache ? cache_.Lookup(stream, ids[j].block) : nullptr;
-    if (!cached) {
+    if (!cached || (records != nullptr && cached->record.empty())) {
       misses.push_back(j);
+      continue;
+    }
+    if (records != nullptr) {
+      (*records)[j] = cached;
+      if (len != nullptr) len[j] = static_cast<int32_t>(cached->tokens);
+      ++hits;
       continue;
     }
     if (keys == nullptr) {  // a prefetch: already there is all it needs
@@ -979,6 +985,10 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
     std::shared_ptr<CachedBlock> entry;
     float* k;
     float* v;
+    if (records != nullptr && !quantised) {
+      return Status::Internal("a record of codec " + std::to_string(requests[m].dest[6]) +
+                              " where a quantised one was expected: " + DescribeBlock(ids[j]));
+    }
     if (keys != nullptr) {
       k = keys + j * block_elems;
       v = values + j * block_elems;
@@ -999,7 +1009,7 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
       return s.WithContext(SegmentPath(path_, loc.segment) + " offset " + std::to_string(loc.offset));
     }
     if (len != nullptr) len[j] = static_cast<int32_t>(loc.tokens);
-    if (keep) {
+    if (keep || records != nullptr) {
       if (!entry) {
         entry = std::make_shared<CachedBlock>();
         if (quantised) {
@@ -1010,7 +1020,8 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
         }
       }
       entry->tokens = loc.tokens;
-      cache_.Insert(geometry_.StreamOf(ids[j].layer, ids[j].kv_head), ids[j].block, std::move(entry));
+      if (records != nullptr) (*records)[j] = entry;
+      if (keep) cache_.Insert(geometry_.StreamOf(ids[j].layer, ids[j].kv_head), ids[j].block, std::move(entry));
     }
     return Status::OK();
   };
@@ -1307,6 +1318,8 @@ Result<attention::GpuBlockPool*> Store::GpuPool() const {
   attention::GpuPoolOptions po;
   po.block_tokens = static_cast<int>(geometry_.block_tokens);
   po.head_dim = static_cast<int>(geometry_.head_dim);
+  po.int8_pages = geometry_.codec == Codec::kInt8 && options_.gpu_int8_pages &&
+                  geometry_.block_tokens <= static_cast<uint32_t>(attention::kMaxInt8PageTokens);
   po.pool_bytes = options_.gpu_pool_bytes;
   auto created = attention::GpuBlockPool::Create(po);
   if (!created.ok()) {
@@ -1384,8 +1397,32 @@ Status Store::AttendOnGpu(const QueryPlan& plan, const float* q, uint32_t n,
     if (!device_io && !upload_only) std::memcpy(h + off_q, q, rows * d * sizeof(float));
     st->pool_ms += MsSince(t_pool);
 
-    // 2. Blocks missing from the pool: host cache or disk, decoded, staged as fp16.
-    if (!misses.empty()) {
+    // 2. Blocks missing from the pool: host cache or disk, staged as fp16
+    // (decoded) or, for int8 pages, as their codes and parameters.
+    if (!misses.empty() && pool->int8_pages()) {
+      std::vector<BlockId> ids(misses.size());
+      std::vector<BlockLocation> locs(misses.size());
+      for (size_t m = 0; m < misses.size(); ++m) {
+        ids[m] = plan.ids[misses[m]];
+        locs[m] = plan.locs[misses[m]];
+      }
+      std::vector<std::shared_ptr<const CachedBlock>> records(misses.size());
+      std::vector<int32_t> len(misses.size());
+      MSA_RETURN_IF_ERROR(FetchBlocks(ids, locs, nullptr, nullptr, len.data(), st, options.use_cache, &records));
+      const auto t_stage = Clock::now();
+      for (size_t m = 0; m < misses.size(); ++m) {
+        // Verified when read; the pool's format follows the store's codec.
+        if (static_cast<Codec>(records[m]->record[6]) != Codec::kInt8) {
+          return Status::Corruption("a record that is not int8 in an int8 store: " + DescribeBlock(ids[m]));
+        }
+        quantized::Int8PayloadToPages(records[m]->record.data() + kBlockRecordHeaderSize, records[m]->tokens,
+                                      g.head_dim, g.block_tokens,
+                                      reinterpret_cast<uint8_t*>(pool->StagedKeys(*batch, m)),
+                                      reinterpret_cast<uint8_t*>(pool->StagedValues(*batch, m)));
+        pool->SetStagedTokens(*batch, m, len[m]);
+      }
+      st->upload_ms += MsSince(t_stage);
+    } else if (!misses.empty()) {
       const size_t block_elems = static_cast<size_t>(g.block_tokens) * d;
       std::vector<BlockId> ids(misses.size());
       std::vector<BlockLocation> locs(misses.size());
@@ -1432,14 +1469,21 @@ Status Store::AttendOnGpu(const QueryPlan& plan, const float* q, uint32_t n,
     shape.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
     const attention::Selection selection{static_cast<int>(max_blocks), reinterpret_cast<const int32_t*>(dv),
                                          reinterpret_cast<const int32_t*>(dv + off_count)};
+    // The kernel over the pool's pages (int8 pages dequantised inside it).
+    auto run_kernel = [&](const float* q_dev, float* out_dev, float* lse_dev) {
+      const attention::BlockTable<uint16_t> t = pool->table();
+      if (!pool->int8_pages()) return attention::SparseAttentionCudaF16(shape, t, selection, q_dev, out_dev, lse_dev, s);
+      const attention::BlockTable<uint8_t> bytes{t.num_blocks, reinterpret_cast<const uint8_t*>(t.keys),
+                                                 reinterpret_cast<const uint8_t*>(t.values), t.block_len};
+      return attention::SparseAttentionCudaInt8(shape, bytes, attention::Int8Pages(g.block_tokens, g.head_dim),
+                                                selection, q_dev, out_dev, lse_dev, s);
+    };
     if (device_io) {
-      MSA_RETURN_IF_ERROR(attention::SparseAttentionCudaF16(shape, pool->table(), selection, q, out, lse, s));
+      MSA_RETURN_IF_ERROR(run_kernel(q, out, lse));
     } else {
       auto* d_out = reinterpret_cast<float*>(dv + off_out);
       auto* d_lse = reinterpret_cast<float*>(dv + off_lse);
-      MSA_RETURN_IF_ERROR(attention::SparseAttentionCudaF16(shape, pool->table(), selection,
-                                                            reinterpret_cast<const float*>(dv + off_q), d_out,
-                                                            d_lse, s));
+      MSA_RETURN_IF_ERROR(run_kernel(reinterpret_cast<const float*>(dv + off_q), d_out, d_lse));
       // out and lse are adjacent: one copy back, then wait for it.
       MSA_RETURN_IF_ERROR(attention::CudaCopyToHostAsync(h + off_out, d_out, off_lse - off_out + rows * sizeof(float), s));
       MSA_RETURN_IF_ERROR(attention::CudaSynchronize(s, "running sparse attention on the GPU"));

@@ -78,10 +78,16 @@ struct StoreOptions {
   RouterOptions router;                 // when streams get an IVF index
   uint64_t cache_bytes = 256ull << 20;  // host cache of decoded blocks (0: none)
   unsigned encode_threads = 0;          // threads encoding a document's blocks (0: one per core)
-  // GPU block pool (device memory for fp16 K/V pages, allocated on the
+  // GPU block pool (device memory for K/V pages: fp16, or int8 codes for
+  // int8 stores, see gpu_int8_pages; allocated on the
   // first query that runs on the GPU; attention/gpu_block_pool.h). 0: the
   // GPU is never used.
   uint64_t gpu_pool_bytes = uint64_t{256} << 20;
+  // An int8 store's GPU pool holds its blocks as int8 codes, dequantised in
+  // the kernel (attention/int8_pages.h: half the GPU memory, staging and
+  // copy of fp16 pages); false decodes them on the host into fp16 pages
+  // (the same results; for comparisons).
+  bool gpu_int8_pages = true;
   // Summaries are also saved in files of this many blocks per stream
   // (summaries/<stream>.<first block>.f16, recorded in the catalog) as a
   // commit completes each run, so that opening reads them sequentially
@@ -441,9 +447,12 @@ class Store {
                               const AttendOptions& options, AttendStats* st,
                               bool keep_scores = false) const;
   // keys, values and len null: only into the cache (a prefetch; use_cache must be true).
+  // records (optional, quantised codecs only, keys/values then null): block
+  // j's verified record, from the cache or read, instead of decoded floats.
   Status FetchBlocks(const std::vector<BlockId>& ids, const std::vector<BlockLocation>& locs,
                      float* keys, float* values, int32_t* len, AttendStats* stats,
-                     bool use_cache) const;
+                     bool use_cache,
+                     std::vector<std::shared_ptr<const CachedBlock>>* records = nullptr) const;
   // OK when the GPU path can run this call (GpuMode's conditions but the
   // pool's capacity); else NotSupported saying why. q on the host.
   Status GpuSuits(const AttendOptions& options, const float* q, size_t q_elems) const;

@@ -260,6 +260,11 @@ TEST(GpuAttend, Int8AndInt4Stores) {
   Fixture b = MakeStore(dir.Sub("b"), Codec::kInt4, 64, 32, 2, {500}, uint64_t{64} << 20, 32);
   ASSERT_TRUE(b.store);
   CheckGpuAgainstCpu(b, 1, 2, 6, 4, 33);
+  // Int8 pages dequantised in the kernel at odd sizes: d = 72 (padded to
+  // 128), blocks of 13 (page parameters of odd length), group 3.
+  Fixture c = MakeStore(dir.Sub("c"), Codec::kInt8, 72, 13, 4, {97, 250, 31}, uint64_t{64} << 20, 34);
+  ASSERT_TRUE(c.store);
+  CheckGpuAgainstCpu(c, 1, 5, 12, 7, 35);
 }
 
 TEST(GpuAttend, ColdPathBypassesThePool) {

@@ -1,4 +1,5 @@
-// Standalone benchmark of SparseAttentionCudaF16 (timing only, random data).
+// Standalone benchmark of SparseAttentionCudaF16, or with the argument
+// "int8" of SparseAttentionCudaInt8 over int8 pages (timing only, random data).
 // Cases: n in {1,8,64}, budget in {2048,8192,32768} tokens per KV head,
 // 8 KV heads, 32 q heads, head_dim 128, 64-token blocks, every (row, KV head)
 // selects all the blocks of its KV head. Prints CSV
@@ -11,7 +12,8 @@
 //   kernel_us_backtoback: 50 calls between two events, divided by 50.
 //   kernel_us_cold: median of 50 single calls, each after writing a 256 MiB
 //     buffer to evict the K/V from L2: the number to hold against HBM bandwidth.
-//   gbps_*: unique K/V bytes (8 KV heads x budget x 128 x 2 B x 2) over the time.
+//   gbps_*: unique K/V bytes (8 KV heads x budget x 128 x 2 B x 2; int8: 1 B
+//     per element, the pages' parameters not counted) over the time.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -21,6 +23,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "attention/sparse_attention_cuda.h"
@@ -57,7 +60,7 @@ static float Median(std::vector<float> v) {
   return v[v.size() / 2];
 }
 
-int main() {
+int main(int argc, char** argv) {
   const int kv_heads = 8, q_heads = 32, head_dim = 128, block_tokens = 64;
   const int warmup = 10, iters = 50;
   cudaDeviceProp prop;
@@ -114,6 +117,8 @@ int main() {
 
   std::mt19937 rng(42);
   std::uniform_real_distribution<float> U(-1.f, 1.f);
+  const bool int8 = argc > 1 && std::string(argv[1]) == "int8";
+  std::printf("# K/V format: %s\n", int8 ? "int8 pages, dequantised in the kernel" : "fp16");
   std::printf("n,budget,kernel_us,gbps_unique,kernel_us_backtoback,kernel_us_cold,gbps_cold\n");
   for (int budget : {2048, 8192, 32768}) {
     const int nb_per_head = budget / block_tokens;
@@ -133,6 +138,28 @@ int main() {
     CK(cudaMemcpy(dv, hv.data(), kv_elems * 2, cudaMemcpyHostToDevice));
     std::vector<int32_t> hlen(num_blocks, block_tokens);
     CK(cudaMemcpy(dlen, hlen.data(), num_blocks * 4, cudaMemcpyHostToDevice));
+    // Int8 pages: random codes, every scale 2/255 and min -1 (values in [-1, 1]).
+    const Int8PageLayout layout = Int8Pages(block_tokens, head_dim);
+    unsigned char *dk8 = nullptr, *dv8 = nullptr;
+    if (int8) {
+      std::vector<unsigned char> kp(size_t(num_blocks) * layout.page_bytes), vp(kp.size());
+      std::uniform_int_distribution<int> byte(0, 255);
+      for (size_t i = 0; i < kp.size(); ++i) {
+        kp[i] = static_cast<unsigned char>(byte(rng));
+        vp[i] = static_cast<unsigned char>(byte(rng));
+      }
+      const __half scale = __float2half(2.0f / 255.0f), minv = __float2half(-1.0f);
+      for (int b = 0; b < num_blocks; ++b) {
+        auto* kpar = reinterpret_cast<__half*>(&kp[size_t(b) * layout.page_bytes]);
+        auto* vpar = reinterpret_cast<__half*>(&vp[size_t(b) * layout.page_bytes]);
+        for (int c = 0; c < head_dim; ++c) kpar[c] = scale, kpar[head_dim + c] = minv;
+        for (int t = 0; t < block_tokens; ++t) vpar[t] = scale, vpar[block_tokens + t] = minv;
+      }
+      CK(cudaMalloc(&dk8, kp.size()));
+      CK(cudaMalloc(&dv8, vp.size()));
+      CK(cudaMemcpy(dk8, kp.data(), kp.size(), cudaMemcpyHostToDevice));
+      CK(cudaMemcpy(dv8, vp.data(), vp.size(), cudaMemcpyHostToDevice));
+    }
 
     for (int n : {1, 8, 64}) {
       // Selection: row i, KV head g -> blocks [g*nb, (g+1)*nb).
@@ -173,8 +200,10 @@ int main() {
       sel.block_index = didx;
       sel.count = dcnt;
 
+      const BlockTable<uint8_t> pages{num_blocks, dk8, dv8, dlen};
       auto launch = [&] {
-        msa::Status s = SparseAttentionCudaF16(shape, table, sel, dq, dout, dlse, nullptr);
+        msa::Status s = int8 ? SparseAttentionCudaInt8(shape, pages, layout, sel, dq, dout, dlse, nullptr)
+                             : SparseAttentionCudaF16(shape, table, sel, dq, dout, dlse, nullptr);
         if (!s.ok()) {
           std::fprintf(stderr, "launch failed: %s\n", s.ToString().c_str());
           std::exit(1);
@@ -216,7 +245,7 @@ int main() {
       }
       CK(cudaGetLastError());
       const float us_cold = Median(tc) * 1e3f;
-      const double bytes = double(kv_heads) * budget * head_dim * 2 * 2;  // K+V unique
+      const double bytes = double(kv_heads) * budget * head_dim * (int8 ? 1 : 2) * 2;  // K+V unique
       std::printf("%d,%d,%.2f,%.1f,%.2f,%.2f,%.1f\n", n, budget, us, bytes / (us * 1e3), us_b2b, us_cold,
                   bytes / (us_cold * 1e3));
       std::fflush(stdout);
@@ -229,6 +258,10 @@ int main() {
     CK(cudaFree(dk));
     CK(cudaFree(dv));
     CK(cudaFree(dlen));
+    if (int8) {
+      CK(cudaFree(dk8));
+      CK(cudaFree(dv8));
+    }
   }
   CK(cudaFree(flush));
   return 0;

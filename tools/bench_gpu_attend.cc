@@ -3,10 +3,12 @@
 // attend end to end").
 //
 //   msa_bench_gpu_attend DIR [--blocks 64,1024] [--top-k 62] [--n 1,8] [--reps 200]
+//                            [--codec f16|int8] [--fp16-pages 0|1]
 //
 // For each stream length (blocks of 64 tokens per KV head) it creates a
-// one-layer store in DIR (8 KV heads, head dim 128, f16 codec, Gaussian
-// K/V), then times Store::Attend for 32 query heads:
+// one-layer store in DIR (8 KV heads, head dim 128, the f16 codec unless
+// told, Gaussian K/V), then times Store::Attend for 32 query heads (an int8
+// store's GPU pool holds int8 pages unless --fp16-pages 1):
 //   gpu warm        every block in the GPU pool (no copy of K/V)
 //   gpu host-warm   GPU pool cleared before each call, blocks in the host cache
 //   gpu cold        GPU pool and host cache bypassed (use_cache off): disk reads
@@ -81,18 +83,26 @@ struct Series {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: %s DIR [--blocks 64,1024] [--top-k 62] [--n 1,8] [--reps 200]\n", argv[0]);
+    std::fprintf(stderr,
+                 "usage: %s DIR [--blocks 64,1024] [--top-k 62] [--n 1,8] [--reps 200] [--codec f16|int8] "
+                 "[--fp16-pages 0|1]\n",
+                 argv[0]);
     return 2;
   }
   const std::string dir = argv[1];
   std::vector<int> blocks_list = {64, 1024}, n_list = {1, 8};
   int top_k = 62, reps = 200;
+  msa::Codec codec = msa::Codec::kF16ShuffleZstd;
+  bool fp16_pages = false;
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--blocks") blocks_list = ParseList(argv[i + 1]);
     else if (a == "--n") n_list = ParseList(argv[i + 1]);
     else if (a == "--top-k") top_k = std::atoi(argv[i + 1]);
     else if (a == "--reps") reps = std::atoi(argv[i + 1]);
+    else if (a == "--codec" && std::string(argv[i + 1]) == "int8") codec = msa::Codec::kInt8;
+    else if (a == "--codec" && std::string(argv[i + 1]) == "f16") codec = msa::Codec::kF16ShuffleZstd;
+    else if (a == "--fp16-pages") fp16_pages = std::atoi(argv[i + 1]) != 0;
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;
@@ -101,7 +111,9 @@ int main(int argc, char** argv) {
   // Without a device (a CPU-only machine) only the CPU rows run.
   cudaDeviceProp prop;
   const bool have_gpu = cudaGetDeviceProperties(&prop, 0) == cudaSuccess;
-  std::printf("device: %s\n", have_gpu ? prop.name : "none (CPU rows only)");
+  std::printf("device: %s; codec %s%s\n", have_gpu ? prop.name : "none (CPU rows only)",
+              codec == msa::Codec::kInt8 ? "int8" : "f16",
+              codec == msa::Codec::kInt8 ? (fp16_pages ? ", fp16 GPU pages" : ", int8 GPU pages") : "");
   const uint32_t kv_heads = 8, q_heads = 32, d = 128, bt = 64;
 
   std::printf("%-6s %-3s %-14s %9s %9s | %8s %8s %8s %8s %8s %8s | %5s\n", "blocks", "n", "path", "p50 us",
@@ -114,9 +126,10 @@ int main(int argc, char** argv) {
     g.kv_heads = kv_heads;
     g.head_dim = d;
     g.block_tokens = bt;
-    g.codec = msa::Codec::kF16ShuffleZstd;
+    g.codec = codec;
     msa::StoreOptions so;
     so.cache_bytes = uint64_t{2} << 30;
+    so.gpu_int8_pages = !fp16_pages;
     auto created = msa::Store::Create(path, g, so);
     CHECK_OK(created.status());
     auto& store = *created;
