@@ -110,6 +110,27 @@ Result<uint64_t> SegmentWriter::Append(const void* data, size_t size) {
   return offset;
 }
 
+Result<uint64_t> SegmentWriter::AppendPadded(const void* data, size_t size) {
+  if (size % kIoAlignment != 0) {
+    return Status::InvalidArgument("segment " + path_ + ": padded append of " + std::to_string(size) +
+                                   " bytes is not a multiple of 4096");
+  }
+  const uint64_t offset = length_;
+  MSA_RETURN_IF_ERROR(WriteFully(fd_, static_cast<const uint8_t*>(data), size, offset, path_));
+  length_ = offset + size;
+  return offset;
+}
+
+void SegmentWriter::StartWriteback() {
+  // Not a durability point, so not a fault-injection seam (io/file_ops.h):
+  // a failure here only means the later fdatasync writes it all.
+  if (length_ > writeback_from_) {
+    (void)::sync_file_range(fd_, static_cast<off_t>(writeback_from_),
+                            static_cast<off_t>(length_ - writeback_from_), SYNC_FILE_RANGE_WRITE);
+  }
+  writeback_from_ = length_;
+}
+
 Status SegmentWriter::Sync() {
   if (sys::FDataSync(fd_, path_) != 0) {
     const int err = errno;
