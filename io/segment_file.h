@@ -43,7 +43,9 @@ class SegmentWriter {
   // until Sync().
   Result<uint64_t> Append(const void* data, size_t size);
   // Appends `size` bytes (a multiple of 4096) that already hold their
-  // records and zero padding, in one write. Returns where they start.
+  // records and zero padding. Returns where they start. With `data`
+  // 4096-aligned (io::AlignedBuffer) they are written with O_DIRECT where
+  // the file system allows it (not through the page cache), else buffered.
   Result<uint64_t> AppendPadded(const void* data, size_t size);
   // Starts writing back what was appended since the last call (a hint:
   // sync_file_range without waiting), so that the disk works while the
@@ -63,6 +65,7 @@ class SegmentWriter {
   int fd_;
   uint64_t length_;
   uint64_t writeback_from_ = 0;  // StartWriteback's next range starts here
+  int direct_fd_ = -1;           // O_DIRECT descriptor for AppendPadded; -1: none
 };
 
 // fsync a directory so that entries created in it (new files) are durable.
