@@ -379,7 +379,7 @@ Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV
   // records laid out as the segment will hold them (each padded with zeros
   // to 4096 bytes), so the runs go to disk in a few large writes, in item
   // order: the layout does not depend on the thread count. The buffers are
-  // kept for the next document (no page faults per document) until Commit.
+  // kept for the next document (no page faults and zeroing per document).
   const uint64_t items = uint64_t{g.streams()} * n_blocks;
   const size_t max_record = io::AlignUp(
       kBlockRecordHeaderSize +
@@ -605,7 +605,6 @@ Status Store::Commit() {
   dirty_segments_.clear();
   retired_writers_.clear();
   staged_names_.clear();
-  encode_buffers_.clear();  // a document's encoded records: not held between batches
   RefreshRouterIndexes();
   SaveSummaryPieces();
   return Status::OK();

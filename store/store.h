@@ -506,7 +506,8 @@ class Store {
   std::vector<std::unique_ptr<io::SegmentWriter>> retired_writers_;  // rolled over, not yet synced
   // AppendDocument's encoded records, one buffer per encoding thread, kept
   // from one document to the next (no page faults and zeroing per
-  // document) and given back by Commit.
+  // document): a writing store holds about its largest document's
+  // encoded size (its threads' runs of at most max-record-size each).
   std::vector<io::AlignedBuffer> encode_buffers_;
   CatalogCounters staged_;
   std::unique_ptr<Catalog::Batch> batch_;
