@@ -42,6 +42,16 @@ class SegmentWriter {
   // to the next multiple of 4096. Returns the record's offset. Not durable
   // until Sync().
   Result<uint64_t> Append(const void* data, size_t size);
+  // Appends `size` bytes (a multiple of 4096) that already hold their
+  // records and zero padding. Returns where they start. With `data`
+  // 4096-aligned (io::AlignedBuffer) they are written with O_DIRECT where
+  // the file system allows it (not through the page cache), else buffered.
+  Result<uint64_t> AppendPadded(const void* data, size_t size);
+  // Starts writing back what was appended since the last call (a hint:
+  // sync_file_range without waiting), so that the disk works while the
+  // caller goes on and Sync() waits only for the tail. Durability still
+  // comes from Sync() alone.
+  void StartWriteback();
   // fdatasync: every appended byte is on stable storage when this returns OK.
   Status Sync();
   // Bytes written so far (appended, synced or not); always 4096-aligned.
@@ -50,10 +60,12 @@ class SegmentWriter {
 
  private:
   SegmentWriter(std::string path, int fd, uint64_t length)
-      : path_(std::move(path)), fd_(fd), length_(length) {}
+      : path_(std::move(path)), fd_(fd), length_(length), writeback_from_(length) {}
   std::string path_;
   int fd_;
   uint64_t length_;
+  uint64_t writeback_from_ = 0;  // StartWriteback's next range starts here
+  int direct_fd_ = -1;           // O_DIRECT descriptor for AppendPadded; -1: none
 };
 
 // fsync a directory so that entries created in it (new files) are durable.

@@ -8,6 +8,7 @@
 #include "attention/half.h"
 #include "attention/int8_pages.h"
 #include "store/dequantize.h"
+#include "store/encode_kernel.h"
 
 namespace msa::quantized {
 
@@ -85,12 +86,6 @@ Status FitGroup(float lo, float hi, bool nan, uint32_t levels, uint16_t* scale16
   return Status::OK();
 }
 
-// The nearest code of x: x >= min always (min was rounded down), so adding
-// a half and truncating rounds to nearest; the clamp absorbs float rounding.
-inline uint8_t Code(float x, float min, float inv, float levels) {
-  return static_cast<uint8_t>(std::min((x - min) * inv + 0.5f, levels));
-}
-
 // One row of codes (n of them) into its packed form.
 void PackRow(const uint8_t* codes, size_t n, uint32_t bits, uint8_t* out) {
   if (bits == 8) {
@@ -164,55 +159,45 @@ Status Encode(Codec codec, const float* keys, const float* values, uint32_t toke
   uint16_t* value_mins = value_scales + l.value_params();
   uint8_t* key_codes = out + l.key_codes_at();
   uint8_t* value_codes = out + l.value_codes_at();
-  // Row-wise passes (contiguous, vectorisable) rather than a strided walk
-  // down each key channel.
+  // Row-wise passes (contiguous, vectorised: store/encode_kernel.h) rather
+  // than a strided walk down each key channel.
   std::vector<float> lo(d), hi(d), min(d), inv(d), scale(d);
   std::vector<uint8_t> codes(d);
+  // int8 codes are their packed form: written in place.
+  auto codes_for = [&](uint8_t* packed) { return l.bits == 8 ? packed : codes.data(); };
   // Keys: per channel, groups along the tokens.
   for (size_t g = 0; g < l.key_groups(); ++g) {
     const size_t t0 = g * l.key_group, t1 = std::min<size_t>(tokens, t0 + l.key_group);
     std::fill(lo.begin(), lo.end(), std::numeric_limits<float>::infinity());
     std::fill(hi.begin(), hi.end(), -std::numeric_limits<float>::infinity());
-    bool nan = false;
-    for (size_t t = t0; t < t1; ++t) {
-      const float* x = keys + t * d;
-      for (size_t c = 0; c < d; ++c) {
-        nan |= x[c] != x[c];
-        lo[c] = std::min(lo[c], x[c]);
-        hi[c] = std::max(hi[c], x[c]);
-      }
-    }
+    const bool nan = ColumnRange(keys + t0 * d, t1 - t0, d, lo.data(), hi.data());
     for (size_t c = 0; c < d; ++c) {
       MSA_RETURN_IF_ERROR(FitGroup(lo[c], hi[c], nan, l.levels(), &key_scales[g * d + c],
                                    &key_mins[g * d + c], &scale[c], &min[c], what, "keys"));
       inv[c] = scale[c] > 0 ? 1.0f / scale[c] : 0.0f;
     }
     for (size_t t = t0; t < t1; ++t) {
-      const float* x = keys + t * d;
-      for (size_t c = 0; c < d; ++c) codes[c] = Code(x[c], min[c], inv[c], levels);
-      PackRow(codes.data(), d, l.bits, key_codes + t * row);
+      uint8_t* c = codes_for(key_codes + t * row);
+      QuantizeCodes(keys + t * d, min.data(), inv.data(), levels, d, c);
+      if (l.bits != 8) PackRow(c, d, l.bits, key_codes + t * row);
     }
   }
   // Values: per token, groups along the channels.
   const size_t groups = l.value_groups();
   for (size_t t = 0; t < tokens; ++t) {
     const float* x = values + t * d;
+    uint8_t* c = codes_for(value_codes + t * row);
     for (size_t gi = 0; gi < groups; ++gi) {
       const size_t c0 = gi * l.value_group, c1 = std::min<size_t>(d, c0 + l.value_group);
-      float glo = std::numeric_limits<float>::infinity(), ghi = -glo;
-      bool nan = false;
-      for (size_t c = c0; c < c1; ++c) {
-        nan |= x[c] != x[c];
-        glo = std::min(glo, x[c]);
-        ghi = std::max(ghi, x[c]);
-      }
+      float glo, ghi;
+      const bool nan = RowRange(x + c0, c1 - c0, &glo, &ghi);
       float gscale, gmin;
       MSA_RETURN_IF_ERROR(FitGroup(glo, ghi, nan, l.levels(), &value_scales[t * groups + gi],
                                    &value_mins[t * groups + gi], &gscale, &gmin, what, "values"));
       const float ginv = gscale > 0 ? 1.0f / gscale : 0.0f;
-      for (size_t c = c0; c < c1; ++c) codes[c] = Code(x[c], gmin, ginv, levels);
+      QuantizeCodes(x + c0, gmin, ginv, levels, c1 - c0, c + c0);
     }
-    PackRow(codes.data(), d, l.bits, value_codes + t * row);
+    if (l.bits != 8) PackRow(c, d, l.bits, value_codes + t * row);
   }
   if (keys_as_stored) {
     std::vector<float> scratch;

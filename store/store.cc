@@ -284,6 +284,40 @@ Status Store::AppendRecord(std::span<const uint8_t> record, uint32_t* segment, u
   return Status::OK();
 }
 
+Status Store::AppendRecords(const uint8_t* data, std::span<const uint32_t> record_bytes,
+                            uint32_t* segments, uint64_t* offsets) {
+  // The same placement as AppendRecord one record at a time (a record that
+  // does not fit the active segment starts the next), in one write per run
+  // of records that share a segment.
+  size_t i = 0;
+  while (i < record_bytes.size()) {
+    if (writer_->length() > 0 && writer_->length() + record_bytes[i] > options_.segment_bytes) {
+      const uint32_t next = staged_.active_segment + 1;
+      MSA_ASSIGN_OR_RETURN(auto next_writer,
+                           io::SegmentWriter::Open(SegmentPath(path_, next), 0, PreallocateBytes()));
+      dirty_segments_[staged_.active_segment] = writer_.get();
+      retired_writers_.push_back(std::move(writer_));
+      writer_ = std::move(next_writer);
+      staged_.active_segment = next;
+    }
+    const uint64_t start = writer_->length();
+    uint64_t run = 0;
+    size_t j = i;
+    do {
+      segments[j] = staged_.active_segment;
+      offsets[j] = start + run;
+      run += io::AlignUp(record_bytes[j]);
+      ++j;
+    } while (j < record_bytes.size() && start + run + record_bytes[j] <= options_.segment_bytes);
+    MSA_ASSIGN_OR_RETURN(const uint64_t at, writer_->AppendPadded(data, run));
+    if (at != start) return Status::Internal("segment writer appended at an unexpected offset");
+    dirty_segments_[staged_.active_segment] = writer_.get();
+    data += run;
+    i = j;
+  }
+  return Status::OK();
+}
+
 Status Store::OpenWriter(uint32_t segment, uint64_t committed_length) {
   MSA_ASSIGN_OR_RETURN(writer_, io::SegmentWriter::Open(SegmentPath(path_, segment), committed_length,
                                                          PreallocateBytes()));
@@ -338,21 +372,39 @@ Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV
   const uint64_t first_block = staged_.blocks_per_stream;
   const uint64_t doc_id = staged_.next_doc_id;
 
-  // Encode into local lists first: a failure part-way leaves nothing staged.
+  // Encode first, write second: a failure part-way leaves nothing staged.
   // The encoding (quantisation or zstd, and the summaries) is the CPU-bound
-  // part of ingest and runs on several threads; the records are then
-  // appended in (stream, block) order, so the layout does not depend on the
-  // thread count.
-  struct EncodedBlock {
-    std::vector<uint8_t> record;
-    uint64_t checksum = 0;
-    uint32_t tokens = 0;
+  // part of ingest and runs on several threads, each over a contiguous run
+  // of items (item = stream * n_blocks + block) into its own buffer of
+  // records laid out as the segment will hold them (each padded with zeros
+  // to 4096 bytes), so the runs go to disk in a few large writes, in item
+  // order: the layout does not depend on the thread count. The buffers are
+  // kept for the next document (no page faults and zeroing per document).
+  const uint64_t items = uint64_t{g.streams()} * n_blocks;
+  const size_t max_record = io::AlignUp(
+      kBlockRecordHeaderSize +
+      std::max<size_t>(FixedPayloadBytes(g.codec, g.block_tokens, g.head_dim), 4 * bt * d));
+  std::vector<uint32_t> record_bytes(items), block_tokens(items);
+  std::vector<uint64_t> checksums(items);
+  // Summaries go straight to their staged place; cut back on failure.
+  std::vector<size_t> summaries_before(g.streams());
+  for (uint32_t stream = 0; stream < g.streams(); ++stream) {
+    summaries_before[stream] = staged_summaries_[stream].size();
+    staged_summaries_[stream].resize(summaries_before[stream] + n_blocks * width);
+  }
+  auto unstage_summaries = [&] {
+    for (uint32_t stream = 0; stream < g.streams(); ++stream) {
+      staged_summaries_[stream].resize(summaries_before[stream]);
+    }
   };
-  const uint64_t items = uint64_t{g.streams()} * n_blocks;  // item = stream * n_blocks + block
-  std::vector<EncodedBlock> encoded(items);
-  std::vector<std::vector<float>> summaries(g.streams(), std::vector<float>(n_blocks * width));
-  auto encode_range = [&](uint64_t from, uint64_t to) -> Status {
+  const unsigned threads = static_cast<unsigned>(
+      std::min<uint64_t>(EncodeThreads(), std::max<uint64_t>(1, items / kBlocksPerEncodeThread)));
+  if (encode_buffers_.size() < threads) encode_buffers_.resize(threads);
+  auto encode_range = [&](unsigned thread, uint64_t from, uint64_t to) -> Status {
     try {
+      io::AlignedBuffer& out = encode_buffers_[thread];
+      if (out.size() < (to - from) * max_record) out = io::AlignedBuffer((to - from) * max_record);
+      uint8_t* at_out = out.data();
       std::vector<float> kin(bt * d), vin(bt * d), kf(bt * d);
       BlockEncoder encoder;
       for (uint64_t item = from; item < to; ++item) {
@@ -368,64 +420,76 @@ Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV
         auto record = encoder.Encode(g.codec, id, tokens, g.head_dim, kin.data(), vin.data(),
                                      &header, kf.data());
         if (!record.ok()) return record.status().WithContext("document " + name);
-        encoded[item].record.assign(record->begin(), record->end());
-        encoded[item].checksum = header.checksum;
-        encoded[item].tokens = tokens;
+        const size_t padded = io::AlignUp(record->size());
+        std::memcpy(at_out, record->data(), record->size());
+        std::memset(at_out + record->size(), 0, padded - record->size());
+        at_out += padded;
+        record_bytes[item] = static_cast<uint32_t>(record->size());
+        checksums[item] = header.checksum;
+        block_tokens[item] = tokens;
         // Summary, from the keys as stored (what attention will see).
-        Summarize(g, kf.data(), tokens, summaries[stream].data() + b * width);
+        Summarize(g, kf.data(), tokens, staged_summaries_[stream].data() + summaries_before[stream] + b * width);
       }
       return Status::OK();
     } catch (const std::exception& e) {
       return Status::Internal("document " + name + ": encoding failed: " + e.what());
     }
   };
-  const unsigned threads = static_cast<unsigned>(
-      std::min<uint64_t>(EncodeThreads(), std::max<uint64_t>(1, items / kBlocksPerEncodeThread)));
-  if (threads <= 1) {
-    MSA_RETURN_IF_ERROR(encode_range(0, items));
-  } else {
+  std::vector<uint64_t> run_from(threads + 1);
+  for (unsigned t = 0; t <= threads; ++t) run_from[t] = items * t / threads;
+  {
     std::vector<Status> results(threads);
     std::vector<std::thread> pool;
-    for (unsigned t = 0; t < threads; ++t) {
-      pool.emplace_back([&, t] { results[t] = encode_range(items * t / threads, items * (t + 1) / threads); });
+    for (unsigned t = 1; t < threads; ++t) {
+      pool.emplace_back([&, t] { results[t] = encode_range(t, run_from[t], run_from[t + 1]); });
     }
+    results[0] = encode_range(0, run_from[0], run_from[1]);  // the calling thread takes the first run
     for (auto& th : pool) th.join();
-    for (const Status& r : results) MSA_RETURN_IF_ERROR(r);
+    for (const Status& r : results) {
+      if (!r.ok()) {
+        unstage_summaries();
+        return r;
+      }
+    }
   }
   std::vector<std::vector<BlockLocation>> locations(g.streams());
-  for (uint64_t item = 0; item < items; ++item) {
-    const uint32_t stream = static_cast<uint32_t>(item / n_blocks);
-    const uint64_t b = item % n_blocks;
-    EncodedBlock& e = encoded[item];
-    uint32_t segment;
-    uint64_t offset;
-    MSA_RETURN_IF_ERROR(AppendRecord(e.record, &segment, &offset));
-    BlockLocation loc;
-    loc.segment = segment;
-    loc.offset = offset;
-    loc.record_bytes = static_cast<uint32_t>(e.record.size());
-    loc.tokens = e.tokens;
-    loc.checksum = e.checksum;
-    loc.doc_id = doc_id;
-    loc.first_position = b * bt;
-    loc.codec = g.codec;
-    locations[stream].push_back(loc);
-    std::vector<uint8_t>().swap(e.record);  // appended: give the memory back early
+  for (uint32_t stream = 0; stream < g.streams(); ++stream) locations[stream].reserve(n_blocks);
+  for (unsigned t = 0; t < threads; ++t) {
+    const uint64_t from = run_from[t], to = run_from[t + 1];
+    std::vector<uint64_t> offsets(to - from);
+    std::vector<uint32_t> segments(to - from);
+    Status written = AppendRecords(encode_buffers_[t].data(), std::span<const uint32_t>(&record_bytes[from], to - from),
+                                   segments.data(), offsets.data());
+    if (!written.ok()) {
+      unstage_summaries();
+      return written;
+    }
+    for (uint64_t item = from; item < to; ++item) {
+      BlockLocation loc;
+      loc.segment = segments[item - from];
+      loc.offset = offsets[item - from];
+      loc.record_bytes = record_bytes[item];
+      loc.tokens = block_tokens[item];
+      loc.checksum = checksums[item];
+      loc.doc_id = doc_id;
+      loc.first_position = (item % n_blocks) * bt;
+      loc.codec = g.codec;
+      locations[item / n_blocks].push_back(loc);
+    }
   }
+  writer_->StartWriteback();  // the disk works while the next document is encoded
   // Stage: everything below is in memory and cannot fail.
   if (!batch_) batch_ = std::make_unique<Catalog::Batch>();
   for (uint32_t stream = 0; stream < g.streams(); ++stream) {
     const BlockId base{stream / g.kv_heads, stream % g.kv_heads, 0};
+    const float* summaries = staged_summaries_[stream].data() + summaries_before[stream];
     for (size_t j = 0; j < locations[stream].size(); ++j) {
       BlockId id = base;
       id.block = first_block + j;
-      batch_->PutBlock(id, locations[stream][j],
-                       std::span<const float>(summaries[stream].data() + j * width, width));
+      batch_->PutBlock(id, locations[stream][j], std::span<const float>(summaries + j * width, width));
     }
     auto& sl = staged_locations_[stream];
     sl.insert(sl.end(), locations[stream].begin(), locations[stream].end());
-    auto& ss = staged_summaries_[stream];
-    ss.insert(ss.end(), summaries[stream].begin(), summaries[stream].end());
   }
   DocumentRecord doc{doc_id, name, kv.tokens, first_block, n_blocks};
   batch_->PutDocument(doc);

@@ -43,6 +43,7 @@
 #include <vector>
 
 #include "attention/gpu_block_pool.h"
+#include "io/aligned_buffer.h"
 #include "io/block_reader.h"
 #include "io/segment_file.h"
 #include "msa/status.h"
@@ -390,6 +391,12 @@ class Store {
   // Appends one record to the active segment (rolling over to a new one
   // past options_.segment_bytes); *segment/*offset receive where it went.
   Status AppendRecord(std::span<const uint8_t> record, uint32_t* segment, uint64_t* offset);
+  // The same for consecutive records at `data`, each padded with zeros to
+  // a multiple of 4096 bytes (record_bytes[i] unpadded), placed exactly as
+  // AppendRecord would place them one by one, in one write per segment
+  // they land in; segments[i]/offsets[i] receive where record i went.
+  Status AppendRecords(const uint8_t* data, std::span<const uint32_t> record_bytes,
+                       uint32_t* segments, uint64_t* offsets);
   // Segment files the catalog no longer references (a compaction that
   // crashed before removing them, an uncommitted rollover): removed.
   void RemoveOrphanSegments();
@@ -506,6 +513,11 @@ class Store {
   std::unique_ptr<io::SegmentWriter> writer_;
   std::map<uint32_t, io::SegmentWriter*> dirty_segments_;  // written since last commit
   std::vector<std::unique_ptr<io::SegmentWriter>> retired_writers_;  // rolled over, not yet synced
+  // AppendDocument's encoded records, one buffer per encoding thread, kept
+  // from one document to the next (no page faults and zeroing per
+  // document): a writing store holds about its largest document's
+  // encoded size (its threads' runs of at most max-record-size each).
+  std::vector<io::AlignedBuffer> encode_buffers_;
   CatalogCounters staged_;
   std::unique_ptr<Catalog::Batch> batch_;
   std::vector<std::vector<BlockLocation>> staged_locations_;  // [stream] new blocks

@@ -4,6 +4,8 @@
 #include <limits>
 #include <vector>
 
+#include "store/encode_kernel.h"
+
 namespace msa {
 
 namespace {
@@ -84,9 +86,7 @@ void Summarize(const Geometry& g, const float* keys, uint32_t tokens, float* out
   switch (g.summary) {
     case SummaryKind::kMean: {
       std::fill(out, out + d, 0.0f);
-      for (uint32_t t = 0; t < tokens; ++t) {
-        for (uint32_t c = 0; c < d; ++c) out[c] += keys[static_cast<size_t>(t) * d + c];
-      }
+      ColumnSum(keys, tokens, d, out);
       for (uint32_t c = 0; c < d; ++c) out[c] /= static_cast<float>(tokens);
       return;
     }
@@ -95,13 +95,7 @@ void Summarize(const Geometry& g, const float* keys, uint32_t tokens, float* out
       float* mn = out + d;
       std::copy(keys, keys + d, mx);
       std::copy(keys, keys + d, mn);
-      for (uint32_t t = 1; t < tokens; ++t) {
-        for (uint32_t c = 0; c < d; ++c) {
-          const float k = keys[static_cast<size_t>(t) * d + c];
-          mx[c] = std::max(mx[c], k);
-          mn[c] = std::min(mn[c], k);
-        }
-      }
+      if (tokens > 1) ColumnRange(keys + d, tokens - 1, d, mn, mx);
       return;
     }
     case SummaryKind::kCentroids:

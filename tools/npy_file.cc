@@ -455,8 +455,11 @@ Result<NpyHeader> ReadNpyFile(const std::string& path, bool integers, std::vecto
 
 }  // namespace
 
-Result<Tensor> ReadNpy(const std::string& path) {
+Result<Tensor> ReadNpy(const std::string& path) { return ReadNpy(path, std::vector<uint8_t>()); }
+
+Result<Tensor> ReadNpy(const std::string& path, std::vector<uint8_t>&& storage) {
   Tensor tensor;
+  tensor.data = std::move(storage);
   MSA_ASSIGN_OR_RETURN(NpyHeader header, ReadNpyFile(path, /*integers=*/false, &tensor.data));
   tensor.dtype = header.dtype;
   tensor.shape = std::move(header.shape);

@@ -31,6 +31,10 @@ namespace msa::formats {
 // work, so a file of a few GB costs one pass of I/O and the memory for it).
 // The result's dtype is kFloat16 or kFloat32.
 Result<Tensor> ReadNpy(const std::string& path);
+// The same, reading into `storage` (moved into the result): a buffer whose
+// capacity is already large enough is reused without allocating, zeroing
+// or faulting in new pages (a bulk ingest recycles its document buffers).
+Result<Tensor> ReadNpy(const std::string& path, std::vector<uint8_t>&& storage);
 
 // Reads an '<i4' (int32) or '<i8' (int64) array, such as a document's
 // token ids, widened to int64 (values in C order). The same checks as
