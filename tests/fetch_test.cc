@@ -54,6 +54,7 @@ TEST(Fetch, CacheAndDiskCountersAddUp) {
   auto q = msa::testing::RandomVector(3 * 4 * g.head_dim, 3);
   AttendOptions opts;
   opts.top_k = 5;
+  opts.gpu = GpuMode::kOff;  // the host cache's counters (on a GPU the pool would serve the warm call)
   std::vector<float> out(q.size());
   StoreStats before = s.Stats();
   EXPECT_EQ(before.cache.hits + before.cache.misses + before.disk_blocks_read, 0u);
