@@ -226,9 +226,11 @@ Status BlockDecoder::Decode(std::span<const uint8_t> record, const BlockId& expe
                                 std::to_string(h.payload_bytes) + " bytes, expected " +
                                 std::to_string(expected));
     }
+    if (keys_out == nullptr) return Status::OK();  // verified: the caller keeps the record
     quantized::Decode(h.codec, payload, h.tokens, head_dim, keys_out, values_out, &params_);
     return Status::OK();
   }
+  if (keys_out == nullptr) return Status::InvalidArgument(what + ": a " + CodecName(h.codec) + " record must be decoded");
   if (h.payload_bytes == 4 * n) {  // stored plain (see EncodeShuffled)
     const uint16_t* halves = reinterpret_cast<const uint16_t*>(payload);
     FromHalves(h.codec, halves, keys_out, n);

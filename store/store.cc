@@ -1037,12 +1037,11 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
   // 2. Decode (checksums verified) into the slots, and keep a copy in the
   // cache: read m's block, on whichever thread runs it.
   const bool keep = use_cache && cache_.capacity() > 0;
-  // Without output slots (keys == nullptr: a prefetch) a lossless block is
-  // decoded straight into its cache entry, a quantised one into scratch
-  // (to verify it; the entry keeps the record).
+  // Without output slots (keys == nullptr: a prefetch, or records wanted) a
+  // lossless block is decoded straight into its cache entry, a quantised one
+  // only checked (the entry, and `records`, keep the record).
   auto decode = [&](size_t m) -> Status {
     thread_local BlockDecoder decoder;
-    thread_local std::vector<float> scratch;
     const size_t j = misses[m];
     const BlockLocation& loc = locs[j];
     const bool quantised = quantized::Handles(static_cast<Codec>(requests[m].dest[6]));  // the header's codec
@@ -1057,9 +1056,7 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
       k = keys + j * block_elems;
       v = values + j * block_elems;
     } else if (quantised) {
-      scratch.resize(2 * block_elems);
-      k = scratch.data();
-      v = scratch.data() + block_elems;
+      k = v = nullptr;  // checked only
     } else {
       entry = std::make_shared<CachedBlock>();
       entry->keys.resize(loc.tokens * d);
