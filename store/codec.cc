@@ -200,6 +200,19 @@ BlockDecoder::~BlockDecoder() { ZSTD_freeDCtx(dctx_); }
 Status BlockDecoder::Decode(std::span<const uint8_t> record, const BlockId& expected_id,
                             uint64_t expected_checksum, uint32_t expected_tokens,
                             uint32_t head_dim, float* keys_out, float* values_out) {
+  return CheckAndDecode(record, expected_id, expected_checksum, expected_tokens, head_dim, keys_out, values_out,
+                        /*decode=*/true);
+}
+
+Status BlockDecoder::Verify(std::span<const uint8_t> record, const BlockId& expected_id,
+                            uint64_t expected_checksum, uint32_t expected_tokens, uint32_t head_dim) {
+  return CheckAndDecode(record, expected_id, expected_checksum, expected_tokens, head_dim, nullptr, nullptr,
+                        /*decode=*/false);
+}
+
+Status BlockDecoder::CheckAndDecode(std::span<const uint8_t> record, const BlockId& expected_id,
+                                    uint64_t expected_checksum, uint32_t expected_tokens, uint32_t head_dim,
+                                    float* keys_out, float* values_out, bool decode) {
   const std::string what = DescribeBlock(expected_id);
   BlockRecordHeader h;
   MSA_RETURN_IF_ERROR(ParseBlockRecordHeader(record, &h).WithContext(what));
@@ -226,11 +239,11 @@ Status BlockDecoder::Decode(std::span<const uint8_t> record, const BlockId& expe
                                 std::to_string(h.payload_bytes) + " bytes, expected " +
                                 std::to_string(expected));
     }
-    if (keys_out == nullptr) return Status::OK();  // verified: the caller keeps the record
+    if (!decode) return Status::OK();
     quantized::Decode(h.codec, payload, h.tokens, head_dim, keys_out, values_out, &params_);
     return Status::OK();
   }
-  if (keys_out == nullptr) return Status::InvalidArgument(what + ": a " + CodecName(h.codec) + " record must be decoded");
+  if (!decode) return Status::OK();
   if (h.payload_bytes == 4 * n) {  // stored plain (see EncodeShuffled)
     const uint16_t* halves = reinterpret_cast<const uint16_t*>(payload);
     FromHalves(h.codec, halves, keys_out, n);

@@ -96,14 +96,20 @@ class BlockDecoder {
   // Parses and checks a record read from disk against what the catalog says
   // it must be (identity and checksum), then decodes K/V into float32 at
   // keys_out/values_out ([tokens, head_dim] each). Any mismatch is
-  // Corruption naming the block. keys_out and values_out null: only the
-  // checks, for a quantised record whose caller attends or stages the
-  // record itself (InvalidArgument for the other codecs).
+  // Corruption naming the block.
   Status Decode(std::span<const uint8_t> record, const BlockId& expected_id,
                 uint64_t expected_checksum, uint32_t expected_tokens, uint32_t head_dim,
                 float* keys_out, float* values_out);
+  // Decode's checks (identity, shape, checksum, a quantised payload's size)
+  // without the decoding: for a caller that keeps the record itself (the
+  // cache's quantised entries, the GPU's int8 pages).
+  Status Verify(std::span<const uint8_t> record, const BlockId& expected_id,
+                uint64_t expected_checksum, uint32_t expected_tokens, uint32_t head_dim);
 
  private:
+  Status CheckAndDecode(std::span<const uint8_t> record, const BlockId& expected_id, uint64_t expected_checksum,
+                        uint32_t expected_tokens, uint32_t head_dim, float* keys_out, float* values_out,
+                        bool decode);
   ZSTD_DCtx_s* dctx_;
   std::vector<uint8_t> shuffled_;
   std::vector<uint16_t> halves_;

@@ -1064,8 +1064,9 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
       k = entry->keys.data();
       v = entry->values.data();
     }
-    Status s = decoder.Decode(std::span<const uint8_t>(requests[m].dest, loc.record_bytes), ids[j],
-                              loc.checksum, loc.tokens, geometry_.head_dim, k, v);
+    const std::span<const uint8_t> record(requests[m].dest, loc.record_bytes);
+    Status s = k == nullptr ? decoder.Verify(record, ids[j], loc.checksum, loc.tokens, geometry_.head_dim)
+                            : decoder.Decode(record, ids[j], loc.checksum, loc.tokens, geometry_.head_dim, k, v);
     if (!s.ok()) {
       return s.WithContext(SegmentPath(path_, loc.segment) + " offset " + std::to_string(loc.offset));
     }
