@@ -265,19 +265,22 @@ std::vector<std::pair<uint64_t, uint64_t>> Store::LiveRanges(
   return ranges;
 }
 
+Status Store::RollOverIfFull(size_t bytes) {
+  if (writer_->length() == 0 || writer_->length() + bytes <= options_.segment_bytes) return Status::OK();
+  // Roll over: the full segment is synced at the next commit. The next
+  // writer is opened before the current one is retired, so a failure here
+  // leaves the writer as it was.
+  const uint32_t next = staged_.active_segment + 1;
+  MSA_ASSIGN_OR_RETURN(auto next_writer, io::SegmentWriter::Open(SegmentPath(path_, next), 0, PreallocateBytes()));
+  dirty_segments_[staged_.active_segment] = writer_.get();
+  retired_writers_.push_back(std::move(writer_));
+  writer_ = std::move(next_writer);
+  staged_.active_segment = next;
+  return Status::OK();
+}
+
 Status Store::AppendRecord(std::span<const uint8_t> record, uint32_t* segment, uint64_t* offset) {
-  if (writer_->length() > 0 && writer_->length() + record.size() > options_.segment_bytes) {
-    // Roll over: the full segment is synced at the next commit. The next
-    // writer is opened before the current one is retired, so a failure
-    // here leaves the writer as it was.
-    const uint32_t next = staged_.active_segment + 1;
-    MSA_ASSIGN_OR_RETURN(auto next_writer,
-                         io::SegmentWriter::Open(SegmentPath(path_, next), 0, PreallocateBytes()));
-    dirty_segments_[staged_.active_segment] = writer_.get();
-    retired_writers_.push_back(std::move(writer_));
-    writer_ = std::move(next_writer);
-    staged_.active_segment = next;
-  }
+  MSA_RETURN_IF_ERROR(RollOverIfFull(record.size()));
   MSA_ASSIGN_OR_RETURN(*offset, writer_->Append(record.data(), record.size()));
   dirty_segments_[staged_.active_segment] = writer_.get();
   *segment = staged_.active_segment;
@@ -291,15 +294,7 @@ Status Store::AppendRecords(const uint8_t* data, std::span<const uint32_t> recor
   // of records that share a segment.
   size_t i = 0;
   while (i < record_bytes.size()) {
-    if (writer_->length() > 0 && writer_->length() + record_bytes[i] > options_.segment_bytes) {
-      const uint32_t next = staged_.active_segment + 1;
-      MSA_ASSIGN_OR_RETURN(auto next_writer,
-                           io::SegmentWriter::Open(SegmentPath(path_, next), 0, PreallocateBytes()));
-      dirty_segments_[staged_.active_segment] = writer_.get();
-      retired_writers_.push_back(std::move(writer_));
-      writer_ = std::move(next_writer);
-      staged_.active_segment = next;
-    }
+    MSA_RETURN_IF_ERROR(RollOverIfFull(record_bytes[i]));
     const uint64_t start = writer_->length();
     uint64_t run = 0;
     size_t j = i;

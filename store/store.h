@@ -397,6 +397,9 @@ class Store {
   // they land in; segments[i]/offsets[i] receive where record i went.
   Status AppendRecords(const uint8_t* data, std::span<const uint32_t> record_bytes,
                        uint32_t* segments, uint64_t* offsets);
+  // Starts the next segment when `bytes` more would overflow the active one
+  // (which is not empty). Caller holds the write lock.
+  Status RollOverIfFull(size_t bytes);
   // Segment files the catalog no longer references (a compaction that
   // crashed before removing them, an uncommitted rollover): removed.
   void RemoveOrphanSegments();
