@@ -4,9 +4,15 @@
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
 #include <rocksdb/write_batch.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstring>
+
+#include <spdlog/spdlog.h>
+
+#include "store/codec.h"
 
 namespace msa {
 
@@ -321,7 +327,7 @@ Result<std::unique_ptr<Catalog>> Catalog::Create(const std::string& dir, const G
   o.error_if_exists = true;
   rocksdb::DB* db = nullptr;
   MSA_RETURN_IF_ERROR(FromRocks(rocksdb::DB::Open(o, dir, &db), "create catalog " + dir));
-  std::unique_ptr<Catalog> catalog(new Catalog(dir, db, geometry));
+  std::unique_ptr<Catalog> catalog(new Catalog(dir, db, geometry, /*read_only=*/false));
   Batch batch;
   batch.batch_->Put("G", EncodeGeometry(geometry));
   batch.PutCounters(CatalogCounters{});
@@ -347,10 +353,81 @@ Result<std::unique_ptr<Catalog>> Catalog::Open(const std::string& dir, bool read
     delete db;
     return geometry.status().WithContext(dir);
   }
-  return std::unique_ptr<Catalog>(new Catalog(dir, db, *geometry));
+  std::unique_ptr<Catalog> catalog(new Catalog(dir, db, *geometry, read_only));
+  MSA_RETURN_IF_ERROR(catalog->CheckHighWater());
+  return catalog;
 }
 
-Catalog::~Catalog() { delete db_; }
+Catalog::Catalog(std::string dir, rocksdb::DB* db, Geometry geometry, bool read_only)
+    : dir_(std::move(dir)), db_(db), geometry_(geometry), read_only_(read_only) {
+  // Everything recovered was acknowledged once; the mark may already say so.
+  acknowledged_ = high_water_ = db_->GetLatestSequenceNumber();
+  high_water_at_ = std::chrono::steady_clock::now();
+}
+
+Catalog::~Catalog() {
+  if (!read_only_ && acknowledged_ != high_water_) WriteHighWater();
+  delete db_;
+}
+
+namespace {
+// HIGH-WATER: magic, the sequence, and XXH3-64 of both (little-endian).
+constexpr char kHighWaterMagic[8] = {'M', 'S', 'A', 'H', 'W', 'M', '0', '1'};
+constexpr size_t kHighWaterBytes = 24;
+}  // namespace
+
+Status Catalog::CheckHighWater() const {
+  const std::string path = dir_ + "/" + kHighWaterFile;
+  // Plain system calls, not the fault-injection seam: the mark is advisory
+  // (a failure to read it must not fail an open that is otherwise sound).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::OK();  // none written yet (a new or an older store)
+  uint8_t bytes[kHighWaterBytes];
+  const ssize_t got = ::pread(fd, bytes, sizeof(bytes), 0);
+  ::close(fd);
+  uint64_t sequence = 0, checksum = 0;
+  std::memcpy(&sequence, bytes + 8, 8);
+  std::memcpy(&checksum, bytes + 16, 8);
+  if (got != static_cast<ssize_t>(kHighWaterBytes) || std::memcmp(bytes, kHighWaterMagic, 8) != 0 ||
+      checksum != Checksum(bytes, 16)) {
+    spdlog::warn("{} is unreadable or damaged; not checking the catalog against it", path);
+    return Status::OK();
+  }
+  const uint64_t recovered = db_->GetLatestSequenceNumber();
+  if (recovered < sequence) {
+    return Status::Corruption("catalog " + dir_ + " opens at commit sequence " + std::to_string(recovered) +
+                              ", but commits up to sequence " + std::to_string(sequence) +
+                              " were acknowledged (" + path +
+                              "): its write-ahead log was truncated or lost. Nothing was changed on disk; "
+                              "restore the catalog directory from a copy");
+  }
+  return Status::OK();
+}
+
+void Catalog::WriteHighWater() {
+  const uint64_t sequence = acknowledged_;
+  uint8_t bytes[kHighWaterBytes];
+  std::memcpy(bytes, kHighWaterMagic, 8);
+  std::memcpy(bytes + 8, &sequence, 8);
+  const uint64_t checksum = Checksum(bytes, 16);
+  std::memcpy(bytes + 16, &checksum, 8);
+  // Written whole to a temporary file and renamed over the mark, so that a
+  // reader sees the old mark or the new one (a torn one only after a power
+  // loss, and that is read as no mark). No sync: see kHighWaterFile.
+  const std::string path = dir_ + "/" + kHighWaterFile, tmp = path + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  bool ok = fd >= 0 && ::pwrite(fd, bytes, sizeof(bytes), 0) == static_cast<ssize_t>(sizeof(bytes));
+  if (fd >= 0) ok = ::close(fd) == 0 && ok;
+  ok = ok && ::rename(tmp.c_str(), path.c_str()) == 0;
+  if (!ok) {
+    spdlog::warn("could not write {} ({}); the catalog's truncation check stays at sequence {}", path,
+                 std::strerror(errno), high_water_);
+    ::unlink(tmp.c_str());
+    return;
+  }
+  high_water_ = sequence;
+  high_water_at_ = std::chrono::steady_clock::now();
+}
 
 Result<CatalogCounters> Catalog::ReadCounters() const {
   std::string v;
@@ -587,7 +664,12 @@ size_t Catalog::Batch::count() const { return batch_->Count(); }
 Status Catalog::Commit(Batch& batch) {
   rocksdb::WriteOptions o;
   o.sync = true;
-  return FromRocks(db_->Write(o, batch.batch_.get()), "commit to catalog " + dir_);
+  MSA_RETURN_IF_ERROR(FromRocks(db_->Write(o, batch.batch_.get()), "commit to catalog " + dir_));
+  // Commits are serialised by the store, so this is the sequence of this
+  // batch: durable now. (A failed write's sequence is never recorded.)
+  acknowledged_ = db_->GetLatestSequenceNumber();
+  if (std::chrono::steady_clock::now() - high_water_at_ >= std::chrono::seconds(1)) WriteHighWater();
+  return Status::OK();
 }
 
 }  // namespace msa

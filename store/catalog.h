@@ -28,6 +28,7 @@
 // ordering of commits is the caller's (Store's) business.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -178,12 +179,33 @@ class Catalog {
   // Writes the batch with sync=true: durable when this returns OK.
   Status Commit(Batch& batch);
 
+  // The catalog's high-water mark: the file HIGH-WATER in its directory
+  // holds the RocksDB sequence number of an acknowledged commit. RocksDB
+  // cannot tell a write-ahead log cut short (a truncated or lost file)
+  // from a torn last record, and would open at an older state, silently
+  // dropping acknowledged commits -- and the store's next writable open
+  // would then cut the segments back to match. Open compares the recovered
+  // sequence with the mark and fails (Corruption) when the catalog is
+  // behind it. The mark is written only after its commit is durable, so
+  // it never runs ahead of the catalog, not even after a crash or power
+  // loss; hence it needs no sync, and is written at most once a second
+  // (and when a writable catalog closes): what it catches is a loss of
+  // anything older than that.
+  static constexpr const char* kHighWaterFile = "HIGH-WATER";
+
  private:
-  Catalog(std::string dir, rocksdb::DB* db, Geometry geometry)
-      : dir_(std::move(dir)), db_(db), geometry_(geometry) {}
+  Catalog(std::string dir, rocksdb::DB* db, Geometry geometry, bool read_only);
+  // Fails when the recovered catalog is behind its high-water mark.
+  Status CheckHighWater() const;
+  // Records the current sequence (a failure is logged: the mark only detects).
+  void WriteHighWater();
   std::string dir_;
   rocksdb::DB* db_;  // owned
   Geometry geometry_;
+  bool read_only_;
+  uint64_t acknowledged_ = 0;  // the sequence of the last durable commit
+  uint64_t high_water_ = 0;    // the sequence last written to the mark
+  std::chrono::steady_clock::time_point high_water_at_{};
 };
 
 }  // namespace msa

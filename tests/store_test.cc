@@ -495,6 +495,51 @@ TEST(Store, TruncatedUncommittedTailIsCutOnReopen) {
   EXPECT_EQ((*s)->Stats().documents, 1u);
 }
 
+// A catalog whose write-ahead log lost its end (a truncated or deleted
+// file, not a crash: a crash only tears an unacknowledged last record)
+// would open at an older state, and the writable open would then cut the
+// segments back to it. The high-water mark makes the open fail instead,
+// changing nothing on disk.
+TEST(Store, TruncatedCatalogLogFailsTheOpenAndDestroysNothing) {
+  TempDir dir;
+  const Geometry g = SmallGeometry();
+  // Three commits, a reopen (which moves them out of the log), three more.
+  for (int round = 0; round < 2; ++round) {
+    auto s = round == 0 ? Store::Create(dir.Sub("store"), g) : Store::Open(dir.Sub("store"));
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    EXPECT_EQ((*s)->Stats().documents, 3u * round);
+    for (int i = 0; i < 3; ++i) {
+      ASSERT_TRUE(Append(**s, MakeDoc(g, "d" + std::to_string(3 * round + i), 24, 50 + 3 * round + i)).ok());
+      ASSERT_TRUE((*s)->Commit().ok());
+    }
+  }
+  // Cut the newest log file (the catalog's commits since its last flush) in half.
+  std::string log;
+  for (const auto& e : std::filesystem::directory_iterator(dir.Sub("store/catalog"))) {
+    const std::string name = e.path().filename().string();
+    if (e.path().extension() == ".log" && (log.empty() || name > std::filesystem::path(log).filename().string())) {
+      log = e.path().string();
+    }
+  }
+  ASSERT_FALSE(log.empty());
+  const auto log_bytes = std::filesystem::file_size(log);
+  ASSERT_GT(log_bytes, 0u);
+  std::filesystem::resize_file(log, log_bytes / 2);
+  const std::string seg = dir.Sub("store/segments/000001.seg");
+  const auto seg_bytes = std::filesystem::file_size(seg);
+  for (bool read_only : {true, false}) {
+    StoreOptions options;
+    options.read_only = read_only;
+    auto s = Store::Open(dir.Sub("store"), options);
+    ASSERT_FALSE(s.ok()) << (read_only ? "read-only" : "writable");
+    EXPECT_EQ(s.status().code(), Status::Code::kCorruption) << s.status().ToString();
+    EXPECT_NE(s.status().message().find("write-ahead log was truncated or lost"), std::string::npos)
+        << s.status().ToString();
+    EXPECT_NE(s.status().message().find(Catalog::kHighWaterFile), std::string::npos) << s.status().ToString();
+  }
+  EXPECT_EQ(std::filesystem::file_size(seg), seg_bytes);  // nothing cut
+}
+
 // ---- the CLI contract -------------------------------------------------------
 
 int RunCli(const std::string& args, std::string* err = nullptr) {
