@@ -52,7 +52,7 @@ extern "C" {
 #endif
 
 #define MSA_VERSION_MAJOR 0
-#define MSA_VERSION_MINOR 7
+#define MSA_VERSION_MINOR 8
 #define MSA_VERSION_PATCH 0
 /* (major << 16) | (minor << 8) | patch: compare with msa_version(). */
 #define MSA_VERSION ((MSA_VERSION_MAJOR << 16) | (MSA_VERSION_MINOR << 8) | MSA_VERSION_PATCH)
@@ -139,6 +139,29 @@ MSA_EXPORT msa_status_t msa_store_create(const char* path, const msa_geometry_t*
  * writing. *out receives the handle (NULL on failure; MSA_NOT_FOUND when
  * path holds no store), which the caller closes with msa_store_close. */
 MSA_EXPORT msa_status_t msa_store_open(const char* path, int read_only, msa_store_t** out);
+
+/* How msa_store_open_with opens a store. Start from
+ * msa_open_default_params(), then change what you need. Since 0.8. */
+typedef struct msa_open_params_t {
+  int read_only;            /* as msa_store_open's read_only; default 0 */
+  uint32_t queue_depth;     /* io_uring entries (1-4096); default 256 */
+  uint64_t cache_bytes;     /* host cache of decoded blocks, shared by the handle's
+                               queries and prefetches (LRU); 0: no cache; default 256 MiB */
+  uint64_t gpu_pool_bytes;  /* device memory for the GPU block pool, allocated at the
+                               first query that runs on the GPU; 0: never use the GPU;
+                               default 256 MiB */
+  int allow_io_uring;       /* 0: read with the pread thread pool; default 1 */
+  uint32_t reserved_u32;    /* must be 0 */
+  uint64_t reserved[4];     /* must be 0 (room for later fields) */
+} msa_open_params_t;
+
+MSA_EXPORT msa_open_params_t msa_open_default_params(void);
+
+/* msa_store_open with params (NULL: the defaults). MSA_INVALID_ARGUMENT
+ * for a queue depth out of range or reserved fields that are not 0.
+ * Since 0.8. */
+MSA_EXPORT msa_status_t msa_store_open_with(const char* path, const msa_open_params_t* params,
+                                            msa_store_t** out);
 
 /* Closes the handle. Staged but uncommitted documents are discarded. NULL is
  * a no-op. No call on the handle may be in flight. */
@@ -315,6 +338,24 @@ typedef struct msa_prefetch_t msa_prefetch_t;
 MSA_EXPORT msa_status_t msa_prefetch(const msa_store_t* store, uint32_t layer, const float* q,
                                      uint32_t n, uint32_t q_heads,
                                      const msa_attend_params_t* params, msa_prefetch_t** out);
+/* One layer's queries for msa_prefetch_layers: q [n, q_heads, head_dim]. */
+typedef struct msa_layer_queries_t {
+  uint32_t layer;
+  uint32_t n;
+  const float* q;
+} msa_layer_queries_t;
+
+/* Prefetch of several layers in one batch of reads: each layer routed as
+ * msa_prefetch would, and the union of their blocks read into the store's
+ * host block cache with one submission (the reader's queue depth
+ * permitting), on the background thread. For when the queries of several
+ * layers are known at once. The host cache only (not the GPU pool). The
+ * layers' q arrays and params are copied; a bad layer or q fails the
+ * prefetch (msa_prefetch_wait returns it). *out as msa_prefetch's.
+ * Since 0.8. */
+MSA_EXPORT msa_status_t msa_prefetch_layers(const msa_store_t* store, const msa_layer_queries_t* layers,
+                                            uint32_t n_layers, uint32_t q_heads,
+                                            const msa_attend_params_t* params, msa_prefetch_t** out);
 /* Waits for the prefetch; returns its status (a bad argument, or an I/O or
  * checksum error of the reads, with msa_last_error set on this thread). May
  * be called more than once, but not from several threads at once on one

@@ -74,6 +74,7 @@ class StagingBuffer {
 // What a reader has submitted since it was made (reads include continued
 // short reads and retries).
 struct ReaderCounters {
+  uint64_t batches = 0;  // ReadAll calls with at least one request (each one submission batch)
   uint64_t reads = 0;
   uint64_t registered_file_reads = 0;    // through the ring's file table
   uint64_t registered_buffer_reads = 0;  // IORING_OP_READ_FIXED

@@ -130,6 +130,7 @@ class UringReader final : public BlockReader {
   Status ReadAll(std::span<const ReadRequest> requests, const ReadDoneFn& on_read) override {
     std::lock_guard<std::mutex> lock(mu_);
     if (!broken_.ok()) return broken_;
+    counters_.batches += !requests.empty();
     done_.assign(requests.size(), 0);
     pending_.clear();
     for (size_t i = requests.size(); i-- > 0;) pending_.push_back(i);  // popped from the back

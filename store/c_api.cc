@@ -16,6 +16,7 @@
 #include <spdlog/spdlog.h>
 
 #include "attention/sparse_attention_cuda.h"
+#include "store/log_level.h"
 #include "store/store.h"
 
 struct msa_store_t {
@@ -99,8 +100,7 @@ const bool logging_set_up = [] {
         dynamic_cast<spdlog::sinks::stdout_color_sink_mt*>(current->sinks()[0].get()) != nullptr) {
       spdlog::set_default_logger(spdlog::stderr_color_mt("msa"));
     }
-    const char* env = std::getenv("MSA_LOG_LEVEL");
-    spdlog::set_level(env != nullptr ? spdlog::level::from_str(env) : spdlog::level::warn);
+    msa::SetLogLevelFromEnvironment();
   } catch (...) {
     // Logging set-up must not keep the library from loading.
   }
@@ -172,6 +172,41 @@ msa_status_t msa_store_open(const char* path, int read_only, msa_store_t** out) 
     MSA_REQUIRE(path != nullptr, "msa_store_open: path is NULL");
     msa::StoreOptions options;
     options.read_only = read_only != 0;
+    MSA_ASSIGN_OR_RETURN(auto store, msa::Store::Open(path, options));
+    *out = new msa_store_t{std::move(store)};
+    return msa::Status::OK();
+  });
+}
+
+msa_open_params_t msa_open_default_params(void) {
+  const msa::StoreOptions defaults;
+  msa_open_params_t p{};
+  p.read_only = 0;
+  p.queue_depth = defaults.queue_depth;
+  p.cache_bytes = defaults.cache_bytes;
+  p.gpu_pool_bytes = defaults.gpu_pool_bytes;
+  p.allow_io_uring = defaults.allow_io_uring ? 1 : 0;
+  return p;
+}
+
+msa_status_t msa_store_open_with(const char* path, const msa_open_params_t* params, msa_store_t** out) {
+  return Guard([&]() -> msa::Status {
+    MSA_REQUIRE(out != nullptr, "msa_store_open_with: out is NULL");
+    *out = nullptr;
+    MSA_REQUIRE(path != nullptr, "msa_store_open_with: path is NULL");
+    const msa_open_params_t p = params ? *params : msa_open_default_params();
+    MSA_REQUIRE(p.queue_depth >= 1 && p.queue_depth <= 4096,
+                "msa_store_open_with: params->queue_depth is " + std::to_string(p.queue_depth) +
+                    "; it must be 1 to 4096");
+    MSA_REQUIRE(p.reserved_u32 == 0 && p.reserved[0] == 0 && p.reserved[1] == 0 && p.reserved[2] == 0 &&
+                    p.reserved[3] == 0,
+                "msa_store_open_with: params' reserved fields must be 0 (start from msa_open_default_params())");
+    msa::StoreOptions options;
+    options.read_only = p.read_only != 0;
+    options.queue_depth = p.queue_depth;
+    options.cache_bytes = p.cache_bytes;
+    options.gpu_pool_bytes = p.gpu_pool_bytes;
+    options.allow_io_uring = p.allow_io_uring != 0;
     MSA_ASSIGN_OR_RETURN(auto store, msa::Store::Open(path, options));
     *out = new msa_store_t{std::move(store)};
     return msa::Status::OK();
@@ -369,6 +404,22 @@ msa_status_t msa_prefetch(const msa_store_t* store, uint32_t layer, const float*
     MSA_REQUIRE(q != nullptr || n == 0, "msa_prefetch: q is NULL");
     MSA_ASSIGN_OR_RETURN(const msa::AttendOptions options, ToOptions(params, "msa_prefetch"));
     *out = new msa_prefetch_t{store->store->Prefetch(layer, q, n, q_heads, options)};
+    return msa::Status::OK();
+  });
+}
+
+msa_status_t msa_prefetch_layers(const msa_store_t* store, const msa_layer_queries_t* layers,
+                                 uint32_t n_layers, uint32_t q_heads, const msa_attend_params_t* params,
+                                 msa_prefetch_t** out) {
+  return Guard([&]() -> msa::Status {
+    MSA_REQUIRE(out != nullptr, "msa_prefetch_layers: out is NULL");
+    *out = nullptr;
+    MSA_REQUIRE(store != nullptr, "msa_prefetch_layers: store is NULL");
+    MSA_REQUIRE(layers != nullptr || n_layers == 0, "msa_prefetch_layers: layers is NULL");
+    MSA_ASSIGN_OR_RETURN(const msa::AttendOptions options, ToOptions(params, "msa_prefetch_layers"));
+    std::vector<msa::Store::LayerQueries> all(n_layers);
+    for (uint32_t i = 0; i < n_layers; ++i) all[i] = {layers[i].layer, layers[i].q, layers[i].n};
+    *out = new msa_prefetch_t{store->store->PrefetchLayers(all, q_heads, options)};
     return msa::Status::OK();
   });
 }

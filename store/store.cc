@@ -1651,6 +1651,49 @@ std::shared_future<Status> Store::Prefetch(uint32_t layer, const float* q, uint3
   return done;
 }
 
+std::shared_future<Status> Store::PrefetchLayers(std::span<const LayerQueries> layers, uint32_t q_heads,
+                                                 const AttendOptions& options) const {
+  auto promise = std::make_shared<std::promise<Status>>();
+  std::shared_future<Status> done = promise->get_future().share();
+  for (const LayerQueries& l : layers) {
+    if (Status check = CheckQuery(l.layer, l.q, l.n, q_heads); !check.ok()) {
+      promise->set_value(check.WithContext("prefetch of layer " + std::to_string(l.layer)));
+      return done;
+    }
+  }
+  if (layers.empty() || options.exact || !options.use_cache || cache_.capacity() == 0) {
+    promise->set_value(Status::OK());  // nothing to do ahead of time
+    return done;
+  }
+  const size_t row = static_cast<size_t>(q_heads) * geometry_.head_dim;
+  std::vector<std::pair<LayerQueries, std::vector<float>>> copies;
+  for (const LayerQueries& l : layers) copies.push_back({l, std::vector<float>(l.q, l.q + l.n * row)});
+  prefetcher_.Post([this, q_heads, options, promise, copies = std::move(copies)]() {
+    try {
+      // Every layer planned first (each plan's lock keeps compaction from
+      // removing what it will read), then one fetch for the union.
+      std::vector<QueryPlan> plans;
+      std::vector<BlockId> ids;
+      std::vector<BlockLocation> locs;
+      for (const auto& [l, q] : copies) {
+        AttendStats st;
+        auto planned = PlanQuery(l.layer, q.data(), l.n, q_heads, options, &st);
+        if (!planned.ok()) {
+          promise->set_value(planned.status().WithContext("prefetch of layer " + std::to_string(l.layer)));
+          return;
+        }
+        ids.insert(ids.end(), planned->ids.begin(), planned->ids.end());
+        locs.insert(locs.end(), planned->locs.begin(), planned->locs.end());
+        plans.push_back(std::move(*planned));
+      }
+      promise->set_value(FetchBlocks(ids, locs, nullptr, nullptr, nullptr, nullptr, /*use_cache=*/true));
+    } catch (const std::exception& e) {
+      promise->set_value(Status::Internal(std::string("prefetch: ") + e.what()));
+    }
+  });
+  return done;
+}
+
 Status Store::ReadStream(uint32_t layer, uint32_t kv_head, std::vector<float>* keys,
                          std::vector<float>* values) const {
   if (layer >= geometry_.layers || kv_head >= geometry_.kv_heads) {

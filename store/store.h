@@ -336,6 +336,23 @@ class Store {
   std::shared_future<Status> Prefetch(uint32_t layer, const float* q, uint32_t n,
                                       uint32_t q_heads, const AttendOptions& options) const;
 
+  // One layer's queries for PrefetchLayers: q [n, q_heads, head_dim].
+  struct LayerQueries {
+    uint32_t layer = 0;
+    const float* q = nullptr;
+    uint32_t n = 0;
+  };
+  // Prefetch of several layers in one read submission: each layer routed
+  // as Prefetch would, the union of their blocks read into the host block
+  // cache with one batch of reads (the reader's queue depth permitting),
+  // on the background thread. For when the queries of several layers are
+  // known at once (the same q for every layer, a replayed prompt). The
+  // host cache only (the GPU pool is filled by Attend or Prefetch); does
+  // nothing for exact mode, with use_cache off, or without a cache. q is
+  // copied; a bad layer or q fails the whole prefetch (its future).
+  std::shared_future<Status> PrefetchLayers(std::span<const LayerQueries> layers, uint32_t q_heads,
+                                            const AttendOptions& options) const;
+
   // Every committed token of one stream, decoded: keys/values
   // [tokens, head_dim] float32 (fp16 values widened exactly). Checksums are
   // verified like any read.

@@ -174,5 +174,41 @@ TEST(BlockCache, PrefetchedLayerIsAttendedFromTheCache) {
   EXPECT_EQ(s->Prefetch(0, nullptr, 2, 4, opts).get().code(), Status::Code::kInvalidArgument);
 }
 
+// Several layers' blocks in one batch of reads: every layer is then
+// attended from the cache, with the same answer as from disk.
+TEST(BlockCache, PrefetchLayersReadsEveryLayerInOneBatch) {
+  msa::testing::TempDir dir;
+  auto s = StoreWithOneDocument(dir.Sub("store"), 3, 160, 21);
+  ASSERT_NE(s, nullptr);
+  const Geometry g = s->geometry();
+  auto q = msa::testing::RandomVector(2 * 4 * g.head_dim, 23);
+  AttendOptions opts;
+  opts.top_k = 4;
+  opts.gpu = GpuMode::kOff;
+  const auto batches_before = s->Stats().reader_counters.batches;
+  const auto disk_before = s->Stats().disk_blocks_read;
+  std::vector<Store::LayerQueries> layers;
+  for (uint32_t layer = 0; layer < g.layers; ++layer) layers.push_back({layer, q.data(), 2});
+  ASSERT_TRUE(s->PrefetchLayers(layers, 4, opts).get().ok());
+  const StoreStats after = s->Stats();
+  EXPECT_GT(after.disk_blocks_read, disk_before);
+  if (after.reader == "io_uring") EXPECT_EQ(after.reader_counters.batches, batches_before + 1);
+  AttendOptions nocache = opts;
+  nocache.use_cache = false;
+  std::vector<float> out(q.size()), ref(q.size());
+  for (uint32_t layer = 0; layer < g.layers; ++layer) {
+    AttendStats st;
+    ASSERT_TRUE(s->Attend(layer, q.data(), 2, 4, opts, out.data(), nullptr, &st).ok());
+    EXPECT_EQ(st.blocks_read, 0u) << "layer " << layer << " was not prefetched";
+    ASSERT_TRUE(s->Attend(layer, q.data(), 2, 4, nocache, ref.data(), nullptr).ok());
+    EXPECT_EQ(out, ref) << "layer " << layer;
+  }
+  // A bad layer fails the whole prefetch, through its future.
+  layers.push_back({7, q.data(), 2});
+  const Status bad = s->PrefetchLayers(layers, 4, opts).get();
+  EXPECT_EQ(bad.code(), Status::Code::kInvalidArgument);
+  EXPECT_NE(bad.message().find("layer 7"), std::string::npos) << bad.ToString();
+}
+
 }  // namespace
 }  // namespace msa

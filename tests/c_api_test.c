@@ -124,6 +124,19 @@ int main(int argc, char** argv) {
     CHECK(msa_store_fetch_stats(store, NULL) == MSA_INVALID_ARGUMENT);
     CHECK(msa_store_fetch_stats(NULL, &fetch) == MSA_INVALID_ARGUMENT);
   }
+  {
+    /* Both layers' blocks (here the one layer twice) in one batch. */
+    const msa_layer_queries_t layers[2] = {{0, 1, q}, {0, 1, q}};
+    CHECK(msa_prefetch_layers(store, layers, 2, QH, &params, &pf) == MSA_OK);
+    CHECK(msa_prefetch_wait(pf) == MSA_OK);
+    msa_prefetch_free(pf);
+    const msa_layer_queries_t bad[1] = {{9, 1, q}};
+    CHECK(msa_prefetch_layers(store, bad, 1, QH, &params, &pf) == MSA_OK);
+    CHECK(msa_prefetch_wait(pf) == MSA_INVALID_ARGUMENT);
+    CHECK(strstr(msa_last_error(), "layer 9") != NULL);
+    msa_prefetch_free(pf);
+    CHECK(msa_prefetch_layers(store, NULL, 1, QH, &params, &pf) == MSA_INVALID_ARGUMENT);
+  }
   CHECK(msa_prefetch(store, 9, q, 1, QH, &params, &pf) == MSA_OK); /* errors arrive at the wait */
   CHECK(msa_prefetch_wait(pf) == MSA_INVALID_ARGUMENT);
   CHECK(strstr(msa_last_error(), "layer 9") != NULL);
@@ -167,6 +180,26 @@ int main(int argc, char** argv) {
   msa_store_close(store);
   CHECK(msa_store_open("/nonexistent/msa", 0, &store) == MSA_NOT_FOUND);
   CHECK(store == NULL);
+  {
+    /* Opened with params: a 1 MiB cache, which the stats report. */
+    msa_open_params_t op = msa_open_default_params();
+    CHECK(op.queue_depth == 256 && op.cache_bytes == 256u << 20 && op.allow_io_uring == 1 && op.read_only == 0);
+    op.read_only = 1;
+    op.cache_bytes = 1u << 20;
+    CHECK(msa_store_open_with(path, &op, &store) == MSA_OK);
+    CHECK(msa_store_stats(store, &stats) == MSA_OK);
+    CHECK(stats.cache_capacity_bytes == 1u << 20 && stats.documents == 2);
+    msa_store_close(store);
+    op.queue_depth = 0;
+    CHECK(msa_store_open_with(path, &op, &store) == MSA_INVALID_ARGUMENT);
+    CHECK(store == NULL && strstr(msa_last_error(), "queue_depth") != NULL);
+    op.queue_depth = 256;
+    op.reserved[2] = 1;
+    CHECK(msa_store_open_with(path, &op, &store) == MSA_INVALID_ARGUMENT);
+    CHECK(msa_store_open_with(path, NULL, &store) == MSA_OK); /* the defaults */
+    msa_store_close(store);
+    CHECK(msa_store_open_with(NULL, NULL, &store) == MSA_INVALID_ARGUMENT);
+  }
   /* A store holds its preallocated segment (64 MiB of disk): leave none behind
    * (a failed check above keeps it, to look at). */
   if (system(cmd) != 0) return 1;

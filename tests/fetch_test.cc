@@ -16,8 +16,11 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "store/store.h"
 #include "test_util.h"
+#include "tools/npy_file.h"
 
 namespace msa {
 namespace {
@@ -273,6 +276,45 @@ TEST(Fetch, StatsCommandShowsReaderAndCacheCounters) {
   EXPECT_NE(text.find("reader        pread, 8 threads (fallback: MSA_IO_URING=0), "), std::string::npos) << text;
   EXPECT_NE(text.find(" decode threads\n"), std::string::npos) << text;
   EXPECT_NE(text.find("cache         0 of 268435456 bytes resident"), std::string::npos) << text;
+}
+
+// `msa query --repeats N --json` reports each call's time and the block
+// cache's counters: the repeats find the first call's blocks in the cache.
+TEST(Fetch, QueryCommandReportsTheCacheAcrossRepeats) {
+  msa::testing::TempDir dir;
+  const Geometry g = SmallGeometry();
+  {
+    auto created = Store::Create(dir.Sub("store"), g);
+    ASSERT_TRUE(created.ok());
+    AddDocuments(**created, 1, 80, 5);
+  }
+  const auto q = msa::testing::RandomVector(2 * 4 * g.head_dim, 9);
+  ASSERT_TRUE(formats::WriteNpyFloat32(dir.Sub("q.npy"), {2, 4, g.head_dim}, q.data()).ok());
+  auto query = [&](const std::string& args) {
+    const std::string out = dir.Sub("out.json");
+    const std::string cmd = std::string(MSA_CLI_PATH) + " query " + dir.Sub("store") + " --layer 0 --queries " +
+                            dir.Sub("q.npy") + " --out " + dir.Sub("o.npy") + " --top-k 2 --gpu off --json " +
+                            args + " > " + out + " 2>/dev/null";
+    const int rc = std::system(cmd.c_str());
+    EXPECT_TRUE(WIFEXITED(rc) && WEXITSTATUS(rc) == 0) << cmd;
+    std::ifstream in(out);
+    return nlohmann::json::parse(in);
+  };
+  const nlohmann::json three = query("--repeats 3");
+  EXPECT_EQ(three["repeats"], 3);
+  EXPECT_EQ(three["total_ms_per_call"].size(), 3u);
+  const nlohmann::json& cache = three["cache"];
+  EXPECT_EQ(cache["capacity_bytes"], uint64_t{256} << 20);
+  EXPECT_GT(cache["misses"].get<uint64_t>(), 0u);
+  EXPECT_EQ(cache["hits"].get<uint64_t>(), 2 * cache["misses"].get<uint64_t>());  // calls 2 and 3 hit all
+  EXPECT_EQ(cache["disk_blocks_read"], cache["misses"]);
+  EXPECT_EQ(three["cache_hits"], cache["misses"]);  // the last call's
+  EXPECT_TRUE(three["reader"] == "io_uring" || three["reader"] == "pread");
+  // Without a cache every call reads from disk.
+  const nlohmann::json none = query("--repeats 2 --cache-mb 0");
+  EXPECT_EQ(none["cache"]["capacity_bytes"], 0);
+  EXPECT_EQ(none["cache"]["hits"], 0);
+  EXPECT_EQ(none["cache"]["disk_blocks_read"].get<uint64_t>(), 2 * none["blocks_read"].get<uint64_t>());
 }
 
 }  // namespace

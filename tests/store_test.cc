@@ -657,5 +657,30 @@ TEST(Store, PreadFallbackGivesTheSameResult) {
   EXPECT_EQ(out_uring, out_pread);
 }
 
+// MSA_LOG_LEVEL in any case sets the level; a name that is not a level keeps
+// the default (warn) and says so, rather than silencing every warning.
+TEST(Cli, LogLevelFromTheEnvironment) {
+  TempDir dir;
+  {
+    auto s = Store::Create(dir.Sub("store"), SmallGeometry());
+    ASSERT_TRUE(s.ok());
+  }
+  auto stderr_of = [&](const std::string& env) {
+    const std::string err = dir.Sub("err.txt");
+    const std::string cmd = env + " " + MSA_CLI_PATH + " stats " + dir.Sub("store") + " >/dev/null 2>" + err;
+    EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    std::ifstream f(err);
+    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  };
+  EXPECT_EQ(stderr_of("MSA_LOG_LEVEL="), "");                   // default: warn, and nothing to warn of
+  EXPECT_NE(stderr_of("MSA_LOG_LEVEL=INFO").find("[info]"), std::string::npos);
+  EXPECT_NE(stderr_of("MSA_LOG_LEVEL=info").find("[info]"), std::string::npos);
+  const std::string loud = stderr_of("MSA_LOG_LEVEL=loud");
+  EXPECT_NE(loud.find("MSA_LOG_LEVEL=loud is not a level"), std::string::npos) << loud;
+  EXPECT_EQ(loud.find("[info]"), std::string::npos) << loud;
+  // The fallback warning still comes through with an unknown level.
+  EXPECT_NE(stderr_of("MSA_LOG_LEVEL=loud MSA_IO_URING=0").find("pread"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace msa

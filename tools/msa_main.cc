@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "store/log_level.h"
 #include "store/store.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
@@ -40,11 +41,38 @@ int RunCreate(const std::string& path, const Geometry& g, bool json) {
   return kExitOk;
 }
 
-int RunQuery(const std::string& path, uint32_t layer, const std::string& q_path,
-             const std::string& out_path, const std::string& lse_path, const AttendOptions& ao,
-             bool json, bool explain) {
+// The block cache's counters and the fetches from disk, as stats and query
+// report them.
+nlohmann::json CacheJson(const StoreStats& s) {
+  return {{"capacity_bytes", s.cache.capacity_bytes},
+          {"resident_bytes", s.cache.used_bytes},
+          {"entries", s.cache.entries},
+          {"hits", s.cache.hits},
+          {"misses", s.cache.misses},
+          {"hit_bytes", s.cache.hit_bytes},
+          {"evictions", s.cache.evictions},
+          {"disk_blocks_read", s.disk_blocks_read},
+          {"disk_bytes_read", s.disk_bytes_read}};
+}
+
+struct QueryArgs {
+  std::string store, q_path, out_path, lse_path;
+  uint32_t layer = 0;
+  AttendOptions attend;
+  bool json = false, explain = false;
+  uint64_t cache_mb = StoreOptions{}.cache_bytes >> 20;
+  uint32_t repeats = 1;  // the same query again: the later calls find the blocks in the cache
+};
+
+int RunQuery(const QueryArgs& a) {
+  const std::string& path = a.store;
+  const std::string& q_path = a.q_path;
+  const AttendOptions& ao = a.attend;
+  const uint32_t layer = a.layer;
+  const bool json = a.json, explain = a.explain;
   StoreOptions options;
   options.read_only = true;
+  options.cache_bytes = a.cache_mb << 20;
   auto store = Store::Open(path, options);
   if (!store.ok()) return Fail(store.status());
   const Geometry& g = (*store)->geometry();
@@ -64,8 +92,13 @@ int RunQuery(const std::string& path, uint32_t layer, const std::string& q_path,
   std::vector<float> out(static_cast<size_t>(n) * qh * g.head_dim), lse(static_cast<size_t>(n) * qh);
   AttendStats st;
   std::vector<std::vector<uint64_t>> selected;
-  Status s = (*store)->Attend(layer, qf->data(), n, qh, ao, out.data(), lse.data(), &st,
-                              explain ? &selected : nullptr);
+  Status s;
+  std::vector<double> total_ms;
+  for (uint32_t r = 0; r < std::max(a.repeats, 1u) && s.ok(); ++r) {
+    s = (*store)->Attend(layer, qf->data(), n, qh, ao, out.data(), lse.data(), &st,
+                         explain ? &selected : nullptr);
+    total_ms.push_back(st.total_ms);
+  }
   if (!s.ok()) return Fail(s);
   nlohmann::json explained;
   if (explain) {
@@ -73,10 +106,10 @@ int RunQuery(const std::string& path, uint32_t layer, const std::string& q_path,
     if (!e.ok()) return Fail(e.status());
     explained = std::move(*e);
   }
-  s = formats::WriteNpyFloat32(out_path, {n, qh, g.head_dim}, out.data());
+  s = formats::WriteNpyFloat32(a.out_path, {n, qh, g.head_dim}, out.data());
   if (!s.ok()) return Fail(s);
-  if (!lse_path.empty()) {
-    s = formats::WriteNpyFloat32(lse_path, {n, qh}, lse.data());
+  if (!a.lse_path.empty()) {
+    s = formats::WriteNpyFloat32(a.lse_path, {n, qh}, lse.data());
     if (!s.ok()) return Fail(s);
   }
   if (json) {
@@ -85,7 +118,12 @@ int RunQuery(const std::string& path, uint32_t layer, const std::string& q_path,
                         {"blocks_read", st.blocks_read},
                         {"bytes_read", st.bytes_read}, {"route_ms", st.route_ms}, {"fetch_ms", st.fetch_ms},
                         {"decode_ms", st.decode_ms}, {"attend_ms", st.attend_ms}, {"total_ms", st.total_ms},
-                        {"on_gpu", st.on_gpu}};
+                        {"on_gpu", st.on_gpu},
+                        {"cache_hits", st.cache_hits},
+                        {"repeats", total_ms.size()},
+                        {"total_ms_per_call", total_ms},
+                        {"reader", (*store)->Stats().reader},
+                        {"cache", CacheJson((*store)->Stats())}};
     if (explain) j["explain"] = std::move(explained);
     std::printf("%s\n", j.dump().c_str());
   } else {
@@ -164,16 +202,7 @@ int RunStats(const std::string& path, bool json) {
                         {"segment_ratio", ratio(s.raw_bytes, s.segment_bytes)},
                         {"reader", s.reader},
                         {"reader_detail", s.reader_detail},
-                        {"cache",
-                         {{"capacity_bytes", s.cache.capacity_bytes},
-                          {"resident_bytes", s.cache.used_bytes},
-                          {"entries", s.cache.entries},
-                          {"hits", s.cache.hits},
-                          {"misses", s.cache.misses},
-                          {"hit_bytes", s.cache.hit_bytes},
-                          {"evictions", s.cache.evictions},
-                          {"disk_blocks_read", s.disk_blocks_read},
-                          {"disk_bytes_read", s.disk_bytes_read}}},
+                        {"cache", CacheJson(s)},
                         {"streams", streams}};
     std::printf("%s\n", j.dump(2).c_str());
     return kExitOk;
@@ -211,10 +240,7 @@ int main(int argc, char** argv) {
   using namespace msa::cli;
   // The log goes to stderr: stdout carries the commands' output (--json).
   spdlog::set_default_logger(spdlog::stderr_color_mt("msa"));
-  spdlog::set_level(spdlog::level::warn);
-  if (const char* level = std::getenv("MSA_LOG_LEVEL")) {
-    spdlog::set_level(spdlog::level::from_str(level));
-  }
+  msa::SetLogLevelFromEnvironment();
   CLI::App app{"msa: an out-of-core memory store with disk-backed attention"};
   app.require_subcommand(1);
   app.footer(kExitCodesHelp);
@@ -252,6 +278,7 @@ int main(int argc, char** argv) {
       "ingest", "Append documents' K/V: one (--doc), a directory of shards (--dir) or a stream (--stdin)");
   AddIngestOptions(ingest, ingest_opts);
 
+  QueryArgs query_args;
   uint32_t layer = 0, top_k = msa::AttendOptions{}.top_k;
   std::string q_path, out_path, lse_path;
   bool exact = false, explain = false, exact_routing = false, document_sinks = false;
@@ -285,7 +312,14 @@ int main(int argc, char** argv) {
                     "(0: the default)")->excludes(exact_opt)->capture_default_str();
   query->add_flag("--document-sinks", document_sinks,
                   "also attend over every document's first block (its attention sink), besides top-k");
-  query->add_flag("--json", json, "print timings (and --explain) as JSON");
+  query->add_option("--cache-mb", query_args.cache_mb, "host block cache (decoded blocks) in MiB; 0: none")
+      ->capture_default_str();
+  query->add_option("--repeats", query_args.repeats,
+                    "run the query N times (the later calls read from the cache; --json reports every "
+                    "call's time and the cache's counters)")
+      ->check(CLI::Range(1u, 1000000u))
+      ->capture_default_str();
+  query->add_flag("--json", json, "print timings, the block cache's counters (and --explain) as JSON");
   query->add_flag("--explain", explain, "show which blocks were chosen, their scores and documents");
 
   auto* stats = app.add_subcommand("stats", "Show what a store holds");
@@ -328,7 +362,7 @@ int main(int argc, char** argv) {
     const int rc = app.exit(e);
     return rc == 0 ? kExitOk : kExitUsage;
   }
-  if (!log_level.empty()) spdlog::set_level(spdlog::level::from_str(log_level));
+  if (!log_level.empty()) spdlog::set_level(*msa::ParseLogLevel(log_level));  // checked by IsMember
   if (*create) {
     auto c = msa::ParseCodec(codec);
     if (!c.ok()) return Fail(c.status());
@@ -347,7 +381,15 @@ int main(int argc, char** argv) {
     ao.channels = channels;
     ao.document_sinks = document_sinks;
     ao.gpu = gpu == "off" ? msa::GpuMode::kOff : gpu == "require" ? msa::GpuMode::kRequire : msa::GpuMode::kAuto;
-    return RunQuery(store, layer, q_path, out_path, lse_path, ao, json, explain);
+    query_args.store = store;
+    query_args.layer = layer;
+    query_args.q_path = q_path;
+    query_args.out_path = out_path;
+    query_args.lse_path = lse_path;
+    query_args.attend = ao;
+    query_args.json = json;
+    query_args.explain = explain;
+    return RunQuery(query_args);
   }
   if (*stats) return RunStats(store, json);
   if (*verify) return RunVerify(store, json);

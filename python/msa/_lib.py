@@ -11,7 +11,7 @@ from pathlib import Path
 
 # The header version this wrapper was written for (include/msa.h).
 HEADER_MAJOR = 0
-HEADER_MINOR = 7
+HEADER_MINOR = 8
 
 _LIB_NAMES = ("libmsa.so", "libmsa.so.0")
 
@@ -94,6 +94,26 @@ class FetchStats(ctypes.Structure):
     ]
 
 
+class OpenParams(ctypes.Structure):
+    _fields_ = [
+        ("read_only", ctypes.c_int),
+        ("queue_depth", ctypes.c_uint32),
+        ("cache_bytes", ctypes.c_uint64),
+        ("gpu_pool_bytes", ctypes.c_uint64),
+        ("allow_io_uring", ctypes.c_int),
+        ("reserved_u32", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint64 * 4),
+    ]
+
+
+class LayerQueries(ctypes.Structure):
+    _fields_ = [
+        ("layer", ctypes.c_uint32),
+        ("n", ctypes.c_uint32),
+        ("q", ctypes.c_void_p),
+    ]
+
+
 # Struct name in msa.h -> ctypes mirror (the ABI test walks this).
 STRUCTS = {
     "msa_geometry_t": Geometry,
@@ -102,6 +122,8 @@ STRUCTS = {
     "msa_document_t": Document,
     "msa_compact_stats_t": CompactStats,
     "msa_fetch_stats_t": FetchStats,
+    "msa_open_params_t": OpenParams,
+    "msa_layer_queries_t": LayerQueries,
 }
 
 
@@ -158,6 +180,10 @@ def _declare(lib):
         "msa_attend_device": (i32, [vp, u32, vp, u32, u32, c.POINTER(AttendParams), vp, vp, vp]),
         "msa_gpu_available": (i32, [c.POINTER(c.c_char_p)]),
         "msa_store_fetch_stats": (i32, [vp, c.POINTER(FetchStats)]),
+        "msa_open_default_params": (OpenParams, []),
+        "msa_store_open_with": (i32, [c.c_char_p, c.POINTER(OpenParams), c.POINTER(vp)]),
+        "msa_prefetch_layers": (i32, [vp, c.POINTER(LayerQueries), u32, u32, c.POINTER(AttendParams),
+                                      c.POINTER(vp)]),
     }
     for name, (restype, argtypes) in protos.items():
         fn = getattr(lib, name)

@@ -220,11 +220,25 @@ class Store:
         return cls(handle, str(path))
 
     @classmethod
-    def open(cls, path, *, read_only=False):
+    def open(cls, path, *, read_only=False, cache_bytes=None, gpu_pool_bytes=None, queue_depth=None,
+             allow_io_uring=True):
         """Opens an existing store (msa.NotFound if `path` holds none). read_only: no
-        writer lock, no appends; sees what was committed when opened."""
+        writer lock, no appends; sees what was committed when opened. cache_bytes:
+        the host cache of decoded blocks (0: none; default 256 MiB); gpu_pool_bytes:
+        device memory for the GPU block pool (0: never the GPU; default 256 MiB);
+        queue_depth: io_uring entries (default 256); allow_io_uring=False reads with
+        the pread thread pool (msa_store_open_with)."""
+        p = _c.msa_open_default_params()
+        p.read_only = 1 if read_only else 0
+        if cache_bytes is not None:
+            p.cache_bytes = cache_bytes
+        if gpu_pool_bytes is not None:
+            p.gpu_pool_bytes = gpu_pool_bytes
+        if queue_depth is not None:
+            p.queue_depth = queue_depth
+        p.allow_io_uring = 1 if allow_io_uring else 0
         handle = ctypes.c_void_p()
-        _check(_c.msa_store_open(_path_bytes(path), 1 if read_only else 0, ctypes.byref(handle)))
+        _check(_c.msa_store_open_with(_path_bytes(path), ctypes.byref(p), ctypes.byref(handle)))
         return cls(handle, str(path))
 
     def close(self):
@@ -434,6 +448,31 @@ class Store:
         _check(_c.msa_prefetch(handle, layer, qa.ctypes.data, qa.shape[0], qa.shape[1],
                                ctypes.byref(p), ctypes.byref(out)))
         del docs
+        return Prefetch(self, out)
+
+    def prefetch_layers(self, layer_queries, *, top_k=None, exact=False, gqa_combine="max", nprobe=0,
+                        candidates=0, exact_routing=False, channels=0, documents=None,
+                        document_sinks=False):
+        """prefetch() for several layers in one batch of reads: layer_queries maps
+        each layer to its q [n, q_heads, head_dim] (a dict, or (layer, q) pairs; the
+        same q_heads for all). Into the host block cache only. Returns a Prefetch."""
+        handle = self._live("prefetch_layers")
+        pairs = list(layer_queries.items() if isinstance(layer_queries, dict) else layer_queries)
+        arrays, p, docs = [], None, None
+        for layer, q in pairs:
+            qa, p, docs = self._query("prefetch_layers", q, top_k, exact, gqa_combine, nprobe, candidates,
+                                      exact_routing, channels, documents, "off", document_sinks)
+            arrays.append((int(layer), qa))
+        if not arrays:
+            raise InvalidArgument("prefetch_layers: no layers given")
+        q_heads = arrays[0][1].shape[1]
+        if any(qa.shape[1] != q_heads for _, qa in arrays):
+            raise InvalidArgument("prefetch_layers: every layer's q must have the same q_heads")
+        table = (_lib.LayerQueries * len(arrays))(
+            *[_lib.LayerQueries(layer, qa.shape[0], qa.ctypes.data) for layer, qa in arrays])
+        out = ctypes.c_void_p()
+        _check(_c.msa_prefetch_layers(handle, table, len(arrays), q_heads, ctypes.byref(p), ctypes.byref(out)))
+        del docs, arrays
         return Prefetch(self, out)
 
     def documents(self):

@@ -222,6 +222,37 @@ def test_prefetch_then_attend_from_cache(corpus):
         np.testing.assert_array_equal(lse, expected[1])
 
 
+def test_prefetch_layers_then_attend_every_layer_from_cache(corpus):
+    path, _, _ = corpus
+    q = queries(8)
+    with msa.Store.open(path, read_only=True) as cold:
+        layers = cold.geometry.layers
+        expected = [cold.attend(layer, q, top_k=2, gpu="off") for layer in range(layers)]
+    with msa.Store.open(path, read_only=True) as store:
+        with store.prefetch_layers({layer: q for layer in range(layers)}, top_k=2) as pending:
+            pending.wait()
+        misses = store.stats()["cache_misses"]
+        for layer in range(layers):
+            out, lse = store.attend(layer, q, top_k=2, gpu="off")
+            np.testing.assert_array_equal(out, expected[layer][0])
+            np.testing.assert_array_equal(lse, expected[layer][1])
+        assert store.stats()["cache_misses"] == misses and store.stats()["cache_hits"] > 0
+        with pytest.raises(msa.InvalidArgument, match="layer 9"):
+            store.prefetch_layers([(0, q), (9, q)]).wait()
+
+
+def test_open_with_a_cache_size(corpus):
+    path, _, _ = corpus
+    with msa.Store.open(path, read_only=True, cache_bytes=1 << 20) as store:
+        assert store.stats()["cache_capacity_bytes"] == 1 << 20
+    with msa.Store.open(path, read_only=True, cache_bytes=0) as store:
+        store.attend(0, queries(3), top_k=2, gpu="off")
+        store.attend(0, queries(3), top_k=2, gpu="off")
+        assert store.stats()["cache_hits"] == 0
+    with pytest.raises(msa.InvalidArgument, match="queue_depth"):
+        msa.Store.open(path, read_only=True, queue_depth=0)
+
+
 def test_prefetch_errors_arrive_at_wait(corpus):
     path, _, _ = corpus
     with msa.Store.open(path, read_only=True) as store:
