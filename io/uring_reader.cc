@@ -45,6 +45,20 @@ class UringReader final : public BlockReader {
     if (rc == -EINVAL) rc = io_uring_queue_init(depth_, &ring_, 0);
     if (rc < 0) return Status::FromErrno("io_uring_queue_init", -rc);
     initialized_ = true;
+    // A ring can be made where submitting is refused (a seccomp filter on
+    // io_uring_enter alone): one no-op through the ring proves the path,
+    // so that such a system falls back at start-up, not at the first query.
+    if (io_uring_sqe* sqe = io_uring_get_sqe(&ring_)) {
+      io_uring_prep_nop(sqe);
+      rc = io_uring_submit_and_wait(&ring_, 1);
+      if (rc < 0) return Status::FromErrno("io_uring_enter (a no-op at start-up)", -rc);
+      io_uring_cqe* cqe = nullptr;
+      rc = io_uring_peek_cqe(&ring_, &cqe);
+      if (rc < 0 || cqe == nullptr) return Status::FromErrno("io_uring no-op completion", rc < 0 ? -rc : EIO);
+      const int res = cqe->res;
+      io_uring_cqe_seen(&ring_, cqe);
+      if (res < 0) return Status::FromErrno("io_uring no-op at start-up", -res);
+    }
     detail_ = "io_uring, queue depth " + std::to_string(depth_);
     if (options_.registered_files > 0) {
       rc = io_uring_register_files_sparse(&ring_, options_.registered_files);

@@ -3,6 +3,11 @@
 #include <sys/stat.h>
 
 #include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -337,6 +342,57 @@ TEST(BlockReader, FallbackSaysWhy) {
   BlockReaderOptions options;
   options.allow_io_uring = false;
   EXPECT_NE(MakeBlockReader(options)->detail().find("fallback"), std::string::npos);
+}
+
+// A system that lets a ring be made but refuses io_uring_enter (a seccomp
+// filter on that call alone) falls back to pread when the reader is made,
+// not at the first query. In a child process: the filter cannot be undone.
+TEST(BlockReader, RefusedSubmissionAtStartUpFallsBack) {
+#ifndef __NR_io_uring_enter
+  GTEST_SKIP() << "no io_uring_enter syscall number on this platform";
+#else
+  {
+    BlockReaderOptions options;
+    if (std::string(MakeBlockReader(options)->name()) != "io_uring") {
+      GTEST_SKIP() << "io_uring is not available here at all";
+    }
+  }
+  int pipefd[2];
+  ASSERT_EQ(::pipe(pipefd), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::close(pipefd[0]);
+    sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_enter, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    sock_fprog prog{static_cast<unsigned short>(sizeof(filter) / sizeof(filter[0])), filter};
+    std::string answer;
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) {
+      answer = "skip: seccomp refused";
+    } else {
+      BlockReaderOptions options;
+      auto reader = MakeBlockReader(options);
+      answer = std::string(reader->name()) + "|" + reader->detail();
+    }
+    const ssize_t w = ::write(pipefd[1], answer.data(), answer.size());
+    ::_exit(w == static_cast<ssize_t>(answer.size()) ? 0 : 1);
+  }
+  ::close(pipefd[1]);
+  std::string answer;
+  char buf[512];
+  for (ssize_t n; (n = ::read(pipefd[0], buf, sizeof(buf))) > 0;) answer.append(buf, static_cast<size_t>(n));
+  ::close(pipefd[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << answer;
+  if (answer.rfind("skip:", 0) == 0) GTEST_SKIP() << answer;
+  EXPECT_EQ(answer.substr(0, answer.find('|')), "pread") << answer;
+  EXPECT_NE(answer.find("io_uring_enter"), std::string::npos) << answer;
+#endif
 }
 
 }  // namespace
