@@ -4,6 +4,10 @@
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
 #include <zstd.h>
 
 #include "attention/half.h"
@@ -90,6 +94,23 @@ void FromHalves(Codec codec, const uint16_t* in, float* out, size_t n) {
 }
 
 }  // namespace
+
+size_t FirstUnstorable(Codec codec, const float* x, size_t n) {
+  // Branch-free over chunks (vectorised), then the chunk that failed is
+  // searched: a NaN fails every comparison, so !(|x| <= limit) catches it.
+  const float limit = codec == Codec::kF16ShuffleZstd ? 65504.0f : std::numeric_limits<float>::max();
+  constexpr size_t kChunk = 256;
+  for (size_t c0 = 0; c0 < n; c0 += kChunk) {
+    const size_t c1 = std::min(n, c0 + kChunk);
+    bool bad = false;
+    for (size_t i = c0; i < c1; ++i) bad |= !(std::fabs(x[i]) <= limit);
+    if (!bad) continue;
+    for (size_t i = c0; i < c1; ++i) {
+      if (!(std::fabs(x[i]) <= limit)) return i;
+    }
+  }
+  return n;
+}
 
 uint64_t Checksum(const void* data, size_t size) { return XXH3_64bits(data, size); }
 

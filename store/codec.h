@@ -125,6 +125,12 @@ size_t FixedPayloadBytes(Codec codec, uint32_t tokens, uint32_t head_dim);
 // are told apart by the header's codec byte, not by the version).
 Status ParseBlockRecordHeader(std::span<const uint8_t> record, BlockRecordHeader* header);
 
+// The first of n K/V elements that `codec` cannot store as given: one that
+// is not finite, or for f16 one beyond fp16's range (it would round to
+// infinity); n when every one is storable. The quantised codecs check their
+// groups' ranges themselves (FitGroup).
+size_t FirstUnstorable(Codec codec, const float* x, size_t n);
+
 // XXH3-64 of bytes.
 uint64_t Checksum(const void* data, size_t size);
 

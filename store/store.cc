@@ -395,6 +395,7 @@ Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV
   const unsigned threads = static_cast<unsigned>(
       std::min<uint64_t>(EncodeThreads(), std::max<uint64_t>(1, items / kBlocksPerEncodeThread)));
   if (encode_buffers_.size() < threads) encode_buffers_.resize(threads);
+  const bool quantised = g.codec == Codec::kInt8 || g.codec == Codec::kInt4;
   auto encode_range = [&](unsigned thread, uint64_t from, uint64_t to) -> Status {
     try {
       io::AlignedBuffer& out = encode_buffers_[thread];
@@ -411,6 +412,21 @@ Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV
         WidenToFloat(kv.keys, kv.dtype, at, count, kin.data());
         WidenToFloat(kv.values, kv.dtype, at, count, vin.data());
         const BlockId id{stream / g.kv_heads, stream % g.kv_heads, first_block + b};
+        if (!quantised) {
+          // A NaN or infinity (or, for f16, a value past its range) would be
+          // stored as given and poison every attention over its block.
+          for (const auto& [part, x] : {std::pair<const char*, const float*>{"keys", kin.data()}, {"values", vin.data()}}) {
+            const size_t i = FirstUnstorable(g.codec, x, count);
+            if (i < count) {
+              return Status::InvalidArgument(
+                  "document " + name + ": " + part + " of layer " + std::to_string(id.layer) + " kv-head " +
+                  std::to_string(id.kv_head) + " token " + std::to_string(t0 + i / d) + " channel " +
+                  std::to_string(i % d) + " is " + std::to_string(x[i]) +
+                  (g.codec == Codec::kF16ShuffleZstd ? "; the f16 codec stores finite values up to 65504 (bf16 stores larger ones)"
+                                                     : "; K/V must be finite"));
+            }
+          }
+        }
         BlockRecordHeader header;
         auto record = encoder.Encode(g.codec, id, tokens, g.head_dim, kin.data(), vin.data(),
                                      &header, kf.data());

@@ -540,6 +540,38 @@ TEST(Store, TruncatedCatalogLogFailsTheOpenAndDestroysNothing) {
   EXPECT_EQ(std::filesystem::file_size(seg), seg_bytes);  // nothing cut
 }
 
+// K/V the codec cannot store as given are refused, naming where they are:
+// a NaN or infinity (any codec), and for f16 a value past its range (it
+// would have become infinity); bf16 stores such a value. Nothing is staged.
+TEST(Store, NonFiniteOrUnstorableKVIsRefusedNamingTheElement) {
+  TempDir dir;
+  Geometry g = SmallGeometry();
+  for (Codec codec : {Codec::kF16ShuffleZstd, Codec::kBF16ShuffleZstd, Codec::kInt8}) {
+    g.codec = codec;
+    auto s = Store::Create(dir.Sub(std::string("store-") + CodecName(codec)), g);
+    ASSERT_TRUE(s.ok());
+    Doc d = MakeDoc(g, "bad", 20, 61);
+    // layer 1, kv-head 0, token 13, channel 5 of the values.
+    const size_t at = (static_cast<size_t>(g.StreamOf(1, 0)) * d.tokens + 13) * g.head_dim + 5;
+    d.values[at] = std::nanf("");
+    Status st = Append(**s, d);
+    ASSERT_EQ(st.code(), Status::Code::kInvalidArgument) << CodecName(codec) << ": " << st.ToString();
+    if (codec != Codec::kInt8) {  // the quantised codecs name the block and group (FitGroup)
+      EXPECT_NE(st.message().find("values of layer 1 kv-head 0 token 13 channel 5 is nan"), std::string::npos)
+          << st.ToString();
+    }
+    d.values[at] = 1e5f;  // finite, past fp16's range
+    st = Append(**s, d);
+    EXPECT_EQ(st.ok(), codec == Codec::kBF16ShuffleZstd) << CodecName(codec) << ": " << st.ToString();
+    if (codec == Codec::kF16ShuffleZstd) EXPECT_NE(st.message().find("65504"), std::string::npos) << st.ToString();
+    d.values[at] = 0.5f;
+    d.name = "good";
+    EXPECT_TRUE(Append(**s, d).ok()) << CodecName(codec);
+    ASSERT_TRUE((*s)->Commit().ok());
+    EXPECT_EQ((*s)->Stats().documents, codec == Codec::kBF16ShuffleZstd ? 2u : 1u);
+  }
+}
+
 // ---- the CLI contract -------------------------------------------------------
 
 int RunCli(const std::string& args, std::string* err = nullptr) {
