@@ -221,6 +221,12 @@ TEST(InspectCliTest, ShowsHeaderDocumentPositionsTokenIdsAndText) {
   EXPECT_EQ(j["record"]["block"], 4);
   EXPECT_EQ(j["record"]["kv_head"], 1);
   EXPECT_EQ(j["record"]["checksum"], j["checksum"]);
+  // 64-bit checksums are hex strings (16 digits, as the text output shows
+  // them): a JSON number would lose bits in jq and other double-based parsers.
+  ASSERT_TRUE(j["checksum"].is_string()) << j.dump();
+  const std::string checksum = j["checksum"].get<std::string>();
+  EXPECT_EQ(checksum.size(), 16u) << checksum;
+  EXPECT_EQ(checksum.find_first_not_of("0123456789abcdef"), std::string::npos) << checksum;
   EXPECT_EQ(j["record_ok"], true);
   EXPECT_EQ(j["raw_bytes"], 2 * 16 * 32 * 2);
   EXPECT_EQ(j["stored_bytes"].get<uint64_t>(), 64 + j["record"]["payload_bytes"].get<uint64_t>());
@@ -239,6 +245,7 @@ TEST(InspectCliTest, ShowsHeaderDocumentPositionsTokenIdsAndText) {
   r = Cli("inspect " + store + " --layer 0 --kv-head 1 --block 4");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("format version 1, codec f16"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("checksum " + checksum + "\n"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("tokens 16..31 of the document, 56..71 of the stream"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("token ids     516 517"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("\"t16 t17"), std::string::npos) << r.out;
@@ -273,7 +280,16 @@ TEST(InspectCliTest, ShowsHeaderDocumentPositionsTokenIdsAndText) {
   const nlohmann::json bad = nlohmann::json::parse(r.out);
   EXPECT_EQ(bad["record_ok"], false);
   EXPECT_NE(bad["record_error"].get<std::string>().find("checksum"), std::string::npos) << bad.dump();
-  EXPECT_EQ(Cli("verify " + store).code, 5);
+  // verify names both checksums in hex, the catalog's as inspect showed it.
+  r = Cli("verify " + store);
+  EXPECT_EQ(r.code, 5);
+  EXPECT_NE(r.out.find(", catalog " + checksum + ")"), std::string::npos) << r.out;
+  r = Cli("verify " + store + " --json");
+  EXPECT_EQ(r.code, 5);
+  const nlohmann::json v = nlohmann::json::parse(r.out);
+  ASSERT_EQ(v["problems"].size(), 1u) << r.out;
+  EXPECT_NE(v["problems"][0].get<std::string>().find("checksum mismatch (payload "), std::string::npos) << r.out;
+  EXPECT_NE(v["problems"][0].get<std::string>().find(", catalog " + checksum + ")"), std::string::npos) << r.out;
 }
 
 // The queries: row 0 points along the needle direction (KV head 0's query
