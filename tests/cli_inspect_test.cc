@@ -13,6 +13,8 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <regex>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -284,6 +286,7 @@ TEST(InspectCliTest, ShowsHeaderDocumentPositionsTokenIdsAndText) {
   r = Cli("verify " + store);
   EXPECT_EQ(r.code, 5);
   EXPECT_NE(r.out.find(", catalog " + checksum + ")"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(" documents checked, 1 problem\n"), std::string::npos) << r.out;
   r = Cli("verify " + store + " --json");
   EXPECT_EQ(r.code, 5);
   const nlohmann::json v = nlohmann::json::parse(r.out);
@@ -431,7 +434,17 @@ TEST(CliSurfaceTest, ExitCodesHelpExamplesAndQuietProgressOffTerminal) {
     r = Cli(cmd + " --help");
     EXPECT_EQ(r.code, 0) << cmd;
     EXPECT_NE(r.out.find("Example"), std::string::npos) << cmd << ":\n" << r.out;
+    // Every option says what it is for: CLI11 prints "--name TYPE=default"
+    // then the description on the same line; a line of the name, type and
+    // default alone is an option without one.
+    static const std::regex bare(R"(^  +-[-,\w]*( [A-Z]+)?(=\S*| \[[^\]]*\])?( REQUIRED)?$)");
+    std::istringstream lines(r.out);
+    for (std::string line; std::getline(lines, line);) {
+      line.erase(line.find_last_not_of(' ') + 1);
+      EXPECT_FALSE(std::regex_match(line, bare)) << cmd << ": option without a description: '" << line << "'";
+    }
   }
+  EXPECT_NE(Cli("ingest --help").out.find("bfloat16"), std::string::npos) << "ingest takes BF16 safetensors";
   // --json on the commands that report; the progress line stays off a
   // non-terminal stderr (the harness redirects it to a file).
   const std::string store = dir.Sub("s");
@@ -488,7 +501,7 @@ TEST(CliSurfaceTest, ProgressLineOnATerminal) {
   std::getline(f, out, '\0');
   EXPECT_NE(out.find("verify: 38 / 38 blocks (100%)"), std::string::npos) << out;
   EXPECT_NE(out.find("MB/s, ETA"), std::string::npos) << out;
-  EXPECT_NE(out.find("\n" + store + ": 38 blocks and 1 documents checked, 0 problems"), std::string::npos) << out;
+  EXPECT_NE(out.find("\n" + store + ": 38 blocks and 1 document checked, 0 problems"), std::string::npos) << out;
 }
 
 }  // namespace
