@@ -86,7 +86,7 @@ typedef enum msa_dtype_t {
 
 /* How blocks are stored. Lossless codecs keep their own dtype bit-exact and
  * round other input to it; the quantised ones bound each element's error by
- * half its group's step (README "Codecs" has ratios and measured errors). */
+ * half its group's step (BENCHMARKS.md "Codecs" has ratios and measured errors). */
 typedef enum msa_codec_t {
   MSA_CODEC_F16 = 1,  /* fp16, byte-shuffled, zstd: lossless for fp16 input */
   MSA_CODEC_BF16 = 2, /* bfloat16, byte-shuffled, zstd: lossless for bf16 input */

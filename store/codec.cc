@@ -1,5 +1,7 @@
 #include "store/codec.h"
 
+#include <cinttypes>
+#include <cstdio>
 #include <cstring>
 
 #define XXH_INLINE_ALL
@@ -113,6 +115,12 @@ size_t FirstUnstorable(Codec codec, const float* x, size_t n) {
 }
 
 uint64_t Checksum(const void* data, size_t size) { return XXH3_64bits(data, size); }
+
+std::string ChecksumHex(uint64_t checksum) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016" PRIx64, checksum);
+  return buf;
+}
 
 std::string DescribeBlock(const BlockId& id) {
   return "layer " + std::to_string(id.layer) + " kv-head " + std::to_string(id.kv_head) +
@@ -249,8 +257,8 @@ Status BlockDecoder::CheckAndDecode(std::span<const uint8_t> record, const Block
   const uint8_t* payload = record.data() + kBlockRecordHeaderSize;
   const uint64_t sum = Checksum(payload, h.payload_bytes);
   if (sum != expected_checksum || h.checksum != expected_checksum) {
-    return Status::Corruption(what + ": checksum mismatch (payload " + std::to_string(sum) +
-                              ", catalog " + std::to_string(expected_checksum) + ")");
+    return Status::Corruption(what + ": checksum mismatch (payload " + ChecksumHex(sum) + ", catalog " +
+                              ChecksumHex(expected_checksum) + ")");
   }
   const size_t n = static_cast<size_t>(h.tokens) * head_dim;
   if (quantized::Handles(h.codec)) {

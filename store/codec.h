@@ -134,6 +134,11 @@ size_t FirstUnstorable(Codec codec, const float* x, size_t n);
 // XXH3-64 of bytes.
 uint64_t Checksum(const void* data, size_t size);
 
+// A checksum as text: 16 lowercase hex digits, no prefix ("18d6e502c51362de"),
+// the form every CLI output (text and JSON) and error message uses. JSON
+// numbers cannot carry 64 bits through most parsers (jq reads doubles).
+std::string ChecksumHex(uint64_t checksum);
+
 // "layer 3 kv-head 1 block 42"
 std::string DescribeBlock(const BlockId& id);
 

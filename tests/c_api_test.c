@@ -21,7 +21,11 @@ int main(int argc, char** argv) {
   char cmd[1024];
   snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
   if (system(cmd) != 0) return 1;
+  /* The library is the one this header describes: same major and minor
+   * (a minor bump adds functions, so a mismatch means a stale libmsa). */
   CHECK(msa_version() >> 16 == MSA_VERSION_MAJOR);
+  CHECK(((msa_version() >> 8) & 0xff) == MSA_VERSION_MINOR);
+  CHECK(msa_version() == MSA_VERSION);
   CHECK(msa_set_log_level(MSA_LOG_WARN) == MSA_OK);
   CHECK(msa_set_log_level(5) == MSA_INVALID_ARGUMENT);
   CHECK(strstr(msa_last_error(), "level 5") != NULL);

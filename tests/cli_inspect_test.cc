@@ -13,6 +13,8 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <regex>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -221,6 +223,12 @@ TEST(InspectCliTest, ShowsHeaderDocumentPositionsTokenIdsAndText) {
   EXPECT_EQ(j["record"]["block"], 4);
   EXPECT_EQ(j["record"]["kv_head"], 1);
   EXPECT_EQ(j["record"]["checksum"], j["checksum"]);
+  // 64-bit checksums are hex strings (16 digits, as the text output shows
+  // them): a JSON number would lose bits in jq and other double-based parsers.
+  ASSERT_TRUE(j["checksum"].is_string()) << j.dump();
+  const std::string checksum = j["checksum"].get<std::string>();
+  EXPECT_EQ(checksum.size(), 16u) << checksum;
+  EXPECT_EQ(checksum.find_first_not_of("0123456789abcdef"), std::string::npos) << checksum;
   EXPECT_EQ(j["record_ok"], true);
   EXPECT_EQ(j["raw_bytes"], 2 * 16 * 32 * 2);
   EXPECT_EQ(j["stored_bytes"].get<uint64_t>(), 64 + j["record"]["payload_bytes"].get<uint64_t>());
@@ -239,6 +247,7 @@ TEST(InspectCliTest, ShowsHeaderDocumentPositionsTokenIdsAndText) {
   r = Cli("inspect " + store + " --layer 0 --kv-head 1 --block 4");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("format version 1, codec f16"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("checksum " + checksum + "\n"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("tokens 16..31 of the document, 56..71 of the stream"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("token ids     516 517"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("\"t16 t17"), std::string::npos) << r.out;
@@ -273,7 +282,17 @@ TEST(InspectCliTest, ShowsHeaderDocumentPositionsTokenIdsAndText) {
   const nlohmann::json bad = nlohmann::json::parse(r.out);
   EXPECT_EQ(bad["record_ok"], false);
   EXPECT_NE(bad["record_error"].get<std::string>().find("checksum"), std::string::npos) << bad.dump();
-  EXPECT_EQ(Cli("verify " + store).code, 5);
+  // verify names both checksums in hex, the catalog's as inspect showed it.
+  r = Cli("verify " + store);
+  EXPECT_EQ(r.code, 5);
+  EXPECT_NE(r.out.find(", catalog " + checksum + ")"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(" documents checked, 1 problem\n"), std::string::npos) << r.out;
+  r = Cli("verify " + store + " --json");
+  EXPECT_EQ(r.code, 5);
+  const nlohmann::json v = nlohmann::json::parse(r.out);
+  ASSERT_EQ(v["problems"].size(), 1u) << r.out;
+  EXPECT_NE(v["problems"][0].get<std::string>().find("checksum mismatch (payload "), std::string::npos) << r.out;
+  EXPECT_NE(v["problems"][0].get<std::string>().find(", catalog " + checksum + ")"), std::string::npos) << r.out;
 }
 
 // The queries: row 0 points along the needle direction (KV head 0's query
@@ -415,7 +434,17 @@ TEST(CliSurfaceTest, ExitCodesHelpExamplesAndQuietProgressOffTerminal) {
     r = Cli(cmd + " --help");
     EXPECT_EQ(r.code, 0) << cmd;
     EXPECT_NE(r.out.find("Example"), std::string::npos) << cmd << ":\n" << r.out;
+    // Every option says what it is for: CLI11 prints "--name TYPE=default"
+    // then the description on the same line; a line of the name, type and
+    // default alone is an option without one.
+    static const std::regex bare(R"(^  +-[-,\w]*( [A-Z]+)?(=\S*| \[[^\]]*\])?( REQUIRED)?$)");
+    std::istringstream lines(r.out);
+    for (std::string line; std::getline(lines, line);) {
+      line.erase(line.find_last_not_of(' ') + 1);
+      EXPECT_FALSE(std::regex_match(line, bare)) << cmd << ": option without a description: '" << line << "'";
+    }
   }
+  EXPECT_NE(Cli("ingest --help").out.find("bfloat16"), std::string::npos) << "ingest takes BF16 safetensors";
   // --json on the commands that report; the progress line stays off a
   // non-terminal stderr (the harness redirects it to a file).
   const std::string store = dir.Sub("s");
@@ -472,7 +501,7 @@ TEST(CliSurfaceTest, ProgressLineOnATerminal) {
   std::getline(f, out, '\0');
   EXPECT_NE(out.find("verify: 38 / 38 blocks (100%)"), std::string::npos) << out;
   EXPECT_NE(out.find("MB/s, ETA"), std::string::npos) << out;
-  EXPECT_NE(out.find("\n" + store + ": 38 blocks and 1 documents checked, 0 problems"), std::string::npos) << out;
+  EXPECT_NE(out.find("\n" + store + ": 38 blocks and 1 document checked, 0 problems"), std::string::npos) << out;
 }
 
 }  // namespace

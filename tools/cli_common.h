@@ -1,6 +1,7 @@
 // Shared by the msa subcommands: exit codes and error reporting.
 #pragma once
 
+#include <cstdint>
 #include <cstdio>
 #include <string>
 
@@ -30,6 +31,12 @@ inline constexpr const char kExitCodesHelp[] =
     "Examples: msa create /data/mem --layers 2 --kv-heads 2 --head-dim 64\n"
     "          msa ingest /data/mem --dir /data/shards\n"
     "          msa query /data/mem --layer 0 --queries q.npy --out o.npy --explain";
+
+// "1 document", "2 documents": a count and its noun (plural by a trailing s),
+// for the text outputs.
+inline std::string Count(uint64_t n, const std::string& noun) {
+  return std::to_string(n) + " " + noun + (n == 1 ? "" : "s");
+}
 
 // Prints "msa: <message>" on one line to stderr and maps the code.
 inline int Fail(const Status& s) {

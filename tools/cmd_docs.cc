@@ -39,7 +39,7 @@ int RunList(const DocsOptions& o) {
     std::printf("%10llu %12llu %12llu %8llu  %s\n", (unsigned long long)d.id, (unsigned long long)d.tokens,
                 (unsigned long long)d.first_block, (unsigned long long)d.blocks, d.name.c_str());
   }
-  std::printf("%zu %sdocuments\n", docs->size(), o.deleted ? "deleted " : "");
+  std::printf("%s\n", Count(docs->size(), o.deleted ? "deleted document" : "document").c_str());
   return kExitOk;
 }
 
@@ -93,8 +93,9 @@ int RunDelete(const DocsOptions& o) {
     nlohmann::json j = {{"deleted", victims.size()}, {"tokens", tokens}};
     std::printf("%s\n", j.dump(2).c_str());
   } else {
-    std::printf("deleted %zu documents (%llu tokens per stream); `msa compact %s` reclaims their space\n",
-                victims.size(), (unsigned long long)tokens, o.store.c_str());
+    std::printf("deleted %s (%llu tokens per stream); `msa compact %s` reclaims %s space\n",
+                Count(victims.size(), "document").c_str(), (unsigned long long)tokens, o.store.c_str(),
+                victims.size() == 1 ? "its" : "their");
   }
   return kExitOk;
 }

@@ -72,8 +72,8 @@ void AddEvalOptions(CLI::App* app, EvalOptions& o) {
   app->add_option("STORE", o.store, "store directory")->required();
   app->add_option("--queries", o.queries, "queries .npy [n, q_heads, head_dim]")->required();
   app->add_option("--needles", o.needles, "needles.json from msa synth");
-  app->add_option("--layer", o.layer)->capture_default_str();
-  app->add_option("--top-k", o.top_k)->capture_default_str();
+  app->add_option("--layer", o.layer, "layer the queries attend over")->capture_default_str();
+  app->add_option("--top-k", o.top_k, "routed blocks per KV head")->capture_default_str();
   app->add_option("--repeats", o.repeats, "latency samples per query")->capture_default_str();
   app->add_option("--exact-samples", o.exact_samples, "query rows timed in the store's exact mode")
       ->capture_default_str();

@@ -294,17 +294,18 @@ int Finish(const Status& s, const IngestReport& r, uint64_t skipped, bool json) 
     if (!s.ok()) j["error"] = s.ToString();
     std::printf("%s\n", j.dump(2).c_str());
   } else {
-    std::printf("ingested %llu documents, %llu tokens, %.1f MB of K/V in %.2f s (%.1f MB/s in, %.1f MB/s "
-                "written, %llu commits); %llu already in the store, skipped\n",
-                (unsigned long long)r.documents, (unsigned long long)r.tokens, r.input_bytes / 1e6, r.seconds,
+    std::printf("ingested %s, %llu tokens, %.1f MB of K/V in %.2f s (%.1f MB/s in, %.1f MB/s "
+                "written, %s); %llu already in the store, skipped\n",
+                Count(r.documents, "document").c_str(), (unsigned long long)r.tokens, r.input_bytes / 1e6, r.seconds,
                 r.seconds > 0 ? r.input_bytes / 1e6 / r.seconds : 0.0,
-                r.seconds > 0 ? r.written_bytes / 1e6 / r.seconds : 0.0, (unsigned long long)r.commits,
+                r.seconds > 0 ? r.written_bytes / 1e6 / r.seconds : 0.0, Count(r.commits, "commit").c_str(),
                 (unsigned long long)skipped);
   }
   if (!s.ok()) return Fail(s);
   if (r.interrupted) {
-    std::fprintf(stderr, "msa: interrupted; the %llu documents ingested are committed; run the same "
-                         "command again to continue\n", (unsigned long long)r.documents);
+    std::fprintf(stderr, "msa: interrupted; the %s ingested %s committed; run the same "
+                         "command again to continue\n", Count(r.documents, "document").c_str(),
+                 r.documents == 1 ? "is" : "are");
     return kExitInterrupted;
   }
   return kExitOk;
@@ -456,7 +457,8 @@ int RunIngestStdin(const IngestOptions& o) {
 void AddIngestOptions(CLI::App* app, IngestOptions& o) {
   app->footer(
       "One document: --doc NAME --keys K.npy --values V.npy, or --keys KV.safetensors (tensors\n"
-      "'keys' and 'values'); K and V [layers, kv_heads, tokens, head_dim], float16 or float32.\n"
+      "'keys' and 'values'); K and V [layers, kv_heads, tokens, head_dim], float16 or float32\n"
+      "(.safetensors: also bfloat16).\n"
       "A directory: --dir DIR ingests every NAME_keys.npy + NAME_values.npy pair and every\n"
       "NAME.safetensors as document NAME, in natural name order (doc_2 before doc_10), skipping\n"
       "names the store already holds: after an interruption, run the same command again.\n"
@@ -471,7 +473,7 @@ void AddIngestOptions(CLI::App* app, IngestOptions& o) {
       "          msa ingest /data/mem --dir /data/shards --json");
   app->add_option("STORE", o.store, "store directory")->required();
   app->add_option("--doc", o.doc, "document name (unique), with --keys");
-  app->add_option("--keys", o.keys, "keys .npy (or .safetensors with 'keys' and 'values')");
+  app->add_option("--keys", o.keys, "keys .npy (or .safetensors with 'keys' and 'values': F16, BF16 or F32)");
   app->add_option("--values", o.values, "values .npy (omit with a .safetensors --keys)");
   app->add_option("--dir", o.dir, "ingest every shard of this directory");
   app->add_flag("--stdin", o.from_stdin, "ingest raw documents from stdin");

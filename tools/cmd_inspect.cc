@@ -51,7 +51,7 @@ nlohmann::json InspectionJson(const std::string& path, const Geometry& g, const 
                       {"block", r.id.block},
                       {"summary", SummaryName(g.summary)},
                       {"tokens", loc.tokens},
-                      {"checksum", loc.checksum},
+                      {"checksum", ChecksumHex(loc.checksum)},
                       {"codec", CodecName(loc.codec)},
                       {"raw_bytes", r.raw_bytes},
                       {"stored_bytes", loc.record_bytes},
@@ -69,7 +69,7 @@ nlohmann::json InspectionJson(const std::string& path, const Geometry& g, const 
                    {"head_dim", r.header.head_dim},
                    {"header_bytes", kBlockRecordHeaderSize},
                    {"payload_bytes", r.header.payload_bytes},
-                   {"checksum", r.header.checksum}};
+                   {"checksum", ChecksumHex(r.header.checksum)}};
   } else {
     j["record"] = nullptr;
   }
@@ -107,9 +107,9 @@ void PrintInspection(const std::string& path, const Geometry& g, const BlockInsp
   }
   if (r.record_read) {
     std::printf("header        format version %u, codec %s, %s, %u tokens x head dim %u, header %zu + payload "
-                "%u bytes, checksum %016" PRIx64 "\n",
+                "%u bytes, checksum %s\n",
                 r.record_version, CodecName(r.header.codec), DescribeBlock(r.header.id).c_str(), r.header.tokens,
-                r.header.head_dim, kBlockRecordHeaderSize, r.header.payload_bytes, r.header.checksum);
+                r.header.head_dim, kBlockRecordHeaderSize, r.header.payload_bytes, ChecksumHex(r.header.checksum).c_str());
   }
   if (loc.segment != 0) {
     std::printf("check         %s\n", r.record_error.empty() ? "ok (identity, shape and checksum match the catalog; decodes)"

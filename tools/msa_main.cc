@@ -157,9 +157,8 @@ int RunVerify(const std::string& path, bool json) {
     std::printf("%s\n", j.dump(2).c_str());
   } else {
     for (const std::string& p : report.problems) std::printf("problem: %s\n", p.c_str());
-    std::printf("%s: %llu blocks and %llu documents checked, %zu problems\n", path.c_str(),
-                (unsigned long long)report.blocks_checked, (unsigned long long)report.documents_checked,
-                report.problems.size());
+    std::printf("%s: %s and %s checked, %s\n", path.c_str(), Count(report.blocks_checked, "block").c_str(),
+                Count(report.documents_checked, "document").c_str(), Count(report.problems.size(), "problem").c_str());
   }
   return report.problems.empty() ? kExitOk : kExitIoError;
 }

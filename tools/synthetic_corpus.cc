@@ -43,12 +43,12 @@ namespace msa::cli {
 
 void AddSynthOptions(CLI::App* app, SynthOptions& o) {
   app->add_option("DIR", o.dir, "output directory")->required();
-  app->add_option("--layers", o.layers)->capture_default_str();
-  app->add_option("--kv-heads", o.kv_heads)->capture_default_str();
-  app->add_option("--q-heads", o.q_heads)->capture_default_str();
-  app->add_option("--head-dim", o.head_dim)->capture_default_str();
+  app->add_option("--layers", o.layers, "model layers")->capture_default_str();
+  app->add_option("--kv-heads", o.kv_heads, "KV heads per layer")->capture_default_str();
+  app->add_option("--q-heads", o.q_heads, "query heads per layer (a multiple of --kv-heads: GQA)")->capture_default_str();
+  app->add_option("--head-dim", o.head_dim, "channels per head")->capture_default_str();
   app->add_option("--tokens", o.tokens, "tokens in all documents together")->capture_default_str();
-  app->add_option("--docs", o.docs)->capture_default_str();
+  app->add_option("--docs", o.docs, "documents the tokens are split into")->capture_default_str();
   app->add_option("--doc-tokens", o.doc_tokens,
                   "tokens per document instead of --docs (the last may be shorter)");
   app->add_option("--queries", o.queries, "query rows (one needle per row and KV head)")->capture_default_str();
@@ -62,7 +62,7 @@ void AddSynthOptions(CLI::App* app, SynthOptions& o) {
       ->capture_default_str();
   app->add_flag("--needle-per-head", o.needle_per_head,
                "one needle per query head (each head of a GQA group looks for its own)");
-  app->add_option("--seed", o.seed)->capture_default_str();
+  app->add_option("--seed", o.seed, "random seed: the same seed writes the same corpus")->capture_default_str();
   app->add_option("--rng", o.rng,
                   "document noise: mt19937 (exact Gaussian, sequential) or fast (a 16-bit quantile "
                   "table, per-document streams; same queries and needles)")
@@ -163,13 +163,13 @@ int SynthIntoStore(SynthCorpus& corpus, const SynthOptions& o) {
     if (!s.ok()) j["error"] = s.ToString();
     std::printf("%s\n", j.dump(2).c_str());
   } else {
-    std::printf("synth into %s: %llu documents, %llu tokens, %.1f MB of fp16 K/V in %.2f s (%.1f MB/s in, "
-                "%.1f MB/s written, %llu commits; %u already there); %zu needles and %u queries in %s\n",
-                o.into_store.c_str(), (unsigned long long)report.documents, (unsigned long long)report.tokens,
+    std::printf("synth into %s: %s, %llu tokens, %.1f MB of fp16 K/V in %.2f s (%.1f MB/s in, "
+                "%.1f MB/s written, %s; %u already there); %zu needles and %u queries in %s\n",
+                o.into_store.c_str(), Count(report.documents, "document").c_str(), (unsigned long long)report.tokens,
                 report.input_bytes / 1e6, report.seconds,
                 report.seconds > 0 ? report.input_bytes / 1e6 / report.seconds : 0.0,
                 report.seconds > 0 ? report.written_bytes / 1e6 / report.seconds : 0.0,
-                (unsigned long long)report.commits, done, corpus.needle_count(), o.queries, o.dir.c_str());
+                Count(report.commits, "commit").c_str(), done, corpus.needle_count(), o.queries, o.dir.c_str());
   }
   if (!s.ok()) return Fail(s);
   if (report.interrupted) {
@@ -211,7 +211,7 @@ int RunSynth(const SynthOptions& o) {
     std::printf("%s\n", j.dump(2).c_str());
     return kExitOk;
   }
-  std::printf("wrote %u documents, %llu tokens, %u queries with %zu needles to %s\n", corpus.docs(),
+  std::printf("wrote %s, %llu tokens, %u queries with %zu needles to %s\n", Count(corpus.docs(), "document").c_str(),
               static_cast<unsigned long long>(o.tokens), o.queries, corpus.needle_count(), o.dir.c_str());
   return kExitOk;
 }

@@ -2,7 +2,8 @@
 
 Arrays go to the library without a copy when they already have the layout
 it reads: C order, aligned, and the dtype of the argument (float32, or
-float16 for keys and values). Anything else is converted once, with a copy.
+float16 or bfloat16 for keys and values; bfloat16 as torch tensors, whose
+bits go as uint16). Anything else is converted once, with a copy.
 Outputs are allocated here, or written in place into `out=` / `lse=` arrays
 that must already have the exact shape, dtype and layout (a converted copy
 would silently drop the result).
@@ -30,6 +31,7 @@ GQA_COMBINE = {"max": 0, "sum": 1}
 GPU_MODES = {"auto": 0, "off": 1, "require": 2}  # msa_gpu_t: where attend computes
 LOG_LEVELS = {"trace": 0, "debug": 1, "info": 2, "warn": 3, "warning": 3, "error": 4, "off": 6}
 _DTYPE_CODES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1}  # msa_dtype_t
+_BFLOAT16 = 2  # MSA_BFLOAT16: uint16 arrays of bfloat16 bits (numpy has no bfloat16)
 
 Geometry = namedtuple(
     "Geometry", "layers kv_heads head_dim block_tokens codec summary summary_centroids")
@@ -106,9 +108,63 @@ def _to_numpy(x, name):
                 "(move it with .cpu())")
         x = x.detach()
         if x.dtype not in (sys.modules["torch"].float32, sys.modules["torch"].float16):
-            x = x.float()  # bfloat16 and others have no numpy view
+            x = x.float()  # others have no numpy view (append_document passes bfloat16 as bits)
         return x.resolve_conj().resolve_neg().numpy()
     return np.asarray(x)
+
+
+def _is_bfloat16(x):
+    """x is a torch bfloat16 tensor, or a numpy array of a bfloat16 dtype
+    (ml_dtypes', as jax uses)."""
+    if _is_torch(x):
+        return x.dtype == sys.modules["torch"].bfloat16
+    return isinstance(x, np.ndarray) and x.dtype.name == "bfloat16" and x.dtype.itemsize == 2
+
+
+def _bfloat16_bits(x, name):
+    """A bfloat16 array's bits as a C-ordered uint16 numpy array, sharing its
+    memory when it is contiguous (a torch view through int16, which numpy
+    has); a non-contiguous one is made contiguous, still as bfloat16."""
+    if _is_torch(x):
+        if x.device.type != "cpu":
+            raise NotSupported(
+                f"{name} is a {x.device.type} tensor; only attend() takes CUDA tensors "
+                "(move it with .cpu())")
+        x = x.detach()
+        if not x.is_contiguous():
+            x = x.contiguous()
+        a = x.view(sys.modules["torch"].int16).numpy().view(np.uint16)
+    else:
+        a = x.view(np.uint16)
+    return np.require(a, dtype=np.uint16, requirements=["C", "A"])
+
+
+def _bfloat16_bits_to_float32(bits):
+    """uint16 bfloat16 bits widened to float32 (exact: bfloat16 is a float32's
+    top half)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _document_input(x, name):
+    """keys or values for msa_append_document: (array, msa_dtype_t code).
+    float32 and float16 as they are, bfloat16 as its uint16 bits (code
+    MSA_BFLOAT16) without a copy; anything else converted to float32."""
+    if _is_bfloat16(x):
+        return _bfloat16_bits(x, name), _BFLOAT16
+    a = _input(x, name, (np.dtype(np.float32), np.dtype(np.float16)))
+    return a, _DTYPE_CODES[a.dtype]
+
+
+def _same_dtype(k, k_code, v, v_code):
+    """keys and values in one dtype, as the C API takes them: unchanged when
+    they already agree, else both float32 (every accepted dtype widens to
+    float32 exactly)."""
+    if k_code == v_code:
+        return k, v, k_code
+
+    def widen(a, code):
+        return _bfloat16_bits_to_float32(a) if code == _BFLOAT16 else a.astype(np.float32)
+    return widen(k, k_code), widen(v, v_code), _DTYPE_CODES[np.dtype(np.float32)]
 
 
 def _input(x, name, dtypes):
@@ -281,13 +337,15 @@ class Store:
 
     def append_document(self, name, keys, values):
         """Stages a document and returns its id. keys and values:
-        [layers, kv_heads, tokens, head_dim], float16 or float32 (anything else is
-        converted to float32; float32 is rounded to fp16 by the f16 codec). Neither
-        durable nor visible to queries until commit()."""
+        [layers, kv_heads, tokens, head_dim], float16, float32 or bfloat16 (torch
+        tensors; passed as their bits, without a copy); anything else is converted
+        to float32, and so are both if their dtypes differ. The store's codec
+        rounds the input (f16: to fp16). Neither durable nor visible to queries
+        until commit()."""
         handle = self._live("append_document")
         g = self._geometry
-        k = _input(keys, "keys", (np.dtype(np.float32), np.dtype(np.float16)))
-        v = _input(values, "values", (np.dtype(np.float32), np.dtype(np.float16)))
+        k, k_code = _document_input(keys, "keys")
+        v, v_code = _document_input(values, "values")
         expected = f"layers={g.layers}, kv_heads={g.kv_heads}, tokens, head_dim={g.head_dim}"
         for arg, a in (("keys", k), ("values", v)):
             if a.ndim != 4 or a.shape[0] != g.layers or a.shape[1] != g.kv_heads \
@@ -295,12 +353,10 @@ class Store:
                 raise _shape_error(arg, expected, a.shape)
         if v.shape != k.shape:
             raise InvalidArgument(f"values: shape {v.shape} differs from keys' {k.shape}")
-        if k.dtype != v.dtype:  # one dtype for both in the C API; float16 widens exactly
-            k, v = k.astype(np.float32), v.astype(np.float32)
+        k, v, code = _same_dtype(k, k_code, v, v_code)  # one dtype for both in the C API
         doc_id = ctypes.c_uint64()
         _check(_c.msa_append_document(handle, str(name).encode("utf-8"), k.ctypes.data,
-                                      v.ctypes.data, k.shape[2], _DTYPE_CODES[k.dtype],
-                                      ctypes.byref(doc_id)))
+                                      v.ctypes.data, k.shape[2], code, ctypes.byref(doc_id)))
         return doc_id.value
 
     def commit(self):
