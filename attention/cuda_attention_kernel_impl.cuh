@@ -247,6 +247,7 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
   const int dchunks = p.head_dim / 8;
 
   // Q of the CTA's vectors as hi/lo fp16; padding rows and channels are 0.
+  int any_q_lo = 0;
   for (int idx = tid; idx < M * (D / 2); idx += kSplitThreads) {
     const int m = idx / (D / 2);
     const int c = (idx % (D / 2)) * 2;
@@ -263,7 +264,12 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
     SplitHiLo(x, y, &hi, &lo);
     *reinterpret_cast<uint32_t*>(s_qhi + m * LD + c) = hi;
     *reinterpret_cast<uint32_t*>(s_qlo + m * LD + c) = lo;
+    any_q_lo |= lo != 0;
   }
+  // A q that fp16 holds exactly (an engine's fp16 activations) has no lo
+  // part: its lo products would add zeros, so they are skipped (the same
+  // sums, half the Q K^T tensor work).
+  const bool q_lo = __syncthreads_or(any_q_lo) != 0;
 
   auto sel_of = [&](int r) { return static_cast<size_t>(r) * p.kv_heads + g; };
   // Blocks of row r in this split (the contract says count is in [0, max_blocks];
@@ -439,15 +445,17 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
         uint32_t ahi[4], alo[4];
         const int qoff = (16 * rg + (lane & 15)) * LD + ks * 16 + (lane >> 4) * 8;
         LdMatrixX4(ahi, s_qhi + qoff);
-        LdMatrixX4(alo, s_qlo + qoff);
+        if (q_lo) LdMatrixX4(alo, s_qlo + qoff);
 #pragma unroll
         for (int j = 0; j < NT / 2; ++j) {
           uint32_t b[4];
           LdMatrixX4(b, tk + (16 * j + (lane >> 4) * 8 + (lane & 7)) * LD + ks * 16 + ((lane >> 3) & 1) * 8);
           Mma16816(s[2 * j], ahi, b[0], b[1]);
-          Mma16816(s[2 * j], alo, b[0], b[1]);
           Mma16816(s[2 * j + 1], ahi, b[2], b[3]);
-          Mma16816(s[2 * j + 1], alo, b[2], b[3]);
+          if (q_lo) {
+            Mma16816(s[2 * j], alo, b[0], b[1]);
+            Mma16816(s[2 * j + 1], alo, b[2], b[3]);
+          }
         }
       }
 

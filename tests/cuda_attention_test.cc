@@ -277,6 +277,30 @@ TEST(CudaAttention, MatchesCpuWithinTwiceItsFloat64Error) {
   }
 }
 
+// q that fp16 holds exactly (an engine's fp16 activations): the kernel
+// skips the zero lo half of q, and must land within the same tolerance.
+TEST(CudaAttention, Fp16ExactQueriesSkipTheLoHalf) {
+  MSA_SKIP_WITHOUT_CUDA();
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(c.what);
+    Problem p = MakeProblem(c);
+    for (float& x : p.q) x = HalfToFloat(FloatToHalf(x));
+    const size_t d = p.shape.head_dim;
+    std::vector<double> out64, lse64;
+    ReferenceF64(p, &out64, &lse64);
+    std::vector<float> out_cpu(p.Rows() * d), lse_cpu(p.Rows());
+    SparseAttentionCpu(p.shape, p.FloatTable(), p.Sel(), p.q.data(), out_cpu.data(), lse_cpu.data());
+    const double out_tol = 2.0 * MaxError(out_cpu, out64) + 1e-5 * p.max_abs_v;
+    const double lse_tol = 2.0 * MaxError(lse_cpu, lse64) + 1e-5 * std::max(1.0, MaxFinite(lse64));
+    std::vector<float> out_gpu(p.Rows() * d, 123.0f), lse_gpu(p.Rows(), 123.0f);
+    const Status st = SparseAttentionCudaF16Host(p.shape, p.HalfTable(), p.Sel(), p.q.data(),
+                                                 out_gpu.data(), lse_gpu.data());
+    ASSERT_TRUE(st.ok()) << st.ToString();
+    EXPECT_LE(MaxError(out_gpu, out64), out_tol);
+    EXPECT_LE(MaxError(lse_gpu, lse64), lse_tol);
+  }
+}
+
 // Int8 pages, dequantised in the kernel, give exactly what the fp16 kernel
 // gives over the fp16 rounding of the CPU decoder's output: the same
 // fmaf(scale, code, min) and rounding, then the same kernel. Every case

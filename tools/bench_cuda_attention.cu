@@ -117,8 +117,16 @@ int main(int argc, char** argv) {
 
   std::mt19937 rng(42);
   std::uniform_real_distribution<float> U(-1.f, 1.f);
-  const bool int8 = argc > 1 && std::string(argv[1]) == "int8";
-  std::printf("# K/V format: %s\n", int8 ? "int8 pages, dequantised in the kernel" : "fp16");
+  // Arguments, in any order: int8 (int8 pages), fp16-q (q rounded to fp16,
+  // as SDPA's fp16 input is: the kernel then skips q's zero lo half).
+  bool int8 = false, fp16_q = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    int8 |= a == "int8";
+    fp16_q |= a == "fp16-q";
+  }
+  std::printf("# K/V format: %s; q %s\n", int8 ? "int8 pages, dequantised in the kernel" : "fp16",
+              fp16_q ? "rounded to fp16" : "float32 (hi + lo fp16)");
   std::printf("n,budget,kernel_us,gbps_unique,kernel_us_backtoback,kernel_us_cold,gbps_cold\n");
   for (int budget : {2048, 8192, 32768}) {
     const int nb_per_head = budget / block_tokens;
@@ -171,7 +179,7 @@ int main(int argc, char** argv) {
             idx[(size_t(i) * kv_heads + g) * nb_per_head + j] = g * nb_per_head + j;
         }
       std::vector<float> hq(size_t(n) * q_heads * head_dim);
-      for (auto& x : hq) x = U(rng);
+      for (auto& x : hq) x = fp16_q ? __half2float(__float2half(U(rng))) : U(rng);
       int32_t *didx, *dcnt;
       float *dq, *dout, *dlse;
       CK(cudaMalloc(&didx, idx.size() * 4));
