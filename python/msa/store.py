@@ -98,15 +98,20 @@ def _is_torch(x):
         isinstance(x, sys.modules["torch"].Tensor)
 
 
+def _cpu_tensor(x, name):
+    """A torch tensor, detached, after checking that it lives on the CPU."""
+    if x.device.type != "cpu":
+        raise NotSupported(
+            f"{name} is a {x.device.type} tensor; only attend() takes CUDA tensors "
+            "(move it with .cpu())")
+    return x.detach()
+
+
 def _to_numpy(x, name):
     """x as a numpy array sharing its memory where it can; torch CPU tensors
     through .numpy() (zero-copy)."""
     if _is_torch(x):
-        if x.device.type != "cpu":
-            raise NotSupported(
-                f"{name} is a {x.device.type} tensor; only attend() takes CUDA tensors "
-                "(move it with .cpu())")
-        x = x.detach()
+        x = _cpu_tensor(x, name)
         if x.dtype not in (sys.modules["torch"].float32, sys.modules["torch"].float16):
             x = x.float()  # others have no numpy view (append_document passes bfloat16 as bits)
         return x.resolve_conj().resolve_neg().numpy()
@@ -126,11 +131,7 @@ def _bfloat16_bits(x, name):
     memory when it is contiguous (a torch view through int16, which numpy
     has); a non-contiguous one is made contiguous, still as bfloat16."""
     if _is_torch(x):
-        if x.device.type != "cpu":
-            raise NotSupported(
-                f"{name} is a {x.device.type} tensor; only attend() takes CUDA tensors "
-                "(move it with .cpu())")
-        x = x.detach()
+        x = _cpu_tensor(x, name)
         if not x.is_contiguous():
             x = x.contiguous()
         a = x.view(sys.modules["torch"].int16).numpy().view(np.uint16)
