@@ -14,10 +14,11 @@
 #   ANSWERS=1              greedy answers with no memory / with the passkey's document (0: skip)
 #   KEEP=0                 1: keep the K/V files in OUT/kv (for sinks.py; 23 KB per token)
 #   PY, MSA                the Python of tools/realkv/setup.sh, the msa binary (build/msa)
+#   PLOT_PY=python3        a Python with matplotlib for plot_eval.py (e.g. /usr/bin/python3); plots are skipped without it
 # Writes OUT/corpus.json, OUT/kv/ (queries, needles, token ids), OUT/store,
 # OUT/eval/layer_J.json (msa eval --json, the no-memory queries),
 # OUT/eval/layer_J_doc.json (the queries formed with the passkey's document in
-# context) and OUT/summary.md (the tables).
+# context), OUT/summary.md (the tables) and OUT/plots/*.png (plot_eval.py --run-only).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -56,4 +57,6 @@ for ((j = 0; j < n; j++)); do
 done
 t2=$(date +%s)
 "$PY" "$HERE/summarize.py" "$OUT" | tee "$OUT/summary.md"
+"${PLOT_PY:-python3}" "$HERE/plot_eval.py" --run "$OUT" --run-only --out "$OUT/plots" ||
+  echo "run_eval: plots skipped (plot_eval.py needs matplotlib: PLOT_PY=/usr/bin/python3)" >&2
 echo "run_eval: corpus+export+ingest $((t1 - t0)) s, eval $((t2 - t1)) s; results in $OUT"
