@@ -4,7 +4,8 @@
 // acknowledged document is there bit-exact, that at most the one document
 // whose commit was in flight is also there (it may have reached RocksDB
 // before the ack), that nothing else is visible, and that the store opens
-// without repair. The same store accumulates over all iterations.
+// without repair and verifies clean (Store::Verify). The same store
+// accumulates over all iterations.
 //
 // The child is this test binary re-executed (fork alone would copy a
 // multi-threaded process), running CrashChild.Ingest.
@@ -114,6 +115,10 @@ TEST(CrashTest, KillNineDuringIngestLosesNothingCommitted) {
       ASSERT_EQ(k, want_k) << "iteration " << iter << " layer " << layer;
       ASSERT_EQ(v, want_v) << "iteration " << iter << " layer " << layer;
     }
+    // And a sound store: every block, catalog invariant and saved file.
+    VerifyReport report;
+    ASSERT_TRUE((*store)->Verify(&report).ok());
+    ASSERT_TRUE(report.problems.empty()) << "iteration " << iter << ": " << report.problems.front();
   }
   EXPECT_GT(acked, 0u) << "no child ever committed: the test exercised nothing";
   std::printf("crash test: %d kills, %d after progress, %llu documents committed and verified\n",
