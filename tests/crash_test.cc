@@ -40,6 +40,14 @@ Geometry CrashGeometry() {
   return g;
 }
 
+// Summary pieces every 128 blocks (the least), so that the kills also land
+// while a commit saves one, and Verify checks the pieces left behind.
+StoreOptions CrashOptions() {
+  StoreOptions o;
+  o.summary_piece_blocks = 128;
+  return o;
+}
+
 // Document i: deterministic K/V, fp16-exact, 1..23 tokens.
 void MakeDocument(const Geometry& g, uint64_t i, std::vector<float>* k, std::vector<float>* v,
                   uint64_t* tokens) {
@@ -56,8 +64,8 @@ TEST(CrashChild, Ingest) {
   if (!CrashChildArguments(&path, &ack_fd)) GTEST_SKIP() << "runs only as the crash test's child";
   CrashChildStarted(ack_fd);
   const Geometry g = CrashGeometry();
-  auto store = Store::Open(path);
-  if (!store.ok()) store = Store::Create(path, g);
+  auto store = Store::Open(path, CrashOptions());
+  if (!store.ok()) store = Store::Create(path, g, CrashOptions());
   ASSERT_TRUE(store.ok()) << store.status().ToString();
   for (uint64_t i = (*store)->Stats().documents;; ++i) {
     std::vector<float> k, v;
@@ -91,7 +99,7 @@ TEST(CrashTest, KillNineDuringIngestLosesNothingCommitted) {
     ASSERT_TRUE(run.killed) << "child ended on its own (status " << run.status << ") in iteration " << iter;
 
     if (acked == 0 && !std::filesystem::exists(store_path + "/catalog/CURRENT")) continue;
-    auto store = Store::Open(store_path);
+    auto store = Store::Open(store_path, CrashOptions());
     ASSERT_TRUE(store.ok()) << "iteration " << iter << ": " << store.status().ToString();
     auto docs = (*store)->ListDocuments();
     ASSERT_TRUE(docs.ok());
@@ -121,8 +129,18 @@ TEST(CrashTest, KillNineDuringIngestLosesNothingCommitted) {
     ASSERT_TRUE(report.problems.empty()) << "iteration " << iter << ": " << report.problems.front();
   }
   EXPECT_GT(acked, 0u) << "no child ever committed: the test exercised nothing";
-  std::printf("crash test: %d kills, %d after progress, %llu documents committed and verified\n",
-              iterations, kills_after_progress, static_cast<unsigned long long>(acked));
+  uint64_t piece_blocks = 0;
+  {
+    StoreOptions ro = CrashOptions();
+    ro.read_only = true;
+    auto store = Store::Open(store_path, ro);
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    piece_blocks = (*store)->Stats().summary_piece_blocks;
+  }
+  std::printf("crash test: %d kills, %d after progress, %llu documents committed and verified, "
+              "%llu blocks' summaries in saved pieces\n",
+              iterations, kills_after_progress, static_cast<unsigned long long>(acked),
+              static_cast<unsigned long long>(piece_blocks));
 }
 
 }  // namespace
