@@ -80,6 +80,42 @@ bool IsDirectory(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+// A file the store keeps beside the catalog as an accelerator (a router
+// index, a summary piece) read and checked against the size and checksum
+// its catalog record holds: its bytes, or NotFound (missing), or Corruption
+// saying whether it is truncated, too long or damaged. Opening (which then
+// rebuilds from the catalog) and Verify (which reports it) share it.
+Result<std::vector<uint8_t>> ReadRecordedFile(const std::string& file, uint64_t file_bytes,
+                                              uint64_t checksum) {
+  MSA_ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, io::ReadWholeFile(file));
+  if (bytes.size() != file_bytes) {
+    return Status::Corruption(std::string(bytes.size() < file_bytes ? "truncated: " : "too long: ") +
+                              std::to_string(bytes.size()) + " bytes, the catalog records " +
+                              std::to_string(file_bytes));
+  }
+  if (Checksum(bytes.data(), bytes.size()) != checksum) {
+    return Status::Corruption("damaged: its checksum does not match the catalog's");
+  }
+  return bytes;
+}
+
+// A summary piece's catalog record against the piece before it (the pieces
+// of a stream tile [0, end) in order), the stream's committed blocks and the
+// size of a chunk of its summaries. Shared by opening and Verify.
+Status CheckSummaryPieceRecord(const SummaryPieceRecord& p, uint64_t expected_first,
+                               uint64_t committed_blocks, size_t chunk_bytes) {
+  if (p.first_block != expected_first || p.blocks == 0 || p.blocks % SummaryTable::kChunkBlocks != 0 ||
+      p.first_block + p.blocks > committed_blocks) {
+    return Status::Corruption("blocks [" + std::to_string(p.first_block) + ", " +
+                              std::to_string(p.first_block + p.blocks) +
+                              ") do not continue the saved summaries");
+  }
+  if (p.file_bytes != p.blocks / SummaryTable::kChunkBlocks * chunk_bytes) {
+    return Status::Corruption("its size does not match the store's geometry");
+  }
+  return Status::OK();
+}
+
 }  // namespace
 
 Store::Store(std::string path, std::unique_ptr<Catalog> catalog, const StoreOptions& options)
@@ -857,21 +893,10 @@ uint64_t Store::LoadSummaryPieces(uint32_t stream) {
   for (const SummaryPieceRecord& p : *pieces) {
     const std::string file = SummaryPiecePath(stream, p.first_block);
     Status st = [&]() -> Status {
-      if (p.first_block != covered || p.blocks == 0 || p.blocks % SummaryTable::kChunkBlocks != 0 ||
-          p.first_block + p.blocks > committed_.blocks_per_stream) {
-        return Status::Corruption("blocks [" + std::to_string(p.first_block) + ", " +
-                                  std::to_string(p.first_block + p.blocks) +
-                                  ") do not continue the saved summaries");
-      }
-      const size_t chunks = p.blocks / SummaryTable::kChunkBlocks;
-      if (p.file_bytes != chunks * table.chunk_bytes()) {
-        return Status::Corruption("its size does not match the store's geometry");
-      }
-      MSA_ASSIGN_OR_RETURN(const std::vector<uint8_t> bytes, io::ReadWholeFile(file));
-      if (bytes.size() != p.file_bytes || Checksum(bytes.data(), bytes.size()) != p.checksum) {
-        return Status::Corruption("size or checksum does not match the catalog");
-      }
-      router_.AddChunks(stream, reinterpret_cast<const uint16_t*>(bytes.data()), chunks);
+      MSA_RETURN_IF_ERROR(CheckSummaryPieceRecord(p, covered, committed_.blocks_per_stream, table.chunk_bytes()));
+      MSA_ASSIGN_OR_RETURN(const std::vector<uint8_t> bytes, ReadRecordedFile(file, p.file_bytes, p.checksum));
+      router_.AddChunks(stream, reinterpret_cast<const uint16_t*>(bytes.data()),
+                        p.blocks / SummaryTable::kChunkBlocks);
       return Status::OK();
     }();
     if (!st.ok()) {
@@ -947,10 +972,7 @@ void Store::LoadRouterIndexes() {
     const RouterIndexRecord& r = **rec;
     const std::string file = RouterIndexPath(stream, r.generation);
     Status st = [&]() -> Status {
-      MSA_ASSIGN_OR_RETURN(const std::vector<uint8_t> bytes, io::ReadWholeFile(file));
-      if (bytes.size() != r.file_bytes || Checksum(bytes.data(), bytes.size()) != r.checksum) {
-        return Status::Corruption("size or checksum does not match the catalog");
-      }
+      MSA_ASSIGN_OR_RETURN(const std::vector<uint8_t> bytes, ReadRecordedFile(file, r.file_bytes, r.checksum));
       return router_.LoadIndex(stream, bytes, r.blocks, r.trained_vectors);
     }();
     // Remembered even when unusable: the rebuilt index is saved under the
@@ -1845,6 +1867,7 @@ Status Store::Verify(VerifyReport* report, const ProgressFn& progress) const {
       if (progress) progress(checked_blocks, to_check, bytes_read);
     }
   }
+  io.unlock();  // the segment files are read; what follows reads the catalog and other files
   // Documents, live and deleted, tile [0, blocks_per_stream) in block
   // order, each with the tokens its blocks hold (stream 0's blocks; every
   // stream has the same counts); the counters count the live ones.
@@ -1901,7 +1924,92 @@ Status Store::Verify(VerifyReport* report, const ProgressFn& progress) const {
             " tokens per stream; the documents add up to " + std::to_string(live_docs) + ", " +
             std::to_string(next_block) + " and " + std::to_string(live_tokens));
   }
+  VerifyRebuildableFiles(report);
   return Status::OK();
+}
+
+void Store::VerifyRebuildableFiles(VerifyReport* report) const {
+  // Takes no lock but a moment's state_mu_: the caller holds none. A writer
+  // may meanwhile save a router index under a new generation (and remove
+  // the old file) or replace summary pieces; a failed check is therefore
+  // reported only if the catalog still records the same file after it.
+  auto why = [](const Status& st) {
+    return st.code() == Status::Code::kNotFound ? std::string("missing")
+           : st.code() == Status::Code::kCorruption ? st.message()
+                                                    : st.ToString();
+  };
+  constexpr int kAttempts = 4;
+  for (uint32_t stream = 0; stream < geometry_.streams(); ++stream) {
+    const std::string where = "layer " + std::to_string(stream / geometry_.kv_heads) + " kv-head " +
+                              std::to_string(stream % geometry_.kv_heads);
+    // The saved router index (STORE/router/S.G.ivf).
+    for (int attempt = 1;; ++attempt) {
+      auto rec = catalog_->ReadRouterIndex(stream);
+      if (!rec.ok()) {
+        report->problems.push_back("router index record of " + where + ": " + rec.status().ToString());
+        break;
+      }
+      if (!rec->has_value()) break;
+      const RouterIndexRecord& r = **rec;
+      const std::string file = RouterIndexPath(stream, r.generation);
+      const Status st = ReadRecordedFile(file, r.file_bytes, r.checksum).status();
+      if (!st.ok() && attempt < kAttempts) {
+        auto now = catalog_->ReadRouterIndex(stream);
+        if (now.ok() && (!now->has_value() || (**now).generation != r.generation)) continue;  // replaced
+      }
+      ++report->files_checked;
+      if (!st.ok()) {
+        report->problems.push_back("router index " + file + " (" + where + "): " + why(st) +
+                                   "; rebuildable: the next open ignores it and rebuilds the index "
+                                   "from the catalog (nothing is lost)");
+      }
+      break;
+    }
+    // The saved summary pieces (STORE/summaries/S.FIRST.f16), which tile
+    // the stream's first blocks in order.
+    const size_t chunk_bytes = router_.summaries(stream).chunk_bytes();  // geometry: constant
+    auto same = [](const std::vector<SummaryPieceRecord>& a, const std::vector<SummaryPieceRecord>& b) {
+      return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](const auto& x, const auto& y) {
+        return x.first_block == y.first_block && x.blocks == y.blocks && x.file_bytes == y.file_bytes &&
+               x.checksum == y.checksum;
+      });
+    };
+    for (int attempt = 1;; ++attempt) {
+      auto pieces = catalog_->ListSummaryPieces(stream);
+      if (!pieces.ok()) {
+        report->problems.push_back("summary piece records of " + where + ": " + pieces.status().ToString());
+        break;
+      }
+      // Read after the records: a commit is published before its pieces
+      // are recorded, so no sound piece lies past this.
+      uint64_t committed_blocks;
+      {
+        std::shared_lock<std::shared_mutex> state(state_mu_);
+        committed_blocks = committed_.blocks_per_stream;
+      }
+      std::vector<std::string> found;
+      uint64_t expected_first = 0;
+      for (const SummaryPieceRecord& p : *pieces) {
+        const std::string file = SummaryPiecePath(stream, p.first_block);
+        Status st = CheckSummaryPieceRecord(p, expected_first, committed_blocks, chunk_bytes);
+        if (st.ok()) st = ReadRecordedFile(file, p.file_bytes, p.checksum).status();
+        if (!st.ok()) {
+          found.push_back("summary piece " + file + " (" + where + ", blocks [" + std::to_string(p.first_block) +
+                          ", " + std::to_string(p.first_block + p.blocks) + ")): " + why(st) +
+                          "; rebuildable: opening reads these summaries from the catalog instead, and "
+                          "the next writable open saves the piece again (nothing is lost)");
+        }
+        expected_first = p.first_block + p.blocks;
+      }
+      if (!found.empty() && attempt < kAttempts) {
+        auto now = catalog_->ListSummaryPieces(stream);
+        if (now.ok() && !same(*now, *pieces)) continue;  // replaced meanwhile
+      }
+      report->files_checked += pieces->size();
+      report->problems.insert(report->problems.end(), found.begin(), found.end());
+      break;
+    }
+  }
 }
 
 Result<std::vector<DocumentRecord>> Store::ListDocuments() const {

@@ -168,11 +168,16 @@ struct AttendStats {
 };
 
 // What `msa verify` found: every block read and checked, every catalog
-// invariant tested. Each problem names the block, file and offset (or the
-// document) and says what is wrong.
+// invariant tested, every saved router index (STORE/router/S.G.ivf) and
+// summary piece (STORE/summaries/S.FIRST.f16) read and checked against the
+// size and checksum its catalog record holds. Each problem names the block,
+// file and offset (or the document, or the file) and says what is wrong; a
+// damaged, missing or truncated index or piece is reported as such, saying
+// that it is rebuilt from the catalog (nothing is lost).
 struct VerifyReport {
   uint64_t blocks_checked = 0;
   uint64_t documents_checked = 0;
+  uint64_t files_checked = 0;  // router index and summary piece files
   std::vector<std::string> problems;  // empty: the store is sound
 };
 
@@ -441,6 +446,9 @@ class Store {
   // first missing or damaged one, which is logged); saves the runs a commit
   // completed (best effort: a failure is logged and retried next commit).
   uint64_t LoadSummaryPieces(uint32_t stream);
+  // Verify's part for the router index files and summary pieces: each one
+  // the catalog records is read and checked as opening checks it.
+  void VerifyRebuildableFiles(VerifyReport* report) const;
   void SaveSummaryPieces();
   std::string SummaryPiecePath(uint32_t stream, uint64_t first_block) const;
   std::string RouterIndexPath(uint32_t stream, uint64_t generation) const;

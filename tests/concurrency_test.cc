@@ -1,5 +1,7 @@
 // Queries while ingesting: Store::Attend (exact and top-k), ReadStream and
-// Stats from several threads while one thread appends and commits.
+// Stats from several threads while one thread appends and commits; exact
+// queries while one thread deletes and compacts; exact and top-k queries
+// while one thread appends, deletes and compacts, interleaved.
 //
 // Every answer must equal a dense float64 reference over a committed
 // snapshot. The documents are only ever appended, so a snapshot is a prefix
@@ -16,7 +18,9 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <cmath>
+#include <cstdio>
 #include <random>
 #include <set>
 #include <string>
@@ -53,7 +57,7 @@ struct Corpus {
   std::vector<uint64_t> boundaries;
 };
 
-Corpus MakeCorpus(uint64_t seed) {
+Corpus MakeCorpus(uint64_t seed, int docs = kDocs) {
   Corpus c;
   c.stream_keys.resize(kKvHeads);
   c.stream_values.resize(kKvHeads);
@@ -61,7 +65,7 @@ Corpus MakeCorpus(uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   uint64_t stream_tokens = 0;
-  for (int d = 0; d < kDocs; ++d) {
+  for (int d = 0; d < docs; ++d) {
     const uint64_t tokens = 1 + rng() % 29;  // partial last blocks on purpose
     c.tokens.push_back(tokens);
     std::vector<uint16_t> k(kKvHeads * tokens * kHeadDim), v(k.size());
@@ -397,6 +401,270 @@ TEST(Concurrency, QueriesWhileDeletingAndCompactingSeeCommittedSnapshots) {
     EXPECT_EQ(errors[r], "") << "reader " << r;
     EXPECT_GT(states[r].size(), 2u) << "reader " << r << " saw too few states to be worth the name";
   }
+  VerifyReport report;
+  ASSERT_TRUE(store.Verify(&report).ok());
+  EXPECT_TRUE(report.problems.empty()) << report.problems.front();
+}
+
+// The writer's part of the mixed test: one commit per step (an append, a
+// deletion of a committed document, or both in one commit), then maybe a
+// compaction. Deterministic, so the same schedule can be replayed.
+struct MixedStep {
+  int append = -1;  // document to append, or none
+  int remove = -1;  // committed document to delete, or none
+  bool compact = false;
+};
+
+constexpr int kMixedDocs = 32;
+constexpr int kMixedFirstDocs = 4;  // appended and committed before the threads start
+
+// The steps, and the live documents after each commit (state 0: the first
+// kMixedFirstDocs documents; state k: after step k-1).
+std::vector<MixedStep> MixedSchedule(std::vector<std::vector<int>>* states) {
+  std::mt19937_64 rng(2024);
+  std::vector<int> live;
+  for (int d = 0; d < kMixedFirstDocs; ++d) live.push_back(d);
+  states->assign(1, live);
+  std::vector<MixedStep> steps;
+  auto take_one = [&] {  // a random committed live document, never the last two
+    if (live.size() <= 2) return -1;
+    const size_t at = rng() % live.size();
+    const int d = live[at];
+    live.erase(live.begin() + static_cast<ptrdiff_t>(at));
+    return d;
+  };
+  for (int d = kMixedFirstDocs; d < kMixedDocs; ++d) {
+    MixedStep step;
+    step.append = d;
+    if (d % 3 == 0) step.remove = take_one();  // an append and a deletion in one commit
+    step.compact = d % 5 == 2;
+    live.push_back(d);
+    steps.push_back(step);
+    states->push_back(live);
+    if (d % 4 == 1) {  // a deletion on its own
+      MixedStep del;
+      del.remove = take_one();
+      if (del.remove >= 0) {
+        del.compact = d % 8 == 5;
+        steps.push_back(del);
+        states->push_back(live);
+      }
+    }
+  }
+  return steps;
+}
+
+// Runs the first documents and then the steps on `store`; before_commit and
+// after_commit (the state just committed) are called around each commit.
+// Returns "" or what failed.
+std::string RunMixedSchedule(Store& store, const Corpus& c, const std::vector<MixedStep>& steps,
+                             const std::function<void()>& before_commit,
+                             const std::function<void(size_t)>& after_commit) {
+  std::vector<uint64_t> ids(kMixedDocs, UINT64_MAX);
+  auto append = [&](int d) {
+    auto id = store.AppendDocument("doc" + std::to_string(d),
+                                   {c.keys[d].data(), c.values[d].data(), c.tokens[d], ElementType::kFloat16});
+    if (id.ok()) ids[d] = *id;
+    return id.status();
+  };
+  for (int d = 0; d < kMixedFirstDocs; ++d) {
+    if (Status s = append(d); !s.ok()) return "document " + std::to_string(d) + ": " + s.ToString();
+  }
+  if (Status s = store.Commit(); !s.ok()) return "first commit: " + s.ToString();
+  after_commit(0);
+  for (size_t k = 0; k < steps.size(); ++k) {
+    const MixedStep& step = steps[k];
+    Status s;
+    if (step.append >= 0) s = append(step.append);
+    if (s.ok() && step.remove >= 0) s = store.DeleteDocument(ids[step.remove]);
+    if (s.ok()) {
+      before_commit();
+      s = store.Commit();
+    }
+    if (s.ok()) after_commit(k + 1);
+    if (s.ok() && step.compact) s = store.Compact();
+    if (!s.ok()) return "step " + std::to_string(k) + ": " + s.ToString();
+  }
+  return "";
+}
+
+// Exact and top-k queries (with and without document sinks) from several
+// threads while one thread appends documents, deletes some (alone, or with
+// an append in the same commit) and compacts, interleaved. The queries are
+// made beforehand and the writer's schedule is deterministic, so the same
+// schedule replayed first on a second store, with no one else about, gives
+// what each query must choose in each committed state. A query under the
+// writer must choose exactly what it chose in one of the states committed
+// around the call (a counter the writer bumps after each commit: state k is
+// visible from before the bump to k), never a mix, and its answer must
+// equal the float64 dense reference over those blocks.
+TEST(Concurrency, TopKQueriesWhileAppendingDeletingAndCompactingSeeCommittedSnapshots) {
+  TempDir dir;
+  Geometry g;
+  g.layers = 1;
+  g.kv_heads = kKvHeads;
+  g.head_dim = kHeadDim;
+  g.block_tokens = kBlockTokens;
+  StoreOptions options;
+  options.segment_bytes = 16 << 10;  // several segments: compaction removes files
+  const Corpus corpus = MakeCorpus(13, kMixedDocs);
+  std::vector<std::vector<int>> states;
+  const std::vector<MixedStep> steps = MixedSchedule(&states);
+  ASSERT_GT(std::count_if(steps.begin(), steps.end(), [](const MixedStep& s) { return s.compact; }), 3);
+  ASSERT_GT(std::count_if(steps.begin(), steps.end(),
+                          [](const MixedStep& s) { return s.append >= 0 && s.remove >= 0; }),
+            3);
+
+  // The queries: exact ones, top-k ones of budgets from 0 to 7 blocks, some
+  // with document sinks.
+  constexpr int kQueries = 16;
+  std::vector<std::vector<float>> queries(kQueries);
+  std::vector<AttendOptions> query_options(kQueries);
+  {
+    std::mt19937_64 rng(17);
+    std::normal_distribution<float> normal(0.0f, 1.5f);
+    for (int j = 0; j < kQueries; ++j) {
+      queries[j].resize(kRows * kQHeads * kHeadDim);
+      for (float& x : queries[j]) x = normal(rng);
+      query_options[j].exact = j % 4 == 0;
+      query_options[j].top_k = static_cast<uint32_t>(rng() % 8);
+      query_options[j].document_sinks = j % 3 == 1;
+    }
+  }
+  auto ask = [&](const Store& store, int j, std::vector<float>* out, std::vector<float>* lse,
+                 std::vector<std::vector<uint64_t>>* selected) {
+    out->assign(kRows * kQHeads * kHeadDim, NAN);
+    lse->assign(kRows * kQHeads, NAN);
+    return store.Attend(0, queries[j].data(), kRows, kQHeads, query_options[j], out->data(), lse->data(),
+                        nullptr, selected);
+  };
+  // expected[k][j]: query j's blocks in state k, from the replay.
+  std::vector<std::vector<std::vector<std::vector<uint64_t>>>> expected(states.size());
+  int top_k_answers = 0, routed_answers = 0;  // in the replay: top-k, and top-k reading fewer than all blocks
+  {
+    auto replay = Store::Create(dir.Sub("replay"), g, options);
+    ASSERT_TRUE(replay.ok()) << replay.status().ToString();
+    std::string error;
+    const std::string run = RunMixedSchedule(**replay, corpus, steps, [] {}, [&](size_t k) {
+      for (int j = 0; j < kQueries && error.empty(); ++j) {
+        std::vector<float> out, lse;
+        std::vector<std::vector<uint64_t>> selected;
+        Status s = ask(**replay, j, &out, &lse, &selected);
+        if (!s.ok()) error = "state " + std::to_string(k) + " query " + std::to_string(j) + ": " + s.ToString();
+        expected[k].push_back(std::move(selected));
+      }
+      // An exact query's blocks are every block of the live documents.
+      std::vector<uint64_t> live_blocks;
+      std::vector<int> live = states[k];
+      std::sort(live.begin(), live.end());
+      for (int d : live) {
+        for (uint64_t b = corpus.boundaries[d]; b < corpus.boundaries[d + 1]; ++b) live_blocks.push_back(b);
+      }
+      if (error.empty() && expected[k][0] != std::vector<std::vector<uint64_t>>(kRows * kKvHeads, live_blocks)) {
+        error = "state " + std::to_string(k) + ": the replay's exact query did not read the live documents";
+      }
+      for (int j = 0; j < kQueries && error.empty(); ++j) {
+        if (query_options[j].exact) continue;
+        ++top_k_answers;
+        routed_answers += expected[k][j][0].size() < live_blocks.size();
+      }
+    });
+    ASSERT_EQ(run, "");
+    ASSERT_EQ(error, "");
+    // Most top-k answers must be routed (not every block), or the test
+    // would check little more than the exact queries do.
+    EXPECT_GT(routed_answers, top_k_answers / 2) << routed_answers << " of " << top_k_answers;
+  }
+
+  auto created = Store::Create(dir.Sub("store"), g, options);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  Store& store = **created;
+  std::atomic<int> published{-1};  // the last state whose Commit returned
+  std::atomic<bool> done{false};
+  std::vector<std::atomic<int>> finished(kReaders);
+  std::atomic<bool> reader_failed{false};
+  // As in QueriesWhileIngestingSeeCommittedSnapshots: before each commit,
+  // every reader finishes one more query (a bounded while).
+  auto wait_for_readers = [&] {
+    std::vector<int> seen(kReaders);
+    for (int r = 0; r < kReaders; ++r) seen[r] = finished[r].load();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (int r = 0; r < kReaders; ++r) {
+      while (finished[r].load() == seen[r] && !reader_failed && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::yield();
+      }
+    }
+  };
+  std::string writer_error;
+  std::thread writer([&] {
+    writer_error = RunMixedSchedule(store, corpus, steps, wait_for_readers, [&](size_t k) {
+      published = static_cast<int>(k);
+    });
+    done = true;
+  });
+  std::vector<std::string> errors(kReaders);
+  std::vector<std::set<int>> seen_states(kReaders);
+  std::vector<int> top_k_queries(kReaders);
+  std::vector<std::thread> readers;
+  for (int r = 0; r < kReaders; ++r) {
+    readers.emplace_back([&, r] {
+      int after = 0;
+      for (int n = 0; errors[r].empty() && after < kQueriesAfterIngest; ++n) {
+        if (done) ++after;
+        const int j = (n * kReaders + r) % kQueries;
+        const int before = published.load();
+        std::vector<float> out, lse;
+        std::vector<std::vector<uint64_t>> selected;
+        Status s = ask(store, j, &out, &lse, &selected);
+        const int last = std::min<int>(published.load() + 1, static_cast<int>(states.size()) - 1);
+        if (!s.ok()) {
+          errors[r] = "query " + std::to_string(j) + ": Attend: " + s.ToString();
+          break;
+        }
+        int state = -1;
+        for (int k = std::max(before, 0); k <= last && state < 0; ++k) {
+          if (selected == expected[k][j]) state = k;
+        }
+        if (state < 0) {
+          if (before < 0 && std::all_of(selected.begin(), selected.end(), [](const auto& x) { return x.empty(); })) {
+            ++finished[r];
+            continue;  // the empty store before the first commit
+          }
+          errors[r] = "query " + std::to_string(j) + (query_options[j].exact ? " (exact)" : " (top-k)") +
+                      " chose blocks that no state committed in [" + std::to_string(before) + ", " +
+                      std::to_string(last) + "] would choose";
+          break;
+        }
+        errors[r] = CompareWithReference(corpus, queries[j], out, lse, selected);
+        if (!errors[r].empty()) {
+          errors[r] += " (query " + std::to_string(j) + ", state " + std::to_string(state) + ")";
+          break;
+        }
+        seen_states[r].insert(state);
+        if (!query_options[j].exact) ++top_k_queries[r];
+        ++finished[r];
+      }
+      if (!errors[r].empty()) reader_failed = true;
+    });
+  }
+  writer.join();
+  for (auto& t : readers) t.join();
+  ASSERT_EQ(writer_error, "");
+  for (int r = 0; r < kReaders; ++r) {
+    std::printf("reader %d: %d top-k queries, %zu of %zu states seen\n", r, top_k_queries[r],
+                seen_states[r].size(), states.size());
+    EXPECT_EQ(errors[r], "") << "reader " << r;
+    EXPECT_GT(top_k_queries[r], 0) << "reader " << r;
+    EXPECT_GT(seen_states[r].size(), states.size() / 4)
+        << "reader " << r << " saw too few states to be worth the name";
+  }
+  // The end state: the last state's documents, and a sound store.
+  auto docs = store.ListDocuments();
+  ASSERT_TRUE(docs.ok());
+  std::set<std::string> names, want;
+  for (const DocumentRecord& d : *docs) names.insert(d.name);
+  for (int d : states.back()) want.insert("doc" + std::to_string(d));
+  EXPECT_EQ(names, want);
   VerifyReport report;
   ASSERT_TRUE(store.Verify(&report).ok());
   EXPECT_TRUE(report.problems.empty()) << report.problems.front();

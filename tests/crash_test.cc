@@ -4,7 +4,8 @@
 // acknowledged document is there bit-exact, that at most the one document
 // whose commit was in flight is also there (it may have reached RocksDB
 // before the ack), that nothing else is visible, and that the store opens
-// without repair. The same store accumulates over all iterations.
+// without repair and verifies clean (Store::Verify). The same store
+// accumulates over all iterations.
 //
 // The child is this test binary re-executed (fork alone would copy a
 // multi-threaded process), running CrashChild.Ingest.
@@ -12,6 +13,7 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <random>
 
@@ -39,6 +41,14 @@ Geometry CrashGeometry() {
   return g;
 }
 
+// Summary pieces every 128 blocks (the least), so that the kills also land
+// while a commit saves one, and Verify checks the pieces left behind.
+StoreOptions CrashOptions() {
+  StoreOptions o;
+  o.summary_piece_blocks = 128;
+  return o;
+}
+
 // Document i: deterministic K/V, fp16-exact, 1..23 tokens.
 void MakeDocument(const Geometry& g, uint64_t i, std::vector<float>* k, std::vector<float>* v,
                   uint64_t* tokens) {
@@ -55,8 +65,8 @@ TEST(CrashChild, Ingest) {
   if (!CrashChildArguments(&path, &ack_fd)) GTEST_SKIP() << "runs only as the crash test's child";
   CrashChildStarted(ack_fd);
   const Geometry g = CrashGeometry();
-  auto store = Store::Open(path);
-  if (!store.ok()) store = Store::Create(path, g);
+  auto store = Store::Open(path, CrashOptions());
+  if (!store.ok()) store = Store::Create(path, g, CrashOptions());
   ASSERT_TRUE(store.ok()) << store.status().ToString();
   for (uint64_t i = (*store)->Stats().documents;; ++i) {
     std::vector<float> k, v;
@@ -78,6 +88,7 @@ TEST(CrashTest, KillNineDuringIngestLosesNothingCommitted) {
   std::mt19937_64 rng(20261126);
   uint64_t acked = 0;  // documents acknowledged as committed, over all children
   int kills_after_progress = 0;
+  double verify_s = 0;  // time in Verify, reported
   const int iterations = CrashTestIterations();
   for (int iter = 0; iter < iterations; ++iter) {
     // The kill comes 5..60 ms after the child has started (times the
@@ -90,7 +101,7 @@ TEST(CrashTest, KillNineDuringIngestLosesNothingCommitted) {
     ASSERT_TRUE(run.killed) << "child ended on its own (status " << run.status << ") in iteration " << iter;
 
     if (acked == 0 && !std::filesystem::exists(store_path + "/catalog/CURRENT")) continue;
-    auto store = Store::Open(store_path);
+    auto store = Store::Open(store_path, CrashOptions());
     ASSERT_TRUE(store.ok()) << "iteration " << iter << ": " << store.status().ToString();
     auto docs = (*store)->ListDocuments();
     ASSERT_TRUE(docs.ok());
@@ -114,10 +125,26 @@ TEST(CrashTest, KillNineDuringIngestLosesNothingCommitted) {
       ASSERT_EQ(k, want_k) << "iteration " << iter << " layer " << layer;
       ASSERT_EQ(v, want_v) << "iteration " << iter << " layer " << layer;
     }
+    // And a sound store: every block, catalog invariant and saved file.
+    VerifyReport report;
+    const auto verify_start = std::chrono::steady_clock::now();
+    ASSERT_TRUE((*store)->Verify(&report).ok());
+    verify_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - verify_start).count();
+    ASSERT_TRUE(report.problems.empty()) << "iteration " << iter << ": " << report.problems.front();
   }
   EXPECT_GT(acked, 0u) << "no child ever committed: the test exercised nothing";
-  std::printf("crash test: %d kills, %d after progress, %llu documents committed and verified\n",
-              iterations, kills_after_progress, static_cast<unsigned long long>(acked));
+  uint64_t piece_blocks = 0;
+  {
+    StoreOptions ro = CrashOptions();
+    ro.read_only = true;
+    auto store = Store::Open(store_path, ro);
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    piece_blocks = (*store)->Stats().summary_piece_blocks;
+  }
+  std::printf("crash test: %d kills, %d after progress, %llu documents committed and verified, "
+              "%llu blocks' summaries in saved pieces; %.1f s in Verify\n",
+              iterations, kills_after_progress, static_cast<unsigned long long>(acked),
+              static_cast<unsigned long long>(piece_blocks), verify_s);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -388,6 +389,101 @@ TEST(Cli, VerifyExitsZeroOnASoundStoreAndFiveOnADamagedOne) {
   std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   EXPECT_NE(text.find("problem: "), std::string::npos) << text;
   EXPECT_NE(text.find("000001.seg"), std::string::npos) << text;
+}
+
+// The files a store keeps beside the catalog to open and route faster (the
+// router's IVF index files, the summary pieces) are checked by Verify and
+// `msa verify` against the size and checksum the catalog records: a
+// damaged, truncated or missing one is a problem naming the file and
+// saying it is rebuildable; a writable open rebuilds them and the store
+// verifies clean again.
+TEST(Cli, VerifyReportsDamagedTruncatedAndMissingIndexAndSummaryPieceFiles) {
+  TempDir dir;
+  Geometry g = SmallGeometry();
+  g.layers = 1;
+  g.block_tokens = 4;
+  g.summary = SummaryKind::kMean;  // the hybrid summary has no IVF
+  StoreOptions so;
+  so.summary_piece_blocks = 128;   // 300 blocks per stream: pieces [0, 128) and [128, 256)
+  so.router.ivf_min_vectors = 256; // and an IVF index per stream
+  {
+    auto s = Store::Create(dir.Sub("store"), g, so);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    ASSERT_TRUE(Append(**s, MakeDoc(g, "a", 1200, 51)).ok());
+    ASSERT_TRUE((*s)->Commit().ok());
+    EXPECT_EQ((*s)->Stats().ivf_streams, 2u);
+  }
+  const std::vector<std::string> files = {"router/0.1.ivf", "router/1.1.ivf", "summaries/0.0.f16",
+                                          "summaries/0.128.f16", "summaries/1.0.f16", "summaries/1.128.f16"};
+  for (const std::string& f : files) ASSERT_TRUE(std::filesystem::exists(dir.Sub("store/" + f))) << f;
+  StoreOptions ro;
+  ro.read_only = true;
+  auto verify = [&](const StoreOptions& options) {
+    auto s = Store::Open(dir.Sub("store"), options);
+    EXPECT_TRUE(s.ok()) << s.status().ToString();
+    VerifyReport report;
+    if (s.ok()) EXPECT_TRUE((*s)->Verify(&report).ok());
+    return report;
+  };
+  auto cli = [&](std::string* text) {
+    const std::string out = dir.Sub("verify.txt");
+    const int rc = std::system((std::string(MSA_CLI_PATH) + " verify " + dir.Sub("store") + " > " + out + " 2>&1").c_str());
+    std::ifstream f(out);
+    text->assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+  };
+  {
+    const VerifyReport report = verify(ro);
+    EXPECT_TRUE(report.problems.empty()) << report.problems[0];
+    EXPECT_EQ(report.files_checked, files.size());
+    EXPECT_EQ(report.blocks_checked, 2u * 300);
+    std::string text;
+    EXPECT_EQ(cli(&text), 0) << text;
+  }
+  auto flip = [&](const std::string& f, std::streamoff at) {
+    std::fstream file(dir.Sub("store/" + f), std::ios::in | std::ios::out | std::ios::binary);
+    file.seekg(at);
+    const char c = static_cast<char>(file.get());
+    file.seekp(at);
+    file.put(static_cast<char>(c ^ 0x10));
+  };
+  flip("router/0.1.ivf", 100);
+  std::filesystem::remove(dir.Sub("store/router/1.1.ivf"));
+  flip("summaries/0.128.f16", 1000);
+  std::filesystem::resize_file(dir.Sub("store/summaries/1.0.f16"),
+                               std::filesystem::file_size(dir.Sub("store/summaries/1.0.f16")) / 2);
+  // What each problem must say, besides naming its file.
+  const std::vector<std::pair<std::string, std::string>> expected = {
+      {"router/0.1.ivf", "damaged"}, {"router/1.1.ivf", "missing"},
+      {"summaries/0.128.f16", "damaged"}, {"summaries/1.0.f16", "truncated"}};
+  {
+    const VerifyReport report = verify(ro);
+    EXPECT_EQ(report.blocks_checked, 2u * 300);  // the blocks are sound
+    ASSERT_EQ(report.problems.size(), expected.size());
+    for (const auto& [file, what] : expected) {
+      const auto it = std::find_if(report.problems.begin(), report.problems.end(), [&](const std::string& p) {
+        return p.find(dir.Sub("store/" + file)) != std::string::npos;
+      });
+      ASSERT_NE(it, report.problems.end()) << file;
+      EXPECT_NE(it->find(what), std::string::npos) << *it;
+      EXPECT_NE(it->find("rebuildable"), std::string::npos) << *it;
+    }
+    std::string text;
+    EXPECT_EQ(cli(&text), 5) << text;
+    EXPECT_NE(text.find("4 problems"), std::string::npos) << text;
+    for (const auto& [file, what] : expected) {
+      const std::string kind = file.rfind("router/", 0) == 0 ? "router index " : "summary piece ";
+      EXPECT_NE(text.find("problem: " + kind + dir.Sub("store/" + file)), std::string::npos) << file << "\n" << text;
+    }
+  }
+  // A writable open rebuilds the index files and saves the pieces again.
+  {
+    const VerifyReport report = verify(so);
+    EXPECT_TRUE(report.problems.empty()) << report.problems[0];
+    EXPECT_EQ(report.files_checked, files.size());
+  }
+  std::string text;
+  EXPECT_EQ(cli(&text), 0) << text;
 }
 
 // Tiny segments force a rollover every few records; commits spanning several

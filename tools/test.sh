@@ -8,6 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
+# The fuzz smoke runs (ctest fuzz_*) mutate from this seed: a new one each
+# run, so that CI does not repeat the same inputs; printed here and by each
+# run, so that a failure can be replayed with the same MSA_FUZZ_SEED.
+export MSA_FUZZ_SEED=${MSA_FUZZ_SEED:-$(( (RANDOM << 15) | RANDOM ))}
+echo "== fuzz smoke seed: MSA_FUZZ_SEED=$MSA_FUZZ_SEED (replay: MSA_FUZZ_SEED=$MSA_FUZZ_SEED ctest --test-dir build -L fuzz)" >&2
 ctest --test-dir build --output-on-failure -j "$(nproc 2>/dev/null || echo 2)"
 sanitizers=${MSA_TEST_SANITIZERS-asan tsan}
 if [ -n "$sanitizers" ]; then

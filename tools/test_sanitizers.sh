@@ -10,7 +10,9 @@
 #
 # What runs: every ctest test (GoogleTest suites, the C API program, the fuzz
 # smoke runs) under ASan+UBSan; under TSan the same minus the fuzz smoke runs
-# (single-threaded: nothing for TSan to find). The crash test kills its
+# (single-threaded: nothing for TSan to find); the fuzz runs mutate from
+# MSA_FUZZ_SEED (tools/test.sh draws and prints one per run; 1 when unset;
+# replay: MSA_FUZZ_SEED=SEED ctest --test-dir build-asan -L fuzz). The crash test kills its
 # child 5..60 ms after the start; sanitized children start and commit
 # several times slower, so that window is stretched (MSA_CRASH_TEST_SLOWDOWN:
 # 4x under ASan, 10x under TSan); the power-loss test runs 100 (ASan) and 60

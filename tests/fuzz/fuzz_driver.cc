@@ -4,7 +4,8 @@
 //   msa_fuzz_<target> [options] CORPUS_DIR_OR_FILE...
 //     --time-s S    mutate for S seconds after the corpus (default 10)
 //     --runs N      stop after N mutated inputs (default: no limit)
-//     --seed X      random seed (default 1: runs are reproducible)
+//     --seed X      random seed (default: $MSA_FUZZ_SEED, else 1); the same
+//                   seed gives the same sequence of mutated inputs
 //     --max-len L   largest mutated input in bytes (default 4096)
 //     --crash-dir D where a crashing input is written (default: current dir)
 //
@@ -20,6 +21,11 @@
 // `msa_fuzz_<target> that-file`. A target returning nonzero is a failure
 // too (the targets return 0 or abort on a broken invariant).
 //
+// The seed is printed first, so that a failed run can be replayed:
+//   fuzz <target>: seed <seed> (replay: --seed <seed>, or MSA_FUZZ_SEED=<seed> ctest -R fuzz_<target>)
+// tools/test.sh (CI) sets MSA_FUZZ_SEED to a new random value each run, so
+// every CI run mutates differently; a plain ctest run uses seed 1.
+//
 // Output ends with one summary line:
 //   fuzz <target>: <corpus> corpus inputs, <runs> mutated runs in <s> s (<rate>/s), seed <seed>
 #include <fcntl.h>
@@ -27,6 +33,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -192,6 +199,19 @@ int main(int argc, char** argv) {
   size_t max_len = 4096;
   std::string crash_dir = ".";
   std::vector<std::string> paths;
+  auto parse_seed = [](const char* text, const char* from) {
+    char* end = nullptr;
+    errno = 0;
+    const unsigned long long v = std::strtoull(text, &end, 10);
+    if (*text == '\0' || *end != '\0' || errno != 0 || *text == '-') {
+      std::fprintf(stderr, "fuzz: %s '%s' is not a seed (a number)\n", from, text);
+      std::exit(2);
+    }
+    return static_cast<uint64_t>(v);
+  };
+  if (const char* env = std::getenv("MSA_FUZZ_SEED"); env != nullptr && *env != '\0') {
+    seed = parse_seed(env, "MSA_FUZZ_SEED");
+  }
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&]() -> const char* {
@@ -206,7 +226,7 @@ int main(int argc, char** argv) {
     } else if (a == "--runs") {
       max_runs = std::strtoull(value(), nullptr, 10);
     } else if (a == "--seed") {
-      seed = std::strtoull(value(), nullptr, 10);
+      seed = parse_seed(value(), "--seed");
     } else if (a == "--max-len") {
       max_len = std::strtoull(value(), nullptr, 10);
     } else if (a == "--crash-dir") {
@@ -218,6 +238,11 @@ int main(int argc, char** argv) {
       paths.push_back(a);
     }
   }
+  std::printf("fuzz %s: seed %llu (replay: --seed %llu, or MSA_FUZZ_SEED=%llu ctest -R fuzz_%s)\n",
+              MSA_FUZZ_TARGET_NAME, static_cast<unsigned long long>(seed),
+              static_cast<unsigned long long>(seed), static_cast<unsigned long long>(seed),
+              MSA_FUZZ_TARGET_NAME);
+  std::fflush(stdout);  // before any crash
   if (LLVMFuzzerInitialize) LLVMFuzzerInitialize(&argc, &argv);
   for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT}) ::signal(sig, OnSignal);
   if (__sanitizer_set_death_callback) __sanitizer_set_death_callback(DumpCurrentInput);
