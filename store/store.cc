@@ -1898,10 +1898,23 @@ Status Store::Verify(VerifyReport* report, const ProgressFn& progress) const {
                 std::to_string(directory[0][b].doc_id));
       }
       if (!is_deleted) {
+        const BlockLocation& first = directory[0][b];
         for (uint32_t stream = 0; stream < g.streams(); ++stream) {
-          if (b < directory[stream].size() && directory[stream][b].segment == 0) {
+          if (b >= directory[stream].size()) continue;
+          const BlockLocation& loc = directory[stream][b];
+          if (loc.segment == 0) {
             problem(name + ": block " + std::to_string(b) + " of stream " + std::to_string(stream) +
                     " has no record (removed as if deleted)");
+          } else if (loc.doc_id != first.doc_id || loc.tokens != first.tokens ||
+                     loc.first_position != first.first_position) {
+            // A document spans the same blocks, tokens and positions in
+            // every stream (layer, KV head).
+            problem(name + ": block " + std::to_string(b) + " of stream " + std::to_string(stream) +
+                    " (layer " + std::to_string(stream / g.kv_heads) + " kv-head " +
+                    std::to_string(stream % g.kv_heads) + ") says document " + std::to_string(loc.doc_id) + ", " +
+                    std::to_string(loc.tokens) + " tokens from position " + std::to_string(loc.first_position) +
+                    "; stream 0 says document " + std::to_string(first.doc_id) + ", " + std::to_string(first.tokens) +
+                    " tokens from position " + std::to_string(first.first_position));
           }
         }
       }

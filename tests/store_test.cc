@@ -12,6 +12,7 @@
 #include <fstream>
 
 #include "attention/half.h"
+#include "store/catalog.h"
 #include "store/store.h"
 #include "test_util.h"
 #include "tools/npy_file.h"
@@ -666,6 +667,46 @@ TEST(Store, NonFiniteOrUnstorableKVIsRefusedNamingTheElement) {
     ASSERT_TRUE((*s)->Commit().ok());
     EXPECT_EQ((*s)->Stats().documents, codec == Codec::kBF16ShuffleZstd ? 2u : 1u);
   }
+}
+
+// A document spans the same blocks in every stream: a block whose catalog
+// record names another document, in one stream only, is a problem Verify
+// lists (naming the stream), though its record itself reads back fine.
+TEST(Store, VerifyFindsAStreamWhoseBlockDisagreesWithStreamZero) {
+  TempDir dir;
+  const Geometry g = SmallGeometry();
+  uint64_t b_id = 0;
+  {
+    auto s = Store::Create(dir.Sub("store"), g);
+    ASSERT_TRUE(s.ok());
+    ASSERT_TRUE(Append(**s, MakeDoc(g, "a", 40, 91)).ok());
+    auto b = (*s)->AppendDocument("b", DocumentKV{MakeDoc(g, "b", 16, 92).keys.data(),
+                                                  MakeDoc(g, "b", 16, 92).values.data(), 16});
+    ASSERT_TRUE(b.ok());
+    b_id = *b;
+    ASSERT_TRUE((*s)->Commit().ok());
+  }
+  {
+    auto catalog = Catalog::Open(dir.Sub("store/catalog"), /*read_only=*/false);
+    ASSERT_TRUE(catalog.ok()) << catalog.status().ToString();
+    BlockLocation loc;
+    ASSERT_TRUE((*catalog)->ScanBlocks(1, 1, [&](uint64_t block, const BlockLocation& l) {
+      if (block == 0) loc = l;
+      return Status::OK();
+    }).ok());
+    loc.doc_id = b_id;  // block 0 of layer 1 kv-head 1 now claims document b
+    Catalog::Batch batch;
+    batch.PutBlockLocation(BlockId{1, 1, 0}, loc);
+    ASSERT_TRUE((*catalog)->Commit(batch).ok());
+  }
+  auto s = Store::Open(dir.Sub("store"));
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  VerifyReport report;
+  ASSERT_TRUE((*s)->Verify(&report).ok());
+  ASSERT_EQ(report.problems.size(), 1u) << (report.problems.empty() ? "" : report.problems[0]);
+  EXPECT_NE(report.problems[0].find("block 0 of stream 3 (layer 1 kv-head 1) says document " + std::to_string(b_id)),
+            std::string::npos)
+      << report.problems[0];
 }
 
 // ---- the CLI contract -------------------------------------------------------

@@ -152,6 +152,7 @@ int RunVerify(const std::string& path, bool json) {
     nlohmann::json j = {{"store", path},
                         {"blocks_checked", report.blocks_checked},
                         {"documents_checked", report.documents_checked},
+                        {"files_checked", report.files_checked},
                         {"ok", report.problems.empty()},
                         {"problems", report.problems}};
     std::printf("%s\n", j.dump(2).c_str());
