@@ -192,7 +192,9 @@ TEST(BlockCache, PrefetchLayersReadsEveryLayerInOneBatch) {
   ASSERT_TRUE(s->PrefetchLayers(layers, 4, opts).get().ok());
   const StoreStats after = s->Stats();
   EXPECT_GT(after.disk_blocks_read, disk_before);
-  if (after.reader == "io_uring") EXPECT_EQ(after.reader_counters.batches, batches_before + 1);
+  if (after.reader == "io_uring") {
+    EXPECT_EQ(after.reader_counters.batches, batches_before + 1);
+  }
   AttendOptions nocache = opts;
   nocache.use_cache = false;
   std::vector<float> out(q.size()), ref(q.size());
