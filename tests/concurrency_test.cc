@@ -38,6 +38,16 @@ using msa::testing::TempDir;
 
 constexpr uint32_t kKvHeads = 2, kHeadDim = 16, kBlockTokens = 8;
 constexpr uint32_t kQHeads = 4;  // GQA: 2 query heads per KV head
+
+// The stores of these tests: one layer of kKvHeads streams.
+Geometry TestGeometry() {
+  Geometry g;
+  g.layers = 1;
+  g.kv_heads = kKvHeads;
+  g.head_dim = kHeadDim;
+  g.block_tokens = kBlockTokens;
+  return g;
+}
 constexpr uint32_t kRows = 2;
 constexpr int kDocs = 24;
 constexpr int kReaders = 3;
@@ -191,11 +201,7 @@ std::string CheckStream(const Corpus& c, uint32_t kv, const std::vector<float>& 
 
 TEST(Concurrency, QueriesWhileIngestingSeeCommittedSnapshots) {
   TempDir dir;
-  Geometry g;
-  g.layers = 1;
-  g.kv_heads = kKvHeads;
-  g.head_dim = kHeadDim;
-  g.block_tokens = kBlockTokens;
+  const Geometry g = TestGeometry();
   auto created = Store::Create(dir.Sub("store"), g);
   ASSERT_TRUE(created.ok()) << created.status().ToString();
   Store& store = **created;
@@ -321,11 +327,7 @@ TEST(Concurrency, QueriesWhileIngestingSeeCommittedSnapshots) {
 // state, never a torn one -- and equal the reference over those blocks.
 TEST(Concurrency, QueriesWhileDeletingAndCompactingSeeCommittedSnapshots) {
   TempDir dir;
-  Geometry g;
-  g.layers = 1;
-  g.kv_heads = kKvHeads;
-  g.head_dim = kHeadDim;
-  g.block_tokens = kBlockTokens;
+  const Geometry g = TestGeometry();
   StoreOptions options;
   options.segment_bytes = 16 << 10;  // several segments: compaction removes files
   auto created = Store::Create(dir.Sub("store"), g, options);
@@ -500,11 +502,7 @@ std::string RunMixedSchedule(Store& store, const Corpus& c, const std::vector<Mi
 // equal the float64 dense reference over those blocks.
 TEST(Concurrency, TopKQueriesWhileAppendingDeletingAndCompactingSeeCommittedSnapshots) {
   TempDir dir;
-  Geometry g;
-  g.layers = 1;
-  g.kv_heads = kKvHeads;
-  g.head_dim = kHeadDim;
-  g.block_tokens = kBlockTokens;
+  const Geometry g = TestGeometry();
   StoreOptions options;
   options.segment_bytes = 16 << 10;  // several segments: compaction removes files
   const Corpus corpus = MakeCorpus(13, kMixedDocs);
