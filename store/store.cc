@@ -1661,32 +1661,8 @@ std::shared_future<Status> Store::Prefetch(uint32_t layer, const float* q, uint3
                                            uint32_t q_heads, const AttendOptions& options) const {
   std::shared_future<Status> to_gpu;
   if (PrefetchToGpu(layer, q, n, q_heads, options, &to_gpu)) return to_gpu;
-  auto promise = std::make_shared<std::promise<Status>>();
-  std::shared_future<Status> done = promise->get_future().share();
-  Status check = CheckQuery(layer, q, n, q_heads);
-  if (!check.ok() || n == 0 || options.exact || !options.use_cache || cache_.capacity() == 0) {
-    // Nothing to do ahead of time (exact mode and cacheless reads bypass the cache).
-    promise->set_value(check);
-    return done;
-  }
-  std::vector<float> q_copy(q, q + static_cast<size_t>(n) * q_heads * geometry_.head_dim);
-  prefetcher_.Post([this, layer, n, q_heads, options, promise, q_copy = std::move(q_copy)]() {
-    try {
-      AttendStats st;
-      auto planned = PlanQuery(layer, q_copy.data(), n, q_heads, options, &st);
-      if (!planned.ok()) {
-        promise->set_value(planned.status());
-        return;
-      }
-      QueryPlan& plan = *planned;
-      // No output slots: the blocks go straight into the cache.
-      promise->set_value(FetchBlocks(plan.ids, plan.locs, nullptr, nullptr, nullptr, nullptr,
-                                     /*use_cache=*/true));
-    } catch (const std::exception& e) {
-      promise->set_value(Status::Internal(std::string("prefetch: ") + e.what()));
-    }
-  });
-  return done;
+  const LayerQueries one{layer, q, n};
+  return PrefetchLayers(std::span<const LayerQueries>(&one, 1), q_heads, options);
 }
 
 std::shared_future<Status> Store::PrefetchLayers(std::span<const LayerQueries> layers, uint32_t q_heads,
@@ -1699,13 +1675,20 @@ std::shared_future<Status> Store::PrefetchLayers(std::span<const LayerQueries> l
       return done;
     }
   }
-  if (layers.empty() || options.exact || !options.use_cache || cache_.capacity() == 0) {
-    promise->set_value(Status::OK());  // nothing to do ahead of time
+  // Nothing to do ahead of time: exact mode and cacheless reads bypass the cache.
+  if (options.exact || !options.use_cache || cache_.capacity() == 0) {
+    promise->set_value(Status::OK());
     return done;
   }
   const size_t row = static_cast<size_t>(q_heads) * geometry_.head_dim;
   std::vector<std::pair<LayerQueries, std::vector<float>>> copies;
-  for (const LayerQueries& l : layers) copies.push_back({l, std::vector<float>(l.q, l.q + l.n * row)});
+  for (const LayerQueries& l : layers) {
+    if (l.n > 0) copies.push_back({l, std::vector<float>(l.q, l.q + l.n * row)});
+  }
+  if (copies.empty()) {
+    promise->set_value(Status::OK());
+    return done;
+  }
   prefetcher_.Post([this, q_heads, options, promise, copies = std::move(copies)]() {
     try {
       // Every layer planned first (each plan's lock keeps compaction from
