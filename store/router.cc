@@ -25,9 +25,10 @@ namespace msa {
 struct Router::Stream {
   explicit Stream(const Geometry& g)
       : summaries(IndexVectorsPerBlock(g), IndexVectorDim(g)),
-        sketch(IndexVectorsPerBlock(g), IndexVectorDim(g), g.summary == SummaryKind::kHybrid ? 1 : -1) {}
+        sketch(IndexVectorsPerBlock(g), IndexVectorDim(g), g.summary == SummaryKind::kHybrid ? 1 : -1,
+               g.summary == SummaryKind::kHybrid || g.summary == SummaryKind::kBound ? 0 : -1) {}
   SummaryTable summaries;  // its block count is the stream's
-  RouteSketch sketch;      // 8-bit columns of its whole runs, for approximate scans
+  RouteSketch sketch;      // compact columns of its whole runs, for approximate scans
   std::unique_ptr<faiss::IndexIVF> ivf;  // null: exact scan
   uint64_t trained_vectors = 0;          // vectors the IVF was trained on
 };
@@ -359,31 +360,47 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
       }
     }
   };
-  // An approximate scan reads the 8-bit sketch where it covers the stream:
-  // per index vector, the union of the heads' columns (slots), every head
-  // with its coefficients over all of them (0 where it has none; the two
-  // halves of a mirrored vector summed onto their one slot), requantised
-  // per run with the run's column scales folded in (store/sketch_scan.h).
+  // An approximate scan reads the sketch where it covers the stream: per
+  // index vector, the union of the heads' columns, every head with its
+  // coefficients over all of them (0 where it has none; the two halves of
+  // a mirrored vector summed onto their one column; a packed column's
+  // halves both read), requantised per run with the run's column scales
+  // folded in and the packed columns' bases summed into an offset
+  // (store/sketch_scan.h).
   uint64_t from = 0;
   if (approximate && !options.ranges && s.sketch.runs() > 0) {
+    using Location = RouteSketch::Location;
     std::vector<SketchProbe> sketch_probes(per_block);
-    std::vector<std::vector<float>> unscaled(per_block);  // [h][slot] coefficients
+    std::vector<std::vector<Location>> logical(per_block);  // [j][k]: where logical column k is stored
+    std::vector<std::vector<float>> unscaled(per_block);    // [j][h][k] coefficients
     for (uint32_t j = 0; j < per_block; ++j) {
       SketchProbe& sp = sketch_probes[j];
       sp.heads = group_size;
       for (int h = 0; h < group_size; ++h) {
         for (uint32_t c : columns[h]) {
-          const uint32_t slot = s.sketch.Slot(j, c);
-          if (std::find(sp.columns.begin(), sp.columns.end(), slot) == sp.columns.end()) sp.columns.push_back(slot);
+          const Location at = s.sketch.Locate(j, c);
+          auto& list = at.part == RouteSketch::Part::kByte ? sp.columns : sp.packed;
+          if (std::find(list.begin(), list.end(), at.column) == list.end()) list.push_back(at.column);
         }
       }
-      while (sp.columns.size() % 4 != 0) sp.columns.push_back(sp.columns.front());  // padding, coefficient 0
-      const size_t n = sp.columns.size();
+      // Padding, coefficient 0.
+      while (sp.columns.size() % 4 != 0) sp.columns.push_back(sp.columns.front());
+      while (sp.packed.size() % 2 != 0) sp.packed.push_back(sp.packed.front());
+      for (uint32_t column : sp.columns) logical[j].push_back({column, RouteSketch::Part::kByte});
+      for (uint32_t column : sp.packed) {
+        logical[j].push_back({column, RouteSketch::Part::kLow});
+        logical[j].push_back({column, RouteSketch::Part::kHigh});
+      }
+      const size_t n = sp.logical();
       unscaled[j].assign(group_size * n, 0.0f);
       for (int h = 0; h < group_size; ++h) {
         for (size_t k = 0; k < columns[h].size(); ++k) {
-          const uint32_t slot = s.sketch.Slot(j, columns[h][k]);
-          const size_t u = std::find(sp.columns.begin(), sp.columns.end(), slot) - sp.columns.begin();
+          const Location at = s.sketch.Locate(j, columns[h][k]);
+          const auto& list = at.part == RouteSketch::Part::kByte ? sp.columns : sp.packed;
+          const size_t i = std::find(list.begin(), list.end(), at.column) - list.begin();
+          const size_t u = at.part == RouteSketch::Part::kByte
+                               ? i
+                               : sp.columns.size() + 2 * i + (at.part == RouteSketch::Part::kHigh ? 1 : 0);
           unscaled[j][h * n + u] += coefs[h][k];
         }
       }
@@ -391,7 +408,7 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
     // The heads' combine happens in the kernel unless a sum must come
     // after each head's max over several vectors.
     const bool heads_in_kernel = hybrid || per_block == 1 || options.combine == GqaCombine::kMax;
-    std::vector<float> weights;
+    std::vector<float> weights, offsets;
     // A run's scores: per ranking (heads combined), or per vector and head.
     std::vector<float> run_scores(rankings * RouteSketch::kRunBlocks);
     std::vector<float> run_dots(heads_in_kernel ? RouteSketch::kRunBlocks
@@ -400,12 +417,16 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
     for (size_t run = 0; run < s.sketch.runs(); ++run) {
       for (uint32_t j = 0; j < per_block; ++j) {
         SketchProbe& sp = sketch_probes[j];
-        const size_t n = sp.columns.size();
+        const size_t n = sp.logical();
         weights.resize(group_size * n);
+        offsets.assign(group_size, 0.0f);
         for (int h = 0; h < group_size; ++h) {
-          for (size_t u = 0; u < n; ++u) weights[h * n + u] = unscaled[j][h * n + u] * s.sketch.Scale(run, sp.columns[u]);
+          for (size_t u = 0; u < n; ++u) {
+            weights[h * n + u] = unscaled[j][h * n + u] * s.sketch.Scale(run, logical[j][u]);
+            offsets[h] += unscaled[j][h * n + u] * s.sketch.Base(run, logical[j][u]);
+          }
         }
-        sp.Quantize(weights.data());
+        sp.Quantize(weights.data(), offsets.data());
       }
       const uint8_t* base = s.sketch.Codes(run, 0);
       constexpr size_t kRun = RouteSketch::kRunBlocks;
@@ -472,34 +493,48 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
   if (approximate) {
     // Approximate scores: each ranking's candidates are rescored exactly
     // (hybrid: ranking i is index vector i; otherwise the max over them),
-    // from the columns any head needs, gathered once for all heads.
-    std::vector<uint32_t> needed;
-    for (uint32_t c = 0; c < dim; ++c) {
-      for (int h = 0; h < group_size; ++h) {
-        if (probes[h * dim + c] != 0.0f) {
-          needed.push_back(c);
-          break;
+    // from the columns any head needs, gathered once for all heads. Every
+    // gathered value is its own cache line (SummaryTable's layout), so the
+    // hybrid's mirrored [mean, mean] vector is gathered from its first half
+    // only, with the probe's halves summed onto it (q+ + q- = q).
+    const int mirrored = hybrid ? 1 : -1;
+    struct Needed {
+      std::vector<uint32_t> columns;
+      std::vector<float> dense;  // [h][k]: each head's coefficients over `columns`
+    };
+    auto needed_for = [&](bool folded) {
+      Needed n;
+      const uint32_t width = folded ? dim / 2 : dim;
+      for (uint32_t c = 0; c < width; ++c) {
+        for (int h = 0; h < group_size; ++h) {
+          if (probes[h * dim + c] != 0.0f || (folded && probes[h * dim + c + width] != 0.0f)) {
+            n.columns.push_back(c);
+            break;
+          }
         }
       }
-    }
-    const size_t nn = needed.size();
-    std::vector<float> dense(group_size * nn);  // each head's coefficients over `needed`
-    for (int h = 0; h < group_size; ++h) {
-      for (size_t k = 0; k < nn; ++k) dense[h * nn + k] = probes[h * dim + needed[k]];
-    }
+      for (int h = 0; h < group_size; ++h) {
+        for (uint32_t c : n.columns) n.dense.push_back(probes[h * dim + c] + (folded ? probes[h * dim + c + width] : 0.0f));
+      }
+      return n;
+    };
+    const Needed whole = needed_for(false);
+    const Needed folded = hybrid ? needed_for(true) : Needed{};
     std::vector<float> gathered, head_best;
     std::vector<uint64_t> blocks;
     for (uint32_t i = 0; i < rankings; ++i) {
       std::vector<ScoredBlock>& list = lists[i];
       blocks.clear();
       for (const ScoredBlock& sb : list) blocks.push_back(sb.block);
-      gathered.resize(blocks.size() * nn);
       head_best.assign(blocks.size() * group_size, -std::numeric_limits<float>::infinity());
       for (uint32_t j = hybrid ? i : 0; j < (hybrid ? i + 1 : per_block); ++j) {
-        s.summaries.Gather(blocks.data(), blocks.size(), j, needed.data(), nn, gathered.data());
+        const Needed& needed = static_cast<int>(j) == mirrored ? folded : whole;
+        const size_t nn = needed.columns.size();
+        gathered.resize(blocks.size() * nn);
+        s.summaries.Gather(blocks.data(), blocks.size(), j, needed.columns.data(), nn, gathered.data());
         for (size_t b = 0; b < blocks.size(); ++b) {
           for (int h = 0; h < group_size; ++h) {
-            const float dot = DotF32(dense.data() + h * nn, gathered.data() + b * nn, nn);
+            const float dot = DotF32(needed.dense.data() + h * nn, gathered.data() + b * nn, nn);
             head_best[b * group_size + h] = std::max(head_best[b * group_size + h], dot);
           }
         }

@@ -69,22 +69,41 @@ MSA_VNNI_TARGET __attribute__((always_inline)) inline void StoreSums(const Acc4&
   _mm512_storeu_si512(at + 48, r.a3);
 }
 
-template <int H>
-MSA_VNNI_TARGET void PassVnni(const SketchProbe& p, int h0, size_t k0, size_t k1, const uint8_t* base,
-                              size_t stride, size_t blocks, bool first, int32_t* sums) {
-  const size_t n = p.columns.size();
+// One pass of H heads (at most 4: their 16 accumulators, the four
+// interleaved lanes and the loads fill the 32 vector registers) over groups
+// [q0, q1) of four logical columns, adding to the integer sums in `sums`
+// ([head][block]; `first`: start from zero). A group is four stored byte
+// columns or, kPacked, two stored packed columns split into their halves.
+template <int H, bool kPacked>
+MSA_VNNI_TARGET void PassVnni(const SketchProbe& p, int h0, size_t q0, size_t q1, const uint8_t* base,
+                              size_t stride, size_t blocks, size_t b0, size_t b1, bool first, int32_t* sums) {
+  const size_t n = p.logical();
   const int8_t* coef = p.coef.data() + h0 * n;
-  for (size_t g = 0; g < blocks; g += kSketchGroup) {
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  for (size_t g = b0; g < b1; g += kSketchGroup) {
     int32_t* at = sums + h0 * blocks + g;
     Acc4 r0 = LoadSums(first, at), r1, r2, r3;
     if constexpr (H > 1) r1 = LoadSums(first, at + blocks);
     if constexpr (H > 2) r2 = LoadSums(first, at + 2 * blocks);
     if constexpr (H > 3) r3 = LoadSums(first, at + 3 * blocks);
-    for (size_t k = k0; k < k1; k += 4) {
-      const __m512i c0 = _mm512_loadu_si512(base + p.columns[k] * stride + g);
-      const __m512i c1 = _mm512_loadu_si512(base + p.columns[k + 1] * stride + g);
-      const __m512i c2 = _mm512_loadu_si512(base + p.columns[k + 2] * stride + g);
-      const __m512i c3 = _mm512_loadu_si512(base + p.columns[k + 3] * stride + g);
+    for (size_t q = q0; q < q1; ++q) {
+      __m512i c0, c1, c2, c3;
+      size_t k;  // the group's first logical column
+      if constexpr (kPacked) {
+        k = p.columns.size() + 4 * q;
+        const __m512i x0 = _mm512_loadu_si512(base + p.packed[2 * q] * stride + g);
+        const __m512i x1 = _mm512_loadu_si512(base + p.packed[2 * q + 1] * stride + g);
+        c0 = _mm512_and_si512(x0, nibble);
+        c1 = _mm512_and_si512(_mm512_srli_epi16(x0, 4), nibble);
+        c2 = _mm512_and_si512(x1, nibble);
+        c3 = _mm512_and_si512(_mm512_srli_epi16(x1, 4), nibble);
+      } else {
+        k = 4 * q;
+        c0 = _mm512_loadu_si512(base + p.columns[k] * stride + g);
+        c1 = _mm512_loadu_si512(base + p.columns[k + 1] * stride + g);
+        c2 = _mm512_loadu_si512(base + p.columns[k + 2] * stride + g);
+        c3 = _mm512_loadu_si512(base + p.columns[k + 3] * stride + g);
+      }
       // Per 128-bit lane L: d_i holds the four columns' codes of stored
       // positions 16L + 4i .. 16L + 4i + 3, that is blocks 16i + 4L .. + 3.
       const __m512i t0 = _mm512_unpacklo_epi8(c0, c1), t1 = _mm512_unpackhi_epi8(c0, c1);
@@ -103,25 +122,43 @@ MSA_VNNI_TARGET void PassVnni(const SketchProbe& p, int h0, size_t k0, size_t k1
   }
 }
 
-// Columns per pass. Reading many column streams at once loses the hardware
-// prefetcher: on the 2-core Zen 4 VM, a plain read of 44 columns of 1.56M
-// blocks ran at 10 GB/s all at once and 21 GB/s in passes of 12; the
-// kernel itself (4 heads, hybrid, 32 channels, 80 columns) 13.8 ms in one
-// pass, 11.6 ms in passes of 12, 13.0 in passes of 8 (software prefetch
-// made it slower at every distance tried).
+template <bool kPacked>
+MSA_VNNI_TARGET void PassHeads(const SketchProbe& p, int h0, size_t q0, size_t q1, const uint8_t* base,
+                               size_t stride, size_t blocks, size_t b0, size_t b1, bool first, int32_t* sums) {
+  switch (std::min(4, p.heads - h0)) {
+    case 4: return PassVnni<4, kPacked>(p, h0, q0, q1, base, stride, blocks, b0, b1, first, sums);
+    case 3: return PassVnni<3, kPacked>(p, h0, q0, q1, base, stride, blocks, b0, b1, first, sums);
+    case 2: return PassVnni<2, kPacked>(p, h0, q0, q1, base, stride, blocks, b0, b1, first, sums);
+    default: return PassVnni<1, kPacked>(p, h0, q0, q1, base, stride, blocks, b0, b1, first, sums);
+  }
+}
+
+// Stored columns per pass. Reading many column streams at once loses the
+// hardware prefetcher: on the 2-core Zen 4 VM, a plain read of 44 columns
+// of 1.56M blocks ran at 10 GB/s all at once and 21 GB/s in passes of 12;
+// the kernel itself (4 heads, hybrid, 32 channels, 80 columns) 13.8 ms in
+// one pass, 11.6 ms in passes of 12, 13.0 in passes of 8 (software
+// prefetch made it slower at every distance tried).
 constexpr size_t kPassColumns = 12;
+constexpr size_t kSegmentBlocks = 4096;
 
 MSA_VNNI_TARGET void RunVnni(const SketchProbe& p, SketchHeads heads, const uint8_t* base, size_t stride,
                              size_t blocks, int32_t* sums, float* out) {
-  const size_t n = p.columns.size();
-  for (int h = 0; h < p.heads; h += 4) {
-    for (size_t k0 = 0; k0 < n; k0 += kPassColumns) {
-      const size_t k1 = std::min(n, k0 + kPassColumns);
-      switch (std::min(4, p.heads - h)) {
-        case 4: PassVnni<4>(p, h, k0, k1, base, stride, blocks, k0 == 0, sums); break;
-        case 3: PassVnni<3>(p, h, k0, k1, base, stride, blocks, k0 == 0, sums); break;
-        case 2: PassVnni<2>(p, h, k0, k1, base, stride, blocks, k0 == 0, sums); break;
-        default: PassVnni<1>(p, h, k0, k1, base, stride, blocks, k0 == 0, sums); break;
+  const size_t byte_groups = p.columns.size() / 4, packed_groups = p.packed.size() / 2;
+  for (size_t b0 = 0; b0 < blocks; b0 += kSegmentBlocks) {
+    const size_t b1 = std::min(blocks, b0 + kSegmentBlocks);
+    for (int h = 0; h < p.heads; h += 4) {
+      bool first = true;
+      for (size_t q0 = 0; q0 < byte_groups; q0 += kPassColumns / 4, first = false) {
+        PassHeads<false>(p, h, q0, std::min(byte_groups, q0 + kPassColumns / 4), base, stride, blocks, b0, b1, first,
+                         sums);
+      }
+      for (size_t q0 = 0; q0 < packed_groups; q0 += kPassColumns / 2, first = false) {
+        PassHeads<true>(p, h, q0, std::min(packed_groups, q0 + kPassColumns / 2), base, stride, blocks, b0, b1, first,
+                        sums);
+      }
+      if (first) {
+        for (int hh = h; hh < std::min(p.heads, h + 4); ++hh) std::fill(sums + hh * blocks + b0, sums + hh * blocks + b1, 0);
       }
     }
   }
@@ -130,7 +167,8 @@ MSA_VNNI_TARGET void RunVnni(const SketchProbe& p, SketchHeads heads, const uint
     __m512 merged = _mm512_setzero_ps();
     for (int h = 0; h < p.heads; ++h) {
       const __m512i sum = _mm512_add_epi32(_mm512_loadu_si512(sums + h * blocks + b), _mm512_set1_epi32(p.bias[h]));
-      const __m512 score = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(p.scale[h]));
+      const __m512 score =
+          _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(p.scale[h]), _mm512_set1_ps(p.offset[h]));
       if (heads == SketchHeads::kEach) {
         _mm512_storeu_ps(out + h * blocks + b, score);
       } else if (h == 0) {
@@ -143,13 +181,27 @@ MSA_VNNI_TARGET void RunVnni(const SketchProbe& p, SketchHeads heads, const uint
   }
 }
 
+// Where logical column k of a probe lies, and how its codes come out of
+// the stored bytes: (byte >> shift) & mask.
+struct LogicalColumn {
+  const uint8_t* at;
+  int shift;
+  uint8_t mask;
+};
+
+LogicalColumn Logical(const SketchProbe& p, size_t k, const uint8_t* base, size_t stride) {
+  if (k < p.columns.size()) return {base + p.columns[k] * stride, 0, 0xFF};
+  const size_t i = k - p.columns.size();
+  return {base + p.packed[i / 2] * stride, static_cast<int>(i % 2) * 4, 0x0F};
+}
+
 // Stored order back to block order, the integer sum to a score, and the
 // heads merged in order as the VNNI loop does.
 void Finish(const SketchProbe& p, SketchHeads heads, int h, const float* stored, size_t out_stride, float* out) {
   for (size_t b = 0; b < kColumnTile; ++b) {
     const size_t g = b & ~(kSketchGroup - 1);
     const float sum = stored[g + SketchOrder(static_cast<uint32_t>(b - g))] + static_cast<float>(p.bias[h]);
-    const float score = sum * p.scale[h];
+    const float score = std::fma(sum, p.scale[h], p.offset[h]);
     if (heads == SketchHeads::kEach) {
       out[h * out_stride + b] = score;
     } else if (h == 0) {
@@ -163,7 +215,7 @@ void Finish(const SketchProbe& p, SketchHeads heads, int h, const float* stored,
 // Sums in float, exact: every partial sum is an integer below 2^24.
 __attribute__((target("avx2,fma"))) void TileAvx2(const SketchProbe& p, SketchHeads heads, const uint8_t* base,
                                                   size_t stride, size_t out_stride, float* out) {
-  const size_t n = p.columns.size();
+  const size_t n = p.logical();
   alignas(32) float stored[kColumnTile];
   for (int h = 0; h < p.heads; ++h) {
     for (int half = 0; half < 2; ++half) {
@@ -171,10 +223,14 @@ __attribute__((target("avx2,fma"))) void TileAvx2(const SketchProbe& p, SketchHe
       for (auto& a : acc) a = _mm256_setzero_ps();
       for (size_t k = 0; k < n; ++k) {
         const __m256 w = _mm256_set1_ps(static_cast<float>(p.coef[h * n + k]));
-        const uint8_t* x = base + p.columns[k] * stride + 64 * half;
+        const LogicalColumn col = Logical(p, k, base, stride);
+        const uint8_t* x = col.at + 64 * half;
+        const __m128i shift = _mm_cvtsi32_si128(col.shift);
+        const __m256i mask = _mm256_set1_epi32(col.mask);
         for (int t = 0; t < 8; ++t) {
           const __m256i wide = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x + 8 * t)));
-          acc[t] = _mm256_fmadd_ps(w, _mm256_cvtepi32_ps(wide), acc[t]);
+          const __m256i code = _mm256_and_si256(_mm256_srl_epi32(wide, shift), mask);
+          acc[t] = _mm256_fmadd_ps(w, _mm256_cvtepi32_ps(code), acc[t]);
         }
       }
       for (int t = 0; t < 8; ++t) _mm256_store_ps(stored + 64 * half + 8 * t, acc[t]);
@@ -185,14 +241,14 @@ __attribute__((target("avx2,fma"))) void TileAvx2(const SketchProbe& p, SketchHe
 
 void TilePortable(const SketchProbe& p, SketchHeads heads, const uint8_t* base, size_t stride, size_t out_stride,
                   float* out) {
-  const size_t n = p.columns.size();
+  const size_t n = p.logical();
   float stored[kColumnTile];
   for (int h = 0; h < p.heads; ++h) {
     int32_t sum[kColumnTile] = {};
     for (size_t k = 0; k < n; ++k) {
       const int32_t w = p.coef[h * n + k];
-      const uint8_t* x = base + p.columns[k] * stride;
-      for (size_t b = 0; b < kColumnTile; ++b) sum[b] += w * x[b];
+      const LogicalColumn col = Logical(p, k, base, stride);
+      for (size_t b = 0; b < kColumnTile; ++b) sum[b] += w * ((col.at[b] >> col.shift) & col.mask);
     }
     for (size_t b = 0; b < kColumnTile; ++b) stored[b] = static_cast<float>(sum[b]);
     Finish(p, heads, h, stored, out_stride, out);
@@ -224,28 +280,38 @@ void StoreSketchColumn(const int8_t* codes, size_t n, uint8_t* out) {
   }
 }
 
-void SketchProbe::Quantize(const float* weights) {
-  const size_t n = columns.size();
+void StoreSketchPacked(const uint8_t* low, const uint8_t* high, size_t n, uint8_t* out) {
+  for (size_t g = 0; g < n; g += kSketchGroup) {
+    for (uint32_t b = 0; b < kSketchGroup; ++b) {
+      out[g + SketchOrder(b)] = static_cast<uint8_t>((low[g + b] & 0x0Fu) | (high[g + b] << 4));
+    }
+  }
+}
+
+void SketchProbe::Quantize(const float* weights, const float* offsets) {
+  const size_t n = logical();
   coef.assign(static_cast<size_t>(heads) * n, 0);
   scale.assign(heads, 0.0f);
   bias.assign(heads, 0);
+  offset.assign(heads, 0.0f);
   for (int h = 0; h < heads; ++h) {
+    if (offsets != nullptr) offset[h] = offsets[h];
     const float* w = weights + h * n;
     float peak = 0.0f;
     for (size_t k = 0; k < n; ++k) {
       if (std::isfinite(w[k])) peak = std::max(peak, std::abs(w[k]));
     }
-    if (peak == 0.0f) continue;  // the head scores 0 everywhere
+    if (peak == 0.0f) continue;  // the head scores its offset everywhere
     const float inverse = 127.0f / peak;
-    int32_t total = 0;
+    int32_t zero_points = 0;
     for (size_t k = 0; k < n; ++k) {
       // An infinite weight saturates; a NaN counts as 0.
       const float v = std::isnan(w[k]) ? 0.0f : std::clamp(w[k] * inverse, -127.0f, 127.0f);
       coef[h * n + k] = static_cast<int8_t>(std::nearbyint(v));
-      total += coef[h * n + k];
+      zero_points += coef[h * n + k] * (k < columns.size() ? 128 : 8);
     }
     scale[h] = peak / 127.0f;
-    bias[h] = -128 * total;
+    bias[h] = -zero_points;
   }
 }
 

@@ -12,10 +12,12 @@
 // scores; the coefficients' rounding is the only approximation added, and
 // the candidates are rescored from the fp16 summaries anyway.
 //
-// Layout: a sketch column stores codes biased to unsigned (code + 128, the
-// operand vpdpbusd wants) and, within each group of 64 blocks, in
-// SketchOrder: the order in which byte unpacking of four columns yields
-// lanes in block order, so the kernel needs no permutation at the end.
+// Layout: a byte column stores codes biased to unsigned (code + 128, the
+// operand vpdpbusd wants), a packed column two columns' 4-bit codes (0..15,
+// low and high nibble; the kernel splits two packed columns into four byte
+// columns' worth), both, within each group of 64 blocks, in SketchOrder:
+// the order in which byte unpacking of four columns yields lanes in block
+// order, so the kernel needs no permutation at the end.
 //
 // Thread safety: pure functions.
 #pragma once
@@ -37,22 +39,29 @@ inline constexpr size_t kMaxSketchColumns = 512;
 // swapped. Its own inverse.
 constexpr uint32_t SketchOrder(uint32_t b) { return (b & ~0x3Cu) | ((b & 0x0Cu) << 2) | ((b & 0x30u) >> 2); }
 
-// Writes n codes (a multiple of kSketchGroup) as a stored column.
+// Writes n codes (a multiple of kSketchGroup) as a stored byte column.
 void StoreSketchColumn(const int8_t* codes, size_t n, uint8_t* out);
+// Writes two columns' 4-bit codes (0..15) as one stored packed column: the
+// first in the low nibble, the second in the high one.
+void StoreSketchPacked(const uint8_t* low, const uint8_t* high, size_t n, uint8_t* out);
 
 // One group's query against one run: per head, int8 coefficients over the
-// same columns, and the float scale that turns the integer sum back into a
-// score.
+// same logical columns, and the float scale that turns the integer sum
+// back into a score. Logical columns are the byte columns in order, then
+// each packed column's low and high halves in order.
 struct SketchProbe {
   int heads = 0;
-  std::vector<uint32_t> columns;  // a multiple of 4 (pad with any column, coefficient 0)
-  std::vector<int8_t> coef;       // [heads][columns.size()]
+  std::vector<uint32_t> columns;  // byte columns, a multiple of 4 (pad with any column, coefficient 0)
+  std::vector<uint32_t> packed;   // packed columns, a multiple of 2 (the same padding)
+  std::vector<int8_t> coef;       // [heads][logical()]
   std::vector<float> scale;       // [heads]
-  std::vector<int32_t> bias;      // [heads]: -128 * sum of the head's coefficients (the codes' offset)
+  std::vector<int32_t> bias;      // [heads]: minus the codes' zero points (128, 8) times the coefficients
+  std::vector<float> offset;      // [heads]: added to each score (the packed columns' bases)
 
-  // Quantises weights [heads][columns.size()] (coefficient x the column's
-  // sketch scale) to int8 per head.
-  void Quantize(const float* weights);
+  size_t logical() const { return columns.size() + 2 * packed.size(); }
+  // Quantises weights [heads][logical()] (coefficient x the column's
+  // sketch scale) to int8 per head; offsets [heads] (null: zero) are kept.
+  void Quantize(const float* weights, const float* offsets = nullptr);
 };
 
 // What the scores come out as: every head's (out[h * blocks + b]), or the
@@ -60,9 +69,9 @@ struct SketchProbe {
 // the scores leave the kernel).
 enum class SketchHeads : uint8_t { kEach, kMax, kSum };
 
-// Head h's score of block b is scale[h] * sum_k coef[h][k] * code(columns[k], b),
-// for `blocks` blocks (a multiple of kColumnTile) from `base`: column c at
-// base + c * stride, stored as StoreSketchColumn writes them. A run is
+// Head h's score of block b is scale[h] * (sum_k coef[h][k] * code(k, b) +
+// bias[h]) + offset[h] over the logical columns k, for `blocks` blocks (a
+// multiple of kColumnTile) from `base`: stored column c at base + c * stride. A run is
 // scored whole, a few columns per pass (see sketch_scan.cc for why);
 // scratch holds the integer sums between passes.
 void SketchScores(const SketchProbe& probe, SketchHeads heads, const uint8_t* base, size_t stride, size_t blocks,

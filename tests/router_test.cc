@@ -15,10 +15,12 @@
 
 #include "attention/half.h"
 #include "store/dot_kernel.h"
+#include "store/route_sketch.h"
 #include "store/router.h"
 #include "store/sketch_scan.h"
 #include "store/store.h"
 #include "store/summary.h"
+#include "store/summary_table.h"
 #include "test_util.h"
 
 namespace msa {
@@ -170,64 +172,145 @@ TEST(DotKernel, DotF32AndIndicesAtLeast) {
 
 // Every loop of the sketch kernel (those this CPU has) returns exactly the
 // integer sums of a scalar reference over the codes in block order, for 1
-// to 6 heads (the VNNI loop batches 4), padding columns and all-zero heads.
+// to 6 heads (the VNNI loop batches 4), byte and packed 4-bit columns,
+// padding columns, all-zero heads and per-head offsets.
 TEST(SketchScan, EveryLoopEqualsTheScalarReference) {
   SCOPED_TRACE(SketchKernelIsa());
   for (uint32_t b = 0; b < kSketchGroup; ++b) ASSERT_EQ(SketchOrder(SketchOrder(b)), b);
-  const size_t stride = 4096, columns = 9;
+  const size_t stride = 4096, columns = 12;  // 0-8 byte columns, 9-11 packed
   std::vector<int8_t> codes(columns * stride);
+  std::vector<uint8_t> nibbles(2 * columns * stride);  // [column][low, high][block]
   for (size_t i = 0; i < codes.size(); ++i) {
     codes[i] = static_cast<int8_t>(static_cast<int>((i * 2654435761u) >> 7) % 255 - 127);
+    nibbles[2 * i] = static_cast<uint8_t>(((i * 2246822519u) >> 9) % 16);
+    nibbles[2 * i + 1] = static_cast<uint8_t>(((i * 3266489917u) >> 11) % 16);
   }
   codes[3 * stride + 300] = -127;  // the extremes
   codes[5 * stride + 301] = 127;
   std::vector<uint8_t> stored(codes.size());
-  for (size_t c = 0; c < columns; ++c) StoreSketchColumn(&codes[c * stride], stride, &stored[c * stride]);
-  for (int heads : {1, 3, 4, 6}) {
-    SketchProbe probe;
-    probe.heads = heads;
-    probe.columns = {5, 0, 3, 8, 2, 2, 7, 1};  // a repeat, as padding makes
-    const size_t n = probe.columns.size();
-    std::vector<float> weights(heads * n);
-    for (size_t i = 0; i < weights.size(); ++i) weights[i] = std::sin(1.7f * static_cast<float>(i) + 0.3f) * (1 + i % 3);
-    if (heads == 3) std::fill(weights.begin() + n, weights.begin() + 2 * n, 0.0f);  // a head with no weight
-    probe.Quantize(weights.data());
-    const size_t t0 = 256;
-    std::vector<float> expected(heads * kColumnTile);
-    for (int h = 0; h < heads; ++h) {
-      for (size_t b = 0; b < kColumnTile; ++b) {
-        int64_t sum = 0;
-        for (size_t k = 0; k < n; ++k) sum += probe.coef[h * n + k] * codes[probe.columns[k] * stride + t0 + b];
-        expected[h * kColumnTile + b] = static_cast<float>(sum) * probe.scale[h];
+  for (size_t c = 0; c < columns; ++c) {
+    if (c < 9) {
+      StoreSketchColumn(&codes[c * stride], stride, &stored[c * stride]);
+    } else {
+      std::vector<uint8_t> low(stride), high(stride);
+      for (size_t b = 0; b < stride; ++b) {
+        low[b] = nibbles[2 * (c * stride + b)];
+        high[b] = nibbles[2 * (c * stride + b) + 1];
       }
+      StoreSketchPacked(low.data(), high.data(), stride, &stored[c * stride]);
     }
-    for (SketchIsa isa : {SketchIsa::kAvx512Vnni, SketchIsa::kAvx2, SketchIsa::kPortable}) {
-      std::vector<float> out(heads * kColumnTile, -1.0f);
-      std::vector<int32_t> scratch;
-      if (!SketchScoresOn(isa, probe, SketchHeads::kEach, stored.data() + t0, stride, kColumnTile, &scratch, out.data())) {
-        continue;
-      }
-      for (size_t i = 0; i < out.size(); ++i) {
-        ASSERT_EQ(out[i], expected[i]) << "isa " << static_cast<int>(isa) << " heads " << heads << " at " << i;
-      }
-      // The heads combined in head order.
-      for (SketchHeads mode : {SketchHeads::kMax, SketchHeads::kSum}) {
-        std::vector<float> combined(kColumnTile, -1.0f);
-        ASSERT_TRUE(SketchScoresOn(isa, probe, mode, stored.data() + t0, stride, kColumnTile, &scratch, combined.data()));
+  }
+  // Logical column k's code of block b, in block order.
+  auto code = [&](const SketchProbe& p, size_t k, size_t b) -> int64_t {
+    if (k < p.columns.size()) return codes[p.columns[k] * stride + b] + 128;
+    const size_t i = k - p.columns.size();
+    return nibbles[2 * (p.packed[i / 2] * stride + b) + i % 2];
+  };
+  for (bool with_packed : {false, true}) {
+    for (int heads : {1, 3, 4, 6}) {
+      SketchProbe probe;
+      probe.heads = heads;
+      probe.columns = {5, 0, 3, 8, 2, 2, 7, 1};  // a repeat, as padding makes
+      if (with_packed) probe.packed = {10, 9, 11, 10};
+      const size_t n = probe.logical();
+      std::vector<float> weights(heads * n), offsets(heads);
+      for (size_t i = 0; i < weights.size(); ++i) weights[i] = std::sin(1.7f * static_cast<float>(i) + 0.3f) * (1 + i % 3);
+      for (int h = 0; h < heads; ++h) offsets[h] = with_packed ? 0.25f * static_cast<float>(h) - 0.4f : 0.0f;
+      if (heads == 3) std::fill(weights.begin() + n, weights.begin() + 2 * n, 0.0f);  // a head with no weight
+      probe.Quantize(weights.data(), offsets.data());
+      const size_t t0 = 256;
+      std::vector<float> expected(heads * kColumnTile);
+      for (int h = 0; h < heads; ++h) {
         for (size_t b = 0; b < kColumnTile; ++b) {
-          float c = expected[b];
-          for (int h = 1; h < heads; ++h) {
-            c = mode == SketchHeads::kMax ? std::max(c, expected[h * kColumnTile + b]) : c + expected[h * kColumnTile + b];
-          }
-          ASSERT_EQ(combined[b], c) << "isa " << static_cast<int>(isa) << " heads " << heads << " at " << b;
+          int64_t sum = probe.bias[h];
+          for (size_t k = 0; k < n; ++k) sum += probe.coef[h * n + k] * code(probe, k, t0 + b);
+          expected[h * kColumnTile + b] = std::fma(static_cast<float>(sum), probe.scale[h], offsets[h]);
         }
       }
+      for (SketchIsa isa : {SketchIsa::kAvx512Vnni, SketchIsa::kAvx2, SketchIsa::kPortable}) {
+        SCOPED_TRACE(::testing::Message() << "isa " << static_cast<int>(isa) << " heads " << heads << " packed "
+                                        << with_packed);
+        std::vector<float> out(heads * kColumnTile, -1.0f);
+        std::vector<int32_t> scratch;
+        if (!SketchScoresOn(isa, probe, SketchHeads::kEach, stored.data() + t0, stride, kColumnTile, &scratch,
+                            out.data())) {
+          continue;
+        }
+        for (size_t i = 0; i < out.size(); ++i) ASSERT_EQ(out[i], expected[i]) << "at " << i;
+        // The heads combined in head order.
+        for (SketchHeads mode : {SketchHeads::kMax, SketchHeads::kSum}) {
+          std::vector<float> combined(kColumnTile, -1.0f);
+          ASSERT_TRUE(
+              SketchScoresOn(isa, probe, mode, stored.data() + t0, stride, kColumnTile, &scratch, combined.data()));
+          for (size_t b = 0; b < kColumnTile; ++b) {
+            float c = expected[b];
+            for (int h = 1; h < heads; ++h) {
+              c = mode == SketchHeads::kMax ? std::max(c, expected[h * kColumnTile + b])
+                                            : c + expected[h * kColumnTile + b];
+            }
+            ASSERT_EQ(combined[b], c) << "at " << b;
+          }
+        }
+      }
+      // The quantised coefficients keep each head's weights to 1/254 of its
+      // largest, and the zero points are the codes' offsets (128, 8).
+      for (int h = 0; h < heads; ++h) {
+        int64_t zero_points = 0;
+        for (size_t k = 0; k < n; ++k) {
+          const float peak = probe.scale[h] * 127.0f;
+          EXPECT_NEAR(probe.coef[h * n + k] * probe.scale[h], weights[h * n + k], peak / 254.0f + 1e-7f);
+          zero_points += probe.coef[h * n + k] * (k < probe.columns.size() ? 128 : 8);
+        }
+        EXPECT_EQ(probe.bias[h], -zero_points);
+      }
     }
-    // The quantised coefficients keep each head's weights to 1/254 of its largest.
-    for (int h = 0; h < heads; ++h) {
-      for (size_t k = 0; k < n; ++k) {
-        const float peak = probe.scale[h] * 127.0f;
-        EXPECT_NEAR(probe.coef[h * n + k] * probe.scale[h], weights[h * n + k], peak / 254.0f + 1e-7f);
+  }
+}
+
+// A run of the sketch gives back each summary column to within half its
+// quantisation step: 8-bit symmetric columns (the mean) to peak / 254, the
+// bound's max and min, packed in 4 bits, to (run max - run min) / 30.
+TEST(RouteSketch, ColumnsComeBackWithinHalfAStep) {
+  const uint32_t d = 8, dim = 2 * d;  // hybrid: [max, min] and [mean, mean]
+  SummaryTable table(2, dim);
+  const uint64_t blocks = RouteSketch::kRunBlocks + 100;
+  std::vector<float> rows(blocks * 2 * dim);
+  auto noise = msa::testing::RandomVector(rows.size(), 77);
+  for (uint64_t b = 0; b < blocks; ++b) {
+    float* row = &rows[b * 2 * dim];
+    for (uint32_t c = 0; c < d; ++c) {
+      row[c] = 3.0f + 0.5f * noise[b * 2 * dim + c] + static_cast<float>(c);  // max: an offset range
+      row[d + c] = -3.0f + 0.5f * noise[b * 2 * dim + d + c];                 // min
+      row[dim + c] = row[dim + d + c] = 0.2f * noise[b * 2 * dim + dim + c];  // mean, mirrored
+    }
+  }
+  rows[77 * 2 * dim + 2] = 40.0f;  // an outlier sets its column's step
+  for (float& x : rows) x = attention::HalfToFloat(attention::FloatToHalf(x));
+  table.Append(rows.data(), blocks);
+  RouteSketch sketch(2, dim, /*mirrored_vector=*/1, /*packed_vector=*/0);
+  sketch.CatchUp(table);
+  ASSERT_EQ(sketch.runs(), 1u);
+  ASSERT_EQ(sketch.blocks(), RouteSketch::kRunBlocks);
+  EXPECT_EQ(sketch.memory_bytes() / RouteSketch::kRunBlocks, static_cast<uint64_t>(d + d)) << "d packed + d bytes";
+  for (uint32_t j = 0; j < 2; ++j) {
+    for (uint32_t c = 0; c < dim; ++c) {
+      const RouteSketch::Location at = sketch.Locate(j, c);
+      EXPECT_EQ(at.part == RouteSketch::Part::kByte, j == 1);
+      float lo = std::numeric_limits<float>::infinity(), hi = -lo, peak = 0.0f;
+      for (uint64_t b = 0; b < RouteSketch::kRunBlocks; ++b) {
+        const float v = rows[b * 2 * dim + j * dim + c];
+        lo = std::min(lo, v);
+        hi = std::max(hi, v);
+        peak = std::max(peak, std::abs(v));
+      }
+      const float tolerance = (j == 0 ? (hi - lo) / 30.0f : peak / 254.0f) * 1.001f + 1e-6f;
+      const uint8_t* codes = sketch.Codes(0, at.column);
+      for (uint64_t b = 0; b < RouteSketch::kRunBlocks; ++b) {
+        const uint8_t byte = codes[(b & ~63u) + SketchOrder(static_cast<uint32_t>(b & 63u))];
+        const int code = at.part == RouteSketch::Part::kByte ? byte : at.part == RouteSketch::Part::kLow ? byte & 15 : byte >> 4;
+        const float zero = at.part == RouteSketch::Part::kByte ? 128.0f : 8.0f;
+        const float back = sketch.Base(0, at) + sketch.Scale(0, at) * (static_cast<float>(code) - zero);
+        ASSERT_NEAR(back, rows[b * 2 * dim + j * dim + c], tolerance) << "vector " << j << " dim " << c << " block " << b;
       }
     }
   }
