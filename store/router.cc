@@ -253,15 +253,16 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
   // columns (one per channel, or two where the heads' signs differ) are
   // fetched once for the group.
   const uint32_t head_dim = geometry_.head_dim;
-  std::vector<bool> chosen(head_dim, true);
-  if (options.channels > 0 && options.channels < head_dim) {
+  auto choose = [&](uint32_t channels) {
+    std::vector<bool> chosen(head_dim, true);
+    if (channels == 0 || channels >= head_dim) return chosen;
     std::fill(chosen.begin(), chosen.end(), false);
     uint32_t picked = 0;
     auto take_top = [&](const std::vector<float>& weight, uint32_t count) {
       std::vector<uint32_t> order(head_dim);
       for (uint32_t c = 0; c < head_dim; ++c) order[c] = c;
       std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return weight[a] > weight[b]; });
-      for (uint32_t i = 0; i < head_dim && count > 0 && picked < options.channels; ++i) {
+      for (uint32_t i = 0; i < head_dim && count > 0 && picked < channels; ++i) {
         if (!chosen[order[i]]) {
           chosen[order[i]] = true;
           ++picked;
@@ -269,7 +270,7 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
         }
       }
     };
-    const uint32_t per_head = std::max<uint32_t>(1, options.channels / static_cast<uint32_t>(group_size));
+    const uint32_t per_head = std::max<uint32_t>(1, channels / static_cast<uint32_t>(group_size));
     std::vector<float> group_weight(head_dim, 0.0f), weight(head_dim);
     for (int h = 0; h < group_size; ++h) {
       std::fill(weight.begin(), weight.end(), 0.0f);
@@ -277,24 +278,42 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
       for (uint32_t c = 0; c < head_dim; ++c) group_weight[c] += weight[c];
       take_top(weight, per_head);
     }
-    take_top(group_weight, options.channels);
-  }
-  std::vector<std::vector<uint32_t>> columns(group_size);
-  std::vector<std::vector<float>> coefs(group_size);
-  for (int h = 0; h < group_size; ++h) {
-    const float* p = probes.data() + h * dim;
-    for (uint32_t c = 0; c < dim; ++c) {
-      if (p[c] != 0.0f && chosen[c % head_dim]) {
-        columns[h].push_back(c);
-        coefs[h].push_back(p[c]);
+    take_top(group_weight, channels);
+    return chosen;
+  };
+  // Each head's non-zero coefficients over the chosen channels.
+  struct HeadColumns {
+    std::vector<std::vector<uint32_t>> columns;
+    std::vector<std::vector<float>> coefs;
+  };
+  auto head_columns = [&](const std::vector<bool>& chosen) {
+    HeadColumns hc{std::vector<std::vector<uint32_t>>(group_size), std::vector<std::vector<float>>(group_size)};
+    for (int h = 0; h < group_size; ++h) {
+      const float* p = probes.data() + h * dim;
+      for (uint32_t c = 0; c < dim; ++c) {
+        if (p[c] != 0.0f && chosen[c % head_dim]) {
+          hc.columns[h].push_back(c);
+          hc.coefs[h].push_back(p[c]);
+        }
       }
     }
-  }
+    return hc;
+  };
+  const HeadColumns all = head_columns(choose(options.channels));
+  const auto& columns = all.columns;
+  const auto& coefs = all.coefs;
+  // The hybrid's mean ranking reads fewer channels of the sketch than its
+  // bound (RouterOptions::mean_channel_divisor), at least one per head.
+  const bool hybrid = geometry_.summary == SummaryKind::kHybrid;
+  const HeadColumns mean_all =
+      hybrid && options.channels > 0
+          ? head_columns(choose(std::max<uint32_t>(static_cast<uint32_t>(group_size),
+                                                   options.channels / std::max<uint32_t>(1, options_.mean_channel_divisor))))
+          : HeadColumns{};
   const float identity = options.combine == GqaCombine::kMax ? -std::numeric_limits<float>::infinity() : 0.0f;
   // The hybrid summary ranks blocks twice, by its bound and by its mean
   // (index vectors 0 and 1), and takes the two rankings in turn; the other
   // kinds take the max over their index vectors, one ranking.
-  const bool hybrid = geometry_.summary == SummaryKind::kHybrid;
   const uint32_t rankings = hybrid ? per_block : 1;
   // Approximate scores propose a wider set of candidates per ranking, which
   // is then rescored exactly.
@@ -376,8 +395,9 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
     for (uint32_t j = 0; j < per_block; ++j) {
       SketchProbe& sp = sketch_probes[j];
       sp.heads = group_size;
+      const HeadColumns& hc = hybrid && j == 1 ? mean_all : all;
       for (int h = 0; h < group_size; ++h) {
-        for (uint32_t c : columns[h]) {
+        for (uint32_t c : hc.columns[h]) {
           const Location at = s.sketch.Locate(j, c);
           auto& list = at.part == RouteSketch::Part::kByte ? sp.columns : sp.packed;
           if (std::find(list.begin(), list.end(), at.column) == list.end()) list.push_back(at.column);
@@ -394,14 +414,14 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
       const size_t n = sp.logical();
       unscaled[j].assign(group_size * n, 0.0f);
       for (int h = 0; h < group_size; ++h) {
-        for (size_t k = 0; k < columns[h].size(); ++k) {
-          const Location at = s.sketch.Locate(j, columns[h][k]);
+        for (size_t k = 0; k < hc.columns[h].size(); ++k) {
+          const Location at = s.sketch.Locate(j, hc.columns[h][k]);
           const auto& list = at.part == RouteSketch::Part::kByte ? sp.columns : sp.packed;
           const size_t i = std::find(list.begin(), list.end(), at.column) - list.begin();
           const size_t u = at.part == RouteSketch::Part::kByte
                                ? i
                                : sp.columns.size() + 2 * i + (at.part == RouteSketch::Part::kHigh ? 1 : 0);
-          unscaled[j][h * n + u] += coefs[h][k];
+          unscaled[j][h * n + u] += hc.coefs[h][k];
         }
       }
     }

@@ -95,6 +95,15 @@ struct RouterOptions {
   // fraction of the exact scan's time from 1M tokens on.
   uint64_t approximate_min_blocks = 1u << 16;
   uint32_t approximate_channels_per_head = 8;
+  // An approximate scan of the hybrid summary scores its mean ranking over
+  // this fraction (1 / divisor) of the channels its bound ranking reads,
+  // the group's largest. The scan's cost is its multiply-adds (columns x
+  // heads), and the two need different things: a span aligned with the
+  // query raises the mean along the query's largest coefficients, which a
+  // few channels catch, while a single-token needle per head needs the
+  // bound's 8 per head. Chosen from the router benchmark (BENCHMARKS.md,
+  // "Fewer channels for the mean").
+  uint32_t mean_channel_divisor = 2;
 };
 
 class Router {

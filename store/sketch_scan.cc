@@ -76,11 +76,11 @@ MSA_VNNI_TARGET __attribute__((always_inline)) inline void StoreSums(const Acc4&
 // columns or, kPacked, two stored packed columns split into their halves.
 template <int H, bool kPacked>
 MSA_VNNI_TARGET void PassVnni(const SketchProbe& p, int h0, size_t q0, size_t q1, const uint8_t* base,
-                              size_t stride, size_t blocks, size_t b0, size_t b1, bool first, int32_t* sums) {
+                              size_t stride, size_t blocks, bool first, int32_t* sums) {
   const size_t n = p.logical();
   const int8_t* coef = p.coef.data() + h0 * n;
   const __m512i nibble = _mm512_set1_epi8(0x0F);
-  for (size_t g = b0; g < b1; g += kSketchGroup) {
+  for (size_t g = 0; g < blocks; g += kSketchGroup) {
     int32_t* at = sums + h0 * blocks + g;
     Acc4 r0 = LoadSums(first, at), r1, r2, r3;
     if constexpr (H > 1) r1 = LoadSums(first, at + blocks);
@@ -124,12 +124,12 @@ MSA_VNNI_TARGET void PassVnni(const SketchProbe& p, int h0, size_t q0, size_t q1
 
 template <bool kPacked>
 MSA_VNNI_TARGET void PassHeads(const SketchProbe& p, int h0, size_t q0, size_t q1, const uint8_t* base,
-                               size_t stride, size_t blocks, size_t b0, size_t b1, bool first, int32_t* sums) {
+                               size_t stride, size_t blocks, bool first, int32_t* sums) {
   switch (std::min(4, p.heads - h0)) {
-    case 4: return PassVnni<4, kPacked>(p, h0, q0, q1, base, stride, blocks, b0, b1, first, sums);
-    case 3: return PassVnni<3, kPacked>(p, h0, q0, q1, base, stride, blocks, b0, b1, first, sums);
-    case 2: return PassVnni<2, kPacked>(p, h0, q0, q1, base, stride, blocks, b0, b1, first, sums);
-    default: return PassVnni<1, kPacked>(p, h0, q0, q1, base, stride, blocks, b0, b1, first, sums);
+    case 4: return PassVnni<4, kPacked>(p, h0, q0, q1, base, stride, blocks, first, sums);
+    case 3: return PassVnni<3, kPacked>(p, h0, q0, q1, base, stride, blocks, first, sums);
+    case 2: return PassVnni<2, kPacked>(p, h0, q0, q1, base, stride, blocks, first, sums);
+    default: return PassVnni<1, kPacked>(p, h0, q0, q1, base, stride, blocks, first, sums);
   }
 }
 
@@ -140,27 +140,19 @@ MSA_VNNI_TARGET void PassHeads(const SketchProbe& p, int h0, size_t q0, size_t q
 // one pass, 11.6 ms in passes of 12, 13.0 in passes of 8 (software
 // prefetch made it slower at every distance tried).
 constexpr size_t kPassColumns = 12;
-constexpr size_t kSegmentBlocks = 4096;
 
 MSA_VNNI_TARGET void RunVnni(const SketchProbe& p, SketchHeads heads, const uint8_t* base, size_t stride,
                              size_t blocks, int32_t* sums, float* out) {
   const size_t byte_groups = p.columns.size() / 4, packed_groups = p.packed.size() / 2;
-  for (size_t b0 = 0; b0 < blocks; b0 += kSegmentBlocks) {
-    const size_t b1 = std::min(blocks, b0 + kSegmentBlocks);
-    for (int h = 0; h < p.heads; h += 4) {
-      bool first = true;
-      for (size_t q0 = 0; q0 < byte_groups; q0 += kPassColumns / 4, first = false) {
-        PassHeads<false>(p, h, q0, std::min(byte_groups, q0 + kPassColumns / 4), base, stride, blocks, b0, b1, first,
-                         sums);
-      }
-      for (size_t q0 = 0; q0 < packed_groups; q0 += kPassColumns / 2, first = false) {
-        PassHeads<true>(p, h, q0, std::min(packed_groups, q0 + kPassColumns / 2), base, stride, blocks, b0, b1, first,
-                        sums);
-      }
-      if (first) {
-        for (int hh = h; hh < std::min(p.heads, h + 4); ++hh) std::fill(sums + hh * blocks + b0, sums + hh * blocks + b1, 0);
-      }
+  for (int h = 0; h < p.heads; h += 4) {
+    bool first = true;
+    for (size_t q0 = 0; q0 < byte_groups; q0 += kPassColumns / 4, first = false) {
+      PassHeads<false>(p, h, q0, std::min(byte_groups, q0 + kPassColumns / 4), base, stride, blocks, first, sums);
     }
+    for (size_t q0 = 0; q0 < packed_groups; q0 += kPassColumns / 2, first = false) {
+      PassHeads<true>(p, h, q0, std::min(packed_groups, q0 + kPassColumns / 2), base, stride, blocks, first, sums);
+    }
+    if (first) std::fill(sums + h * blocks, sums + std::min(p.heads, h + 4) * blocks, 0);
   }
   // Sums to scores, the heads merged in head order.
   for (size_t b = 0; b < blocks; b += 16) {
