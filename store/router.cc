@@ -71,32 +71,40 @@ bool Better(const ScoredBlock& a, const ScoredBlock& b) {
   return a.score > b.score || (a.score == b.score && a.block < b.block);
 }
 
-// Streaming top k.
+// Streaming top k: blocks that clear the bar are appended to a buffer of
+// up to 2k, which is cut back to its best k (nth_element) when full; the
+// bar is then the k-th best score. Amortised O(1) per block that enters,
+// where a heap paid two O(log k) sifts: on a needle store at 10M tokens
+// (perf of `msa query`) the heap's bookkeeping was ~13% of the routing
+// time, the buffer's ~7%, since many blocks clear the bar there.
 class TopK {
  public:
-  explicit TopK(uint64_t k) : k_(k) { heap_.reserve(static_cast<size_t>(std::min<uint64_t>(k, 1u << 20))); }
+  explicit TopK(uint64_t k) : k_(static_cast<size_t>(std::min<uint64_t>(k, 1u << 20))), unbounded_(k > k_) {
+    kept_.reserve(std::min<size_t>(2 * k_, size_t{1} << 16));
+  }
   void Offer(uint64_t block, float score) {
-    if (k_ == 0) return;
-    const ScoredBlock sb{block, score};
-    if (heap_.size() < k_) {
-      heap_.push_back(sb);
-      std::push_heap(heap_.begin(), heap_.end(), Better);  // root: the worst kept
-    } else if (Better(sb, heap_.front())) {
-      std::pop_heap(heap_.begin(), heap_.end(), Better);
-      heap_.back() = sb;
-      std::push_heap(heap_.begin(), heap_.end(), Better);
-    }
+    if (k_ == 0 || score < bar_) return;
+    kept_.push_back({block, score});
+    if (kept_.size() == 2 * k_ && !unbounded_) Cut();
   }
   // The lowest score that may still enter (a tie may, by block number).
-  float bar() const {
-    if (k_ == 0) return std::numeric_limits<float>::infinity();
-    return heap_.size() < k_ ? -std::numeric_limits<float>::infinity() : heap_.front().score;
+  float bar() const { return k_ == 0 ? std::numeric_limits<float>::infinity() : bar_; }
+  // The best k offered, in no particular order.
+  std::vector<ScoredBlock> Take() {
+    if (kept_.size() > k_ && !unbounded_) Cut();
+    return std::move(kept_);
   }
-  std::vector<ScoredBlock> Take() { return std::move(heap_); }
 
  private:
-  const uint64_t k_;
-  std::vector<ScoredBlock> heap_;
+  void Cut() {
+    std::nth_element(kept_.begin(), kept_.begin() + static_cast<ptrdiff_t>(k_ - 1), kept_.end(), Better);
+    kept_.resize(k_);
+    bar_ = kept_.back().score;  // the k-th best: nth_element put it last
+  }
+  const size_t k_;
+  const bool unbounded_;  // k beyond 2^20: keep everything offered (k >= any stream's blocks in practice)
+  float bar_ = -std::numeric_limits<float>::infinity();
+  std::vector<ScoredBlock> kept_;
 };
 
 void KeepTop(std::vector<ScoredBlock>* scored, size_t k) {

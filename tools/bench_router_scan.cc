@@ -4,6 +4,7 @@
 // at 8, 16 and 32 channels, plus the raw fp16 column kernel from L1 (what
 // the exact scan would cost if memory were free).
 //   msa_bench_router_scan [BLOCKS (163840)] [HEAD_DIM (64)] [GROUP (4)] [TOP_K (64)] [bound|hybrid]
+//                         [CHANNELS (all settings; 0: the default)] [CANDIDATES (0: the default)]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -48,6 +49,7 @@ int main(int argc, char** argv) {
     options.top_k = top_k;
     options.exact_scan = channels == kExact;
     options.channels = channels == kExact ? 0 : channels;
+    options.candidates = argc > 7 ? static_cast<uint32_t>(std::atoi(argv[7])) : 0;
     std::vector<double> ms;
     for (int i = 0; i < (argc > 6 ? 301 : 31); ++i) {
       const auto t0 = Clock::now();
