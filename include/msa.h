@@ -267,7 +267,7 @@ typedef struct msa_attend_params_t {
   int exact_routing;   /* != 0: score every block summary (no IVF, no approximation) */
   uint32_t channels;   /* > 0: approximate routing that reads only the `channels` key
                           channels chosen from the group's queries (each head's largest,
-                          then the group's; read from an 8-bit copy of
+                          then the group's; read from a 4- and 8-bit copy of
                           the summaries), then rescores 2 * top_k candidates exactly;
                           0: the default -- approximate over 8 channels per query head
                           of the group (at most head_dim) for streams of 65,536 blocks or

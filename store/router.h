@@ -62,8 +62,8 @@ struct RouteOptions {
                             // 2 * top_k per ranking (channel scan)
   // Approximate scan: score with only the `channels` key channels where the
   // group's queries are largest (SparQ's idea applied to summaries), from
-  // the 8-bit sketch where it covers the stream, then rescore the best
-  // candidates exactly. 0: the router's default (RouterOptions: approximate
+  // the compact sketch (store/route_sketch.h) where it covers the stream,
+  // then rescore the best candidates exactly. 0: the router's default (RouterOptions: approximate
   // for large streams, exact below), unless exact_scan or nprobe is set.
   uint32_t channels = 0;
   // Only blocks inside these [first, end) ranges (sorted, disjoint); null:
@@ -75,7 +75,7 @@ struct RouteStats {
   double scanned_fraction = 0;  // share of the summaries' values read (IVF: expected share of vectors)
   bool used_ivf = false;
   uint32_t channels = 0;       // channels of an approximate scan (0: exact scoring)
-  uint64_t sketch_blocks = 0;  // blocks scored from the 8-bit sketch (approximate scans)
+  uint64_t sketch_blocks = 0;  // blocks scored from the sketch (approximate scans)
 };
 
 struct RouterOptions {
@@ -87,7 +87,7 @@ struct RouterOptions {
   uint64_t ivf_min_vectors = 1u << 21;
   // Streams of at least this many blocks are scanned approximately unless
   // a query asks otherwise: over approximate_channels_per_head channels per
-  // query head of the group (at most head_dim), reading the 8-bit sketch,
+  // query head of the group (at most head_dim), reading the sketch,
   // the candidates rescored exactly. Chosen from the router benchmarks
   // (BENCHMARKS.md, "Approximate routing by default"): 8 per head keeps the
   // exact scan's needle hits within 2% where every head of a group seeks
