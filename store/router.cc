@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <unordered_set>
 
@@ -79,19 +80,20 @@ bool Better(const ScoredBlock& a, const ScoredBlock& b) {
 // time, the buffer's ~7%, since many blocks clear the bar there.
 class TopK {
  public:
-  explicit TopK(uint64_t k) : k_(static_cast<size_t>(std::min<uint64_t>(k, 1u << 20))), unbounded_(k > k_) {
+  explicit TopK(uint64_t k) : k_(static_cast<size_t>(std::min<uint64_t>(k, SIZE_MAX / 4))) {
     kept_.reserve(std::min<size_t>(2 * k_, size_t{1} << 16));
   }
   void Offer(uint64_t block, float score) {
-    if (k_ == 0 || score < bar_) return;
+    // NaN never enters (Better is no order with it).
+    if (k_ == 0 || !(score >= bar_)) return;
     kept_.push_back({block, score});
-    if (kept_.size() == 2 * k_ && !unbounded_) Cut();
+    if (kept_.size() == 2 * k_) Cut();
   }
   // The lowest score that may still enter (a tie may, by block number).
   float bar() const { return k_ == 0 ? std::numeric_limits<float>::infinity() : bar_; }
   // The best k offered, in no particular order.
   std::vector<ScoredBlock> Take() {
-    if (kept_.size() > k_ && !unbounded_) Cut();
+    if (kept_.size() > k_) Cut();
     return std::move(kept_);
   }
 
@@ -102,7 +104,6 @@ class TopK {
     bar_ = kept_.back().score;  // the k-th best: nth_element put it last
   }
   const size_t k_;
-  const bool unbounded_;  // k beyond 2^20: keep everything offered (k >= any stream's blocks in practice)
   float bar_ = -std::numeric_limits<float>::infinity();
   std::vector<ScoredBlock> kept_;
 };
@@ -330,9 +331,9 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
                             ? options.top_k
                             : std::max<uint64_t>(options.candidates ? options.candidates : 2ull * options.top_k,
                                                  options.top_k);
-  // The best `keep` blocks, selected while scanning: a min-heap whose root
-  // is the bar a block must clear (one comparison for almost every block,
-  // instead of sorting the whole stream).
+  // The best `keep` blocks, selected while scanning (TopK: a bar a block
+  // must clear, one comparison for almost every block, instead of sorting
+  // the whole stream).
   std::vector<TopK> tops;
   for (uint32_t i = 0; i < rankings; ++i) tops.emplace_back(keep);
   // One tile's scores: dots[(j * group_size + h) * kColumnTile + b] for
@@ -506,7 +507,9 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
       }
       for (int h = 0; h < group_size; ++h) {
         for (uint32_t j = 0; j < per_block; ++j) {
-          WeightedColumnSum(coefs[h].data(), columns[h].data(), columns[h].size(),
+          // The same channels for a ranking in the tail as in the sketch.
+          const HeadColumns& hc = hybrid && approximate && j == 1 ? mean_all : all;
+          WeightedColumnSum(hc.coefs[h].data(), hc.columns[h].data(), hc.columns[h].size(),
                             s.summaries.Column(chunk, j, 0) + t0, SummaryTable::kChunkBlocks,
                             dots.data() + (j * group_size + h) * kColumnTile);
         }

@@ -500,6 +500,82 @@ TEST(Router, SketchScanFindsNeedlesInWholeRunsAndInTheTail) {
   EXPECT_EQ(stats.sketch_blocks, 2u * 4096);
 }
 
+// Every summary kind through the sketch (whole runs: byte columns, the
+// bound's packed ones) and the fp16 tail: blocks planted to stand out for
+// the group's queries are found by an approximate scan in both parts, with
+// their exact scores, as by the exact scan.
+TEST(Router, ApproximateScanOfEveryKindFindsPlantedBlocksInRunsAndTail) {
+  for (SummaryKind kind : {SummaryKind::kMean, SummaryKind::kBound, SummaryKind::kCentroids, SummaryKind::kHybrid}) {
+    SCOPED_TRACE(static_cast<int>(kind));
+    Geometry g = OneStream(kind, 32);
+    g.summary_centroids = 2;
+    const uint32_t d = g.head_dim, dim = IndexVectorDim(g), per_block = IndexVectorsPerBlock(g);
+    const uint32_t width = g.summary_width();
+    ASSERT_EQ(width, per_block * dim);
+    const uint64_t blocks = 2 * 4096 + 700;
+    const int group = 4;
+    auto q = msa::testing::RandomVector(group * d, 61);
+    for (int h = 1; h < group; ++h) {
+      for (uint32_t c = 0; c < d; ++c) q[h * d + c] = 0.6f * q[c] + 0.4f * q[h * d + c];
+    }
+    auto noise = msa::testing::RandomVector(blocks * width, 62, 0.4f);
+    std::vector<float> summaries(blocks * width);
+    const std::vector<uint64_t> planted = {100, 4095, 4096, 6000, 8191, 8192 + 3, 8192 + 699};
+    for (uint64_t b = 0; b < blocks; ++b) {
+      const bool needle = std::count(planted.begin(), planted.end(), b) > 0;
+      for (uint32_t j = 0; j < per_block; ++j) {
+        float* v = &summaries[b * width + j * dim];
+        const bool bound_vector = (kind == SummaryKind::kBound || kind == SummaryKind::kHybrid) && j == 0;
+        for (uint32_t c = 0; c < d; ++c) {
+          const float aligned = 2.5f * q[c];
+          if (bound_vector) {
+            v[c] = 2.0f + std::abs(noise[b * width + j * dim + c]);
+            v[d + c] = -2.0f - std::abs(noise[b * width + j * dim + d + c]);
+            if (needle && q[c] > 0) v[c] = 2.0f + 2.0f * aligned;
+            if (needle && q[c] < 0) v[d + c] = -2.0f + 2.0f * aligned;
+          } else {
+            v[c] = needle ? aligned : noise[b * width + j * dim + c];
+            if (dim == 2 * d) v[d + c] = v[c];  // the hybrid's [mean, mean]
+          }
+        }
+      }
+    }
+    for (float& x : summaries) x = attention::HalfToFloat(attention::FloatToHalf(x));
+    Router router(g);
+    router.Reserve(0, blocks);
+    router.Add(0, summaries);
+    RouteOptions opts;
+    opts.top_k = static_cast<uint32_t>(planted.size());
+    opts.exact_scan = true;
+    const auto exact = Blocks(router.Search(0, q.data(), group, opts));
+    opts.exact_scan = false;
+    for (uint32_t channels : {8u, 16u, 32u}) {
+      opts.channels = channels;
+      RouteStats stats;
+      const auto found = router.Search(0, q.data(), group, opts, &stats);
+      EXPECT_EQ(stats.sketch_blocks, 2u * 4096);
+      const auto ids = Blocks(found);
+      for (uint64_t b : planted) {
+        EXPECT_TRUE(std::count(ids.begin(), ids.end(), b)) << "block " << b << " channels " << channels;
+        EXPECT_TRUE(std::count(exact.begin(), exact.end(), b)) << "block " << b << " (exact scan)";
+      }
+      // Scores are the exact ones (the max over heads of the ranking's vectors).
+      std::vector<float> probe(dim);
+      for (const ScoredBlock& sb : found) {
+        float best = -std::numeric_limits<float>::infinity();
+        for (int h = 0; h < group; ++h) {
+          MakeProbe(g, &q[h * d], probe.data());
+          for (uint32_t j = 0; j < per_block; ++j) {
+            if (kind == SummaryKind::kHybrid && j != sb.ranking) continue;
+            best = std::max(best, Dot(probe.data(), &summaries[sb.block * width + j * dim], dim));
+          }
+        }
+        EXPECT_NEAR(sb.score, best, 1e-3f * (std::abs(best) + 1)) << sb.block;
+      }
+    }
+  }
+}
+
 TEST(Router, IvfFindsWhatTheExactScanFinds) {
   for (SummaryKind kind : {SummaryKind::kMean, SummaryKind::kBound}) {
     const Geometry g = OneStream(kind);
