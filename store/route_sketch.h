@@ -68,6 +68,7 @@ class RouteSketch {
   struct Location {
     uint32_t column = 0;
     Part part = Part::kByte;
+    friend bool operator==(const Location&, const Location&) = default;
   };
   Location Locate(uint32_t j, uint32_t c) const;
   // Codes of stored column `column` for the blocks of run r (as

@@ -23,10 +23,17 @@
 
 namespace msa {
 
+namespace {
+// The hybrid summary's index vectors: 0 is the Quest bound [max, min], 1 the
+// mirrored [mean, mean] (store/summary.cc).
+constexpr uint32_t kHybridMeanVector = 1;
+}  // namespace
+
 struct Router::Stream {
   explicit Stream(const Geometry& g)
       : summaries(IndexVectorsPerBlock(g), IndexVectorDim(g)),
-        sketch(IndexVectorsPerBlock(g), IndexVectorDim(g), g.summary == SummaryKind::kHybrid ? 1 : -1,
+        sketch(IndexVectorsPerBlock(g), IndexVectorDim(g),
+               g.summary == SummaryKind::kHybrid ? static_cast<int>(kHybridMeanVector) : -1,
                g.summary == SummaryKind::kHybrid || g.summary == SummaryKind::kBound ? 0 : -1) {}
   SummaryTable summaries;  // its block count is the stream's
   RouteSketch sketch;      // compact columns of its whole runs, for approximate scans
@@ -308,25 +315,27 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
     }
     return hc;
   };
-  const HeadColumns all = head_columns(choose(options.channels));
-  const auto& columns = all.columns;
-  const auto& coefs = all.coefs;
-  // The hybrid's mean ranking reads fewer channels of the sketch than its
-  // bound (RouterOptions::mean_channel_divisor), at least one per head.
+  // Approximate scores propose a wider set of candidates per ranking, which
+  // is then rescored exactly.
+  const bool approximate = options.channels > 0;
   const bool hybrid = geometry_.summary == SummaryKind::kHybrid;
+  const HeadColumns all = head_columns(choose(options.channels));
+  // An approximate scan reads fewer channels for the hybrid's mean ranking
+  // than for its bound (RouterOptions::mean_channel_divisor), at least one
+  // per head, in the sketch and in the fp16 tail alike.
   const HeadColumns mean_all =
-      hybrid && options.channels > 0
+      hybrid && approximate
           ? head_columns(choose(std::max<uint32_t>(static_cast<uint32_t>(group_size),
                                                    options.channels / std::max<uint32_t>(1, options_.mean_channel_divisor))))
           : HeadColumns{};
+  auto columns_of = [&](uint32_t j) -> const HeadColumns& {
+    return hybrid && approximate && j == kHybridMeanVector ? mean_all : all;
+  };
   const float identity = options.combine == GqaCombine::kMax ? -std::numeric_limits<float>::infinity() : 0.0f;
   // The hybrid summary ranks blocks twice, by its bound and by its mean
   // (index vectors 0 and 1), and takes the two rankings in turn; the other
   // kinds take the max over their index vectors, one ranking.
   const uint32_t rankings = hybrid ? per_block : 1;
-  // Approximate scores propose a wider set of candidates per ranking, which
-  // is then rescored exactly.
-  const bool approximate = options.channels > 0;
   const uint64_t keep = !approximate
                             ? options.top_k
                             : std::max<uint64_t>(options.candidates ? options.candidates : 2ull * options.top_k,
@@ -404,7 +413,7 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
     for (uint32_t j = 0; j < per_block; ++j) {
       SketchProbe& sp = sketch_probes[j];
       sp.heads = group_size;
-      const HeadColumns& hc = hybrid && j == 1 ? mean_all : all;
+      const HeadColumns& hc = columns_of(j);
       for (int h = 0; h < group_size; ++h) {
         for (uint32_t c : hc.columns[h]) {
           const Location at = s.sketch.Locate(j, c);
@@ -424,12 +433,9 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
       unscaled[j].assign(group_size * n, 0.0f);
       for (int h = 0; h < group_size; ++h) {
         for (size_t k = 0; k < hc.columns[h].size(); ++k) {
+          // The first match: padding repeats come after the column itself.
           const Location at = s.sketch.Locate(j, hc.columns[h][k]);
-          const auto& list = at.part == RouteSketch::Part::kByte ? sp.columns : sp.packed;
-          const size_t i = std::find(list.begin(), list.end(), at.column) - list.begin();
-          const size_t u = at.part == RouteSketch::Part::kByte
-                               ? i
-                               : sp.columns.size() + 2 * i + (at.part == RouteSketch::Part::kHigh ? 1 : 0);
+          const size_t u = std::find(logical[j].begin(), logical[j].end(), at) - logical[j].begin();
           unscaled[j][h * n + u] += hc.coefs[h][k];
         }
       }
@@ -507,8 +513,7 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
       }
       for (int h = 0; h < group_size; ++h) {
         for (uint32_t j = 0; j < per_block; ++j) {
-          // The same channels for a ranking in the tail as in the sketch.
-          const HeadColumns& hc = hybrid && approximate && j == 1 ? mean_all : all;
+          const HeadColumns& hc = columns_of(j);
           WeightedColumnSum(hc.coefs[h].data(), hc.columns[h].data(), hc.columns[h].size(),
                             s.summaries.Column(chunk, j, 0) + t0, SummaryTable::kChunkBlocks,
                             dots.data() + (j * group_size + h) * kColumnTile);
@@ -528,7 +533,6 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
     // gathered value is its own cache line (SummaryTable's layout), so the
     // hybrid's mirrored [mean, mean] vector is gathered from its first half
     // only, with the probe's halves summed onto it (q+ + q- = q).
-    const int mirrored = hybrid ? 1 : -1;
     struct Needed {
       std::vector<uint32_t> columns;
       std::vector<float> dense;  // [h][k]: each head's coefficients over `columns`
@@ -559,7 +563,7 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
       for (const ScoredBlock& sb : list) blocks.push_back(sb.block);
       head_best.assign(blocks.size() * group_size, -std::numeric_limits<float>::infinity());
       for (uint32_t j = hybrid ? i : 0; j < (hybrid ? i + 1 : per_block); ++j) {
-        const Needed& needed = static_cast<int>(j) == mirrored ? folded : whole;
+        const Needed& needed = hybrid && j == kHybridMeanVector ? folded : whole;
         const size_t nn = needed.columns.size();
         gathered.resize(blocks.size() * nn);
         s.summaries.Gather(blocks.data(), blocks.size(), j, needed.columns.data(), nn, gathered.data());

@@ -3,7 +3,7 @@
 # summary kind, all evaluated with the same queries, budget and settings in
 # one run. Prints a markdown table; the JSON of every eval is kept in WORKDIR.
 #   usage: tools/bench_router.sh [WORKDIR] [TOKENS] [TOP_K]
-# Environment: SUITES (names below), SUMMARIES (mean bound centroids hybrid),
+# Environment: SUITES (tools/router_suites.sh), SUMMARIES (mean bound centroids hybrid),
 #              STRENGTH (needle logit above the noise), COMBINE (max|sum),
 #              ROUTINGS (msa eval --nprobe settings, one row each: default,
 #              scan, chN; default "default"), CANDIDATES (0: the default).
@@ -12,7 +12,6 @@ cd "$(dirname "$0")/.."
 work=${1:-bench-out/router}
 tokens=${2:-1048576}
 top_k=${3:-64}
-strength=${STRENGTH:-16}
 combine=${COMBINE:-max}
 summaries=${SUMMARIES:-mean bound centroids hybrid}
 routings=${ROUTINGS:-default}
@@ -21,18 +20,8 @@ suites=${SUITES:-needle1 needle4 needle16 shift16 outlier16}
 rm -rf "$work"; mkdir -p "$work"
 cp build/msa "$work/msa"  # a rebuild during the run must not change the binary
 msa="$work/msa"
-suite_args() {
-  case $1 in
-    needle1)   echo "--needle-strength $strength --needle-span 1" ;;
-    needle4)   echo "--needle-strength $strength --needle-span 4" ;;
-    needle16)  echo "--needle-strength $strength --needle-span 16" ;;
-    weak16)    echo "--needle-strength 10 --needle-span 16" ;;  # the demo's needles
-    shift16)   echo "--needle-strength $strength --needle-span 16 --key-shift 16" ;;
-    outlier16) echo "--needle-strength $strength --needle-span 16 --outlier-channels 4 --outlier-scale 8" ;;
-    gqa1)      echo "--needle-strength $strength --needle-span 1 --needle-per-head" ;;
-    *) echo "unknown suite $1" >&2; exit 2 ;;
-  esac
-}
+# shellcheck source=tools/router_suites.sh
+source tools/router_suites.sh
 echo "| suite | summary | routing | needle hits | mass recall mean / p5 | block-oracle mass p5 | token-oracle mass p5 | output error mean / p95 | block recall@k | router recall | scored | route ms p50 | sparse ms p50 | exact ms p50 |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for suite in $suites; do

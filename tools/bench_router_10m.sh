@@ -4,7 +4,8 @@
 # the exact scan of every summary and 8 channels, against the dense float64
 # oracle. Prints a markdown table; every eval's JSON stays in WORKDIR.
 #   usage: tools/bench_router_10m.sh [WORKDIR] [TOKENS]
-# Environment: SUITES (default "needle1 needle4 needle16 shift16"), MSA_BUILD (build).
+# Environment: SUITES (default "needle1 needle4 needle16 shift16"; names in
+# tools/router_suites.sh), STRENGTH (16), MSA_BUILD (build).
 # Disk: the suite's .npy (2.7 GB at 10M) and store (2.8 GB), one suite at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,14 +15,10 @@ suites=${SUITES:-needle1 needle4 needle16 shift16}
 mkdir -p "$work"
 cp "${MSA_BUILD:-build}/msa" "$work/msa"  # a rebuild during the run must not change the binary
 msa="$work/msa"
+# shellcheck source=tools/router_suites.sh
+source tools/router_suites.sh
 for suite in $suites; do
-  case $suite in
-    needle1) args="--needle-strength 16 --needle-span 1" ;;
-    needle4) args="--needle-strength 16 --needle-span 4" ;;
-    needle16) args="--needle-strength 16 --needle-span 16" ;;
-    shift16) args="--needle-strength 16 --needle-span 16 --key-shift 16" ;;
-    *) echo "unknown suite $suite" >&2; exit 2 ;;
-  esac
+  args=$(suite_args "$suite")
   rm -rf "$work/corpus" "$work/store"
   # shellcheck disable=SC2086
   $msa synth "$work/corpus" --tokens "$tokens" --docs 8 --layers 1 --kv-heads 1 --q-heads 4 --head-dim 64 \
