@@ -176,19 +176,31 @@ class UringReader final : public BlockReader {
         io_uring_sqe_set_data64(sqe, i);
         ++queued;
       }
-      int rc = 0;
       FaultInjector* const inj = sys::FaultInjectionActive();
-      if (inj != nullptr) [[unlikely]] rc = sys::UringSubmitInjected(inj);
-      if (rc == 0) rc = io_uring_submit_and_wait(&ring_, 1);
-      if (rc > 0) {
-        // The kernel consumed rc SQEs; the rest stay queued in the ring and
-        // go out with the next submit.
-        queued -= static_cast<size_t>(rc);
-        in_flight += static_cast<size_t>(rc);
-      } else if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
-        // The queued SQEs are in the submission ring already and go to the
-        // kernel with the next submit, into these buffers: wait for them too.
-        return Abandon(in_flight + queued, Status::FromErrno("io_uring_submit", -rc));
+      if (queued == 0) {
+        // Nothing new for the kernel: only wait. Entering through submit
+        // here would make the number of submissions depend on how fast
+        // reads complete rather than on what was asked.
+        io_uring_cqe* first = nullptr;
+        const int rc = io_uring_wait_cqe(&ring_, &first);
+        if (rc < 0 && rc != -EINTR && rc != -EAGAIN) {
+          return Abandon(in_flight, Status::FromErrno("io_uring_wait_cqe", -rc));
+        }
+      } else {
+        int rc = 0;
+        if (inj != nullptr) [[unlikely]] rc = sys::UringSubmitInjected(inj);
+        if (rc == 0) rc = io_uring_submit_and_wait(&ring_, 1);
+        if (rc > 0) {
+          // The kernel consumed rc SQEs; the rest stay queued in the ring
+          // and go out with the next submit.
+          queued -= static_cast<size_t>(rc);
+          in_flight += static_cast<size_t>(rc);
+        } else if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+          // The queued SQEs are in the submission ring already and go to
+          // the kernel with the next submit, into these buffers: wait for
+          // them too.
+          return Abandon(in_flight + queued, Status::FromErrno("io_uring_submit", -rc));
+        }
       }
       // Reap every completion that is ready, not just the one waited for.
       io_uring_cqe* cqe;
