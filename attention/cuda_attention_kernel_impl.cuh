@@ -88,6 +88,15 @@ __device__ __forceinline__ void Mma16816(float (&c)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// 2^x in one MUFU instruction (exp2f adds a denormal fix-up around it).
+// Results below 2^-126 flush to zero: a probability that small, next to the
+// running maximum's 1, changes no float32 sum. exp2(-inf) is 0.
+__device__ __forceinline__ float Exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ uint32_t AsU32(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
 
 // (x, y) -> fp16 hi pair and the fp16 rounding of what hi misses.
@@ -459,17 +468,28 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
         }
       }
 
-      // Online softmax in log2 units; tokens past the run score -inf.
+      // Online softmax in log2 units; tokens past the run score -inf (only
+      // a run's last slice has any: the test is warp-uniform).
       const int valid = total - t * BN - ts * SN;
       float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col = 8 * j + (lane & 3) * 2 + (e & 1);
-          s[j][e] = col < valid ? s[j][e] * p.score_scale : -INFINITY;
-          mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
+        for (int e = 0; e < 4; ++e) s[j][e] *= p.score_scale;
+      }
+      if (valid < SN) {
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            if (8 * j + (lane & 3) * 2 + (e & 1) >= valid) s[j][e] = -INFINITY;
+          }
         }
+      }
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
       }
       float alpha[2], m_use[2];
 #pragma unroll
@@ -479,7 +499,7 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
         const float m_new = fmaxf(m_i[h], mx[h]);
         // Nothing seen yet (all -inf): subtract 0 so that -inf - -inf never makes a NaN.
         m_use[h] = m_new == -INFINITY ? 0.0f : m_new;
-        alpha[h] = exp2f(m_i[h] - m_use[h]);
+        alpha[h] = Exp2(m_i[h] - m_use[h]);
         m_i[h] = m_new;
         l_i[h] *= alpha[h];
       }
@@ -487,16 +507,20 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
       for (int j = 0; j < NT; ++j) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          s[j][e] = exp2f(s[j][e] - m_use[e >> 1]);
+          s[j][e] = Exp2(s[j][e] - m_use[e >> 1]);
           l_i[e >> 1] += s[j][e];
         }
       }
+      // Once a row's maximum has settled (most tiles after the first few),
+      // alpha is exactly 1: the whole warp skips the rescale.
+      if (!__all_sync(0xffffffffu, alpha[0] == 1.0f && alpha[1] == 1.0f)) {
 #pragma unroll
-      for (int dt = 0; dt < DT; ++dt) {
-        acc[dt][0] *= alpha[0];
-        acc[dt][1] *= alpha[0];
-        acc[dt][2] *= alpha[1];
-        acc[dt][3] *= alpha[1];
+        for (int dt = 0; dt < DT; ++dt) {
+          acc[dt][0] *= alpha[0];
+          acc[dt][1] *= alpha[0];
+          acc[dt][2] *= alpha[1];
+          acc[dt][3] *= alpha[1];
+        }
       }
       // O += P V: the score accumulators of n-tiles 2kk, 2kk+1 are the A fragment of k-step kk.
 #pragma unroll

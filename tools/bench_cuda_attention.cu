@@ -119,16 +119,23 @@ int main(int argc, char** argv) {
   std::uniform_real_distribution<float> U(-1.f, 1.f);
   // Arguments, in any order: int8 (int8 pages), fp16-q (q rounded to fp16,
   // as SDPA's fp16 input is: the kernel then skips q's zero lo half).
+  // only=N,BUDGET runs that one case (for a profiler).
   bool int8 = false, fp16_q = false;
+  int only_n = 0, only_budget = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     int8 |= a == "int8";
     fp16_q |= a == "fp16-q";
+    if (a.rfind("only=", 0) == 0 && std::sscanf(a.c_str() + 5, "%d,%d", &only_n, &only_budget) != 2) {
+      std::fprintf(stderr, "only=N,BUDGET expected, got %s\n", a.c_str());
+      return 2;
+    }
   }
   std::printf("# K/V format: %s; q %s\n", int8 ? "int8 pages, dequantised in the kernel" : "fp16",
               fp16_q ? "rounded to fp16" : "float32 (hi + lo fp16)");
   std::printf("n,budget,kernel_us,gbps_unique,kernel_us_backtoback,kernel_us_cold,gbps_cold\n");
   for (int budget : {2048, 8192, 32768}) {
+    if (only_budget != 0 && budget != only_budget) continue;
     const int nb_per_head = budget / block_tokens;
     const int num_blocks = kv_heads * nb_per_head;
     const size_t kv_elems = size_t(num_blocks) * block_tokens * head_dim;
@@ -170,6 +177,7 @@ int main(int argc, char** argv) {
     }
 
     for (int n : {1, 8, 64}) {
+      if (only_n != 0 && n != only_n) continue;
       // Selection: row i, KV head g -> blocks [g*nb, (g+1)*nb).
       std::vector<int32_t> idx(size_t(n) * kv_heads * nb_per_head), cnt(size_t(n) * kv_heads);
       for (int i = 0; i < n; ++i)
