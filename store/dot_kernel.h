@@ -21,6 +21,12 @@ inline constexpr size_t kColumnTile = 128;
 void WeightedColumnSum(const float* coef, const uint32_t* cols, size_t ncols, const uint16_t* base,
                        size_t stride, float* out);
 
+// The same for `blocks` blocks (a multiple of 16, at most kColumnTile):
+// out[b] for b < blocks. For scans of a few blocks of a tile (the coarse
+// step's groups, document ranges).
+void WeightedColumnSumSpan(const float* coef, const uint32_t* cols, size_t ncols, const uint16_t* base,
+                           size_t stride, size_t blocks, float* out);
+
 // max_i |x[i]| (NaN ignored), and out[i] = round(x[i] * inverse) clamped
 // to [-127, 127] (NaN to 0): the sketch's quantiser (store/route_sketch.h).
 float MaxAbs(const float* x, size_t n);

@@ -39,6 +39,11 @@ struct Router::Stream {
   RouteSketch sketch;      // compact columns of its whole runs, for approximate scans
   std::unique_ptr<faiss::IndexIVF> ivf;  // null: exact scan
   uint64_t trained_vectors = 0;          // vectors the IVF was trained on
+  // The group summaries of the coarse step (a block of `coarse` is a group
+  // of RouterOptions::coarse_group_blocks blocks here), null where the
+  // summary kind has none; coarse_rows: room for one chunk's groups.
+  std::unique_ptr<Stream> coarse;
+  std::vector<float> coarse_rows;
 };
 
 namespace {
@@ -123,10 +128,34 @@ void KeepTop(std::vector<ScoredBlock>* scored, size_t k) {
 
 }  // namespace
 
+namespace {
+// A power of two that divides a summary chunk, so that a chunk holds whole groups.
+uint32_t ValidGroupBlocks(uint32_t requested) {
+  uint32_t g = 1;
+  while (g * 2 <= std::min<uint32_t>(requested, SummaryTable::kChunkBlocks)) g *= 2;
+  return g;
+}
+}  // namespace
+
 Router::Router(const Geometry& geometry, const RouterOptions& options)
-    : geometry_(geometry), options_(options) {
+    : geometry_(geometry), options_([&] {
+        RouterOptions o = options;
+        if (o.coarse_group_blocks != 0) o.coarse_group_blocks = ValidGroupBlocks(options.coarse_group_blocks);
+        return o;
+      }()) {
   streams_.reserve(geometry.streams());
-  for (uint32_t s = 0; s < geometry.streams(); ++s) streams_.push_back(std::make_unique<Stream>(geometry));
+  // Groups have a summary where a block's can be merged: the bound's (max
+  // of maxes, min of mins) and the mean's (mean of means), not centroids.
+  const bool coarse = options_.coarse_group_blocks != 0 && geometry.summary != SummaryKind::kCentroids;
+  for (uint32_t s = 0; s < geometry.streams(); ++s) {
+    auto stream = std::make_unique<Stream>(geometry);
+    if (coarse) {
+      stream->coarse = std::make_unique<Stream>(geometry);
+      stream->coarse_rows.resize(SummaryTable::kChunkBlocks / options_.coarse_group_blocks *
+                                 geometry.summary_width());
+    }
+    streams_.push_back(std::move(stream));
+  }
 }
 
 Router::~Router() = default;
@@ -135,6 +164,56 @@ void Router::Reserve(uint32_t stream, uint64_t blocks) {
   Stream& s = *streams_[stream];
   s.summaries.Reserve(blocks);
   s.sketch.Reserve(s.summaries.blocks(), blocks);
+  if (s.coarse) {
+    const uint64_t groups = (s.summaries.blocks() + blocks) / options_.coarse_group_blocks;
+    const uint64_t more = groups - std::min(groups, s.coarse->summaries.blocks());
+    s.coarse->summaries.Reserve(more);
+    s.coarse->sketch.Reserve(s.coarse->summaries.blocks(), more);
+  }
+}
+
+void Router::CatchUpCoarse(Stream& s) const {
+  if (!s.coarse) return;
+  Stream& c = *s.coarse;
+  const uint64_t group = options_.coarse_group_blocks;
+  const uint64_t whole = s.summaries.blocks() / group;
+  const uint32_t per_block = IndexVectorsPerBlock(geometry_);
+  const uint32_t dim = IndexVectorDim(geometry_);
+  const size_t width = static_cast<size_t>(per_block) * dim;
+  const uint32_t head_dim = geometry_.head_dim;
+  const bool bound_first = geometry_.summary == SummaryKind::kBound || geometry_.summary == SummaryKind::kHybrid;
+  constexpr size_t kChunk = SummaryTable::kChunkBlocks;
+  const uint64_t per_chunk = kChunk / group;
+  float column[kChunk];
+  while (c.summaries.blocks() < whole) {
+    const uint64_t first = c.summaries.blocks();
+    const size_t chunk = static_cast<size_t>(first / per_chunk);
+    const uint64_t n = std::min<uint64_t>(whole, (chunk + 1) * per_chunk) - first;
+    const size_t at = static_cast<size_t>(first % per_chunk) * group;  // first block in the chunk
+    for (uint32_t j = 0; j < per_block; ++j) {
+      for (uint32_t d = 0; d < dim; ++d) {
+        attention::HalfToFloatArray(s.summaries.Column(chunk, j, d) + at, column, n * group);
+        // Vector 0 of a bound or hybrid is [max, min]; every other vector
+        // is a mean (the hybrid's mirrored [mean, mean] included).
+        const int how = bound_first && j == 0 ? (d < head_dim ? 1 : -1) : 0;
+        for (uint64_t i = 0; i < n; ++i) {
+          const float* v = column + i * group;
+          float r = v[0];
+          if (how > 0) {
+            for (uint64_t k = 1; k < group; ++k) r = std::max(r, v[k]);
+          } else if (how < 0) {
+            for (uint64_t k = 1; k < group; ++k) r = std::min(r, v[k]);
+          } else {
+            for (uint64_t k = 1; k < group; ++k) r += v[k];
+            r /= static_cast<float>(group);
+          }
+          s.coarse_rows[i * width + static_cast<size_t>(j) * dim + d] = r;
+        }
+      }
+    }
+    c.summaries.Append(s.coarse_rows.data(), n);
+  }
+  c.sketch.CatchUp(c.summaries);
 }
 
 void Router::Add(uint32_t stream, std::span<const float> summaries) {
@@ -144,6 +223,7 @@ void Router::Add(uint32_t stream, std::span<const float> summaries) {
   const uint64_t first = s.summaries.blocks();
   s.summaries.Append(summaries.data(), n);  // within the reserved chunks
   s.sketch.CatchUp(s.summaries);
+  CatchUpCoarse(s);
   if (s.ivf) {
     // Summaries are [block][vector][dim], exactly the index vectors in order.
     try {
@@ -162,6 +242,7 @@ void Router::AddChunks(uint32_t stream, const uint16_t* data, size_t n_chunks) {
   const uint64_t first = s.summaries.blocks();
   s.summaries.AppendChunks(data, n_chunks);
   s.sketch.CatchUp(s.summaries);
+  CatchUpCoarse(s);
   if (s.ivf) {
     try {
       AddInChunks(s.ivf.get(), s.summaries, first, n_chunks * SummaryTable::kChunkBlocks,
@@ -257,7 +338,7 @@ Status Router::LoadIndex(uint32_t stream, const std::vector<uint8_t>& bytes, uin
 
 std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>& probes,
                                       int group_size, const RouteOptions& options,
-                                      uint64_t* sketch_blocks) const {
+                                      uint64_t* sketch_blocks, bool rescore) const {
   const size_t dim = IndexVectorDim(geometry_);
   const uint32_t per_block = IndexVectorsPerBlock(geometry_);
   // The columns each head reads: those of its non-zero coefficients (half of
@@ -336,7 +417,7 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
   // (index vectors 0 and 1), and takes the two rankings in turn; the other
   // kinds take the max over their index vectors, one ranking.
   const uint32_t rankings = hybrid ? per_block : 1;
-  const uint64_t keep = !approximate
+  const uint64_t keep = !approximate || !rescore
                             ? options.top_k
                             : std::max<uint64_t>(options.candidates ? options.candidates : 2ull * options.top_k,
                                                  options.top_k);
@@ -511,12 +592,40 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
         if (r == ranges.size()) break;
         if (ranges[r].first >= tile_first + nt) continue;
       }
+      // With ranges, only the 16-block pieces of the tile that meet one
+      // are scored (a coarse step's groups are such pieces); the other
+      // sums are stale, and offer_tile never reads them.
+      uint32_t pieces = (1u << kColumnTile / 16) - 1;
+      if (options.ranges) {
+        pieces = 0;
+        const auto& ranges = *options.ranges;
+        for (size_t rr = r; rr < ranges.size() && ranges[rr].first < tile_first + nt; ++rr) {
+          const uint64_t a = std::max(ranges[rr].first, tile_first) - tile_first;
+          const uint64_t b = std::min<uint64_t>(ranges[rr].second, tile_first + nt) - tile_first;
+          for (uint64_t piece = a / 16; piece * 16 < b; ++piece) pieces |= 1u << piece;
+        }
+      }
       for (int h = 0; h < group_size; ++h) {
         for (uint32_t j = 0; j < per_block; ++j) {
           const HeadColumns& hc = columns_of(j);
-          WeightedColumnSum(hc.coefs[h].data(), hc.columns[h].data(), hc.columns[h].size(),
-                            s.summaries.Column(chunk, j, 0) + t0, SummaryTable::kChunkBlocks,
-                            dots.data() + (j * group_size + h) * kColumnTile);
+          const uint16_t* column0 = s.summaries.Column(chunk, j, 0) + t0;
+          float* out = dots.data() + (j * group_size + h) * kColumnTile;
+          if (pieces == (1u << kColumnTile / 16) - 1) {
+            WeightedColumnSum(hc.coefs[h].data(), hc.columns[h].data(), hc.columns[h].size(), column0,
+                              SummaryTable::kChunkBlocks, out);
+            continue;
+          }
+          for (uint32_t first = 0; first < kColumnTile / 16;) {
+            if ((pieces >> first & 1u) == 0) {
+              ++first;
+              continue;
+            }
+            uint32_t end = first;
+            while (end < kColumnTile / 16 && (pieces >> end & 1u) != 0) ++end;
+            WeightedColumnSumSpan(hc.coefs[h].data(), hc.columns[h].data(), hc.columns[h].size(), column0 + 16 * first,
+                                  SummaryTable::kChunkBlocks, 16 * (end - first), out + 16 * first);
+            first = end;
+          }
         }
       }
       totals_from_dots(nt, dots.data(), kColumnTile);
@@ -526,7 +635,7 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
   }
   std::vector<std::vector<ScoredBlock>> lists;
   for (TopK& t : tops) lists.push_back(t.Take());
-  if (approximate) {
+  if (approximate && rescore) {
     // Approximate scores: each ranking's candidates are rescored exactly
     // (hybrid: ranking i is index vector i; otherwise the max over them),
     // from the columns any head needs, gathered once for all heads. Every
@@ -622,6 +731,57 @@ std::vector<ScoredBlock> Router::Search(uint32_t stream, const float* queries, i
   return Route(s, probes, group_size, effective, stats);
 }
 
+std::vector<std::pair<uint64_t, uint64_t>> Router::CoarseRanges(const Stream& s, const std::vector<float>& probes,
+                                                                int group_size, const RouteOptions& options) const {
+  if (!s.coarse || options.channels == 0 || options.exact_scan || options.ranges ||
+      options.coarse_groups == RouteOptions::kNoCoarse) {
+    return {};
+  }
+  if (options.coarse_groups == 0 && s.summaries.blocks() < options_.coarse_min_blocks) return {};
+  const uint64_t groups = s.coarse->summaries.blocks();
+  const uint64_t want = options.coarse_groups != 0
+                            ? options.coarse_groups
+                            : uint64_t{options_.coarse_groups_per_top_k} * options.top_k;
+  if (want >= groups) return {};  // no cheaper than scanning every block
+  // The groups ranked like blocks, by their approximate scores alone,
+  // then their blocks in order (rescored exactly in the fine scan).
+  RouteOptions coarse = options;
+  // Fewer channels than the blocks' scan: a group's max of maxes rises with
+  // the group's size on every channel, and only the query's strongest
+  // channels keep a single key's excess above that (measured: needle hits
+  // at 10M, BENCHMARKS.md "Coarse-to-fine routing").
+  coarse.channels = std::max<uint32_t>(static_cast<uint32_t>(group_size),
+                                       options.channels / std::max<uint32_t>(1, options_.coarse_channel_divisor));
+  coarse.top_k = static_cast<uint32_t>(want);
+  coarse.candidates = 0;
+  coarse.coarse_groups = RouteOptions::kNoCoarse;
+  uint64_t unused = 0;
+  const std::vector<ScoredBlock> picked = Scan(*s.coarse, probes, group_size, coarse, &unused, /*rescore=*/false);
+  const uint64_t group = options_.coarse_group_blocks;
+  std::vector<uint64_t> firsts;
+  firsts.reserve(picked.size());
+  for (const ScoredBlock& p : picked) firsts.push_back(p.block * group);
+  std::sort(firsts.begin(), firsts.end());
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  for (uint64_t first : firsts) {
+    if (!ranges.empty() && ranges.back().second == first) {
+      ranges.back().second = first + group;
+    } else {
+      ranges.emplace_back(first, first + group);
+    }
+  }
+  // The blocks after the last whole group have no group summary yet.
+  const uint64_t covered = groups * group;
+  if (covered < s.summaries.blocks()) {
+    if (!ranges.empty() && ranges.back().second == covered) {
+      ranges.back().second = s.summaries.blocks();
+    } else {
+      ranges.emplace_back(covered, s.summaries.blocks());
+    }
+  }
+  return ranges;
+}
+
 std::vector<ScoredBlock> Router::Route(const Stream& s, const std::vector<float>& probes, int group_size,
                                        const RouteOptions& options, RouteStats* stats) const {
   const size_t dim = IndexVectorDim(geometry_);
@@ -638,9 +798,20 @@ std::vector<ScoredBlock> Router::Route(const Stream& s, const std::vector<float>
       *stats = RouteStats{static_cast<double>(read) / (static_cast<double>(dim) * group_size), false};
       stats->channels = options.channels;
     }
+    const std::vector<std::pair<uint64_t, uint64_t>> coarse = CoarseRanges(s, probes, group_size, options);
+    RouteOptions fine = options;
+    if (!coarse.empty()) fine.ranges = &coarse;
     uint64_t sketch_blocks = 0;
-    auto found = Scan(s, probes, group_size, options, &sketch_blocks);
-    if (stats) stats->sketch_blocks = sketch_blocks;
+    auto found = Scan(s, probes, group_size, fine, &sketch_blocks);
+    if (stats) {
+      stats->sketch_blocks = sketch_blocks;
+      if (!coarse.empty()) {
+        uint64_t blocks = 0;
+        for (const auto& [first, end] : coarse) blocks += end - first;
+        stats->coarse_groups = static_cast<uint32_t>(blocks / options_.coarse_group_blocks);
+        stats->scanned_fraction *= static_cast<double>(blocks) / static_cast<double>(s.summaries.blocks());
+      }
+    }
     return found;
   }
   // IVF candidates per head, then the union rescored exactly.

@@ -10,6 +10,13 @@
 // union of the candidates is rescored exactly. The IVF is trained on the
 // stream's own summaries and retrained when the stream has grown 4x since.
 //
+// Coarse-to-fine (opt-in, RouterOptions::coarse_group_blocks): every group
+// of consecutive blocks also has a group summary (for the bound and the
+// mean, which merge; not for centroids), kept like the blocks' own. An
+// approximate scan then ranks the groups first and scans only the best
+// groups' blocks, so its cost grows with the stream divided by the group
+// size instead of with the stream, at a measured cost in weak needles.
+//
 // GQA: the query heads of a group share one KV head, so they share its
 // blocks; a block's group score combines the heads' scores (max or sum).
 // With the max and an exact scan the result is the exact top k by the
@@ -70,6 +77,14 @@ struct RouteOptions {
   // Only blocks inside these [first, end) ranges (sorted, disjoint); null:
   // all. Restricted searches scan exactly (the IVF cannot filter).
   const std::vector<std::pair<uint64_t, uint64_t>>* ranges = nullptr;
+  // Coarse-to-fine: an approximate scan first picks this many groups of
+  // RouterOptions::coarse_group_blocks blocks from their group summaries,
+  // then scans only their blocks (and those after the last whole group).
+  // 0: the router's default (RouterOptions::coarse_min_blocks);
+  // kNoCoarse: never. Only where the router keeps group summaries, for
+  // approximate, unrestricted scans of the bound, mean and hybrid summaries.
+  static constexpr uint32_t kNoCoarse = UINT32_MAX;
+  uint32_t coarse_groups = 0;
 };
 
 struct RouteStats {
@@ -77,6 +92,7 @@ struct RouteStats {
   bool used_ivf = false;
   uint32_t channels = 0;       // channels of an approximate scan (0: exact scoring)
   uint64_t sketch_blocks = 0;  // blocks scored from the sketch (approximate scans)
+  uint32_t coarse_groups = 0;  // groups the coarse step picked (0: no coarse step)
 };
 
 struct RouterOptions {
@@ -105,6 +121,25 @@ struct RouterOptions {
   // bound's 8 per head. Chosen from the router benchmark (BENCHMARKS.md,
   // "Routing at 10M tokens under 1 ms").
   uint32_t mean_channel_divisor = 2;
+  // Coarse-to-fine routing, off unless coarse_group_blocks is set (a power
+  // of two up to 128; 4 kept every needle measured, 16 is faster). Every group of that many
+  // consecutive blocks then also has a group summary (the bound's max of
+  // maxes and min of mins, the mean of means), kept like the blocks' own
+  // (fp16 table and sketch: 1/group of their memory). From
+  // coarse_min_blocks on, or where a query asks (RouteOptions::
+  // coarse_groups), an approximate scan first ranks the groups
+  // (coarse_groups_per_top_k x top_k of them, over 1/coarse_channel_divisor
+  // of the scan's channels) and then scans only their blocks. Off by
+  // default: a group's max of maxes rises with its size and drowns a weak
+  // single-token needle (at 10M tokens, groups of 16 found 13-15 of 16
+  // such needles against the flat scan's 16, at a quarter of its routing
+  // time; groups of 4 found all 16 at half its time), and the group
+  // summaries cost memory and open time. BENCHMARKS.md, "Coarse-to-fine
+  // routing".
+  uint32_t coarse_group_blocks = 0;
+  uint64_t coarse_min_blocks = uint64_t{1} << 20;
+  uint32_t coarse_groups_per_top_k = 2;
+  uint32_t coarse_channel_divisor = 2;
 };
 
 class Router {
@@ -156,9 +191,20 @@ class Router {
   struct Stream;
   std::vector<ScoredBlock> Route(const Stream& s, const std::vector<float>& probes, int group_size,
                                  const RouteOptions& options, RouteStats* stats) const;
+  // rescore false: an approximate scan's candidates keep their
+  // approximate scores (the coarse step, where the exact rescoring's
+  // gathers would cost more than the scan).
   std::vector<ScoredBlock> Scan(const Stream& s, const std::vector<float>& probes,
                                 int group_size, const RouteOptions& options,
-                                uint64_t* sketch_blocks) const;
+                                uint64_t* sketch_blocks, bool rescore = true) const;
+  // The groups the coarse step picks for an approximate scan, as sorted
+  // block ranges (with the blocks after the last whole group); empty when
+  // the coarse step does not apply.
+  std::vector<std::pair<uint64_t, uint64_t>> CoarseRanges(const Stream& s, const std::vector<float>& probes,
+                                                          int group_size, const RouteOptions& options) const;
+  // Adds the group summaries of every whole group of s's blocks not yet in
+  // its coarse level.
+  void CatchUpCoarse(Stream& s) const;
 
   const Geometry geometry_;
   const RouterOptions options_;

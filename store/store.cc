@@ -1240,6 +1240,7 @@ Result<Store::QueryPlan> Store::PlanQuery(uint32_t layer, const float* q, uint32
   route.nprobe = options.nprobe;
   route.candidates = options.candidates;
   route.channels = options.channels;
+  route.coarse_groups = options.coarse_groups;
   for (uint32_t i = 0; i < n; ++i) {
     for (uint32_t kv = 0; kv < g.kv_heads; ++kv) {
       auto& sel = chosen[static_cast<size_t>(i) * g.kv_heads + kv];

@@ -139,6 +139,10 @@ struct AttendOptions {
                                // from the group's queries, rescored exactly (0: the
                                // router's default: approximate for large streams, see
                                // RouterOptions)
+  // Coarse-to-fine routing (RouteOptions::coarse_groups): groups picked
+  // first; 0: the router's default (only very large streams);
+  // RouteOptions::kNoCoarse: never.
+  uint32_t coarse_groups = 0;
   bool use_cache = true;       // false: read every block from disk (cold-path measurements);
                                // on the GPU also bypasses the GPU pool
   GpuMode gpu = GpuMode::kAuto;

@@ -157,6 +157,29 @@ TEST(DotKernel, WeightedColumnSumMatchesAScalarReference) {
   }
 }
 
+TEST(DotKernel, WeightedColumnSumSpanMatchesTheWholeTile) {
+  SCOPED_TRACE(F16KernelIsa());
+  const size_t stride = 300, columns = 9;
+  auto x = msa::testing::RandomVector(columns * stride, 33);
+  std::vector<uint16_t> x16(x.size());
+  attention::FloatToHalfArray(x.data(), x16.data(), x.size());
+  const std::vector<uint32_t> cols = {0, 8, 3, 5, 1};  // odd: the kernel's last column alone
+  const std::vector<float> coef = {0.5f, -2.0f, 1.25f, 3.0f, -0.75f};
+  std::vector<float> whole(kColumnTile);
+  WeightedColumnSum(coef.data(), cols.data(), cols.size(), x16.data() + 7, stride, whole.data());
+  for (size_t first = 0; first < kColumnTile; first += 48) {
+    for (size_t blocks : {16u, 32u, 80u}) {
+      if (first + blocks > kColumnTile) continue;
+      std::vector<float> span(blocks, -1.0f);
+      WeightedColumnSumSpan(coef.data(), cols.data(), cols.size(), x16.data() + 7 + first, stride, blocks,
+                            span.data());
+      for (size_t b = 0; b < blocks; ++b) {
+        ASSERT_NEAR(span[b], whole[first + b], 1e-5 * (std::abs(whole[first + b]) + 1)) << first << " " << b;
+      }
+    }
+  }
+}
+
 TEST(DotKernel, DotF32AndIndicesAtLeast) {
   SCOPED_TRACE(F16KernelIsa());
   const std::vector<float> a = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19};
@@ -573,6 +596,138 @@ TEST(Router, ApproximateScanOfEveryKindFindsPlantedBlocksInRunsAndTail) {
         EXPECT_NEAR(sb.score, best, 1e-3f * (std::abs(best) + 1)) << sb.block;
       }
     }
+  }
+}
+
+// Coarse-to-fine: groups of 16 blocks are ranked first, from their own
+// sketch run and their fp16 tail, then only the chosen groups' blocks and
+// the blocks after the last whole group are scanned. Planted blocks in
+// every one of those places are found, with exact scores, whether the
+// summaries came block by block or as saved chunks; and the step stays out
+// of the scans it does not apply to.
+TEST(Router, CoarseToFineFindsPlantedBlocksInGroupRunsGroupTailAndBlockTail) {
+  for (SummaryKind kind : {SummaryKind::kMean, SummaryKind::kBound, SummaryKind::kHybrid, SummaryKind::kCentroids}) {
+    SCOPED_TRACE(static_cast<int>(kind));
+    Geometry g = OneStream(kind, 32);
+    g.summary_centroids = 2;
+    const uint32_t d = g.head_dim, dim = IndexVectorDim(g), per_block = IndexVectorsPerBlock(g);
+    const uint32_t width = g.summary_width();
+    const uint64_t group_blocks = 16;
+    const uint64_t blocks = group_blocks * (4096 + 300) + 9;  // a run of groups, a group tail, a block tail
+    const int group = 4;
+    auto q = msa::testing::RandomVector(group * d, 71);
+    for (int h = 1; h < group; ++h) {
+      for (uint32_t c = 0; c < d; ++c) q[h * d + c] = 0.6f * q[c] + 0.4f * q[h * d + c];
+    }
+    auto noise = msa::testing::RandomVector(blocks * width, 72, 0.4f);
+    std::vector<float> summaries(blocks * width);
+    const std::vector<uint64_t> planted = {100, 16 * 4095 + 15, 16 * 4096 + 5, blocks - 1};
+    for (uint64_t b = 0; b < blocks; ++b) {
+      const bool needle = std::count(planted.begin(), planted.end(), b) > 0;
+      for (uint32_t j = 0; j < per_block; ++j) {
+        float* v = &summaries[b * width + j * dim];
+        const bool bound_vector = (kind == SummaryKind::kBound || kind == SummaryKind::kHybrid) && j == 0;
+        for (uint32_t c = 0; c < d; ++c) {
+          const float aligned = 2.5f * q[c];
+          if (bound_vector) {
+            v[c] = 2.0f + std::abs(noise[b * width + j * dim + c]);
+            v[d + c] = -2.0f - std::abs(noise[b * width + j * dim + d + c]);
+            if (needle && q[c] > 0) v[c] = 2.0f + 2.0f * aligned;
+            if (needle && q[c] < 0) v[d + c] = -2.0f + 2.0f * aligned;
+          } else {
+            v[c] = needle ? aligned : noise[b * width + j * dim + c];
+            if (dim == 2 * d) v[d + c] = v[c];  // the hybrid's [mean, mean]
+          }
+        }
+      }
+    }
+    for (float& x : summaries) x = attention::HalfToFloat(attention::FloatToHalf(x));
+    RouterOptions ro;
+    ro.coarse_group_blocks = group_blocks;
+    ro.coarse_channel_divisor = 1;  // the planted blocks stand out on every channel
+    Router router(g, ro);
+    router.Reserve(0, blocks);
+    router.Add(0, summaries);
+    // The same summaries arriving as an open brings them: whole saved
+    // chunks, then the rest block by block.
+    Router reopened(g, ro);
+    const SummaryTable& table = router.summaries(0);
+    const size_t whole_chunks = blocks / SummaryTable::kChunkBlocks;
+    std::vector<uint16_t> chunk_data;
+    for (size_t c = 0; c < whole_chunks; ++c) {
+      chunk_data.insert(chunk_data.end(), table.ChunkData(c), table.ChunkData(c) + table.chunk_bytes() / 2);
+    }
+    reopened.AddChunks(0, chunk_data.data(), whole_chunks);
+    const uint64_t rest = whole_chunks * SummaryTable::kChunkBlocks;
+    reopened.Add(0, std::span<const float>(summaries).subspan(rest * width));
+
+    RouteOptions opts;
+    opts.top_k = static_cast<uint32_t>(planted.size());
+    opts.channels = 16;
+    opts.coarse_groups = 16;
+    RouteStats stats;
+    const auto found = router.Search(0, q.data(), group, opts, &stats);
+    if (kind == SummaryKind::kCentroids) {
+      EXPECT_EQ(stats.coarse_groups, 0u) << "centroids have no group summary";
+      continue;
+    }
+    EXPECT_EQ(stats.coarse_groups, 16u);
+    EXPECT_EQ(Blocks(found), planted);
+    std::vector<float> probe(dim);
+    for (const ScoredBlock& sb : found) {
+      float best = -std::numeric_limits<float>::infinity();
+      for (int h = 0; h < group; ++h) {
+        MakeProbe(g, &q[h * d], probe.data());
+        for (uint32_t j = 0; j < per_block; ++j) {
+          if (kind == SummaryKind::kHybrid && j != sb.ranking) continue;
+          best = std::max(best, Dot(probe.data(), &summaries[sb.block * width + j * dim], dim));
+        }
+      }
+      EXPECT_NEAR(sb.score, best, 1e-3f * (std::abs(best) + 1)) << sb.block;
+    }
+    RouteStats reopened_stats;
+    const auto again = reopened.Search(0, q.data(), group, opts, &reopened_stats);
+    ASSERT_EQ(again.size(), found.size());
+    for (size_t i = 0; i < found.size(); ++i) {
+      EXPECT_EQ(again[i].block, found[i].block);
+      EXPECT_EQ(again[i].score, found[i].score);
+    }
+    EXPECT_EQ(reopened_stats.coarse_groups, 16u);
+
+    // Where the step does not apply, nothing is coarse.
+    auto coarse_groups_of = [&](RouteOptions o, const Router& r) {
+      RouteStats st;
+      r.Search(0, q.data(), group, o, &st);
+      return st.coarse_groups;
+    };
+    RouteOptions off = opts;
+    off.coarse_groups = RouteOptions::kNoCoarse;
+    EXPECT_EQ(coarse_groups_of(off, router), 0u);
+    off = opts;
+    off.exact_scan = true;
+    EXPECT_EQ(coarse_groups_of(off, router), 0u);
+    off = opts;
+    const std::vector<std::pair<uint64_t, uint64_t>> ranges = {{0, 1000}};
+    off.ranges = &ranges;
+    EXPECT_EQ(coarse_groups_of(off, router), 0u);
+    off = opts;
+    off.coarse_groups = 4396;  // every group: no cheaper than the flat scan
+    EXPECT_EQ(coarse_groups_of(off, router), 0u);
+    off = opts;
+    off.coarse_groups = 0;  // the default: only from RouterOptions::coarse_min_blocks
+    EXPECT_EQ(coarse_groups_of(off, router), 0u);
+    RouterOptions low = ro;
+    low.coarse_min_blocks = blocks;
+    Router by_default(g, low);
+    by_default.Reserve(0, blocks);
+    by_default.Add(0, summaries);
+    EXPECT_EQ(coarse_groups_of(off, by_default), low.coarse_groups_per_top_k * opts.top_k);
+    // Without group summaries (the default router) a query's ask changes nothing.
+    Router plain(g);
+    plain.Reserve(0, blocks);
+    plain.Add(0, summaries);
+    EXPECT_EQ(coarse_groups_of(opts, plain), 0u);
+    EXPECT_EQ(Blocks(plain.Search(0, q.data(), group, opts)), planted);
   }
 }
 

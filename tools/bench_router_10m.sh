@@ -5,7 +5,9 @@
 # oracle. Prints a markdown table; every eval's JSON stays in WORKDIR.
 #   usage: tools/bench_router_10m.sh [WORKDIR] [TOKENS]
 # Environment: SUITES (default "needle1 needle4 needle16 shift16"; names in
-# tools/router_suites.sh), STRENGTH (16), MSA_BUILD (build).
+# tools/router_suites.sh), STRENGTH (16), MSA_BUILD (build), ROUTINGS (the
+# eval's --nprobe list, default "scan,default,ch8"), EVAL_ARGS (more eval
+# options, e.g. "--coarse-size 4" for coarseN settings).
 # Disk: the suite's .npy (2.7 GB at 10M) and store (2.8 GB), one suite at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,8 +31,9 @@ for suite in $suites; do
       --values "$work/corpus/doc_${i}_values.npy" >/dev/null 2>&1
   done
   rm -f "$work"/corpus/doc_*
+  # shellcheck disable=SC2086  # EVAL_ARGS: several options
   $msa eval "$work/store" --queries "$work/corpus/queries.npy" --needles "$work/corpus/needles.json" --top-k 64 \
-    --repeats 5 --exact-samples 1 --nprobe scan,default,ch8 --json 2>/dev/null > "$work/$suite.json"
+    --repeats 5 --exact-samples 1 --nprobe "${ROUTINGS:-scan,default,ch8}" ${EVAL_ARGS:-} --json 2>/dev/null > "$work/$suite.json"
 done
 rm -rf "$work/corpus" "$work/store"
 # shellcheck disable=SC2086  # one argument per suite

@@ -5,6 +5,7 @@
 // the exact scan would cost if memory were free).
 //   msa_bench_router_scan [BLOCKS (163840)] [HEAD_DIM (64)] [GROUP (4)] [TOP_K (64)] [bound|hybrid]
 //                         [CHANNELS (all settings; 0: the default)] [CANDIDATES (0: the default)]
+//                         [COARSE groups (0: the default; 4294967295: flat)]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -33,23 +34,36 @@ int main(int argc, char** argv) {
   std::normal_distribution<float> normal;
   std::vector<float> summaries(blocks * g.summary_width());
   for (float& x : summaries) x = normal(rng);
-  msa::Router router(g);
+  // Group summaries kept (coarse-to-fine rows), used only where asked.
+  msa::RouterOptions ro;
+  ro.coarse_group_blocks = 16;
+  ro.coarse_min_blocks = UINT64_MAX;
+  msa::Router router(g, ro);
   router.Reserve(0, blocks);
   router.Add(0, summaries);
   std::vector<float> q(group * head_dim);
   for (float& x : q) x = normal(rng);
   std::printf("# %llu %s summaries, head_dim %u, %d query heads, top-k %u, kernel isa %s\n",
               static_cast<unsigned long long>(blocks), kind.c_str(), head_dim, group, top_k, msa::F16KernelIsa());
-  // UINT32_MAX: the exact scan; 0: the default routing; else that many channels.
+  // UINT32_MAX: the exact scan; 0: the default routing; else that many
+  // channels. Then, with the default channels, coarse-to-fine off (flat)
+  // and over 64, 128 and 256 groups (COARSE, when given, alone).
   constexpr uint32_t kExact = UINT32_MAX;
-  std::vector<uint32_t> settings = {kExact, 0u, 8u, 16u, 32u};
-  if (argc > 6) settings = {static_cast<uint32_t>(std::atoi(argv[6]))};
-  for (uint32_t channels : settings) {
+  struct Setting {
+    uint32_t channels;
+    uint32_t coarse;
+  };
+  std::vector<Setting> settings = {{kExact, 0}, {0, 0}, {8, 0}, {16, 0}, {32, 0}, {0, msa::RouteOptions::kNoCoarse},
+                                   {0, 64}, {0, 128}, {0, 256}};
+  if (argc > 6) settings = {{static_cast<uint32_t>(std::atoi(argv[6])), 0}};
+  if (argc > 8) settings[0].coarse = static_cast<uint32_t>(std::strtoul(argv[8], nullptr, 10));
+  for (const auto [channels, coarse] : settings) {
     msa::RouteOptions options;
     options.top_k = top_k;
     options.exact_scan = channels == kExact;
     options.channels = channels == kExact ? 0 : channels;
     options.candidates = argc > 7 ? static_cast<uint32_t>(std::atoi(argv[7])) : 0;
+    options.coarse_groups = coarse;
     std::vector<double> ms;
     for (int i = 0; i < (argc > 6 ? 301 : 31); ++i) {
       const auto t0 = Clock::now();
@@ -57,7 +71,9 @@ int main(int argc, char** argv) {
       ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
     }
     std::sort(ms.begin(), ms.end());
-    const std::string name = channels == kExact ? "exact scan" : channels == 0 ? "default" : "channels " + std::to_string(channels);
+    std::string name = channels == kExact ? "exact scan" : channels == 0 ? "default" : "channels " + std::to_string(channels);
+    if (coarse == msa::RouteOptions::kNoCoarse) name += " flat";
+    if (coarse != 0 && coarse != msa::RouteOptions::kNoCoarse) name += " coarse " + std::to_string(coarse);
     std::printf("search %-12s p50 %.3f ms  min %.3f ms\n", name.c_str(), ms[ms.size() / 2], ms[0]);
   }
   // The column kernel on one L1-resident tile: 64 columns x 128 blocks.

@@ -3,7 +3,7 @@
 //
 //   msa_bench_scale STORE --queries Q.npy [--needles needles.json] [--top-k 64]
 //       [--repeats 5] [--dense-rows 16] [--dense-samples 1] [--chunk-tokens 1048576]
-//       [--routing default,exact,ch16] [--json]
+//       [--routing default,exact,ch16,coarse128,flat] [--json]
 //
 // What it measures, in one process that opens the store read-only:
 //   open      Store::Open (catalog, router summaries, saved IVF) in ms, and
@@ -89,6 +89,7 @@ struct Options {
   uint32_t top_k = 64, repeats = 5, dense_rows = 16, dense_samples = 1;
   uint64_t chunk_tokens = 1 << 20;
   uint64_t cache_mb = 256;
+  uint32_t coarse_group_blocks = 0;
   std::string routing = "default";
   bool json = false;
 };
@@ -129,9 +130,13 @@ int main(int argc, char** argv) {
   app.add_option("--dense-samples", o.dense_samples, "single-row dense passes timed")->capture_default_str();
   app.add_option("--chunk-tokens", o.chunk_tokens, "tokens per dense pass part")->capture_default_str();
   app.add_option("--cache-mb", o.cache_mb, "block cache")->capture_default_str();
+  app.add_option("--coarse-size", o.coarse_group_blocks,
+                 "keep group summaries of this many blocks, for the coarseN settings (0: none)")
+      ->capture_default_str();
   app.add_option("--routing", o.routing,
                  "comma-separated routing settings to compare on the same queries: default, exact "
-                 "(score every summary), chN (approximate over N channels), chN:C (and C candidates)")
+                 "(score every summary), chN (approximate over N channels), chN:C (and C candidates), "
+                 "coarseN (coarse-to-fine over N groups), flat (never coarse-to-fine)")
       ->capture_default_str();
   app.add_flag("--json", o.json);
   CLI11_PARSE(app, argc, argv);
@@ -139,6 +144,7 @@ int main(int argc, char** argv) {
   msa::StoreOptions so;
   so.read_only = true;
   so.cache_bytes = o.cache_mb << 20;
+  so.router.coarse_group_blocks = o.coarse_group_blocks;
   const auto t_open = Clock::now();
   auto opened = msa::Store::Open(o.store, so);
   if (!opened.ok()) return Die(opened.status());
@@ -205,8 +211,12 @@ int main(int argc, char** argv) {
       run.options.channels = static_cast<uint32_t>(std::stoul(item.substr(2)));
       const size_t colon = item.find(':');  // chN:C, C candidates rescored per ranking
       if (colon != std::string::npos) run.options.candidates = static_cast<uint32_t>(std::stoul(item.substr(colon + 1)));
+    } else if (item == "flat") {
+      run.options.coarse_groups = msa::RouteOptions::kNoCoarse;
+    } else if (item.rfind("coarse", 0) == 0 && item.size() > 6 && std::isdigit(static_cast<unsigned char>(item[6]))) {
+      run.options.coarse_groups = static_cast<uint32_t>(std::stoul(item.substr(6)));
     } else if (item != "default") {
-      return Die(Status::InvalidArgument("--routing: '" + item + "' is not default, exact or chN"));
+      return Die(Status::InvalidArgument("--routing: '" + item + "' is not default, exact, flat, coarseN or chN"));
     }
     runs.push_back(std::move(run));
   }

@@ -29,7 +29,8 @@
 #          BIG_DENSE_ROWS=4 BIG_DENSE_SAMPLES=1 (larger: every dense pass reads the whole store)
 #          KEEP_FREE_GB=15  FIO_SIZE=4G  OUT=docs  KEEP=0  DROP_CACHES=1  PYTHON=/usr/bin/python3
 #          ROUTING=default,exact (msa_bench_scale --routing: settings compared on the same
-#          queries; the first is the one plotted)
+#          queries; the first is the one plotted)  COARSE_GROUP_BLOCKS=0 (group summaries
+#          for coarseN routings)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -125,7 +126,8 @@ for tokens in "${sizes[@]}"; do
   drop
   /usr/bin/time -v -o "$res/measure.time" "$bench" "$store" --queries "$corpus/queries.npy" \
     --needles "$corpus/needles.json" --top-k "$top_k" --repeats "$repeats" --dense-rows "$dense_rows" \
-    --dense-samples "$dense_samples" --routing "${ROUTING:-default,exact}" --json > "$res/measure.json"
+    --dense-samples "$dense_samples" --routing "${ROUTING:-default,exact}" \
+    --coarse-size "${COARSE_GROUP_BLOCKS:-0}" --json > "$res/measure.json"
   echo "   open $(json_get "$res/measure.json" "['open_ms']" | cut -c1-7) ms;" \
        "sparse cold p50 $(json_get "$res/measure.json" "['sparse_cold_ms']['p50']" | cut -c1-6) ms," \
        "warm p50 $(json_get "$res/measure.json" "['sparse_warm_ms']['p50']" | cut -c1-6) ms;" \

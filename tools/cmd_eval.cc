@@ -81,10 +81,14 @@ void AddEvalOptions(CLI::App* app, EvalOptions& o) {
   app->add_option("--nprobe", o.nprobe,
                   "IVF lists probed, or a comma-separated list of settings to compare: numbers, "
                   "'default', 'scan' (exact scoring of every summary), 'chN' (approximate scan "
-                  "over each head's N largest probe coefficients, rescored exactly)")
+                  "over each head's N largest probe coefficients, rescored exactly), 'coarseN' "
+                  "(coarse-to-fine: N groups of blocks first), 'flat' (never coarse-to-fine)")
       ->capture_default_str();
   app->add_option("--ivf-min-vectors", o.ivf_min_vectors,
                   "streams with this many index vectors get an IVF index at open (0: the store's default)")
+      ->capture_default_str();
+  app->add_option("--coarse-size", o.coarse_group_blocks,
+                  "keep group summaries of this many blocks at open, for the 'coarseN' settings (0: none)")
       ->capture_default_str();
   app->add_option("--candidates", o.candidates, "IVF candidates per head (0: 4 x top-k)")->capture_default_str();
   app->add_flag("--document-sinks", o.document_sinks,
@@ -97,6 +101,7 @@ int RunEval(const EvalOptions& o) {
   StoreOptions so;
   so.read_only = true;
   if (o.ivf_min_vectors) so.router.ivf_min_vectors = o.ivf_min_vectors;
+  so.router.coarse_group_blocks = o.coarse_group_blocks;
   const auto t_open = Clock::now();
   auto opened = Store::Open(o.store, so);
   if (!opened.ok()) return Fail(opened.status());
@@ -172,6 +177,17 @@ int RunEval(const EvalOptions& o) {
         st.name = "exact scan";
       } else if (item == "default") {
         st.name = "default routing";
+      } else if (item == "flat") {
+        st.opts.coarse_groups = RouteOptions::kNoCoarse;
+        st.name = "flat";
+      } else if (item.rfind("coarse", 0) == 0) {
+        char* end = nullptr;
+        const unsigned long v = std::strtoul(item.c_str() + 6, &end, 10);
+        if (*end != '\0' || v == 0 || v >= RouteOptions::kNoCoarse) {
+          return Fail(Status::InvalidArgument("--nprobe: '" + item + "' is not coarseN with N > 0"));
+        }
+        st.opts.coarse_groups = static_cast<uint32_t>(v);
+        st.name = "coarse " + item.substr(6);
       } else if (item.rfind("ch", 0) == 0) {
         char* end = nullptr;
         const unsigned long v = std::strtoul(item.c_str() + 2, &end, 10);

@@ -67,6 +67,7 @@ struct EvalOptions {
   std::string nprobe = "default";  // a list of routing settings: numbers, default, scan
   uint32_t candidates = 0;
   uint64_t ivf_min_vectors = 0;  // 0: the store's default
+  uint32_t coarse_group_blocks = 0;  // group summaries for coarse-to-fine routing (0: none)
   bool document_sinks = false;   // AttendOptions::document_sinks
   bool json = false;
 };
