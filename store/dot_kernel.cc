@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 
 #include "attention/half.h"
@@ -68,28 +69,20 @@ __attribute__((target("avx512f"))) void ColumnsAvx512(const float* coef, const u
   for (int t = 0; t < 8; ++t) _mm512_storeu_ps(out + 16 * t, acc[t]);
 }
 
-// 16 blocks at a time, two accumulators over alternate columns so that
-// the multiply-adds of one piece do not wait on each other.
+// 16 blocks at a time, each piece's multiply-adds in column order as
+// ColumnsAvx512 does them, so a block's sum is the same bits whether its
+// whole tile or only its piece is scored.
 __attribute__((target("avx512f"))) void ColumnSpanAvx512(const float* coef, const uint32_t* cols, size_t ncols,
                                                            const uint16_t* base, size_t stride, size_t blocks,
                                                            float* out) {
   for (size_t p = 0; p < blocks; p += 16) {
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    size_t k = 0;
-    for (; k + 2 <= ncols; k += 2) {
-      const __m512 v0 =
+    __m512 acc = _mm512_setzero_ps();
+    for (size_t k = 0; k < ncols; ++k) {
+      const __m512 v =
           _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + cols[k] * stride + p)));
-      const __m512 v1 =
-          _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + cols[k + 1] * stride + p)));
-      acc0 = _mm512_fmadd_ps(_mm512_set1_ps(coef[k]), v0, acc0);
-      acc1 = _mm512_fmadd_ps(_mm512_set1_ps(coef[k + 1]), v1, acc1);
+      acc = _mm512_fmadd_ps(_mm512_set1_ps(coef[k]), v, acc);
     }
-    if (k < ncols) {
-      const __m512 v0 =
-          _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + cols[k] * stride + p)));
-      acc0 = _mm512_fmadd_ps(_mm512_set1_ps(coef[k]), v0, acc0);
-    }
-    _mm512_storeu_ps(out + p, _mm512_add_ps(acc0, acc1));
+    _mm512_storeu_ps(out + p, acc);
   }
 }
 
@@ -209,6 +202,7 @@ float DotF32(const float* a, const float* b, size_t n) {
 
 void WeightedColumnSumSpan(const float* coef, const uint32_t* cols, size_t ncols, const uint16_t* base,
                            size_t stride, size_t blocks, float* out) {
+  assert(blocks % 16 == 0 && blocks <= kColumnTile);
   if (kIsa == Isa::kAvx512) return ColumnSpanAvx512(coef, cols, ncols, base, stride, blocks, out);
   std::fill(out, out + blocks, 0.0f);
   for (size_t k = 0; k < ncols; ++k) AxpyF16(coef[k], base + cols[k] * stride, out, blocks);

@@ -732,7 +732,8 @@ std::vector<ScoredBlock> Router::Search(uint32_t stream, const float* queries, i
 }
 
 std::vector<std::pair<uint64_t, uint64_t>> Router::CoarseRanges(const Stream& s, const std::vector<float>& probes,
-                                                                int group_size, const RouteOptions& options) const {
+                                                                int group_size, const RouteOptions& options,
+                                                                uint32_t* coarse_channels) const {
   if (!s.coarse || options.channels == 0 || options.exact_scan || options.ranges ||
       options.coarse_groups == RouteOptions::kNoCoarse) {
     return {};
@@ -752,6 +753,7 @@ std::vector<std::pair<uint64_t, uint64_t>> Router::CoarseRanges(const Stream& s,
   // at 10M, BENCHMARKS.md "Coarse-to-fine routing").
   coarse.channels = std::max<uint32_t>(static_cast<uint32_t>(group_size),
                                        options.channels / std::max<uint32_t>(1, options_.coarse_channel_divisor));
+  *coarse_channels = coarse.channels;
   coarse.top_k = static_cast<uint32_t>(want);
   coarse.candidates = 0;
   coarse.coarse_groups = RouteOptions::kNoCoarse;
@@ -798,7 +800,9 @@ std::vector<ScoredBlock> Router::Route(const Stream& s, const std::vector<float>
       *stats = RouteStats{static_cast<double>(read) / (static_cast<double>(dim) * group_size), false};
       stats->channels = options.channels;
     }
-    const std::vector<std::pair<uint64_t, uint64_t>> coarse = CoarseRanges(s, probes, group_size, options);
+    uint32_t coarse_channels = 0;
+    const std::vector<std::pair<uint64_t, uint64_t>> coarse =
+        CoarseRanges(s, probes, group_size, options, &coarse_channels);
     RouteOptions fine = options;
     if (!coarse.empty()) fine.ranges = &coarse;
     uint64_t sketch_blocks = 0;
@@ -806,10 +810,15 @@ std::vector<ScoredBlock> Router::Route(const Stream& s, const std::vector<float>
     if (stats) {
       stats->sketch_blocks = sketch_blocks;
       if (!coarse.empty()) {
+        // The fine scan's share of the blocks, plus the coarse pass: its
+        // channels over every group.
         uint64_t blocks = 0;
         for (const auto& [first, end] : coarse) blocks += end - first;
+        const double all = static_cast<double>(s.summaries.blocks());
         stats->coarse_groups = static_cast<uint32_t>(blocks / options_.coarse_group_blocks);
-        stats->scanned_fraction *= static_cast<double>(blocks) / static_cast<double>(s.summaries.blocks());
+        stats->scanned_fraction *=
+            static_cast<double>(blocks) / all + static_cast<double>(coarse_channels) / options.channels *
+                                                    static_cast<double>(s.coarse->summaries.blocks()) / all;
       }
     }
     return found;

@@ -82,7 +82,9 @@ struct RouteOptions {
   // then scans only their blocks (and those after the last whole group).
   // 0: the router's default (RouterOptions::coarse_min_blocks);
   // kNoCoarse: never. Only where the router keeps group summaries, for
-  // approximate, unrestricted scans of the bound, mean and hybrid summaries.
+  // approximate, unrestricted scans of the bound, mean and hybrid
+  // summaries: a query restricted to documents, or a store with deleted
+  // documents (Store passes ranges then), scans flat.
   static constexpr uint32_t kNoCoarse = UINT32_MAX;
   uint32_t coarse_groups = 0;
 };
@@ -201,7 +203,8 @@ class Router {
   // block ranges (with the blocks after the last whole group); empty when
   // the coarse step does not apply.
   std::vector<std::pair<uint64_t, uint64_t>> CoarseRanges(const Stream& s, const std::vector<float>& probes,
-                                                          int group_size, const RouteOptions& options) const;
+                                                          int group_size, const RouteOptions& options,
+                                                          uint32_t* coarse_channels) const;
   // Adds the group summaries of every whole group of s's blocks not yet in
   // its coarse level.
   void CatchUpCoarse(Stream& s) const;

@@ -174,7 +174,8 @@ TEST(DotKernel, WeightedColumnSumSpanMatchesTheWholeTile) {
       WeightedColumnSumSpan(coef.data(), cols.data(), cols.size(), x16.data() + 7 + first, stride, blocks,
                             span.data());
       for (size_t b = 0; b < blocks; ++b) {
-        ASSERT_NEAR(span[b], whole[first + b], 1e-5 * (std::abs(whole[first + b]) + 1)) << first << " " << b;
+        // The same multiply-adds in the same order: the same bits.
+        ASSERT_EQ(span[b], whole[first + b]) << first << " " << b;
       }
     }
   }
@@ -621,9 +622,13 @@ TEST(Router, CoarseToFineFindsPlantedBlocksInGroupRunsGroupTailAndBlockTail) {
     }
     auto noise = msa::testing::RandomVector(blocks * width, 72, 0.4f);
     std::vector<float> summaries(blocks * width);
+    // The bound's planted blocks stand out in one half of [max, min] each
+    // (the first two in the min half only), so a group summary that merged
+    // either half the wrong way would lose them.
     const std::vector<uint64_t> planted = {100, 16 * 4095 + 15, 16 * 4096 + 5, blocks - 1};
     for (uint64_t b = 0; b < blocks; ++b) {
       const bool needle = std::count(planted.begin(), planted.end(), b) > 0;
+      const bool min_only = b == planted[0] || b == planted[1];
       for (uint32_t j = 0; j < per_block; ++j) {
         float* v = &summaries[b * width + j * dim];
         const bool bound_vector = (kind == SummaryKind::kBound || kind == SummaryKind::kHybrid) && j == 0;
@@ -632,8 +637,8 @@ TEST(Router, CoarseToFineFindsPlantedBlocksInGroupRunsGroupTailAndBlockTail) {
           if (bound_vector) {
             v[c] = 2.0f + std::abs(noise[b * width + j * dim + c]);
             v[d + c] = -2.0f - std::abs(noise[b * width + j * dim + d + c]);
-            if (needle && q[c] > 0) v[c] = 2.0f + 2.0f * aligned;
-            if (needle && q[c] < 0) v[d + c] = -2.0f + 2.0f * aligned;
+            if (needle && !min_only && q[c] > 0) v[c] = 2.0f + 4.0f * aligned;
+            if (needle && q[c] < 0) v[d + c] = -2.0f + 4.0f * aligned;
           } else {
             v[c] = needle ? aligned : noise[b * width + j * dim + c];
             if (dim == 2 * d) v[d + c] = v[c];  // the hybrid's [mean, mean]
@@ -660,18 +665,26 @@ TEST(Router, CoarseToFineFindsPlantedBlocksInGroupRunsGroupTailAndBlockTail) {
     reopened.AddChunks(0, chunk_data.data(), whole_chunks);
     const uint64_t rest = whole_chunks * SummaryTable::kChunkBlocks;
     reopened.Add(0, std::span<const float>(summaries).subspan(rest * width));
+    // And block by block in batches of 7 (groups straddle the batches,
+    // and start mid-chunk).
+    Router trickled(g, ro);
+    for (uint64_t b = 0; b < blocks; b += 7) {
+      const uint64_t n = std::min<uint64_t>(7, blocks - b);
+      trickled.Add(0, std::span<const float>(summaries).subspan(b * width, n * width));
+    }
 
     RouteOptions opts;
     opts.top_k = static_cast<uint32_t>(planted.size());
     opts.channels = 16;
-    opts.coarse_groups = 16;
+    opts.coarse_groups = 3;  // the three planted whole groups, no room to spare
     RouteStats stats;
     const auto found = router.Search(0, q.data(), group, opts, &stats);
     if (kind == SummaryKind::kCentroids) {
       EXPECT_EQ(stats.coarse_groups, 0u) << "centroids have no group summary";
       continue;
     }
-    EXPECT_EQ(stats.coarse_groups, 16u);
+    EXPECT_EQ(stats.coarse_groups, 3u);
+    EXPECT_EQ(stats.sketch_blocks, 0u) << "the fine scan is restricted to the groups (no sketch runs)";
     EXPECT_EQ(Blocks(found), planted);
     std::vector<float> probe(dim);
     for (const ScoredBlock& sb : found) {
@@ -685,14 +698,16 @@ TEST(Router, CoarseToFineFindsPlantedBlocksInGroupRunsGroupTailAndBlockTail) {
       }
       EXPECT_NEAR(sb.score, best, 1e-3f * (std::abs(best) + 1)) << sb.block;
     }
-    RouteStats reopened_stats;
-    const auto again = reopened.Search(0, q.data(), group, opts, &reopened_stats);
-    ASSERT_EQ(again.size(), found.size());
-    for (size_t i = 0; i < found.size(); ++i) {
-      EXPECT_EQ(again[i].block, found[i].block);
-      EXPECT_EQ(again[i].score, found[i].score);
+    for (const Router* other : {&reopened, &trickled}) {
+      RouteStats other_stats;
+      const auto again = other->Search(0, q.data(), group, opts, &other_stats);
+      ASSERT_EQ(again.size(), found.size());
+      for (size_t i = 0; i < found.size(); ++i) {
+        EXPECT_EQ(again[i].block, found[i].block);
+        EXPECT_EQ(again[i].score, found[i].score);
+      }
+      EXPECT_EQ(other_stats.coarse_groups, 3u);
     }
-    EXPECT_EQ(reopened_stats.coarse_groups, 16u);
 
     // Where the step does not apply, nothing is coarse.
     auto coarse_groups_of = [&](RouteOptions o, const Router& r) {

@@ -213,8 +213,13 @@ int main(int argc, char** argv) {
       if (colon != std::string::npos) run.options.candidates = static_cast<uint32_t>(std::stoul(item.substr(colon + 1)));
     } else if (item == "flat") {
       run.options.coarse_groups = msa::RouteOptions::kNoCoarse;
-    } else if (item.rfind("coarse", 0) == 0 && item.size() > 6 && std::isdigit(static_cast<unsigned char>(item[6]))) {
-      run.options.coarse_groups = static_cast<uint32_t>(std::stoul(item.substr(6)));
+    } else if (item.rfind("coarse", 0) == 0) {
+      char* end = nullptr;
+      const unsigned long v = std::strtoul(item.c_str() + 6, &end, 10);
+      if (item.size() == 6 || *end != '\0' || v == 0 || v >= msa::RouteOptions::kNoCoarse || o.coarse_group_blocks == 0) {
+        return Die(Status::InvalidArgument("--routing: '" + item + "' is not coarseN with N > 0 and --coarse-size set"));
+      }
+      run.options.coarse_groups = static_cast<uint32_t>(v);
     } else if (item != "default") {
       return Die(Status::InvalidArgument("--routing: '" + item + "' is not default, exact, flat, coarseN or chN"));
     }

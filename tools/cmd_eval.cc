@@ -186,6 +186,9 @@ int RunEval(const EvalOptions& o) {
         if (*end != '\0' || v == 0 || v >= RouteOptions::kNoCoarse) {
           return Fail(Status::InvalidArgument("--nprobe: '" + item + "' is not coarseN with N > 0"));
         }
+        if (o.coarse_group_blocks == 0) {
+          return Fail(Status::InvalidArgument("--nprobe: '" + item + "' needs --coarse-size (group summaries)"));
+        }
         st.opts.coarse_groups = static_cast<uint32_t>(v);
         st.name = "coarse " + item.substr(6);
       } else if (item.rfind("ch", 0) == 0) {
