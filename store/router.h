@@ -135,7 +135,8 @@ struct RouterOptions {
   // default: a group's max of maxes rises with its size and drowns a weak
   // single-token needle (at 10M tokens, groups of 16 found 13-15 of 16
   // such needles against the flat scan's 16, at a quarter of its routing
-  // time; groups of 4 found all 16 at half its time), and the group
+  // time; groups of 4 found all 16 at a third of it, but at 1e8 tokens 48-52
+  // of 64 against the flat scan's 62, at a seventh), and the group
   // summaries cost memory and open time. BENCHMARKS.md, "Coarse-to-fine
   // routing".
   uint32_t coarse_group_blocks = 0;

@@ -4,8 +4,8 @@
 // at 8, 16 and 32 channels, plus the raw fp16 column kernel from L1 (what
 // the exact scan would cost if memory were free).
 //   msa_bench_router_scan [BLOCKS (163840)] [HEAD_DIM (64)] [GROUP (4)] [TOP_K (64)] [bound|hybrid]
-//                         [CHANNELS (all settings; 0: the default)] [CANDIDATES (0: the default)]
-//                         [COARSE groups (0: the default; 4294967295: flat)]
+//                         [CHANNELS ("all": every setting; 0: the default)] [CANDIDATES (0: the default)]
+//                         [COARSE groups (0: the default; 4294967295: flat)] [GROUP blocks (16)]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -36,7 +36,7 @@ int main(int argc, char** argv) {
   for (float& x : summaries) x = normal(rng);
   // Group summaries kept (coarse-to-fine rows), used only where asked.
   msa::RouterOptions ro;
-  ro.coarse_group_blocks = 16;
+  ro.coarse_group_blocks = argc > 9 ? static_cast<uint32_t>(std::atoi(argv[9])) : 16;
   ro.coarse_min_blocks = UINT64_MAX;
   msa::Router router(g, ro);
   router.Reserve(0, blocks);
@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
   };
   std::vector<Setting> settings = {{kExact, 0}, {0, 0}, {8, 0}, {16, 0}, {32, 0}, {0, msa::RouteOptions::kNoCoarse},
                                    {0, 64}, {0, 128}, {0, 256}};
-  if (argc > 6) settings = {{static_cast<uint32_t>(std::atoi(argv[6])), 0}};
+  if (argc > 6 && std::string(argv[6]) != "all") settings = {{static_cast<uint32_t>(std::atoi(argv[6])), 0}};
   if (argc > 8) settings[0].coarse = static_cast<uint32_t>(std::strtoul(argv[8], nullptr, 10));
   for (const auto [channels, coarse] : settings) {
     msa::RouteOptions options;
@@ -65,7 +65,7 @@ int main(int argc, char** argv) {
     options.candidates = argc > 7 ? static_cast<uint32_t>(std::atoi(argv[7])) : 0;
     options.coarse_groups = coarse;
     std::vector<double> ms;
-    for (int i = 0; i < (argc > 6 ? 301 : 31); ++i) {
+    for (int i = 0; i < (settings.size() == 1 ? 301 : 31); ++i) {
       const auto t0 = Clock::now();
       auto found = router.Search(0, q.data(), group, options);
       ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
