@@ -133,6 +133,24 @@ std::vector<uint64_t> BruteForce(const Geometry& g, const std::vector<float>& su
   return top;
 }
 
+// A routed block's exact group score: the max over the group's heads of
+// its ranking's index vectors (the hybrid's ranking is one vector; other
+// kinds take every vector). summaries: every block's, summary_width() apart.
+float ExactGroupScore(const Geometry& g, const float* q, int group, const std::vector<float>& summaries,
+                      const ScoredBlock& sb) {
+  const uint32_t dim = IndexVectorDim(g), per_block = IndexVectorsPerBlock(g), width = g.summary_width();
+  std::vector<float> probe(dim);
+  float best = -std::numeric_limits<float>::infinity();
+  for (int h = 0; h < group; ++h) {
+    MakeProbe(g, q + static_cast<size_t>(h) * g.head_dim, probe.data());
+    for (uint32_t j = 0; j < per_block; ++j) {
+      if (g.summary == SummaryKind::kHybrid && j != sb.ranking) continue;
+      best = std::max(best, Dot(probe.data(), &summaries[sb.block * width + j * dim], dim));
+    }
+  }
+  return best;
+}
+
 std::vector<uint64_t> Blocks(const std::vector<ScoredBlock>& v) {
   std::vector<uint64_t> out;
   for (const auto& s : v) out.push_back(s.block);
@@ -584,16 +602,8 @@ TEST(Router, ApproximateScanOfEveryKindFindsPlantedBlocksInRunsAndTail) {
         EXPECT_TRUE(std::count(exact.begin(), exact.end(), b)) << "block " << b << " (exact scan)";
       }
       // Scores are the exact ones (the max over heads of the ranking's vectors).
-      std::vector<float> probe(dim);
       for (const ScoredBlock& sb : found) {
-        float best = -std::numeric_limits<float>::infinity();
-        for (int h = 0; h < group; ++h) {
-          MakeProbe(g, &q[h * d], probe.data());
-          for (uint32_t j = 0; j < per_block; ++j) {
-            if (kind == SummaryKind::kHybrid && j != sb.ranking) continue;
-            best = std::max(best, Dot(probe.data(), &summaries[sb.block * width + j * dim], dim));
-          }
-        }
+        const float best = ExactGroupScore(g, q.data(), group, summaries, sb);
         EXPECT_NEAR(sb.score, best, 1e-3f * (std::abs(best) + 1)) << sb.block;
       }
     }
@@ -686,16 +696,8 @@ TEST(Router, CoarseToFineFindsPlantedBlocksInGroupRunsGroupTailAndBlockTail) {
     EXPECT_EQ(stats.coarse_groups, 3u);
     EXPECT_EQ(stats.sketch_blocks, 0u) << "the fine scan is restricted to the groups (no sketch runs)";
     EXPECT_EQ(Blocks(found), planted);
-    std::vector<float> probe(dim);
     for (const ScoredBlock& sb : found) {
-      float best = -std::numeric_limits<float>::infinity();
-      for (int h = 0; h < group; ++h) {
-        MakeProbe(g, &q[h * d], probe.data());
-        for (uint32_t j = 0; j < per_block; ++j) {
-          if (kind == SummaryKind::kHybrid && j != sb.ranking) continue;
-          best = std::max(best, Dot(probe.data(), &summaries[sb.block * width + j * dim], dim));
-        }
-      }
+      const float best = ExactGroupScore(g, q.data(), group, summaries, sb);
       EXPECT_NEAR(sb.score, best, 1e-3f * (std::abs(best) + 1)) << sb.block;
     }
     for (const Router* other : {&reopened, &trickled}) {
