@@ -45,6 +45,12 @@ using cuda::SplitParams;
 
 constexpr int kMaxHeadDim = 256;
 constexpr int kMergeWarps = 8;
+// A split gets at least this many selected blocks where the selection has
+// them: at small budgets (2K tokens per KV head) one block per CTA spends
+// more on each CTA's start and on the merge than it gains in parallelism.
+// Swept 1, 2, 4, 8, 16 on an H200 (BENCHMARKS.md, session 10): 2 is 2 us
+// faster at 2K for 1 and 8 queries, and no case was slower.
+constexpr int kMinBlocksPerSplit = 2;
 // Pool memory above this is handed back to the driver at synchronisation;
 // below it, it is kept for the next call.
 constexpr uint64_t kPoolReleaseThreshold = uint64_t{256} << 20;
@@ -383,13 +389,14 @@ static Status RunSplit(const AttentionShape& shape, int num_blocks, const Select
     default: MSA_RETURN_IF_ERROR(cuda::SplitKernelOccupancy<256>(device, mw, &ctas_per_sm)); break;
   }
 
-  // Splits: enough CTAs to fill the GPU about once, at least one block each,
-  // at most kMaxBlocksPerSplit blocks each; then even out the pieces.
+  // Splits: enough CTAs to fill the GPU about once, at least kMinBlocksPerSplit
+  // blocks each (where the selection has that many) and at most
+  // kMaxBlocksPerSplit; then even out the pieces.
   const int64_t base = m_tiles * shape.kv_heads;
   const int64_t resident = static_cast<int64_t>(sms) * ctas_per_sm;
   int64_t splits = std::max<int64_t>(1, resident / base);
   splits = std::max<int64_t>(splits, (selection.max_blocks + kMaxBlocksPerSplit - 1) / kMaxBlocksPerSplit);
-  splits = std::min<int64_t>(splits, std::max(1, selection.max_blocks));
+  splits = std::min<int64_t>(splits, std::max(1, selection.max_blocks / kMinBlocksPerSplit));
   p.blocks_per_split = static_cast<int>((selection.max_blocks + splits - 1) / splits);
   p.num_splits = p.blocks_per_split == 0 ? 1
                                          : static_cast<int>((selection.max_blocks + p.blocks_per_split - 1) /
