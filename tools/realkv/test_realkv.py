@@ -46,6 +46,34 @@ def model():
 # --- no package needed ------------------------------------------------------
 
 
+def test_codec_probe_bound_gain_and_scheme_order(tmp_path, capsys):
+    import codec_probe as P
+    rng = np.random.default_rng(3)
+    white = rng.standard_normal((4096, 64)).astype(np.float32)
+    # White zero-mean Gaussian: relative error 1% needs log2(100) = 6.64 bits.
+    assert abs(P.gaussian_value_bits(white, 0.01) - np.log2(100)) < 0.05
+    klt, per_channel = P.coding_gain(white)
+    assert klt < 0.05 and per_channel < 0.05
+    # One channel 16x larger: per-channel allocation saves bits, a rotation as much.
+    skewed = white.copy()
+    skewed[:, 0] *= 16
+    klt, per_channel = P.coding_gain(skewed)
+    assert per_channel > 0.1 and klt >= per_channel - 1e-6
+    # The probe end to end on a two-document export folder: more bits, less error.
+    for i in range(2):
+        k = rng.standard_normal((1, 2, 300, 64)).astype(np.float16)
+        np.save(tmp_path / f"doc_{i}_keys.npy", k)
+        np.save(tmp_path / f"doc_{i}_values.npy", rng.standard_normal((1, 2, 300, 64)).astype(np.float16))
+    np.save(tmp_path / "queries_l0.npy", rng.standard_normal((3, 4, 64)).astype(np.float32) * 0.5)
+    (tmp_path / "geometry.json").write_text(json.dumps({"layers": 1, "kv_heads": 2, "q_heads": 4}))
+    sys.argv = ["codec_probe.py", str(tmp_path), "--schemes", "kc8+vt8,kc4+vt4,vh6"]
+    P.main()
+    rows = {l.split("|")[0].strip(): l for l in capsys.readouterr().out.splitlines() if "|" in l}
+    p99 = {name: float(rows[name].split("|")[2].split()[1]) for name in ("kc8+vt8", "kc4+vt4", "vh6")}
+    assert 0 < p99["kc8+vt8"] < p99["kc4+vt4"]
+    assert 0 < p99["vh6"] < p99["kc4+vt4"]
+
+
 def test_qk_permutation_round_trip_and_rope_equivalence():
     rng = np.random.default_rng(0)
     n_head, hd, d_in = 3, 64, 16
