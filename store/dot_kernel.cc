@@ -140,6 +140,21 @@ __attribute__((target("avx512f"))) size_t IndicesAtLeastAvx512(const float* x, s
   return m;
 }
 
+__attribute__((target("avx2"))) size_t IndicesAtLeastAvx2(const float* x, size_t n, float bar, uint32_t* idx) {
+  const __m256 b = _mm256_set1_ps(bar);
+  size_t m = 0, i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (unsigned k = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), b, _CMP_GE_OQ)));
+         k != 0; k &= k - 1) {
+      idx[m++] = static_cast<uint32_t>(i + __builtin_ctz(k));
+    }
+  }
+  for (; i < n; ++i) {
+    if (x[i] >= bar) idx[m++] = static_cast<uint32_t>(i);
+  }
+  return m;
+}
+
 __attribute__((target("avx512f"))) float MaxAbsAvx512(const float* x, size_t n) {
   __m512 peak = _mm512_setzero_ps();
   size_t i = 0;
@@ -185,6 +200,7 @@ void QuantizeInt8(const float* x, size_t n, float inverse, int8_t* out) {
 
 size_t IndicesAtLeast(const float* x, size_t n, float bar, uint32_t* idx) {
   if (kIsa == Isa::kAvx512) return IndicesAtLeastAvx512(x, n, bar, idx);
+  if (kIsa == Isa::kAvx2) return IndicesAtLeastAvx2(x, n, bar, idx);
   size_t m = 0;
   for (size_t i = 0; i < n; ++i) {
     if (x[i] >= bar) idx[m++] = static_cast<uint32_t>(i);

@@ -204,30 +204,162 @@ void Finish(const SketchProbe& p, SketchHeads heads, int h, const float* stored,
   }
 }
 
-// Sums in float, exact: every partial sum is an integer below 2^24.
-__attribute__((target("avx2,fma"))) void TileAvx2(const SketchProbe& p, SketchHeads heads, const uint8_t* base,
-                                                  size_t stride, size_t out_stride, float* out) {
+// AVX2 has no vpdpbusd. Its pair of maddubs (u8 x s8, adjacent products
+// summed to int16, saturating) and madd with ones (int16 pairs to int32)
+// does the same four products per 32-bit lane in two instructions, with one
+// catch: a byte column's full-range codes (0..255) against coefficients up
+// to 127 make pair sums up to 64,770, past int16. So byte columns are taken
+// as signed codes s = u - 128 (|s| <= 128, pairs <= 32,512) with s's sign
+// moved onto the coefficient (sign_epi8) and |s| as the unsigned operand;
+// the 128 x (sum of the byte columns' coefficients) this drops is added
+// back with the bias at the end, so the integer sums equal the VNNI loop's.
+// Packed codes (0..15) cannot saturate and go in as they are. Passes as
+// in RunVnni; two heads per pass (their eight accumulators, the four
+// interleaved lanes and the loads fill the 16 vector registers); a group
+// of 64 blocks in two halves of 32.
+#define MSA_AVX2_TARGET __attribute__((target("avx2,fma")))
+
+// One head's accumulators for half a group: a_i holds blocks 16i + 8 half + 0..7.
+struct Acc4Avx2 {
+  __m256i a0, a1, a2, a3;
+};
+
+MSA_AVX2_TARGET __attribute__((always_inline)) inline Acc4Avx2 LoadSumsAvx2(bool first, const int32_t* at) {
+  if (first) return {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+  return {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(at)),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at + 16)),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at + 32)),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at + 48))};
+}
+
+MSA_AVX2_TARGET __attribute__((always_inline)) inline void StoreSumsAvx2(const Acc4Avx2& r, int32_t* at) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(at), r.a0);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(at + 16), r.a1);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(at + 32), r.a2);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(at + 48), r.a3);
+}
+
+// acc += the four products of each 32-bit lane: magnitude x signed coefficient
+// (kSigned: the codes are signed, |code| and the coefficients carrying the
+// code's sign), or code x coefficient (packed codes, unsigned already).
+template <bool kSigned>
+MSA_AVX2_TARGET __attribute__((always_inline)) inline void DotBytesAvx2(__m256i& acc, __m256i codes, __m256i magnitude,
+                                                                        __m256i w) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i pairs = kSigned ? _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(w, codes))
+                                : _mm256_maddubs_epi16(codes, w);
+  acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones));
+}
+
+MSA_AVX2_TARGET __attribute__((always_inline)) inline __m256i LoadColumnAvx2(const uint8_t* base, size_t offset) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + offset));
+}
+
+MSA_AVX2_TARGET __attribute__((always_inline)) inline __m256i FourCoefsAvx2(const int8_t* four_coefs) {
+  int32_t four;
+  std::memcpy(&four, four_coefs, sizeof(four));
+  return _mm256_set1_epi32(four);
+}
+
+// One lane group d of interleaved codes into the heads' accumulators.
+template <int H, bool kPacked>
+MSA_AVX2_TARGET __attribute__((always_inline)) inline void StepAvx2(__m256i d, __m256i w0, __m256i w1,
+                                                                    __m256i& acc0, __m256i& acc1) {
+  const __m256i magnitude = kPacked ? d : _mm256_abs_epi8(d);
+  DotBytesAvx2<!kPacked>(acc0, d, magnitude, w0);
+  if constexpr (H > 1) DotBytesAvx2<!kPacked>(acc1, d, magnitude, w1);
+}
+
+template <int H, bool kPacked>
+MSA_AVX2_TARGET void PassAvx2(const SketchProbe& p, int h0, size_t q0, size_t q1, const uint8_t* base,
+                              size_t stride, size_t blocks, bool first, int32_t* sums) {
   const size_t n = p.logical();
-  alignas(32) float stored[kColumnTile];
-  for (int h = 0; h < p.heads; ++h) {
-    for (int half = 0; half < 2; ++half) {
-      __m256 acc[8];
-      for (auto& a : acc) a = _mm256_setzero_ps();
-      for (size_t k = 0; k < n; ++k) {
-        const __m256 w = _mm256_set1_ps(static_cast<float>(p.coef[h * n + k]));
-        const LogicalColumn col = Logical(p, k, base, stride);
-        const uint8_t* x = col.at + 64 * half;
-        const __m128i shift = _mm_cvtsi32_si128(col.shift);
-        const __m256i mask = _mm256_set1_epi32(col.mask);
-        for (int t = 0; t < 8; ++t) {
-          const __m256i wide = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x + 8 * t)));
-          const __m256i code = _mm256_and_si256(_mm256_srl_epi32(wide, shift), mask);
-          acc[t] = _mm256_fmadd_ps(w, _mm256_cvtepi32_ps(code), acc[t]);
+  const int8_t* coef = p.coef.data() + h0 * n;
+  const __m256i nibble = _mm256_set1_epi8(0x0F);
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+  for (size_t g = 0; g < blocks; g += kSketchGroup) {
+    for (size_t half = 0; half < 2; ++half) {
+      int32_t* at = sums + h0 * blocks + g + 8 * half;
+      Acc4Avx2 r0 = LoadSumsAvx2(first, at), r1;
+      if constexpr (H > 1) r1 = LoadSumsAvx2(first, at + blocks);
+      for (size_t q = q0; q < q1; ++q) {
+        __m256i c0, c1, c2, c3;
+        size_t k;  // the group's first logical column
+        if constexpr (kPacked) {
+          k = p.columns.size() + 4 * q;
+          const __m256i x0 = LoadColumnAvx2(base, p.packed[2 * q] * stride + g + 32 * half);
+          const __m256i x1 = LoadColumnAvx2(base, p.packed[2 * q + 1] * stride + g + 32 * half);
+          c0 = _mm256_and_si256(x0, nibble);
+          c1 = _mm256_and_si256(_mm256_srli_epi16(x0, 4), nibble);
+          c2 = _mm256_and_si256(x1, nibble);
+          c3 = _mm256_and_si256(_mm256_srli_epi16(x1, 4), nibble);
+        } else {
+          k = 4 * q;
+          c0 = _mm256_xor_si256(LoadColumnAvx2(base, p.columns[k] * stride + g + 32 * half), flip);
+          c1 = _mm256_xor_si256(LoadColumnAvx2(base, p.columns[k + 1] * stride + g + 32 * half), flip);
+          c2 = _mm256_xor_si256(LoadColumnAvx2(base, p.columns[k + 2] * stride + g + 32 * half), flip);
+          c3 = _mm256_xor_si256(LoadColumnAvx2(base, p.columns[k + 3] * stride + g + 32 * half), flip);
         }
+        // As in PassVnni, per 128-bit lane: d_i holds the four columns'
+        // codes of 4 consecutive blocks, lanes in block order.
+        const __m256i t0 = _mm256_unpacklo_epi8(c0, c1), t1 = _mm256_unpackhi_epi8(c0, c1);
+        const __m256i t2 = _mm256_unpacklo_epi8(c2, c3), t3 = _mm256_unpackhi_epi8(c2, c3);
+        const __m256i w0 = FourCoefsAvx2(coef + k);
+        const __m256i w1 = H > 1 ? FourCoefsAvx2(coef + n + k) : w0;
+        StepAvx2<H, kPacked>(_mm256_unpacklo_epi16(t0, t2), w0, w1, r0.a0, r1.a0);
+        StepAvx2<H, kPacked>(_mm256_unpackhi_epi16(t0, t2), w0, w1, r0.a1, r1.a1);
+        StepAvx2<H, kPacked>(_mm256_unpacklo_epi16(t1, t3), w0, w1, r0.a2, r1.a2);
+        StepAvx2<H, kPacked>(_mm256_unpackhi_epi16(t1, t3), w0, w1, r0.a3, r1.a3);
       }
-      for (int t = 0; t < 8; ++t) _mm256_store_ps(stored + 64 * half + 8 * t, acc[t]);
+      StoreSumsAvx2(r0, at);
+      if constexpr (H > 1) StoreSumsAvx2(r1, at + blocks);
     }
-    Finish(p, heads, h, stored, out_stride, out);
+  }
+}
+
+MSA_AVX2_TARGET void RunAvx2(const SketchProbe& p, SketchHeads heads, const uint8_t* base, size_t stride,
+                             size_t blocks, int32_t* sums, float* out) {
+  const size_t byte_groups = p.columns.size() / 4, packed_groups = p.packed.size() / 2;
+  for (int h = 0; h < p.heads; h += 2) {
+    const bool two = p.heads - h >= 2;
+    bool first = true;
+    for (size_t q0 = 0; q0 < byte_groups; q0 += kPassColumns / 4, first = false) {
+      const size_t q1 = std::min(byte_groups, q0 + kPassColumns / 4);
+      two ? PassAvx2<2, false>(p, h, q0, q1, base, stride, blocks, first, sums)
+          : PassAvx2<1, false>(p, h, q0, q1, base, stride, blocks, first, sums);
+    }
+    for (size_t q0 = 0; q0 < packed_groups; q0 += kPassColumns / 2, first = false) {
+      const size_t q1 = std::min(packed_groups, q0 + kPassColumns / 2);
+      two ? PassAvx2<2, true>(p, h, q0, q1, base, stride, blocks, first, sums)
+          : PassAvx2<1, true>(p, h, q0, q1, base, stride, blocks, first, sums);
+    }
+    if (first) std::fill(sums + h * blocks, sums + std::min(p.heads, h + 2) * blocks, 0);
+  }
+  // The byte columns' 128 x coefficients, dropped by the signed codes, go
+  // back in with the bias: the same integer sums as the VNNI loop's.
+  const size_t n = p.logical();
+  std::vector<int32_t> bias(p.heads);
+  for (int h = 0; h < p.heads; ++h) {
+    int32_t dropped = 0;
+    for (size_t k = 0; k < p.columns.size(); ++k) dropped += 128 * p.coef[h * n + k];
+    bias[h] = p.bias[h] + dropped;
+  }
+  for (size_t b = 0; b < blocks; b += 8) {
+    __m256 merged = _mm256_setzero_ps();
+    for (int h = 0; h < p.heads; ++h) {
+      const __m256i sum = _mm256_add_epi32(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sums + h * blocks + b)), _mm256_set1_epi32(bias[h]));
+      const __m256 score =
+          _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(p.scale[h]), _mm256_set1_ps(p.offset[h]));
+      if (heads == SketchHeads::kEach) {
+        _mm256_storeu_ps(out + h * blocks + b, score);
+      } else if (h == 0) {
+        merged = score;
+      } else {
+        merged = heads == SketchHeads::kMax ? _mm256_max_ps(merged, score) : _mm256_add_ps(merged, score);
+      }
+    }
+    if (heads != SketchHeads::kEach) _mm256_storeu_ps(out + b, merged);
   }
 }
 
@@ -253,13 +385,11 @@ void RunOn(Isa isa, const SketchProbe& probe, SketchHeads heads, const uint8_t* 
     scratch->resize(static_cast<size_t>(probe.heads) * blocks);
     return RunVnni(probe, heads, base, stride, blocks, scratch->data(), out);
   }
-  for (size_t t = 0; t < blocks; t += kColumnTile) {
-    if (isa == Isa::kAvx2) {
-      TileAvx2(probe, heads, base + t, stride, blocks, out + t);
-    } else {
-      TilePortable(probe, heads, base + t, stride, blocks, out + t);
-    }
+  if (isa == Isa::kAvx2) {
+    scratch->resize(static_cast<size_t>(probe.heads) * blocks);
+    return RunAvx2(probe, heads, base, stride, blocks, scratch->data(), out);
   }
+  for (size_t t = 0; t < blocks; t += kColumnTile) TilePortable(probe, heads, base + t, stride, blocks, out + t);
 }
 
 }  // namespace

@@ -7,7 +7,9 @@
 // columns, and was compute-bound at 1e8 tokens (BENCHMARKS.md, routing).
 // Here the heads' coefficients are quantised to int8 per (head, run), four
 // columns are interleaved into one 32-bit lane per block, and one VNNI
-// instruction (vpdpbusd) multiplies and adds four columns for 16 blocks.
+// instruction (vpdpbusd) multiplies and adds four columns for 16 blocks;
+// without VNNI, AVX2's maddubs + madd do the same for 8 blocks (byte codes
+// taken as signed so that the 16-bit pair sums cannot saturate).
 // The sums are exact integers on every path, so every ISA returns the same
 // scores; the coefficients' rounding is the only approximation added, and
 // the candidates are rescored from the fp16 summaries anyway.
