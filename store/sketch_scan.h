@@ -55,7 +55,7 @@ struct SketchProbe {
   int heads = 0;
   std::vector<uint32_t> columns;  // byte columns, a multiple of 4 (pad with any column, coefficient 0)
   std::vector<uint32_t> packed;   // packed columns, a multiple of 2 (the same padding)
-  std::vector<int8_t> coef;       // [heads][logical()]
+  std::vector<int8_t> coef;       // [heads][logical()], each in [-127, 127] (Quantize's range; the AVX2 loop needs it)
   std::vector<float> scale;       // [heads]
   std::vector<int32_t> bias;      // [heads]: minus the codes' zero points (128, 8) times the coefficients
   std::vector<float> offset;      // [heads]: added to each score (the packed columns' bases)

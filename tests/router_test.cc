@@ -309,6 +309,102 @@ TEST(SketchScan, EveryLoopEqualsTheScalarReference) {
   }
 }
 
+// The limits of the loops without VNNI (AVX2 takes byte codes as signed so
+// its 16-bit pair sums cannot saturate): codes at -128, -127 and 127 against
+// coefficients of +-127 (pair sums of +-32,512), probes long enough for two
+// passes of each column kind, a probe of packed columns only and one of no
+// columns, over one tile and over several groups at once.
+TEST(SketchScan, ExtremeCodesPassesAndPartialProbesEqualTheReference) {
+  SCOPED_TRACE(SketchKernelIsa());
+  const size_t stride = 2 * kColumnTile, columns = 24;  // 0-15 byte columns, 16-23 packed
+  std::vector<int8_t> codes(columns * stride);
+  std::vector<uint8_t> nibbles(2 * columns * stride);
+  for (size_t c = 0; c < columns; ++c) {
+    for (size_t b = 0; b < stride; ++b) {
+      const size_t i = c * stride + b;
+      // The first tile holds only the extremes, in runs of pairs, so that
+      // a pair of neighbouring columns often meets the same extreme.
+      static constexpr int8_t kExtremes[] = {-128, 127, -127};
+      codes[i] = b < kColumnTile ? kExtremes[(b / 2 + c / 2) % 3]
+                                 : static_cast<int8_t>(static_cast<int>((i * 2654435761u) >> 9) % 256 - 128);
+      nibbles[2 * i] = b < kColumnTile ? 15 : static_cast<uint8_t>((i * 7) % 16);
+      nibbles[2 * i + 1] = b < kColumnTile ? static_cast<uint8_t>(15 * (b % 2)) : static_cast<uint8_t>((i * 11) % 16);
+    }
+  }
+  std::vector<uint8_t> stored(codes.size());
+  for (size_t c = 0; c < columns; ++c) {
+    if (c < 16) {
+      StoreSketchColumn(&codes[c * stride], stride, &stored[c * stride]);
+    } else {
+      std::vector<uint8_t> low(stride), high(stride);
+      for (size_t b = 0; b < stride; ++b) {
+        low[b] = nibbles[2 * (c * stride + b)];
+        high[b] = nibbles[2 * (c * stride + b) + 1];
+      }
+      StoreSketchPacked(low.data(), high.data(), stride, &stored[c * stride]);
+    }
+  }
+  auto code = [&](const SketchProbe& p, size_t k, size_t b) -> int64_t {
+    if (k < p.columns.size()) return codes[p.columns[k] * stride + b] + 128;
+    const size_t i = k - p.columns.size();
+    return nibbles[2 * (p.packed[i / 2] * stride + b) + i % 2];
+  };
+  std::vector<uint32_t> all_bytes(16), many_packed;
+  for (uint32_t c = 0; c < 16; ++c) all_bytes[c] = c;
+  for (uint32_t i = 0; i < 14; ++i) many_packed.push_back(16 + i % 8);
+  struct Shape {
+    const char* name;
+    std::vector<uint32_t> columns, packed;
+  };
+  const Shape shapes[] = {{"two passes of each kind", all_bytes, many_packed},
+                          {"packed only", {}, {16, 17, 23, 18}},
+                          {"no columns", {}, {}}};
+  for (const Shape& shape : shapes) {
+    for (int heads : {1, 2, 3, 5}) {
+      SketchProbe probe;
+      probe.heads = heads;
+      probe.columns = shape.columns;
+      probe.packed = shape.packed;
+      const size_t n = probe.logical();
+      // Head 0: every coefficient +127; head 1: every one -127; then mixed signs.
+      std::vector<float> weights(heads * n), offsets(heads);
+      for (int h = 0; h < heads; ++h) {
+        offsets[h] = 0.5f * static_cast<float>(h) - 0.25f;
+        for (size_t k = 0; k < n; ++k) {
+          weights[h * n + k] = h == 0 ? 1.0f : h == 1 ? -1.0f : ((k + h) % 3 == 0 ? -1.0f : 1.0f);
+        }
+      }
+      probe.Quantize(weights.data(), offsets.data());
+      for (size_t k = 0; k < probe.coef.size(); ++k) ASSERT_EQ(std::abs(probe.coef[k]), 127);
+      std::vector<float> expected(heads * stride);
+      for (int h = 0; h < heads; ++h) {
+        for (size_t b = 0; b < stride; ++b) {
+          int64_t sum = probe.bias[h];
+          for (size_t k = 0; k < n; ++k) sum += probe.coef[h * n + k] * code(probe, k, b);
+          expected[h * stride + b] = std::fma(static_cast<float>(sum), probe.scale[h], offsets[h]);
+        }
+      }
+      for (SketchIsa isa : {SketchIsa::kAvx512Vnni, SketchIsa::kAvx2, SketchIsa::kPortable}) {
+        SCOPED_TRACE(::testing::Message() << "isa " << static_cast<int>(isa) << ", " << shape.name << ", heads "
+                                        << heads);
+        std::vector<int32_t> scratch;
+        // One tile of extremes, and both tiles in one call.
+        for (size_t blocks : {kColumnTile, stride}) {
+          std::vector<float> out(heads * blocks, -1.0f);
+          if (!SketchScoresOn(isa, probe, SketchHeads::kEach, stored.data(), stride, blocks, &scratch, out.data())) {
+            break;
+          }
+          for (int h = 0; h < heads; ++h) {
+            for (size_t b = 0; b < blocks; ++b) {
+              ASSERT_EQ(out[h * blocks + b], expected[h * stride + b]) << "head " << h << " block " << b;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 // A run of the sketch gives back each summary column to within half its
 // quantisation step: 8-bit symmetric columns (the mean) to peak / 254, the
 // bound's max and min, packed in 4 bits, to (run max - run min) / 30.
