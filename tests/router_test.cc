@@ -212,28 +212,26 @@ TEST(DotKernel, DotF32AndIndicesAtLeast) {
   EXPECT_EQ(idx, (std::vector<uint32_t>{2, 16, 21, 31, 36}));
 }
 
-// Every loop of the sketch kernel (those this CPU has) returns exactly the
-// integer sums of a scalar reference over the codes in block order, for 1
-// to 6 heads (the VNNI loop batches 4), byte and packed 4-bit columns,
-// padding columns, all-zero heads and per-head offsets.
-TEST(SketchScan, EveryLoopEqualsTheScalarReference) {
-  SCOPED_TRACE(SketchKernelIsa());
-  for (uint32_t b = 0; b < kSketchGroup; ++b) ASSERT_EQ(SketchOrder(SketchOrder(b)), b);
-  const size_t stride = 4096, columns = 12;  // 0-8 byte columns, 9-11 packed
-  std::vector<int8_t> codes(columns * stride);
-  std::vector<uint8_t> nibbles(2 * columns * stride);  // [column][low, high][block]
-  for (size_t i = 0; i < codes.size(); ++i) {
-    codes[i] = static_cast<int8_t>(static_cast<int>((i * 2654435761u) >> 7) % 255 - 127);
-    nibbles[2 * i] = static_cast<uint8_t>(((i * 2246822519u) >> 9) % 16);
-    nibbles[2 * i + 1] = static_cast<uint8_t>(((i * 3266489917u) >> 11) % 16);
-  }
-  codes[3 * stride + 300] = -127;  // the extremes
-  codes[5 * stride + 301] = 127;
-  std::vector<uint8_t> stored(codes.size());
-  for (size_t c = 0; c < columns; ++c) {
-    if (c < 9) {
-      StoreSketchColumn(&codes[c * stride], stride, &stored[c * stride]);
-    } else {
+// Sketch columns for the kernel tests: each column's 8-bit codes and 4-bit
+// code pairs, the first byte_columns stored as byte columns and the rest as
+// packed ones, and the scalar reference the kernel's loops must equal.
+struct TestSketch {
+  size_t stride, byte_columns;
+  std::vector<int8_t> codes;     // [column][block]
+  std::vector<uint8_t> nibbles;  // [column][low, high][block]
+  std::vector<uint8_t> stored;   // [column][block], as the kernel reads it
+
+  TestSketch(size_t columns, size_t stride_blocks, size_t bytes)
+      : stride(stride_blocks), byte_columns(bytes), codes(columns * stride_blocks),
+        nibbles(2 * columns * stride_blocks), stored(columns * stride_blocks) {}
+
+  // Fills `stored` from codes and nibbles.
+  void Store() {
+    for (size_t c = 0; c < codes.size() / stride; ++c) {
+      if (c < byte_columns) {
+        StoreSketchColumn(&codes[c * stride], stride, &stored[c * stride]);
+        continue;
+      }
       std::vector<uint8_t> low(stride), high(stride);
       for (size_t b = 0; b < stride; ++b) {
         low[b] = nibbles[2 * (c * stride + b)];
@@ -243,11 +241,40 @@ TEST(SketchScan, EveryLoopEqualsTheScalarReference) {
     }
   }
   // Logical column k's code of block b, in block order.
-  auto code = [&](const SketchProbe& p, size_t k, size_t b) -> int64_t {
+  int64_t Code(const SketchProbe& p, size_t k, size_t b) const {
     if (k < p.columns.size()) return codes[p.columns[k] * stride + b] + 128;
     const size_t i = k - p.columns.size();
     return nibbles[2 * (p.packed[i / 2] * stride + b) + i % 2];
-  };
+  }
+  // Head h's score of block b, summed in integers.
+  float Expected(const SketchProbe& p, int h, size_t b) const {
+    const size_t n = p.logical();
+    int64_t sum = p.bias[h];
+    for (size_t k = 0; k < n; ++k) sum += p.coef[h * n + k] * Code(p, k, b);
+    return std::fma(static_cast<float>(sum), p.scale[h], p.offset[h]);
+  }
+};
+
+// Every loop of the sketch kernel (those this CPU has) returns exactly the
+// integer sums of a scalar reference over the codes in block order, for 1
+// to 6 heads (the VNNI loop batches 4), byte and packed 4-bit columns,
+// padding columns, all-zero heads and per-head offsets.
+TEST(SketchScan, EveryLoopEqualsTheScalarReference) {
+  SCOPED_TRACE(SketchKernelIsa());
+  for (uint32_t b = 0; b < kSketchGroup; ++b) ASSERT_EQ(SketchOrder(SketchOrder(b)), b);
+  const size_t stride = 4096, columns = 12;  // 0-8 byte columns, 9-11 packed
+  TestSketch sketch(columns, stride, 9);
+  auto& codes = sketch.codes;
+  auto& nibbles = sketch.nibbles;
+  for (size_t i = 0; i < codes.size(); ++i) {
+    codes[i] = static_cast<int8_t>(static_cast<int>((i * 2654435761u) >> 7) % 255 - 127);
+    nibbles[2 * i] = static_cast<uint8_t>(((i * 2246822519u) >> 9) % 16);
+    nibbles[2 * i + 1] = static_cast<uint8_t>(((i * 3266489917u) >> 11) % 16);
+  }
+  codes[3 * stride + 300] = -127;  // the extremes
+  codes[5 * stride + 301] = 127;
+  sketch.Store();
+  const std::vector<uint8_t>& stored = sketch.stored;
   for (bool with_packed : {false, true}) {
     for (int heads : {1, 3, 4, 6}) {
       SketchProbe probe;
@@ -263,11 +290,7 @@ TEST(SketchScan, EveryLoopEqualsTheScalarReference) {
       const size_t t0 = 256;
       std::vector<float> expected(heads * kColumnTile);
       for (int h = 0; h < heads; ++h) {
-        for (size_t b = 0; b < kColumnTile; ++b) {
-          int64_t sum = probe.bias[h];
-          for (size_t k = 0; k < n; ++k) sum += probe.coef[h * n + k] * code(probe, k, t0 + b);
-          expected[h * kColumnTile + b] = std::fma(static_cast<float>(sum), probe.scale[h], offsets[h]);
-        }
+        for (size_t b = 0; b < kColumnTile; ++b) expected[h * kColumnTile + b] = sketch.Expected(probe, h, t0 + b);
       }
       for (SketchIsa isa : {SketchIsa::kAvx512Vnni, SketchIsa::kAvx2, SketchIsa::kPortable}) {
         SCOPED_TRACE(::testing::Message() << "isa " << static_cast<int>(isa) << " heads " << heads << " packed "
@@ -317,8 +340,9 @@ TEST(SketchScan, EveryLoopEqualsTheScalarReference) {
 TEST(SketchScan, ExtremeCodesPassesAndPartialProbesEqualTheReference) {
   SCOPED_TRACE(SketchKernelIsa());
   const size_t stride = 2 * kColumnTile, columns = 24;  // 0-15 byte columns, 16-23 packed
-  std::vector<int8_t> codes(columns * stride);
-  std::vector<uint8_t> nibbles(2 * columns * stride);
+  TestSketch sketch(columns, stride, 16);
+  auto& codes = sketch.codes;
+  auto& nibbles = sketch.nibbles;
   for (size_t c = 0; c < columns; ++c) {
     for (size_t b = 0; b < stride; ++b) {
       const size_t i = c * stride + b;
@@ -331,24 +355,8 @@ TEST(SketchScan, ExtremeCodesPassesAndPartialProbesEqualTheReference) {
       nibbles[2 * i + 1] = b < kColumnTile ? static_cast<uint8_t>(15 * (b % 2)) : static_cast<uint8_t>((i * 11) % 16);
     }
   }
-  std::vector<uint8_t> stored(codes.size());
-  for (size_t c = 0; c < columns; ++c) {
-    if (c < 16) {
-      StoreSketchColumn(&codes[c * stride], stride, &stored[c * stride]);
-    } else {
-      std::vector<uint8_t> low(stride), high(stride);
-      for (size_t b = 0; b < stride; ++b) {
-        low[b] = nibbles[2 * (c * stride + b)];
-        high[b] = nibbles[2 * (c * stride + b) + 1];
-      }
-      StoreSketchPacked(low.data(), high.data(), stride, &stored[c * stride]);
-    }
-  }
-  auto code = [&](const SketchProbe& p, size_t k, size_t b) -> int64_t {
-    if (k < p.columns.size()) return codes[p.columns[k] * stride + b] + 128;
-    const size_t i = k - p.columns.size();
-    return nibbles[2 * (p.packed[i / 2] * stride + b) + i % 2];
-  };
+  sketch.Store();
+  const std::vector<uint8_t>& stored = sketch.stored;
   std::vector<uint32_t> all_bytes(16), many_packed;
   for (uint32_t c = 0; c < 16; ++c) all_bytes[c] = c;
   for (uint32_t i = 0; i < 14; ++i) many_packed.push_back(16 + i % 8);
@@ -378,11 +386,7 @@ TEST(SketchScan, ExtremeCodesPassesAndPartialProbesEqualTheReference) {
       for (size_t k = 0; k < probe.coef.size(); ++k) ASSERT_EQ(std::abs(probe.coef[k]), 127);
       std::vector<float> expected(heads * stride);
       for (int h = 0; h < heads; ++h) {
-        for (size_t b = 0; b < stride; ++b) {
-          int64_t sum = probe.bias[h];
-          for (size_t k = 0; k < n; ++k) sum += probe.coef[h * n + k] * code(probe, k, b);
-          expected[h * stride + b] = std::fma(static_cast<float>(sum), probe.scale[h], offsets[h]);
-        }
+        for (size_t b = 0; b < stride; ++b) expected[h * stride + b] = sketch.Expected(probe, h, b);
       }
       for (SketchIsa isa : {SketchIsa::kAvx512Vnni, SketchIsa::kAvx2, SketchIsa::kPortable}) {
         SCOPED_TRACE(::testing::Message() << "isa " << static_cast<int>(isa) << ", " << shape.name << ", heads "
