@@ -7,9 +7,14 @@
 #include <faiss/index_io.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
 #include <unordered_set>
 
 #include <spdlog/spdlog.h>
@@ -20,6 +25,7 @@
 #include "store/sketch_scan.h"
 #include "store/summary.h"
 #include "store/summary_table.h"
+#include "store/work_pool.h"
 
 namespace msa {
 
@@ -101,6 +107,7 @@ class TopK {
     kept_.push_back({block, score});
     if (kept_.size() == 2 * k_) Cut();
   }
+  size_t k() const { return k_; }
   // The lowest score that may still enter (a tie may, by block number).
   float bar() const { return k_ == 0 ? std::numeric_limits<float>::infinity() : bar_; }
   // The best k offered, in no particular order.
@@ -126,9 +133,186 @@ void KeepTop(std::vector<ScoredBlock>* scored, size_t k) {
   scored->resize(k);
 }
 
+// The group's scores of one tile per ranking (totals[i]) from every head's:
+// src[(j * group_size + h) * row + b] for index vector j, head h, block b.
+// The hybrid's vector j is its ranking j, each combining the heads; the
+// other kinds take each head's max over its vectors, then combine the heads.
+void CombineHeads(GqaCombine combine, bool hybrid, uint32_t per_block, int group_size, size_t nt,
+                  const float* src, size_t row, float (&totals)[2][kColumnTile]) {
+  const float identity = combine == GqaCombine::kMax ? -std::numeric_limits<float>::infinity() : 0.0f;
+  const uint32_t rankings = hybrid ? per_block : 1;
+  float best[kColumnTile];
+  for (uint32_t i = 0; i < rankings; ++i) std::fill(totals[i], totals[i] + nt, identity);
+  for (int h = 0; h < group_size; ++h) {
+    std::fill(best, best + nt, -std::numeric_limits<float>::infinity());
+    for (uint32_t j = 0; j < per_block; ++j) {
+      const float* d = src + (j * group_size + h) * row;
+      if (hybrid) {
+        for (size_t b = 0; b < nt; ++b) totals[j][b] = Combine(combine, totals[j][b], d[b]);
+      } else {
+        for (size_t b = 0; b < nt; ++b) best[b] = std::max(best[b], d[b]);
+      }
+    }
+    if (!hybrid) {
+      for (size_t b = 0; b < nt; ++b) totals[0][b] = Combine(combine, totals[0][b], best[b]);
+    }
+  }
+}
+
+// Offers the nt blocks from b0 (one tile) to the top lists, ranking i's
+// scores from scores[i]. Almost every block falls below the bar: a vector
+// compare finds the few that do not (the bar rises as they enter).
+// shared_bars (null: none): per ranking, the highest bar any part of a
+// parallel scan has reached. A block below it is below some part's k-th
+// best, so it is in no top k and need not be offered; each part's lists
+// stay a superset of its share of the exact top k, and the answer the same.
+void OfferTile(std::vector<TopK>& tops, size_t nt, uint64_t b0, const float* const* scores,
+               std::atomic<float>* shared_bars = nullptr) {
+  uint32_t above[kColumnTile];
+  for (size_t i = 0; i < tops.size(); ++i) {
+    const float* totals_i = scores[i];
+    auto bar_now = [&] {
+      return shared_bars ? std::max(tops[i].bar(), shared_bars[i].load(std::memory_order_relaxed)) : tops[i].bar();
+    };
+    float bar = bar_now();
+    const size_t m = IndicesAtLeast(totals_i, nt, bar, above);
+    for (size_t k = 0; k < m; ++k) {
+      const float score = totals_i[above[k]];
+      if (score >= bar) {
+        tops[i].Offer(b0 + above[k], score);
+        bar = bar_now();
+      }
+    }
+    if (shared_bars) {
+      float seen = shared_bars[i].load(std::memory_order_relaxed);
+      const float own = tops[i].bar();
+      while (own > seen && !shared_bars[i].compare_exchange_weak(seen, own, std::memory_order_relaxed)) {
+      }
+    }
+  }
+}
+
+// An approximate scan's probes over the sketch (store/sketch_scan.h), per
+// index vector j: where each logical column is stored, and every head's
+// coefficients over them before the run's column scales, which are folded
+// in (and the probe requantised) run by run.
+struct SketchPlan {
+  std::vector<SketchProbe> probes;                          // [j]: columns and heads set, coefficients per run
+  std::vector<std::vector<RouteSketch::Location>> logical;  // [j][k]
+  std::vector<std::vector<float>> unscaled;                 // [j][h * logical + k]
+  int group_size = 0;
+  uint32_t per_block = 0;
+  bool hybrid = false;
+  GqaCombine combine = GqaCombine::kMax;
+};
+
+// Scores the sketch's runs [first, end) and offers their blocks to tops
+// (one list per ranking). Touches nothing shared but the read-only sketch
+// and plan, so disjoint run ranges may be scored concurrently.
+void ScoreSketchRuns(const RouteSketch& sketch, const SketchPlan& plan, size_t first, size_t end,
+                     std::vector<TopK>& tops, std::atomic<float>* shared_bars) {
+  constexpr size_t kRun = RouteSketch::kRunBlocks;
+  const int group_size = plan.group_size;
+  const uint32_t per_block = plan.per_block;
+  const bool hybrid = plan.hybrid;
+  std::vector<SketchProbe> probes = plan.probes;  // requantised per run
+  // The heads' combine happens in the kernel unless a sum must come
+  // after each head's max over several vectors.
+  const bool heads_in_kernel = hybrid || per_block == 1 || plan.combine == GqaCombine::kMax;
+  std::vector<float> weights, offsets;
+  // A run's scores: per ranking (heads combined), or per vector and head.
+  std::vector<float> run_scores(tops.size() * kRun);
+  std::vector<float> run_dots(heads_in_kernel ? kRun : static_cast<size_t>(per_block) * group_size * kRun);
+  std::vector<int32_t> sums;
+  float totals[2][kColumnTile];
+  for (size_t run = first; run < end; ++run) {
+    for (uint32_t j = 0; j < per_block; ++j) {
+      SketchProbe& sp = probes[j];
+      const size_t n = sp.logical();
+      const std::vector<float>& unscaled = plan.unscaled[j];
+      weights.resize(group_size * n);
+      offsets.assign(group_size, 0.0f);
+      for (int h = 0; h < group_size; ++h) {
+        for (size_t u = 0; u < n; ++u) {
+          weights[h * n + u] = unscaled[h * n + u] * sketch.Scale(run, plan.logical[j][u]);
+          offsets[h] += unscaled[h * n + u] * sketch.Base(run, plan.logical[j][u]);
+        }
+      }
+      sp.Quantize(weights.data(), offsets.data());
+    }
+    const uint8_t* base = sketch.Codes(run, 0);
+    if (heads_in_kernel) {
+      // The kernel combines the heads; a non-hybrid kind then takes the
+      // max over its vectors (for the max, the same as per head first).
+      const SketchHeads mode = plan.combine == GqaCombine::kMax ? SketchHeads::kMax : SketchHeads::kSum;
+      for (uint32_t j = 0; j < per_block; ++j) {
+        float* t = hybrid || j == 0 ? run_scores.data() + (hybrid ? j : 0) * kRun : run_dots.data();
+        SketchScores(probes[j], mode, base, kRun, kRun, &sums, t);
+        if (!hybrid && j > 0) {
+          for (size_t b = 0; b < kRun; ++b) run_scores[b] = std::max(run_scores[b], run_dots[b]);
+        }
+      }
+      for (size_t t0 = 0; t0 < kRun; t0 += kColumnTile) {
+        const float* scores[2] = {run_scores.data() + t0, run_scores.data() + kRun + t0};
+        OfferTile(tops, kColumnTile, run * kRun + t0, scores, shared_bars);
+      }
+    } else {
+      for (uint32_t j = 0; j < per_block; ++j) {
+        SketchScores(probes[j], SketchHeads::kEach, base, kRun, kRun, &sums, run_dots.data() + j * group_size * kRun);
+      }
+      for (size_t t0 = 0; t0 < kRun; t0 += kColumnTile) {
+        CombineHeads(plan.combine, hybrid, per_block, group_size, kColumnTile, run_dots.data() + t0, kRun, totals);
+        const float* scores[2] = {totals[0], totals[1]};
+        OfferTile(tops, kColumnTile, run * kRun + t0, scores, shared_bars);
+      }
+    }
+  }
+}
+
+// Scores every run of the sketch into tops. With a pool, the runs are cut
+// into parts that its threads and the caller score at once, each part into
+// its own lists, merged after. TopK keeps the best k under Better, a total
+// order, whatever order blocks are offered in, so the answer is the one a
+// single thread gives.
+void ScanSketch(const RouteSketch& sketch, const SketchPlan& plan, WorkPool* pool, std::vector<TopK>& tops) {
+  const size_t runs = sketch.runs();
+  // Four parts per thread (the caller's too) even out a pool thread that
+  // wakes late or is busy with another query's parts: Finish runs here
+  // whatever no pool thread has taken.
+  const size_t parts = pool == nullptr ? 1 : std::min(runs, size_t{4} * (pool->threads() + 1));
+  if (parts <= 1) {
+    ScoreSketchRuns(sketch, plan, 0, runs, tops, nullptr);
+    return;
+  }
+  std::vector<std::vector<TopK>> part_tops(parts);
+  for (std::vector<TopK>& lists : part_tops) {
+    for (const TopK& t : tops) lists.emplace_back(t.k());
+  }
+  std::vector<std::atomic<float>> shared_bars(tops.size());
+  for (auto& bar : shared_bars) bar.store(-std::numeric_limits<float>::infinity(), std::memory_order_relaxed);
+  const std::shared_ptr<WorkPool::Batch> batch = pool->Start(parts, [&](size_t i) {
+    ScoreSketchRuns(sketch, plan, runs * i / parts, runs * (i + 1) / parts, part_tops[i], shared_bars.data());
+    return Status::OK();
+  });
+  for (size_t i = 1; i < parts; ++i) batch->Ready(i);
+  const Status status = batch->Finish();  // the parts' exceptions (bad_alloc), as a Status
+  if (!status.ok()) throw std::runtime_error("router scan: " + status.message());
+  for (std::vector<TopK>& lists : part_tops) {
+    for (size_t i = 0; i < tops.size(); ++i) {
+      for (const ScoredBlock& sb : lists[i].Take()) tops[i].Offer(sb.block, sb.score);
+    }
+  }
+}
+
 }  // namespace
 
 namespace {
+unsigned ScanThreads(const RouterOptions& options) {
+  if (options.scan_threads != RouterOptions::kAutoScanThreads) return options.scan_threads;
+  const unsigned hardware = std::thread::hardware_concurrency();
+  return std::min(hardware, 8u) - std::min(hardware, 1u);
+}
+
 // A power of two that divides a summary chunk, so that a chunk holds whole groups.
 uint32_t ValidGroupBlocks(uint32_t requested) {
   uint32_t g = 1;
@@ -143,6 +327,8 @@ Router::Router(const Geometry& geometry, const RouterOptions& options)
         if (o.coarse_group_blocks != 0) o.coarse_group_blocks = ValidGroupBlocks(options.coarse_group_blocks);
         return o;
       }()) {
+  const unsigned scan_threads = ScanThreads(options_);
+  if (scan_threads > 0) scan_pool_ = std::make_unique<WorkPool>(scan_threads);
   streams_.reserve(geometry.streams());
   // Groups have a summary where a block's can be merged: the bound's (max
   // of maxes, min of mins) and the mean's (mean of means), not centroids.
@@ -429,52 +615,21 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
   // One tile's scores: dots[(j * group_size + h) * kColumnTile + b] for
   // index vector j, head h, block b of the tile.
   std::vector<float> dots(static_cast<size_t>(group_size) * per_block * kColumnTile);
-  float best[kColumnTile], totals[2][kColumnTile];
-  // The group's scores of one tile per ranking (totals) from every head's:
-  // src[(j * group_size + h) * row + b].
-  auto totals_from_dots = [&](size_t nt, const float* src, size_t row) {
-    for (uint32_t i = 0; i < rankings; ++i) std::fill(totals[i], totals[i] + nt, identity);
-    for (int h = 0; h < group_size; ++h) {
-      std::fill(best, best + nt, -std::numeric_limits<float>::infinity());
-      for (uint32_t j = 0; j < per_block; ++j) {
-        const float* d = src + (j * group_size + h) * row;
-        if (hybrid) {
-          for (size_t b = 0; b < nt; ++b) totals[j][b] = Combine(options.combine, totals[j][b], d[b]);
-        } else {
-          for (size_t b = 0; b < nt; ++b) best[b] = std::max(best[b], d[b]);
-        }
-      }
-      if (!hybrid) {
-        for (size_t b = 0; b < nt; ++b) totals[0][b] = Combine(options.combine, totals[0][b], best[b]);
-      }
-    }
-  };
+  float totals[2][kColumnTile];
   // Offers the nt blocks from b0 (one tile; ranking i's scores from
   // scores[i]) to the top lists. With ranges, only blocks inside one are
   // offered (r: the first range that may still meet the tile).
   size_t r = 0;
-  uint32_t above[kColumnTile];
   auto offer_tile = [&](size_t nt, uint64_t b0, const float* const* scores) {
+    if (!options.ranges) {
+      OfferTile(tops, nt, b0, scores);
+      return;
+    }
     for (uint32_t i = 0; i < rankings; ++i) {
-      const float* totals_i = scores[i];
-      if (options.ranges) {
-        size_t rr = r;
-        for (size_t b = 0; b < nt; ++b) {
-          while (rr < options.ranges->size() && (*options.ranges)[rr].second <= b0 + b) ++rr;
-          if (rr < options.ranges->size() && (*options.ranges)[rr].first <= b0 + b) tops[i].Offer(b0 + b, totals_i[b]);
-        }
-      } else {
-        // Almost every block falls below the bar: a vector compare finds
-        // the few that do not (the bar rises as they enter).
-        float bar = tops[i].bar();
-        const size_t m = IndicesAtLeast(totals_i, nt, bar, above);
-        for (size_t k = 0; k < m; ++k) {
-          const float score = totals_i[above[k]];
-          if (score >= bar) {
-            tops[i].Offer(b0 + above[k], score);
-            bar = tops[i].bar();
-          }
-        }
+      size_t rr = r;
+      for (size_t b = 0; b < nt; ++b) {
+        while (rr < options.ranges->size() && (*options.ranges)[rr].second <= b0 + b) ++rr;
+        if (rr < options.ranges->size() && (*options.ranges)[rr].first <= b0 + b) tops[i].Offer(b0 + b, scores[i][b]);
       }
     }
   };
@@ -488,11 +643,17 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
   uint64_t from = 0;
   if (approximate && !options.ranges && s.sketch.runs() > 0) {
     using Location = RouteSketch::Location;
-    std::vector<SketchProbe> sketch_probes(per_block);
-    std::vector<std::vector<Location>> logical(per_block);  // [j][k]: where logical column k is stored
-    std::vector<std::vector<float>> unscaled(per_block);    // [j][h][k] coefficients
+    SketchPlan plan;
+    plan.probes.resize(per_block);
+    plan.logical.resize(per_block);
+    plan.unscaled.resize(per_block);
+    plan.group_size = group_size;
+    plan.per_block = per_block;
+    plan.hybrid = hybrid;
+    plan.combine = options.combine;
     for (uint32_t j = 0; j < per_block; ++j) {
-      SketchProbe& sp = sketch_probes[j];
+      SketchProbe& sp = plan.probes[j];
+      std::vector<Location>& logical = plan.logical[j];
       sp.heads = group_size;
       const HeadColumns& hc = columns_of(j);
       for (int h = 0; h < group_size; ++h) {
@@ -505,74 +666,23 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
       // Padding, coefficient 0.
       while (sp.columns.size() % 4 != 0) sp.columns.push_back(sp.columns.front());
       while (sp.packed.size() % 2 != 0) sp.packed.push_back(sp.packed.front());
-      for (uint32_t column : sp.columns) logical[j].push_back({column, RouteSketch::Part::kByte});
+      for (uint32_t column : sp.columns) logical.push_back({column, RouteSketch::Part::kByte});
       for (uint32_t column : sp.packed) {
-        logical[j].push_back({column, RouteSketch::Part::kLow});
-        logical[j].push_back({column, RouteSketch::Part::kHigh});
+        logical.push_back({column, RouteSketch::Part::kLow});
+        logical.push_back({column, RouteSketch::Part::kHigh});
       }
       const size_t n = sp.logical();
-      unscaled[j].assign(group_size * n, 0.0f);
+      plan.unscaled[j].assign(group_size * n, 0.0f);
       for (int h = 0; h < group_size; ++h) {
         for (size_t k = 0; k < hc.columns[h].size(); ++k) {
           // The first match: padding repeats come after the column itself.
           const Location at = s.sketch.Locate(j, hc.columns[h][k]);
-          const size_t u = std::find(logical[j].begin(), logical[j].end(), at) - logical[j].begin();
-          unscaled[j][h * n + u] += hc.coefs[h][k];
+          const size_t u = std::find(logical.begin(), logical.end(), at) - logical.begin();
+          plan.unscaled[j][h * n + u] += hc.coefs[h][k];
         }
       }
     }
-    // The heads' combine happens in the kernel unless a sum must come
-    // after each head's max over several vectors.
-    const bool heads_in_kernel = hybrid || per_block == 1 || options.combine == GqaCombine::kMax;
-    std::vector<float> weights, offsets;
-    // A run's scores: per ranking (heads combined), or per vector and head.
-    std::vector<float> run_scores(rankings * RouteSketch::kRunBlocks);
-    std::vector<float> run_dots(heads_in_kernel ? RouteSketch::kRunBlocks
-                                                : static_cast<size_t>(per_block) * group_size * RouteSketch::kRunBlocks);
-    std::vector<int32_t> sums;
-    for (size_t run = 0; run < s.sketch.runs(); ++run) {
-      for (uint32_t j = 0; j < per_block; ++j) {
-        SketchProbe& sp = sketch_probes[j];
-        const size_t n = sp.logical();
-        weights.resize(group_size * n);
-        offsets.assign(group_size, 0.0f);
-        for (int h = 0; h < group_size; ++h) {
-          for (size_t u = 0; u < n; ++u) {
-            weights[h * n + u] = unscaled[j][h * n + u] * s.sketch.Scale(run, logical[j][u]);
-            offsets[h] += unscaled[j][h * n + u] * s.sketch.Base(run, logical[j][u]);
-          }
-        }
-        sp.Quantize(weights.data(), offsets.data());
-      }
-      const uint8_t* base = s.sketch.Codes(run, 0);
-      constexpr size_t kRun = RouteSketch::kRunBlocks;
-      if (heads_in_kernel) {
-        // The kernel combines the heads; a non-hybrid kind then takes the
-        // max over its vectors (for the max, the same as per head first).
-        const SketchHeads mode = options.combine == GqaCombine::kMax ? SketchHeads::kMax : SketchHeads::kSum;
-        for (uint32_t j = 0; j < per_block; ++j) {
-          float* t = hybrid || j == 0 ? run_scores.data() + (hybrid ? j : 0) * kRun : run_dots.data();
-          SketchScores(sketch_probes[j], mode, base, kRun, kRun, &sums, t);
-          if (!hybrid && j > 0) {
-            for (size_t b = 0; b < kRun; ++b) run_scores[b] = std::max(run_scores[b], run_dots[b]);
-          }
-        }
-        for (size_t t0 = 0; t0 < kRun; t0 += kColumnTile) {
-          const float* scores[2] = {run_scores.data() + t0, run_scores.data() + kRun + t0};
-          offer_tile(kColumnTile, run * kRun + t0, scores);
-        }
-      } else {
-        for (uint32_t j = 0; j < per_block; ++j) {
-          SketchScores(sketch_probes[j], SketchHeads::kEach, base, kRun, kRun, &sums,
-                       run_dots.data() + j * group_size * kRun);
-        }
-        for (size_t t0 = 0; t0 < kRun; t0 += kColumnTile) {
-          totals_from_dots(kColumnTile, run_dots.data() + t0, kRun);
-          const float* scores[2] = {totals[0], totals[1]};
-          offer_tile(kColumnTile, run * kRun + t0, scores);
-        }
-      }
-    }
+    ScanSketch(s.sketch, plan, scan_pool_.get(), tops);
     from = s.sketch.blocks();
   }
   *sketch_blocks = from;
@@ -628,7 +738,7 @@ std::vector<ScoredBlock> Router::Scan(const Stream& s, const std::vector<float>&
           }
         }
       }
-      totals_from_dots(nt, dots.data(), kColumnTile);
+      CombineHeads(options.combine, hybrid, per_block, group_size, nt, dots.data(), kColumnTile, totals);
       const float* scores[2] = {totals[0], totals[1]};
       offer_tile(nt, tile_first, scores);
     }

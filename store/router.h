@@ -48,6 +48,7 @@ struct IndexIVF;
 namespace msa {
 
 class SummaryTable;
+class WorkPool;
 
 struct ScoredBlock {
   uint64_t block = 0;
@@ -143,6 +144,14 @@ struct RouterOptions {
   uint64_t coarse_min_blocks = uint64_t{1} << 20;
   uint32_t coarse_groups_per_top_k = 2;
   uint32_t coarse_channel_divisor = 2;
+  // Threads that score an approximate scan's sketch alongside the querying
+  // thread: each query's runs are cut into parts, scored at once, and their
+  // best blocks merged (the answer does not depend on the count; 0: the
+  // querying thread alone). kAutoScanThreads: one fewer than the hardware
+  // threads, at most 7. On the 2-core VM one thread halves routing at 1e8
+  // tokens (BENCHMARKS.md, "Routing on two cores").
+  static constexpr uint32_t kAutoScanThreads = UINT32_MAX;
+  uint32_t scan_threads = kAutoScanThreads;
 };
 
 class Router {
@@ -212,6 +221,7 @@ class Router {
 
   const Geometry geometry_;
   const RouterOptions options_;
+  std::unique_ptr<WorkPool> scan_pool_;  // null: no scan threads
   std::vector<std::unique_ptr<Stream>> streams_;
 };
 

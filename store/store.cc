@@ -126,7 +126,7 @@ Store::Store(std::string path, std::unique_ptr<Catalog> catalog, const StoreOpti
       reader_(io::MakeBlockReader({options.queue_depth, options.allow_io_uring, options.registered_files,
                                    options.registered_buffer_bytes})),
       cache_(options.cache_bytes),
-      decoders_(DecodeThreads(options) > 0 ? std::make_unique<DecodePool>(DecodeThreads(options)) : nullptr),
+      decoders_(DecodeThreads(options) > 0 ? std::make_unique<WorkPool>(DecodeThreads(options)) : nullptr),
       directory_(geometry_.streams()),
       router_(geometry_, options.router),
       staged_locations_(geometry_.streams()),
@@ -1123,7 +1123,7 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
   // With decoders, each block is decoded as soon as its read completes,
   // while the others are still in flight; a block or two is not worth the
   // hand-off.
-  std::shared_ptr<DecodePool::Batch> batch;
+  std::shared_ptr<WorkPool::Batch> batch;
   if (decoders_ && misses.size() >= 4) batch = decoders_->Start(misses.size(), decode);
   // All hits: not even an empty ReadAll, which would wait for the reader's
   // lock while another query's (a prefetch's) reads are in flight.

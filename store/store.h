@@ -51,9 +51,9 @@
 #include "store/block_cache.h"
 #include "store/catalog.h"
 #include "store/codec.h"
-#include "store/decode_pool.h"
 #include "store/geometry.h"
 #include "store/router.h"
+#include "store/work_pool.h"
 
 namespace msa {
 
@@ -521,7 +521,7 @@ class Store {
   const StoreOptions options_;
   const std::unique_ptr<io::BlockReader> reader_;
   mutable BlockCache cache_;  // internally synchronised
-  const std::unique_ptr<DecodePool> decoders_;  // null when options_.decode_threads == 0
+  const std::unique_ptr<WorkPool> decoders_;  // null when options_.decode_threads == 0
   mutable std::atomic<uint64_t> disk_blocks_read_{0}, disk_bytes_read_{0};
 
   // Committed state seen by queries; guarded by state_mu_ (shared for

@@ -9,7 +9,9 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <memory>
 #include <mutex>
+#include <random>
 #include <set>
 #include <shared_mutex>
 
@@ -845,6 +847,77 @@ TEST(Router, CoarseToFineFindsPlantedBlocksInGroupRunsGroupTailAndBlockTail) {
     plain.Add(0, summaries);
     EXPECT_EQ(coarse_groups_of(opts, plain), 0u);
     EXPECT_EQ(Blocks(plain.Search(0, q.data(), group, opts)), planted);
+  }
+}
+
+// Scan threads cut an approximate scan's sketch runs into parts scored at
+// once and merge their best blocks; the answer must be the one thread's,
+// blocks, scores and rankings alike. Summaries and queries are small
+// integers, so scores tie often: a part that dropped a tie at the shared
+// bar, or a merge that broke ties another way, would change the answer.
+// The coarse step's own sketch scan (groups of 4: two runs of groups) is
+// covered too.
+TEST(Router, ScanThreadsGiveTheOneThreadAnswer) {
+  for (SummaryKind kind : {SummaryKind::kMean, SummaryKind::kBound, SummaryKind::kHybrid, SummaryKind::kCentroids}) {
+    SCOPED_TRACE(static_cast<int>(kind));
+    Geometry g = OneStream(kind, 32);
+    g.summary_centroids = 2;
+    const uint64_t blocks = 9 * 4096 + 300;  // nine runs and a tail
+    std::mt19937 rng(81);
+    std::uniform_int_distribution<int> small(-3, 3);
+    std::vector<float> summaries(blocks * g.summary_width());
+    for (float& x : summaries) x = static_cast<float>(small(rng));
+    const int group = 4;
+    std::vector<float> q(group * g.head_dim);
+    for (float& x : q) x = static_cast<float>(small(rng) % 3);
+    auto router_with = [&](uint32_t scan_threads, uint32_t coarse_group_blocks) {
+      RouterOptions ro;
+      ro.scan_threads = scan_threads;
+      ro.approximate_min_blocks = 4096;
+      ro.coarse_group_blocks = coarse_group_blocks;
+      ro.coarse_min_blocks = UINT64_MAX;  // only where a query asks
+      auto router = std::make_unique<Router>(g, ro);
+      router->Reserve(0, blocks);
+      router->Add(0, summaries);
+      return router;
+    };
+    const auto one = router_with(0, 4);
+    for (uint32_t threads : {1u, 3u}) {
+      const auto many = router_with(threads, 4);
+      for (GqaCombine combine : {GqaCombine::kMax, GqaCombine::kSum}) {
+        for (uint32_t channels : {0u, 8u}) {
+          for (uint32_t coarse : {RouteOptions::kNoCoarse, 64u}) {
+            SCOPED_TRACE(::testing::Message() << "threads " << threads << " combine " << static_cast<int>(combine)
+                                            << " channels " << channels << " coarse " << coarse);
+            RouteOptions opts;
+            opts.top_k = 6;
+            opts.candidates = 9;
+            opts.combine = combine;
+            opts.channels = channels;
+            opts.coarse_groups = coarse;
+            RouteStats want_stats, got_stats;
+            const auto want = one->Search(0, q.data(), group, opts, &want_stats);
+            const auto got = many->Search(0, q.data(), group, opts, &got_stats);
+            EXPECT_EQ(got_stats.sketch_blocks, want_stats.sketch_blocks);
+            EXPECT_EQ(got_stats.coarse_groups, want_stats.coarse_groups);
+            // Flat: the blocks' sketch; coarse: the groups' (the fine step
+            // then scans the chosen groups' blocks from fp16). Centroids
+            // have no group summaries, so no coarse step.
+            if (coarse == RouteOptions::kNoCoarse || kind == SummaryKind::kCentroids) {
+              ASSERT_GT(want_stats.sketch_blocks, 0u);
+            } else {
+              ASSERT_GT(want_stats.coarse_groups, 0u);
+            }
+            ASSERT_EQ(got.size(), want.size());
+            for (size_t i = 0; i < want.size(); ++i) {
+              EXPECT_EQ(got[i].block, want[i].block) << i;
+              EXPECT_EQ(got[i].score, want[i].score) << i;
+              EXPECT_EQ(got[i].ranking, want[i].ranking) << i;
+            }
+          }
+        }
+      }
+    }
   }
 }
 

@@ -1,13 +1,16 @@
-// A few threads that decode a fetch's blocks while the rest of its reads
-// are still in flight (StoreOptions::decode_threads).
+// A few threads that run the items of batches alongside the thread that
+// submits them: a fetch's block decodes while the rest of its reads are in
+// flight (StoreOptions::decode_threads), the runs of a router scan
+// (RouterOptions::scan_threads).
 //
-// The reader's completion callback calls Batch::Ready(i) for each block
-// whose bytes are in; a pool thread takes it and runs the batch's work for
-// it (checksum, decompression, cache insert). The submitting thread, once
-// its reads are done, calls Finish(): it runs whatever no pool thread has
-// taken yet, then waits for the rest. After a failed read it calls Cancel()
-// instead, which starts nothing more and waits for what is running, so
-// that no work touches the fetch's buffers after it returns.
+// The submitter calls Batch::Ready(i) once item i may run (a fetch: when
+// the block's bytes are in; a scan: at once); a pool thread takes it and
+// runs the batch's work for it. The submitter then calls Finish(): it runs
+// whatever no pool thread has taken yet, then waits for the rest, so a
+// batch completes even when every pool thread is busy elsewhere. After a
+// failure it may call Cancel() instead, which starts nothing more and waits
+// for what is running, so that no work touches the batch's buffers after
+// it returns.
 //
 // Thread safety: Start, Ready, Finish and Cancel may be called from any
 // thread; Finish or Cancel once per batch, by its owner.
@@ -31,13 +34,13 @@
 
 namespace msa {
 
-class DecodePool {
+class WorkPool {
  public:
   class Batch;
-  explicit DecodePool(unsigned threads);
-  ~DecodePool();  // joins the threads; no batch may be unfinished
-  DecodePool(const DecodePool&) = delete;
-  DecodePool& operator=(const DecodePool&) = delete;
+  explicit WorkPool(unsigned threads);
+  ~WorkPool();  // joins the threads; no batch may be unfinished
+  WorkPool(const WorkPool&) = delete;
+  WorkPool& operator=(const WorkPool&) = delete;
 
   unsigned threads() const { return static_cast<unsigned>(threads_.size()); }
   // A batch of `items` pieces of work; work(i) runs at most once per i.
@@ -55,9 +58,9 @@ class DecodePool {
   std::vector<std::thread> threads_;                             // constant after construction
 };
 
-class DecodePool::Batch : public std::enable_shared_from_this<Batch> {
+class WorkPool::Batch : public std::enable_shared_from_this<Batch> {
  public:
-  Batch(DecodePool* pool, size_t items, std::function<Status(size_t)> work)
+  Batch(WorkPool* pool, size_t items, std::function<Status(size_t)> work)
       : pool_(pool), work_(std::move(work)), claimed_(items) {}
   // Item i's input is ready: a pool thread may run it.
   void Ready(size_t i) { pool_->Post(shared_from_this(), i); }
@@ -71,7 +74,7 @@ class DecodePool::Batch : public std::enable_shared_from_this<Batch> {
 
  private:
   void Wait();
-  DecodePool* const pool_;
+  WorkPool* const pool_;
   const std::function<Status(size_t)> work_;
   std::vector<std::atomic<uint8_t>> claimed_;
   std::mutex mu_;

@@ -1,12 +1,14 @@
-#include "store/decode_pool.h"
+#include "store/work_pool.h"
+
+#include <string>
 
 namespace msa {
 
-DecodePool::DecodePool(unsigned threads) {
+WorkPool::WorkPool(unsigned threads) {
   for (unsigned t = 0; t < threads; ++t) threads_.emplace_back([this] { Loop(); });
 }
 
-DecodePool::~DecodePool() {
+WorkPool::~WorkPool() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
@@ -15,11 +17,11 @@ DecodePool::~DecodePool() {
   for (auto& t : threads_) t.join();
 }
 
-std::shared_ptr<DecodePool::Batch> DecodePool::Start(size_t items, std::function<Status(size_t)> work) {
+std::shared_ptr<WorkPool::Batch> WorkPool::Start(size_t items, std::function<Status(size_t)> work) {
   return std::make_shared<Batch>(this, items, std::move(work));
 }
 
-void DecodePool::Post(std::shared_ptr<Batch> batch, size_t item) {
+void WorkPool::Post(std::shared_ptr<Batch> batch, size_t item) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     queue_.emplace_back(std::move(batch), item);
@@ -27,7 +29,7 @@ void DecodePool::Post(std::shared_ptr<Batch> batch, size_t item) {
   wake_.notify_one();
 }
 
-void DecodePool::Loop() {
+void WorkPool::Loop() {
   for (;;) {
     std::pair<std::shared_ptr<Batch>, size_t> next;
     {
@@ -41,13 +43,13 @@ void DecodePool::Loop() {
   }
 }
 
-void DecodePool::Batch::Run(size_t i) {
+void WorkPool::Batch::Run(size_t i) {
   if (claimed_[i].exchange(1, std::memory_order_acq_rel) != 0) return;
   Status s;
   try {
     s = work_(i);
   } catch (const std::exception& e) {
-    s = Status::Internal(std::string("decode: ") + e.what());
+    s = Status::Internal(std::string("work item ") + std::to_string(i) + ": " + e.what());
   }
   std::lock_guard<std::mutex> lock(mu_);
   if (!s.ok() && i < failed_index_) {
@@ -57,14 +59,14 @@ void DecodePool::Batch::Run(size_t i) {
   if (++done_ == claimed_.size()) finished_.notify_all();
 }
 
-Status DecodePool::Batch::Finish() {
+Status WorkPool::Batch::Finish() {
   for (size_t i = 0; i < claimed_.size(); ++i) Run(i);
   Wait();
   std::lock_guard<std::mutex> lock(mu_);
   return failure_;
 }
 
-void DecodePool::Batch::Cancel() {
+void WorkPool::Batch::Cancel() {
   size_t cancelled = 0;
   for (size_t i = 0; i < claimed_.size(); ++i) {
     if (claimed_[i].exchange(1, std::memory_order_acq_rel) == 0) ++cancelled;
@@ -76,7 +78,7 @@ void DecodePool::Batch::Cancel() {
   Wait();
 }
 
-void DecodePool::Batch::Wait() {
+void WorkPool::Batch::Wait() {
   std::unique_lock<std::mutex> lock(mu_);
   finished_.wait(lock, [this] { return done_ == claimed_.size(); });
 }
