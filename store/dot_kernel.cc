@@ -181,31 +181,239 @@ __attribute__((target("avx512f"))) void QuantizeAvx512(const float* x, size_t n,
   }
 }
 
-}  // namespace
+__attribute__((target("avx2"))) float MaxAbsAvx2(const float* x, size_t n) {
+  const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 peak = _mm256_setzero_ps();
+  size_t i = 0;
+  // MAXPS returns its second operand when either is NaN: a NaN keeps the peak.
+  for (; i + 8 <= n; i += 8) peak = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + i), magnitude), peak);
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, peak);
+  float m = 0.0f;
+  for (float v : lanes) m = v > m ? v : m;
+  for (; i < n; ++i) m = std::abs(x[i]) > m ? std::abs(x[i]) : m;
+  return m;
+}
 
-float MaxAbs(const float* x, size_t n) {
-  if (kIsa == Isa::kAvx512) return MaxAbsAvx512(x, n);
+// Eight codes of QuantizeAvx2. Without FMA in the target, so the multiply
+// and the adds round as the portable loop's do (no contraction), and every
+// ISA gives the same codes.
+__attribute__((target("avx2"))) inline __m256i Int8CodesAvx2(const float* p, __m256 scale) {
+  const __m256 in = _mm256_loadu_ps(p);
+  __m256 v = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(in, scale), _mm256_set1_ps(-127.0f)),  // NaN: max gives -127
+                           _mm256_set1_ps(127.0f));
+  v = _mm256_and_ps(v, _mm256_cmp_ps(in, in, _CMP_ORD_Q));  // NaN -> 0
+  return _mm256_cvtps_epi32(v);                              // round to nearest even, as nearbyint
+}
+
+__attribute__((target("avx2"))) void QuantizeAvx2(const float* x, size_t n, float inverse, int8_t* out) {
+  const __m256 scale = _mm256_set1_ps(inverse);
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m256i a = Int8CodesAvx2(x + i, scale), b = Int8CodesAvx2(x + i + 8, scale),
+                  c = Int8CodesAvx2(x + i + 16, scale), d = Int8CodesAvx2(x + i + 24, scale);
+    // packs work within 128-bit lanes: bytes come out as a0-3 b0-3 c0-3
+    // d0-3 | a4-7 b4-7 c4-7 d4-7; the permute puts them in order.
+    const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+    const __m256i ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), ordered);
+  }
+  for (; i < n; ++i) {
+    const float v = std::nearbyint(std::min(127.0f, std::max(-127.0f, x[i] * inverse)));
+    out[i] = std::isnan(x[i]) ? 0 : static_cast<int8_t>(v);
+  }
+}
+
+float MaxAbsPortable(const float* x, size_t n) {
   float m = 0.0f;
   for (size_t i = 0; i < n; ++i) m = std::abs(x[i]) > m ? std::abs(x[i]) : m;
   return m;
 }
 
-void QuantizeInt8(const float* x, size_t n, float inverse, int8_t* out) {
-  if (kIsa == Isa::kAvx512) return QuantizeAvx512(x, n, inverse, out);
+void QuantizePortable(const float* x, size_t n, float inverse, int8_t* out) {
   for (size_t i = 0; i < n; ++i) {
     const float v = std::nearbyint(std::min(127.0f, std::max(-127.0f, x[i] * inverse)));
     out[i] = std::isnan(x[i]) ? 0 : static_cast<int8_t>(v);
   }
 }
 
-size_t IndicesAtLeast(const float* x, size_t n, float bar, uint32_t* idx) {
-  if (kIsa == Isa::kAvx512) return IndicesAtLeastAvx512(x, n, bar, idx);
-  if (kIsa == Isa::kAvx2) return IndicesAtLeastAvx2(x, n, bar, idx);
+size_t IndicesAtLeastPortable(const float* x, size_t n, float bar, uint32_t* idx) {
   size_t m = 0;
   for (size_t i = 0; i < n; ++i) {
     if (x[i] >= bar) idx[m++] = static_cast<uint32_t>(i);
   }
   return m;
+}
+
+// The nibble quantiser's two passes (see QuantizeNibbles): clamp (NaN to 0)
+// with the extremes, then the codes. Portable and AVX2 (no FMA, as above)
+// compute the same floats in the same order.
+void NibblesPortable(const float* x, size_t n, float* scratch, float* lo_out, float* hi_out) {
+  float lo = 65504.0f, hi = -65504.0f;
+  for (size_t i = 0; i < n; ++i) {
+    const float v = x[i] == x[i] ? std::clamp(x[i], -65504.0f, 65504.0f) : 0.0f;
+    scratch[i] = v;
+    lo = std::min(lo, v);
+    hi = std::max(hi, v);
+  }
+  *lo_out = lo;
+  *hi_out = hi;
+}
+void NibbleCodesPortable(const float* scratch, size_t n, float lo, float inverse, uint8_t* codes) {
+  for (size_t i = 0; i < n; ++i) {
+    // Non-negative, so truncation after adding a half rounds to nearest.
+    const float level = std::min((scratch[i] - lo) * inverse + 0.5f, 15.0f);
+    codes[i] = static_cast<uint8_t>(static_cast<int32_t>(level));
+  }
+}
+
+__attribute__((target("avx2"))) void NibblesAvx2(const float* x, size_t n, float* scratch, float* lo_out,
+                                                 float* hi_out) {
+  const __m256 top = _mm256_set1_ps(65504.0f), bottom = _mm256_set1_ps(-65504.0f);
+  __m256 lo = top, hi = bottom;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 in = _mm256_loadu_ps(x + i);
+    __m256 v = _mm256_min_ps(_mm256_max_ps(in, bottom), top);  // NaN: max returns bottom
+    v = _mm256_and_ps(v, _mm256_cmp_ps(in, in, _CMP_ORD_Q));    // NaN -> 0
+    _mm256_storeu_ps(scratch + i, v);
+    lo = _mm256_min_ps(lo, v);
+    hi = _mm256_max_ps(hi, v);
+  }
+  alignas(32) float los[8], his[8];
+  _mm256_store_ps(los, lo);
+  _mm256_store_ps(his, hi);
+  float l = 65504.0f, h = -65504.0f;
+  for (int k = 0; k < 8; ++k) {
+    l = std::min(l, los[k]);
+    h = std::max(h, his[k]);
+  }
+  for (; i < n; ++i) {
+    const float v = x[i] == x[i] ? std::clamp(x[i], -65504.0f, 65504.0f) : 0.0f;
+    scratch[i] = v;
+    l = std::min(l, v);
+    h = std::max(h, v);
+  }
+  *lo_out = l;
+  *hi_out = h;
+}
+__attribute__((target("avx2"))) void NibbleCodesAvx2(const float* scratch, size_t n, float lo, float inverse,
+                                                     uint8_t* codes) {
+  const __m256 base = _mm256_set1_ps(lo), scale = _mm256_set1_ps(inverse), half = _mm256_set1_ps(0.5f),
+               top = _mm256_set1_ps(15.0f);
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    __m256i w[4];
+    for (int k = 0; k < 4; ++k) {
+      const __m256 level = _mm256_min_ps(
+          _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(scratch + i + 8 * k), base), scale), half), top);
+      w[k] = _mm256_cvttps_epi32(level);
+    }
+    const __m256i bytes = _mm256_packus_epi16(_mm256_packs_epi32(w[0], w[1]), _mm256_packs_epi32(w[2], w[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + i),
+                        _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+  }
+  NibbleCodesPortable(scratch + i, n - i, lo, inverse, codes + i);
+}
+
+bool Available(DotIsa isa) {
+  switch (isa) {
+    case DotIsa::kAvx512: return kIsa == Isa::kAvx512;
+    case DotIsa::kAvx2: return kIsa != Isa::kPortable;  // an AVX-512 CPU has AVX2 too
+    case DotIsa::kPortable: return true;
+  }
+  return false;
+}
+
+DotIsa Best() {
+  return kIsa == Isa::kAvx512 ? DotIsa::kAvx512 : kIsa == Isa::kAvx2 ? DotIsa::kAvx2 : DotIsa::kPortable;
+}
+
+float MaxAbsWith(DotIsa isa, const float* x, size_t n) {
+  switch (isa) {
+    case DotIsa::kAvx512: return MaxAbsAvx512(x, n);
+    case DotIsa::kAvx2: return MaxAbsAvx2(x, n);
+    case DotIsa::kPortable: break;
+  }
+  return MaxAbsPortable(x, n);
+}
+
+void QuantizeInt8With(DotIsa isa, const float* x, size_t n, float inverse, int8_t* out) {
+  switch (isa) {
+    case DotIsa::kAvx512: return QuantizeAvx512(x, n, inverse, out);
+    case DotIsa::kAvx2: return QuantizeAvx2(x, n, inverse, out);
+    case DotIsa::kPortable: break;
+  }
+  QuantizePortable(x, n, inverse, out);
+}
+
+std::pair<float, float> QuantizeNibblesWith(DotIsa isa, const float* x, size_t n, float* scratch, uint8_t* codes) {
+  // No AVX-512 loop of its own: the AVX2 one serves AVX-512 CPUs too.
+  const bool avx2 = isa != DotIsa::kPortable;
+  float lo, hi;
+  if (avx2) {
+    NibblesAvx2(x, n, scratch, &lo, &hi);
+  } else {
+    NibblesPortable(x, n, scratch, &lo, &hi);
+  }
+  const float step = hi > lo ? (hi - lo) / 15.0f : 1.0f;
+  const float inverse = 1.0f / step;
+  if (avx2) {
+    NibbleCodesAvx2(scratch, n, lo, inverse, codes);
+  } else {
+    NibbleCodesPortable(scratch, n, lo, inverse, codes);
+  }
+  return {lo + 8.0f * step, step};
+}
+
+size_t IndicesAtLeastWith(DotIsa isa, const float* x, size_t n, float bar, uint32_t* idx) {
+  switch (isa) {
+    case DotIsa::kAvx512: return IndicesAtLeastAvx512(x, n, bar, idx);
+    case DotIsa::kAvx2: return IndicesAtLeastAvx2(x, n, bar, idx);
+    case DotIsa::kPortable: break;
+  }
+  return IndicesAtLeastPortable(x, n, bar, idx);
+}
+
+const DotIsa kBest = Best();
+
+}  // namespace
+
+float MaxAbs(const float* x, size_t n) { return MaxAbsWith(kBest, x, n); }
+
+void QuantizeInt8(const float* x, size_t n, float inverse, int8_t* out) { QuantizeInt8With(kBest, x, n, inverse, out); }
+
+std::pair<float, float> QuantizeNibbles(const float* x, size_t n, float* scratch, uint8_t* codes) {
+  return QuantizeNibblesWith(kBest, x, n, scratch, codes);
+}
+
+size_t IndicesAtLeast(const float* x, size_t n, float bar, uint32_t* idx) {
+  return IndicesAtLeastWith(kBest, x, n, bar, idx);
+}
+
+bool MaxAbsOn(DotIsa isa, const float* x, size_t n, float* out) {
+  if (!Available(isa)) return false;
+  *out = MaxAbsWith(isa, x, n);
+  return true;
+}
+
+bool QuantizeInt8On(DotIsa isa, const float* x, size_t n, float inverse, int8_t* out) {
+  if (!Available(isa)) return false;
+  QuantizeInt8With(isa, x, n, inverse, out);
+  return true;
+}
+
+bool QuantizeNibblesOn(DotIsa isa, const float* x, size_t n, float* scratch, uint8_t* codes,
+                       std::pair<float, float>* base_step) {
+  if (!Available(isa)) return false;
+  *base_step = QuantizeNibblesWith(isa, x, n, scratch, codes);
+  return true;
+}
+
+bool IndicesAtLeastOn(DotIsa isa, const float* x, size_t n, float bar, uint32_t* idx, size_t* count) {
+  if (!Available(isa)) return false;
+  *count = IndicesAtLeastWith(isa, x, n, bar, idx);
+  return true;
 }
 
 float DotF32(const float* a, const float* b, size_t n) {

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 
 namespace msa {
 
@@ -31,6 +32,10 @@ void WeightedColumnSumSpan(const float* coef, const uint32_t* cols, size_t ncols
 // to [-127, 127] (NaN to 0): the sketch's quantiser (store/route_sketch.h).
 float MaxAbs(const float* x, size_t n);
 void QuantizeInt8(const float* x, size_t n, float inverse, int8_t* out);
+// 4-bit codes of n values between their extremes: value ~= base + step *
+// (code - 8); returns {base, step}. NaN counts as 0, infinities saturate
+// at the fp16 range. scratch: n floats.
+std::pair<float, float> QuantizeNibbles(const float* x, size_t n, float* scratch, uint8_t* codes);
 
 // Writes the indices i < n with x[i] >= bar to idx, in
 // order, and returns how many: the top-k scan's filter, where almost
@@ -42,5 +47,15 @@ float DotF32(const float* a, const float* b, size_t n);
 
 // Which implementation these use here: "avx512", "avx2" or "portable".
 const char* F16KernelIsa();
+
+// For tests: the sketch quantisers and the candidate cut through one
+// chosen loop (every loop must give the portable one's results bit for
+// bit); false (outputs untouched) where this CPU lacks it.
+enum class DotIsa { kAvx512, kAvx2, kPortable };
+bool MaxAbsOn(DotIsa isa, const float* x, size_t n, float* out);
+bool QuantizeInt8On(DotIsa isa, const float* x, size_t n, float inverse, int8_t* out);
+bool QuantizeNibblesOn(DotIsa isa, const float* x, size_t n, float* scratch, uint8_t* codes,
+                       std::pair<float, float>* base_step);
+bool IndicesAtLeastOn(DotIsa isa, const float* x, size_t n, float bar, uint32_t* idx, size_t* count);
 
 }  // namespace msa

@@ -3,42 +3,22 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <memory>
 #include <new>
+#include <stdexcept>
+#include <string>
 #include <utility>
 
 #include "attention/half.h"
 #include "store/dot_kernel.h"
 #include "store/sketch_scan.h"
 #include "store/summary_table.h"
+#include "store/work_pool.h"
 
 namespace msa {
 
 static_assert(RouteSketch::kRunBlocks % SummaryTable::kChunkBlocks == 0);
 
-namespace {
-
-// 4-bit codes of n values between their extremes: value ~= base + step *
-// (code - 8). Returns {base, step}. Written to vectorise (it runs for every
-// bound column at open): NaN counts as 0, infinities saturate.
-std::pair<float, float> QuantizeNibbles(const float* x, size_t n, float* scratch, uint8_t* codes) {
-  float lo = 65504.0f, hi = -65504.0f;
-  for (size_t i = 0; i < n; ++i) {
-    const float v = x[i] == x[i] ? std::clamp(x[i], -65504.0f, 65504.0f) : 0.0f;
-    scratch[i] = v;
-    lo = std::min(lo, v);
-    hi = std::max(hi, v);
-  }
-  const float step = hi > lo ? (hi - lo) / 15.0f : 1.0f;
-  const float inverse = 1.0f / step;
-  for (size_t i = 0; i < n; ++i) {
-    // Non-negative, so truncation after adding a half rounds to nearest.
-    const float level = std::min((scratch[i] - lo) * inverse + 0.5f, 15.0f);
-    codes[i] = static_cast<uint8_t>(static_cast<int32_t>(level));
-  }
-  return {lo + 8.0f * step, step};
-}
-
-}  // namespace
 
 RouteSketch::RouteSketch(uint32_t vectors_per_block, uint32_t dim, int mirrored_vector, int packed_vector)
     : per_block_(vectors_per_block), dim_(dim), mirrored_(mirrored_vector), packed_(packed_vector) {
@@ -71,7 +51,28 @@ void RouteSketch::Reserve(uint64_t current_blocks, uint64_t more) {
   }
 }
 
-void RouteSketch::CatchUp(const SummaryTable& table) {
+void RouteSketch::CatchUp(const SummaryTable& table, WorkPool* pool) {
+  const size_t end = static_cast<size_t>(table.blocks() / kRunBlocks);
+  if (end <= runs_done_) return;
+  if (runs_.size() < end) Reserve(runs_done_ * kRunBlocks, (end - runs_done_) * kRunBlocks);
+  scales_.resize(end * columns_ * 2);
+  bases_.resize(end * columns_ * 2);
+  const size_t first = runs_done_, items = end - first;
+  if (pool == nullptr || items == 1) {
+    for (size_t r = first; r < end; ++r) BuildRun(table, r);
+  } else {
+    const std::shared_ptr<WorkPool::Batch> batch = pool->Start(items, [&](size_t i) {
+      BuildRun(table, first + i);
+      return Status::OK();
+    });
+    for (size_t i = 1; i < items; ++i) batch->Ready(i);
+    const Status status = batch->Finish();  // a run's exception (bad_alloc), as a Status
+    if (!status.ok()) throw std::runtime_error("route sketch: " + status.message());
+  }
+  runs_done_ = end;
+}
+
+void RouteSketch::BuildRun(const SummaryTable& table, size_t r) {
   constexpr size_t kChunksPerRun = kRunBlocks / SummaryTable::kChunkBlocks;
   static_assert(kRunBlocks % kSketchGroup == 0);
   std::vector<float> values(kRunBlocks);
@@ -80,46 +81,40 @@ void RouteSketch::CatchUp(const SummaryTable& table) {
   std::vector<float> scratch(kRunBlocks);
   auto load = [&](uint32_t j, uint32_t c) {
     for (size_t k = 0; k < kChunksPerRun; ++k) {
-      attention::HalfToFloatArray(table.Column(runs_done_ * kChunksPerRun + k, j, c),
+      attention::HalfToFloatArray(table.Column(r * kChunksPerRun + k, j, c),
                                   values.data() + k * SummaryTable::kChunkBlocks, SummaryTable::kChunkBlocks);
     }
   };
-  while ((runs_done_ + 1) * kRunBlocks <= table.blocks()) {
-    if (runs_.size() <= runs_done_) Reserve(runs_done_ * kRunBlocks, kRunBlocks);
-    uint8_t* run = runs_[runs_done_].get();
-    scales_.resize((runs_done_ + 1) * columns_ * 2);
-    bases_.resize((runs_done_ + 1) * columns_ * 2);
-    for (uint32_t j = 0; j < per_block_; ++j) {
-      for (uint32_t c = 0; c < dim_; ++c) {
-        const Location at = Locate(j, c);
-        if (at.part == Part::kHigh || (static_cast<int>(j) == mirrored_ && c >= dim_ / 2)) continue;
-        uint8_t* out = run + static_cast<size_t>(at.column) * kRunBlocks;
-        if (at.part == Part::kLow) {
-          load(j, c);
-          const auto [low_base, low_step] = QuantizeNibbles(values.data(), kRunBlocks, scratch.data(), low.data());
-          load(j, c + dim_ / 2);
-          const auto [high_base, high_step] = QuantizeNibbles(values.data(), kRunBlocks, scratch.data(), high.data());
-          StoreSketchPacked(low.data(), high.data(), kRunBlocks, out);
-          bases_[Index(runs_done_, at)] = low_base;
-          scales_[Index(runs_done_, at)] = low_step;
-          const Location high_at{at.column, Part::kHigh};
-          bases_[Index(runs_done_, high_at)] = high_base;
-          scales_[Index(runs_done_, high_at)] = high_step;
-          continue;
-        }
+  uint8_t* run = runs_[r].get();
+  for (uint32_t j = 0; j < per_block_; ++j) {
+    for (uint32_t c = 0; c < dim_; ++c) {
+      const Location at = Locate(j, c);
+      if (at.part == Part::kHigh || (static_cast<int>(j) == mirrored_ && c >= dim_ / 2)) continue;
+      uint8_t* out = run + static_cast<size_t>(at.column) * kRunBlocks;
+      if (at.part == Part::kLow) {
         load(j, c);
-        float peak = MaxAbs(values.data(), kRunBlocks);
-        // Infinite summaries (an overflowed fp16 mean) saturate rather than
-        // poisoning the run's scale; the rescoring sees the true value.
-        if (!std::isfinite(peak)) peak = 65504.0f;
-        const float scale = peak > 0.0f ? peak / 127.0f : 1.0f;
-        QuantizeInt8(values.data(), kRunBlocks, 1.0f / scale, codes.data());
-        StoreSketchColumn(codes.data(), kRunBlocks, out);
-        scales_[Index(runs_done_, at)] = scale;
-        bases_[Index(runs_done_, at)] = 0.0f;
+        const auto [low_base, low_step] = QuantizeNibbles(values.data(), kRunBlocks, scratch.data(), low.data());
+        load(j, c + dim_ / 2);
+        const auto [high_base, high_step] = QuantizeNibbles(values.data(), kRunBlocks, scratch.data(), high.data());
+        StoreSketchPacked(low.data(), high.data(), kRunBlocks, out);
+        bases_[Index(r, at)] = low_base;
+        scales_[Index(r, at)] = low_step;
+        const Location high_at{at.column, Part::kHigh};
+        bases_[Index(r, high_at)] = high_base;
+        scales_[Index(r, high_at)] = high_step;
+        continue;
       }
+      load(j, c);
+      float peak = MaxAbs(values.data(), kRunBlocks);
+      // Infinite summaries (an overflowed fp16 mean) saturate rather than
+      // poisoning the run's scale; the rescoring sees the true value.
+      if (!std::isfinite(peak)) peak = 65504.0f;
+      const float scale = peak > 0.0f ? peak / 127.0f : 1.0f;
+      QuantizeInt8(values.data(), kRunBlocks, 1.0f / scale, codes.data());
+      StoreSketchColumn(codes.data(), kRunBlocks, out);
+      scales_[Index(r, at)] = scale;
+      bases_[Index(r, at)] = 0.0f;
     }
-    ++runs_done_;
   }
 }
 

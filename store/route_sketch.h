@@ -42,6 +42,7 @@
 namespace msa {
 
 class SummaryTable;
+class WorkPool;
 
 class RouteSketch {
  public:
@@ -56,8 +57,10 @@ class RouteSketch {
   // Room for the runs that `blocks` more blocks will complete, so that a
   // CatchUp after as many allocates nothing.
   void Reserve(uint64_t current_blocks, uint64_t more);
-  // Quantises every run of `table` that is complete and not yet here.
-  void CatchUp(const SummaryTable& table);
+  // Quantises every run of `table` that is complete and not yet here; with
+  // a pool, several runs at once (each run is independent of the others;
+  // the codes are the same either way).
+  void CatchUp(const SummaryTable& table, WorkPool* pool = nullptr);
 
   uint64_t blocks() const { return runs_done_ * kRunBlocks; }
   size_t runs() const { return runs_done_; }
@@ -84,6 +87,8 @@ class RouteSketch {
   }
 
  private:
+  // Quantises run r of `table` into runs_[r], scales_ and bases_ (all sized).
+  void BuildRun(const SummaryTable& table, size_t r);
   size_t Index(size_t run, Location at) const {
     return (run * columns_ + at.column) * 2 + (at.part == Part::kHigh ? 1 : 0);
   }

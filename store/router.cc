@@ -399,7 +399,7 @@ void Router::CatchUpCoarse(Stream& s) const {
     }
     c.summaries.Append(s.coarse_rows.data(), n);
   }
-  c.sketch.CatchUp(c.summaries);
+  c.sketch.CatchUp(c.summaries, scan_pool_.get());
 }
 
 void Router::Add(uint32_t stream, std::span<const float> summaries) {
@@ -408,7 +408,7 @@ void Router::Add(uint32_t stream, std::span<const float> summaries) {
   if (n == 0) return;
   const uint64_t first = s.summaries.blocks();
   s.summaries.Append(summaries.data(), n);  // within the reserved chunks
-  s.sketch.CatchUp(s.summaries);
+  s.sketch.CatchUp(s.summaries, scan_pool_.get());
   CatchUpCoarse(s);
   if (s.ivf) {
     // Summaries are [block][vector][dim], exactly the index vectors in order.
@@ -427,7 +427,7 @@ void Router::AddChunks(uint32_t stream, const uint16_t* data, size_t n_chunks) {
   Stream& s = *streams_[stream];
   const uint64_t first = s.summaries.blocks();
   s.summaries.AppendChunks(data, n_chunks);
-  s.sketch.CatchUp(s.summaries);
+  s.sketch.CatchUp(s.summaries, scan_pool_.get());
   CatchUpCoarse(s);
   if (s.ivf) {
     try {

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -455,6 +456,69 @@ TEST(RouteSketch, ColumnsComeBackWithinHalfAStep) {
         const float zero = at.part == RouteSketch::Part::kByte ? 128.0f : 8.0f;
         const float back = sketch.Base(0, at) + sketch.Scale(0, at) * (static_cast<float>(code) - zero);
         ASSERT_NEAR(back, rows[b * 2 * dim + j * dim + c], tolerance) << "vector " << j << " dim " << c << " block " << b;
+      }
+    }
+  }
+}
+
+// The sketch's quantisers and the candidate cut on every loop this CPU
+// has, against the portable loop, bit for bit (the sketch, hence routing,
+// must not depend on the machine): lengths around the vector widths, ties
+// that round to even, NaN, infinities, signed zeros and values past fp16.
+TEST(DotKernel, EveryQuantiserLoopEqualsThePortableOne) {
+  std::mt19937 rng(91);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (size_t n : {0u, 7u, 31u, 32u, 33u, 100u, 4096u}) {
+    std::vector<float> x(n);
+    for (size_t i = 0; i < n; ++i) {
+      switch (i % 11) {
+        case 3: x[i] = static_cast<float>(static_cast<int>(i % 9) - 4) + 0.5f; break;  // ties at inverse 1
+        case 5: x[i] = i % 2 ? -0.0f : 0.0f; break;
+        default: x[i] = normal(rng);
+      }
+    }
+    if (n > 40) {
+      x[13] = std::numeric_limits<float>::quiet_NaN();
+      x[17] = std::numeric_limits<float>::infinity();
+      x[19] = -std::numeric_limits<float>::infinity();
+      x[23] = 1e6f;  // past fp16: the nibbles saturate it
+    }
+    for (DotIsa isa : {DotIsa::kAvx512, DotIsa::kAvx2}) {
+      SCOPED_TRACE(::testing::Message() << "n " << n << " isa " << static_cast<int>(isa));
+      float peak = 0, want_peak = 0;
+      if (!MaxAbsOn(isa, x.data(), n, &peak)) continue;
+      ASSERT_TRUE(MaxAbsOn(DotIsa::kPortable, x.data(), n, &want_peak));
+      EXPECT_EQ(std::bit_cast<uint32_t>(peak), std::bit_cast<uint32_t>(want_peak));
+      for (float inverse : {1.0f, 0.37f, 127.0f / 9.0f}) {
+        std::vector<int8_t> codes(n, 99), want(n, 99);
+        ASSERT_TRUE(QuantizeInt8On(isa, x.data(), n, inverse, codes.data()));
+        ASSERT_TRUE(QuantizeInt8On(DotIsa::kPortable, x.data(), n, inverse, want.data()));
+        EXPECT_EQ(codes, want) << "inverse " << inverse;
+      }
+      // Finite inputs for the nibbles as well: their range sets the step.
+      for (bool finite : {false, true}) {
+        std::vector<float> in = x;
+        if (finite) {
+          for (float& v : in) v = std::isfinite(v) ? std::clamp(v, -60.0f, 60.0f) : 1.0f;
+        }
+        std::vector<float> scratch(n), want_scratch(n);
+        std::vector<uint8_t> nibbles(n, 99), want_nibbles(n, 99);
+        std::pair<float, float> base_step, want_base_step;
+        ASSERT_TRUE(QuantizeNibblesOn(isa, in.data(), n, scratch.data(), nibbles.data(), &base_step));
+        ASSERT_TRUE(QuantizeNibblesOn(DotIsa::kPortable, in.data(), n, want_scratch.data(), want_nibbles.data(),
+                                      &want_base_step));
+        EXPECT_EQ(nibbles, want_nibbles) << "finite " << finite;
+        EXPECT_EQ(std::bit_cast<uint32_t>(base_step.first), std::bit_cast<uint32_t>(want_base_step.first));
+        EXPECT_EQ(std::bit_cast<uint32_t>(base_step.second), std::bit_cast<uint32_t>(want_base_step.second));
+        for (uint8_t c : nibbles) ASSERT_LE(c, 15);
+      }
+      for (float bar : {-1.0f, 0.0f, 2.5f, std::numeric_limits<float>::infinity()}) {
+        std::vector<uint32_t> idx(n + 1), want_idx(n + 1);
+        size_t count = 0, want_count = 0;
+        ASSERT_TRUE(IndicesAtLeastOn(isa, x.data(), n, bar, idx.data(), &count));
+        ASSERT_TRUE(IndicesAtLeastOn(DotIsa::kPortable, x.data(), n, bar, want_idx.data(), &want_count));
+        ASSERT_EQ(count, want_count) << "bar " << bar;
+        EXPECT_TRUE(std::equal(idx.begin(), idx.begin() + count, want_idx.begin())) << "bar " << bar;
       }
     }
   }
