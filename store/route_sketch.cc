@@ -9,6 +9,8 @@
 #include <string>
 #include <utility>
 
+#include <spdlog/spdlog.h>
+
 #include "attention/half.h"
 #include "store/dot_kernel.h"
 #include "store/sketch_scan.h"
@@ -54,22 +56,32 @@ void RouteSketch::Reserve(uint64_t current_blocks, uint64_t more) {
 void RouteSketch::CatchUp(const SummaryTable& table, WorkPool* pool) {
   const size_t end = static_cast<size_t>(table.blocks() / kRunBlocks);
   if (end <= runs_done_) return;
-  if (runs_.size() < end) Reserve(runs_done_ * kRunBlocks, (end - runs_done_) * kRunBlocks);
-  scales_.resize(end * columns_ * 2);
-  bases_.resize(end * columns_ * 2);
-  const size_t first = runs_done_, items = end - first;
-  if (pool == nullptr || items == 1) {
-    for (size_t r = first; r < end; ++r) BuildRun(table, r);
-  } else {
+  // A sketch that falls behind costs speed, never answers: the scan reads
+  // the blocks past runs() from the fp16 table. So a failure here (out of
+  // memory for the scratch or the pool's bookkeeping) leaves the runs for
+  // the next call instead of failing the caller, which may be publishing a
+  // durable commit.
+  try {
+    if (runs_.size() < end) Reserve(runs_done_ * kRunBlocks, (end - runs_done_) * kRunBlocks);
+    scales_.resize(end * columns_ * 2);
+    bases_.resize(end * columns_ * 2);
+    const size_t first = runs_done_, items = end - first;
+    if (pool == nullptr || items == 1) {
+      for (; runs_done_ < end; ++runs_done_) BuildRun(table, runs_done_);
+      return;
+    }
     const std::shared_ptr<WorkPool::Batch> batch = pool->Start(items, [&](size_t i) {
       BuildRun(table, first + i);
       return Status::OK();
     });
     for (size_t i = 1; i < items; ++i) batch->Ready(i);
-    const Status status = batch->Finish();  // a run's exception (bad_alloc), as a Status
-    if (!status.ok()) throw std::runtime_error("route sketch: " + status.message());
+    const Status status = batch->Finish();  // a run's exception, as a Status
+    if (!status.ok()) throw std::runtime_error(status.message());
+    runs_done_ = end;
+  } catch (const std::exception& e) {
+    spdlog::warn("route sketch: runs {}..{} not built ({}); their blocks are scanned from the fp16 summaries",
+                 runs_done_, end, e.what());
   }
-  runs_done_ = end;
 }
 
 void RouteSketch::BuildRun(const SummaryTable& table, size_t r) {

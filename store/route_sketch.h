@@ -59,7 +59,9 @@ class RouteSketch {
   void Reserve(uint64_t current_blocks, uint64_t more);
   // Quantises every run of `table` that is complete and not yet here; with
   // a pool, several runs at once (each run is independent of the others;
-  // the codes are the same either way).
+  // the codes are the same either way). Never throws: runs it cannot build
+  // (out of memory) are left for the next call, and the scan reads their
+  // blocks from the fp16 table meanwhile.
   void CatchUp(const SummaryTable& table, WorkPool* pool = nullptr);
 
   uint64_t blocks() const { return runs_done_ * kRunBlocks; }
