@@ -1,5 +1,7 @@
 #include "attention/sparse_attention_cpu.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -9,70 +11,147 @@ namespace msa::attention {
 
 namespace {
 
-float Dot(const float* a, const float* b, int n) {
+// The two row operations the loops below are made of: a query head's dot
+// with a key row, and a value row added to a head's output with its
+// weight. Portable loops (vectorised by the compiler at the baseline ISA:
+// CMakeLists.txt lets this file reassociate float sums), and AVX2 + FMA
+// ones picked at run time through function pointers. Not target_clones:
+// its ifunc resolver runs before ThreadSanitizer's runtime is up and
+// crashes instrumented binaries.
+float DotPortable(const float* a, const float* b, int n) {
   float acc = 0.0f;
   for (int c = 0; c < n; ++c) acc += a[c] * b[c];
   return acc;
 }
 
-// One query head over one selection: two passes (scores, then weighted sum)
-// so the softmax is exact in float32 without the rescaling error of an
-// online softmax. `scores` is scratch of at least count*block_tokens.
-// Its dot products and weighted sum are vector loops (CMakeLists.txt lets
-// them reassociate). Not target_clones: its ifunc resolver runs before
-// ThreadSanitizer's runtime is up and crashes instrumented binaries.
-void AttendOneHead(const AttentionShape& s, const BlockTable<float>& table, const int32_t* blocks,
-                   int count, const float* q, float* out, float* lse, std::vector<float>& scores) {
+void AxpyPortable(float w, const float* v, float* out, int n) {
+  for (int c = 0; c < n; ++c) out[c] += w * v[c];
+}
+
+__attribute__((target("avx2,fma"))) float DotAvx2(const float* a, const float* b, int n) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int c = 0;
+  for (; c + 16 <= n; c += 16) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + c + 8), _mm256_loadu_ps(b + c + 8), acc1);
+  }
+  if (c + 8 <= n) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c), acc0);
+    c += 8;
+  }
+  const __m256 acc = _mm256_add_ps(acc0, acc1);
+  __m128 sum4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  sum4 = _mm_add_ps(sum4, _mm_movehl_ps(sum4, sum4));
+  float sum = _mm_cvtss_f32(_mm_add_ss(sum4, _mm_movehdup_ps(sum4)));
+  for (; c < n; ++c) sum += a[c] * b[c];
+  return sum;
+}
+
+__attribute__((target("avx2,fma"))) void AxpyAvx2(float w, const float* v, float* out, int n) {
+  const __m256 weight = _mm256_set1_ps(w);
+  int c = 0;
+  for (; c + 8 <= n; c += 8) {
+    _mm256_storeu_ps(out + c, _mm256_fmadd_ps(weight, _mm256_loadu_ps(v + c), _mm256_loadu_ps(out + c)));
+  }
+  for (; c < n; ++c) out[c] += w * v[c];
+}
+
+struct RowOps {
+  float (*dot)(const float*, const float*, int);
+  void (*axpy)(float, const float*, float*, int);
+};
+
+constexpr RowOps kPortableOps{DotPortable, AxpyPortable};
+constexpr RowOps kAvx2Ops{DotAvx2, AxpyAvx2};
+
+bool HasAvx2Fma() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+const bool kAvx2Fma = HasAvx2Fma();
+
+// The heads [0, heads) of one GQA group over their shared selection: two
+// passes (scores, then weighted sums) so the softmax is exact in float32
+// without the rescaling error of an online softmax. Token-major, every
+// head per row, so each key and value row is read from memory once for
+// the whole group (a head-major loop read the group's K/V once per head).
+// q, out: heads rows of head_dim; lse: heads values (may be null).
+// `scores` is scratch.
+void AttendGroup(const RowOps& ops, const AttentionShape& s, const BlockTable<float>& table, const int32_t* blocks,
+                 int count, int heads, const float* q, float* out, float* lse, std::vector<float>& scores) {
   const int d = s.head_dim;
-  scores.clear();
-  float max_score = -std::numeric_limits<float>::infinity();
+  size_t tokens = 0;
+  for (int j = 0; j < count; ++j) tokens += static_cast<size_t>(table.block_len[blocks[j]]);
+  std::fill(out, out + static_cast<size_t>(heads) * d, 0.0f);
+  if (tokens == 0) {
+    if (lse) std::fill(lse, lse + heads, -std::numeric_limits<float>::infinity());
+    return;
+  }
+  scores.resize(static_cast<size_t>(heads) * tokens);  // scores[h * tokens + t]
+  std::vector<float> max_score(heads, -std::numeric_limits<float>::infinity());
+  size_t t = 0;
   for (int j = 0; j < count; ++j) {
     const int b = blocks[j];
     const float* k = table.keys + static_cast<size_t>(b) * s.block_tokens * d;
-    for (int t = 0; t < table.block_len[b]; ++t) {
-      const float score = s.scale * Dot(q, k + static_cast<size_t>(t) * d, d);
-      scores.push_back(score);
-      max_score = std::max(max_score, score);
+    for (int r = 0; r < table.block_len[b]; ++r, ++t) {
+      const float* row = k + static_cast<size_t>(r) * d;
+      for (int h = 0; h < heads; ++h) {
+        const float score = s.scale * ops.dot(q + static_cast<size_t>(h) * d, row, d);
+        scores[h * tokens + t] = score;
+        max_score[h] = std::max(max_score[h], score);
+      }
     }
   }
-  std::fill(out, out + d, 0.0f);
-  if (scores.empty()) {
-    if (lse) *lse = -std::numeric_limits<float>::infinity();
-    return;
-  }
-  double denom = 0.0;
-  size_t i = 0;
+  std::vector<double> denom(heads, 0.0);
+  t = 0;
   for (int j = 0; j < count; ++j) {
     const int b = blocks[j];
     const float* v = table.values + static_cast<size_t>(b) * s.block_tokens * d;
-    for (int t = 0; t < table.block_len[b]; ++t, ++i) {
-      const float w = std::exp(scores[i] - max_score);
-      denom += w;
-      const float* vt = v + static_cast<size_t>(t) * d;
-      for (int c = 0; c < d; ++c) out[c] += w * vt[c];
+    for (int r = 0; r < table.block_len[b]; ++r, ++t) {
+      const float* row = v + static_cast<size_t>(r) * d;
+      for (int h = 0; h < heads; ++h) {
+        const float w = std::exp(scores[h * tokens + t] - max_score[h]);
+        denom[h] += w;
+        ops.axpy(w, row, out + static_cast<size_t>(h) * d, d);
+      }
     }
   }
-  const float inv = static_cast<float>(1.0 / denom);
-  for (int c = 0; c < d; ++c) out[c] *= inv;
-  if (lse) *lse = max_score + static_cast<float>(std::log(denom));
+  for (int h = 0; h < heads; ++h) {
+    const float inv = static_cast<float>(1.0 / denom[h]);
+    for (int c = 0; c < d; ++c) out[static_cast<size_t>(h) * d + c] *= inv;
+    if (lse) lse[h] = max_score[h] + static_cast<float>(std::log(denom[h]));
+  }
+}
+
+
+void Attend(const RowOps& ops, const AttentionShape& shape, const BlockTable<float>& table,
+            const Selection& selection, const float* q, float* out, float* lse) {
+  std::vector<float> scores;
+  const int d = shape.head_dim;
+  const int group = shape.q_heads / shape.kv_heads;  // KvHeadOf: heads [g * group, (g + 1) * group)
+  for (int i = 0; i < shape.n_queries; ++i) {
+    for (int g = 0; g < shape.kv_heads; ++g) {
+      const size_t sel = static_cast<size_t>(i) * shape.kv_heads + g;
+      const size_t row = static_cast<size_t>(i) * shape.q_heads + static_cast<size_t>(g) * group;
+      AttendGroup(ops, shape, table, selection.block_index + sel * selection.max_blocks, selection.count[sel],
+                  group, q + row * d, out + row * d, lse ? lse + row : nullptr, scores);
+    }
+  }
 }
 
 }  // namespace
 
 void SparseAttentionCpu(const AttentionShape& shape, const BlockTable<float>& table,
                         const Selection& selection, const float* q, float* out, float* lse) {
-  std::vector<float> scores;
-  const int d = shape.head_dim;
-  for (int i = 0; i < shape.n_queries; ++i) {
-    for (int h = 0; h < shape.q_heads; ++h) {
-      const int g = KvHeadOf(h, shape.q_heads, shape.kv_heads);
-      const size_t sel = static_cast<size_t>(i) * shape.kv_heads + g;
-      const size_t row = static_cast<size_t>(i) * shape.q_heads + h;
-      AttendOneHead(shape, table, selection.block_index + sel * selection.max_blocks,
-                    selection.count[sel], q + row * d, out + row * d, lse ? lse + row : nullptr,
-                    scores);
-    }
-  }
+  Attend(kAvx2Fma ? kAvx2Ops : kPortableOps, shape, table, selection, q, out, lse);
+}
+
+bool SparseAttentionCpuOn(bool avx2, const AttentionShape& shape, const BlockTable<float>& table,
+                          const Selection& selection, const float* q, float* out, float* lse) {
+  if (avx2 && !kAvx2Fma) return false;
+  Attend(avx2 ? kAvx2Ops : kPortableOps, shape, table, selection, q, out, lse);
+  return true;
 }
 
 }  // namespace msa::attention
