@@ -52,7 +52,7 @@ extern "C" {
 #endif
 
 #define MSA_VERSION_MAJOR 0
-#define MSA_VERSION_MINOR 8
+#define MSA_VERSION_MINOR 9
 #define MSA_VERSION_PATCH 0
 /* (major << 16) | (minor << 8) | patch: compare with msa_version(). */
 #define MSA_VERSION ((MSA_VERSION_MAJOR << 16) | (MSA_VERSION_MINOR << 8) | MSA_VERSION_PATCH)
@@ -151,14 +151,18 @@ typedef struct msa_open_params_t {
                                first query that runs on the GPU; 0: never use the GPU;
                                default 256 MiB */
   int allow_io_uring;       /* 0: read with the pread thread pool; default 1 */
-  uint32_t reserved_u32;    /* must be 0 */
+  uint32_t query_threads;   /* threads one query's routing scan may use, the calling
+                               thread included (1: the caller alone; at most 256);
+                               0: the default, the machine's hardware threads up to 8.
+                               Answers are the same with any count. Since 0.9 */
   uint64_t reserved[4];     /* must be 0 (room for later fields) */
 } msa_open_params_t;
 
 MSA_EXPORT msa_open_params_t msa_open_default_params(void);
 
 /* msa_store_open with params (NULL: the defaults). MSA_INVALID_ARGUMENT
- * for a queue depth out of range or reserved fields that are not 0.
+ * for a queue depth or query_threads out of range or reserved fields that
+ * are not 0.
  * Since 0.8. */
 MSA_EXPORT msa_status_t msa_store_open_with(const char* path, const msa_open_params_t* params,
                                             msa_store_t** out);

@@ -198,8 +198,9 @@ msa_status_t msa_store_open_with(const char* path, const msa_open_params_t* para
     MSA_REQUIRE(p.queue_depth >= 1 && p.queue_depth <= 4096,
                 "msa_store_open_with: params->queue_depth is " + std::to_string(p.queue_depth) +
                     "; it must be 1 to 4096");
-    MSA_REQUIRE(p.reserved_u32 == 0 && p.reserved[0] == 0 && p.reserved[1] == 0 && p.reserved[2] == 0 &&
-                    p.reserved[3] == 0,
+    MSA_REQUIRE(p.query_threads <= 256, "msa_store_open_with: params->query_threads is " +
+                                            std::to_string(p.query_threads) + "; it must be 0 (the default) to 256");
+    MSA_REQUIRE(p.reserved[0] == 0 && p.reserved[1] == 0 && p.reserved[2] == 0 && p.reserved[3] == 0,
                 "msa_store_open_with: params' reserved fields must be 0 (start from msa_open_default_params())");
     msa::StoreOptions options;
     options.read_only = p.read_only != 0;
@@ -207,6 +208,7 @@ msa_status_t msa_store_open_with(const char* path, const msa_open_params_t* para
     options.cache_bytes = p.cache_bytes;
     options.gpu_pool_bytes = p.gpu_pool_bytes;
     options.allow_io_uring = p.allow_io_uring != 0;
+    if (p.query_threads != 0) options.router.scan_threads = p.query_threads - 1;  // the caller is one
     MSA_ASSIGN_OR_RETURN(auto store, msa::Store::Open(path, options));
     *out = new msa_store_t{std::move(store)};
     return msa::Status::OK();

@@ -356,7 +356,11 @@ std::pair<float, float> QuantizeNibblesWith(DotIsa isa, const float* x, size_t n
   } else {
     NibblesPortable(x, n, scratch, &lo, &hi);
   }
-  const float step = hi > lo ? (hi - lo) / 15.0f : 1.0f;
+  // A range so narrow that 1 / step would overflow (no fp16 summary has
+  // one) gets the smallest step whose inverse is finite, so no code is
+  // computed from 0 x inf on any path.
+  constexpr float kMinStep = 1e-30f;
+  const float step = hi > lo ? std::max((hi - lo) / 15.0f, kMinStep) : 1.0f;
   const float inverse = 1.0f / step;
   if (avx2) {
     NibbleCodesAvx2(scratch, n, lo, inverse, codes);

@@ -70,13 +70,11 @@ void RouteSketch::CatchUp(const SummaryTable& table, WorkPool* pool) {
       for (; runs_done_ < end; ++runs_done_) BuildRun(table, runs_done_);
       return;
     }
-    const std::shared_ptr<WorkPool::Batch> batch = pool->Start(items, [&](size_t i) {
+    const Status status = pool->ParallelFor(items, [&](size_t i) {
       BuildRun(table, first + i);
       return Status::OK();
     });
-    for (size_t i = 1; i < items; ++i) batch->Ready(i);
-    const Status status = batch->Finish();  // a run's exception, as a Status
-    if (!status.ok()) throw std::runtime_error(status.message());
+    if (!status.ok()) throw std::runtime_error(status.message());  // a run threw
     runs_done_ = end;
   } catch (const std::exception& e) {
     spdlog::warn("route sketch: runs {}..{} not built ({}); their blocks are scanned from the fp16 summaries",

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -290,12 +291,13 @@ void ScanSketch(const RouteSketch& sketch, const SketchPlan& plan, WorkPool* poo
   }
   std::vector<std::atomic<float>> shared_bars(tops.size());
   for (auto& bar : shared_bars) bar.store(-std::numeric_limits<float>::infinity(), std::memory_order_relaxed);
-  const std::shared_ptr<WorkPool::Batch> batch = pool->Start(parts, [&](size_t i) {
+  const Status status = pool->ParallelFor(parts, [&](size_t i) {
     ScoreSketchRuns(sketch, plan, runs * i / parts, runs * (i + 1) / parts, part_tops[i], shared_bars.data());
     return Status::OK();
   });
-  for (size_t i = 1; i < parts; ++i) batch->Ready(i);
-  const Status status = batch->Finish();  // the parts' exceptions (bad_alloc), as a Status
+  // A part can only fail by throwing: out of memory comes back as IOError,
+  // thrown on as bad_alloc, as one thread's scan would have.
+  if (status.code() == Status::Code::kIOError) throw std::bad_alloc();
   if (!status.ok()) throw std::runtime_error("router scan: " + status.message());
   for (std::vector<TopK>& lists : part_tops) {
     for (size_t i = 0; i < tops.size(); ++i) {
@@ -308,7 +310,7 @@ void ScanSketch(const RouteSketch& sketch, const SketchPlan& plan, WorkPool* poo
 
 namespace {
 unsigned ScanThreads(const RouterOptions& options) {
-  if (options.scan_threads != RouterOptions::kAutoScanThreads) return options.scan_threads;
+  if (options.scan_threads != RouterOptions::kAutoScanThreads) return std::min(options.scan_threads, 255u);
   const unsigned hardware = std::thread::hardware_concurrency();
   return std::min(hardware, 8u) - std::min(hardware, 1u);
 }

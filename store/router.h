@@ -147,8 +147,8 @@ struct RouterOptions {
   // Threads that score an approximate scan's sketch alongside the querying
   // thread: each query's runs are cut into parts, scored at once, and their
   // best blocks merged (the answer does not depend on the count; 0: the
-  // querying thread alone). kAutoScanThreads: one fewer than the hardware
-  // threads, at most 7. On the 2-core VM one thread halves routing at 1e8
+  // querying thread alone; at most 255). kAutoScanThreads: one fewer than
+  // the hardware threads, at most 7. On the 2-core VM one thread halves routing at 1e8
   // tokens (BENCHMARKS.md, "Routing on two cores").
   static constexpr uint32_t kAutoScanThreads = UINT32_MAX;
   uint32_t scan_threads = kAutoScanThreads;

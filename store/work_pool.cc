@@ -1,5 +1,6 @@
 #include "store/work_pool.h"
 
+#include <new>
 #include <string>
 
 namespace msa {
@@ -48,8 +49,16 @@ void WorkPool::Batch::Run(size_t i) {
   Status s;
   try {
     s = work_(i);
+  } catch (const std::bad_alloc&) {
+    s = Status::IOError("out of memory");  // short: fits std::string's inline buffer, allocates nothing
   } catch (const std::exception& e) {
-    s = Status::Internal(std::string("work item ") + std::to_string(i) + ": " + e.what());
+    try {
+      s = Status::Internal(std::string("work item ") + std::to_string(i) + ": " + e.what());
+    } catch (...) {
+      s = Status::Internal("work item threw");
+    }
+  } catch (...) {
+    s = Status::Internal("work item threw");
   }
   std::lock_guard<std::mutex> lock(mu_);
   if (!s.ok() && i < failed_index_) {
@@ -57,6 +66,17 @@ void WorkPool::Batch::Run(size_t i) {
     failure_ = std::move(s);
   }
   if (++done_ == claimed_.size()) finished_.notify_all();
+}
+
+Status WorkPool::ParallelFor(size_t items, std::function<Status(size_t)> work) {
+  const std::shared_ptr<Batch> batch = Start(items, std::move(work));
+  try {
+    for (size_t i = 1; i < items; ++i) batch->Ready(i);
+  } catch (...) {  // a post failed (out of memory): stop, wait for what runs, then unwind
+    batch->Cancel();
+    throw;
+  }
+  return batch->Finish();
 }
 
 Status WorkPool::Batch::Finish() {

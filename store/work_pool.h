@@ -45,6 +45,12 @@ class WorkPool {
   unsigned threads() const { return static_cast<unsigned>(threads_.size()); }
   // A batch of `items` pieces of work; work(i) runs at most once per i.
   std::shared_ptr<Batch> Start(size_t items, std::function<Status(size_t)> work);
+  // work(0), ..., work(items - 1) on the pool's threads and this one, all
+  // ready at once; returns when every item has finished (also when it
+  // throws: nothing started runs on after it), with the failure of the
+  // lowest-numbered failed item. An item's exception becomes a Status
+  // (bad_alloc: IOError "out of memory").
+  Status ParallelFor(size_t items, std::function<Status(size_t)> work);
 
  private:
   friend class Batch;

@@ -66,12 +66,58 @@ TEST(SparseAttentionCpu, MatchesDenseReferenceWithGqa) {
 }
 
 TEST(SparseAttentionCpu, EmptySelectionGivesZeroAndMinusInfinity) {
-  AttentionShape shape{1, 2, 1, 8, 4, 0.35f};
-  std::vector<float> k(32), v(32), q(16, 1.0f), out(16, 7.0f), lse(2);
-  int32_t len = 4, index = 0, count = 0;
-  SparseAttentionCpu(shape, {1, k.data(), v.data(), &len}, {1, &index, &count}, q.data(), out.data(), lse.data());
-  for (float x : out) EXPECT_EQ(x, 0.0f);
-  EXPECT_TRUE(std::isinf(lse[0]) && lse[0] < 0);
+  for (const bool avx2 : {false, true}) {
+    AttentionShape shape{1, 2, 1, 8, 4, 0.35f};
+    std::vector<float> k(32), v(32), q(16, 1.0f), out(16, 7.0f), lse(2, 7.0f);
+    int32_t len = 4, index = 0, count = 0;
+    if (!SparseAttentionCpuOn(avx2, shape, {1, k.data(), v.data(), &len}, {1, &index, &count}, q.data(), out.data(),
+                              lse.data())) {
+      continue;
+    }
+    for (float x : out) EXPECT_EQ(x, 0.0f);
+    for (float x : lse) EXPECT_TRUE(std::isinf(x) && x < 0);
+  }
+}
+
+// Selections of different lengths per (row, KV head), one with an empty
+// block (length 0) in it, and no lse asked for: each output row equals the
+// float64 reference over its own selection, on both loops.
+TEST(SparseAttentionCpu, RaggedSelectionsWithoutLse) {
+  const int n = 2, qh = 4, kvh = 2, d = 24, bt = 8, blocks = 5;
+  auto k = msa::testing::RandomVector(static_cast<size_t>(blocks) * bt * d, 11);
+  auto v = msa::testing::RandomVector(k.size(), 12);
+  auto q = msa::testing::RandomVector(static_cast<size_t>(n) * qh * d, 13);
+  std::vector<int32_t> len = {8, 0, 5, 8, 3};
+  const int max_blocks = 3;
+  // (row, kv head) -> its blocks, in order; -1 pads.
+  std::vector<int32_t> index = {0, 1, 2, /**/ 3, -1, -1, /**/ 4, 2, -1, /**/ 1, 3, 0};
+  std::vector<int32_t> count = {3, 1, 2, 3};
+  AttentionShape shape{n, qh, kvh, d, bt, static_cast<float>(1.0 / std::sqrt(d))};  // DenseReference's scale
+  for (const bool avx2 : {false, true}) {
+    std::vector<float> out(static_cast<size_t>(n) * qh * d, 7.0f);
+    if (!SparseAttentionCpuOn(avx2, shape, {blocks, k.data(), v.data(), len.data()}, {max_blocks, index.data(), count.data()},
+                              q.data(), out.data(), nullptr)) {
+      continue;
+    }
+    for (int i = 0; i < n; ++i) {
+      for (int h = 0; h < qh; ++h) {
+        const int sel = i * kvh + h / (qh / kvh);
+        std::vector<float> keys, values;  // the selection's tokens, gathered
+        for (int j = 0; j < count[sel]; ++j) {
+          const int b = index[sel * max_blocks + j];
+          keys.insert(keys.end(), k.begin() + b * bt * d, k.begin() + (b * bt + len[b]) * d);
+          values.insert(values.end(), v.begin() + b * bt * d, v.begin() + (b * bt + len[b]) * d);
+        }
+        std::vector<double> ref(d);
+        double ref_lse;
+        msa::testing::DenseReference(&q[(i * qh + h) * d], keys.data(), values.data(), static_cast<int>(keys.size() / d), d,
+                                     ref.data(), &ref_lse);
+        for (int c = 0; c < d; ++c) {
+          ASSERT_NEAR(out[(i * qh + h) * d + c], ref[c], 1e-4) << (avx2 ? "avx2 " : "portable ") << i << " " << h;
+        }
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -187,7 +187,8 @@ int main(int argc, char** argv) {
   {
     /* Opened with params: a 1 MiB cache, which the stats report. */
     msa_open_params_t op = msa_open_default_params();
-    CHECK(op.queue_depth == 256 && op.cache_bytes == 256u << 20 && op.allow_io_uring == 1 && op.read_only == 0);
+    CHECK(op.queue_depth == 256 && op.cache_bytes == 256u << 20 && op.allow_io_uring == 1 && op.read_only == 0 &&
+          op.query_threads == 0);
     op.read_only = 1;
     op.cache_bytes = 1u << 20;
     CHECK(msa_store_open_with(path, &op, &store) == MSA_OK);
@@ -198,6 +199,13 @@ int main(int argc, char** argv) {
     CHECK(msa_store_open_with(path, &op, &store) == MSA_INVALID_ARGUMENT);
     CHECK(store == NULL && strstr(msa_last_error(), "queue_depth") != NULL);
     op.queue_depth = 256;
+    op.query_threads = 257;
+    CHECK(msa_store_open_with(path, &op, &store) == MSA_INVALID_ARGUMENT);
+    CHECK(store == NULL && strstr(msa_last_error(), "query_threads") != NULL);
+    op.query_threads = 1; /* the caller's thread alone */
+    CHECK(msa_store_open_with(path, &op, &store) == MSA_OK);
+    msa_store_close(store);
+    op.query_threads = 0;
     op.reserved[2] = 1;
     CHECK(msa_store_open_with(path, &op, &store) == MSA_INVALID_ARGUMENT);
     CHECK(msa_store_open_with(path, NULL, &store) == MSA_OK); /* the defaults */

@@ -512,6 +512,20 @@ TEST(DotKernel, EveryQuantiserLoopEqualsThePortableOne) {
         EXPECT_EQ(std::bit_cast<uint32_t>(base_step.second), std::bit_cast<uint32_t>(want_base_step.second));
         for (uint8_t c : nibbles) ASSERT_LE(c, 15);
       }
+      // A range too narrow for a finite 1 / step (1e-38 wide): clamped to
+      // the same step on every loop, codes within 0..15.
+      {
+        std::vector<float> narrow(n);
+        for (size_t i = 0; i < n; ++i) narrow[i] = i % 3 == 0 ? 1e-38f : 0.0f;
+        std::vector<float> scratch(n);
+        std::vector<uint8_t> codes(n, 99), want(n, 99);
+        std::pair<float, float> base_step, want_base_step;
+        ASSERT_TRUE(QuantizeNibblesOn(isa, narrow.data(), n, scratch.data(), codes.data(), &base_step));
+        ASSERT_TRUE(QuantizeNibblesOn(DotIsa::kPortable, narrow.data(), n, scratch.data(), want.data(), &want_base_step));
+        EXPECT_EQ(codes, want);
+        EXPECT_EQ(base_step, want_base_step);
+        for (uint8_t c : codes) ASSERT_LE(c, 15);
+      }
       for (float bar : {-1.0f, 0.0f, 2.5f, std::numeric_limits<float>::infinity()}) {
         std::vector<uint32_t> idx(n + 1), want_idx(n + 1);
         size_t count = 0, want_count = 0;

@@ -218,10 +218,25 @@ def fmt(v):
 added = sorted(k for k in new if k not in old)
 removed = sorted(k for k in old if k not in new)
 changed = sorted(k for k in old if k in new and old[k] != new[k])
+
+
+def field_place(entry):
+    """(offset, size) of a field line: '  field TYPE NAME offset O size S'."""
+    words = entry.split()
+    return words[-3], words[-1]
+
+
 # A field added to a struct whose size did not change lies in existing
 # padding or reserved space: compatible. A grown struct shows as changed.
+# A reserved field taken into use (gone, with an added field of the same
+# struct at its offset and size: a caller that zeroed it asks for the new
+# field's default) is such an addition, not a removal.
+taken = [k for k in removed if k[0] == "field" and k[2].startswith("reserved") and
+         any(a[0] == "field" and a[1] == k[1] and field_place(new[a]) == field_place(old[k]) for a in added)]
+removed = [k for k in removed if k not in taken]
 breaking = removed + changed
-describe = [f"  - {old[k].strip()}" for k in removed] + \
+describe = [f"  - {old[k].strip()} (reserved, taken into use)" for k in taken] + \
+           [f"  - {old[k].strip()}" for k in removed] + \
            [f"  ~ {old[k].strip()}\n    -> {new[k].strip()}" for k in changed] + \
            [f"  + {new[k].strip()}" for k in added]
 

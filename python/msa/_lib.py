@@ -101,7 +101,7 @@ class OpenParams(ctypes.Structure):
         ("cache_bytes", ctypes.c_uint64),
         ("gpu_pool_bytes", ctypes.c_uint64),
         ("allow_io_uring", ctypes.c_int),
-        ("reserved_u32", ctypes.c_uint32),
+        ("query_threads", ctypes.c_uint32),
         ("reserved", ctypes.c_uint64 * 4),
     ]
 

@@ -278,13 +278,15 @@ class Store:
 
     @classmethod
     def open(cls, path, *, read_only=False, cache_bytes=None, gpu_pool_bytes=None, queue_depth=None,
-             allow_io_uring=True):
+             allow_io_uring=True, query_threads=None):
         """Opens an existing store (msa.NotFound if `path` holds none). read_only: no
         writer lock, no appends; sees what was committed when opened. cache_bytes:
         the host cache of decoded blocks (0: none; default 256 MiB); gpu_pool_bytes:
         device memory for the GPU block pool (0: never the GPU; default 256 MiB);
         queue_depth: io_uring entries (default 256); allow_io_uring=False reads with
-        the pread thread pool (msa_store_open_with)."""
+        the pread thread pool; query_threads: threads one query's routing scan may
+        use, the caller's included (default: the hardware threads, up to 8)
+        (msa_store_open_with)."""
         p = _c.msa_open_default_params()
         p.read_only = 1 if read_only else 0
         if cache_bytes is not None:
@@ -294,6 +296,8 @@ class Store:
         if queue_depth is not None:
             p.queue_depth = queue_depth
         p.allow_io_uring = 1 if allow_io_uring else 0
+        if query_threads is not None:
+            p.query_threads = query_threads
         handle = ctypes.c_void_p()
         _check(_c.msa_store_open_with(_path_bytes(path), ctypes.byref(p), ctypes.byref(handle)))
         return cls(handle, str(path))

@@ -253,6 +253,19 @@ def test_open_with_a_cache_size(corpus):
         msa.Store.open(path, read_only=True, queue_depth=0)
 
 
+def test_query_threads_change_no_answer(corpus):
+    path, _, _ = corpus
+    q = queries(3)
+    with msa.Store.open(path, read_only=True, query_threads=1) as store:
+        one = store.attend(0, q, top_k=2, gpu="off")
+    with msa.Store.open(path, read_only=True, query_threads=4) as store:
+        many = store.attend(0, q, top_k=2, gpu="off")
+    np.testing.assert_array_equal(one[0], many[0])
+    np.testing.assert_array_equal(one[1], many[1])
+    with pytest.raises(msa.InvalidArgument, match="query_threads"):
+        msa.Store.open(path, read_only=True, query_threads=257)
+
+
 def test_prefetch_errors_arrive_at_wait(corpus):
     path, _, _ = corpus
     with msa.Store.open(path, read_only=True) as store:
