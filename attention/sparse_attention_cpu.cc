@@ -77,9 +77,14 @@ const bool kAvx2Fma = HasAvx2Fma();
 // head per row, so each key and value row is read from memory once for
 // the whole group (a head-major loop read the group's K/V once per head).
 // q, out: heads rows of head_dim; lse: heads values (may be null).
-// `scores` is scratch.
+struct GroupScratch {
+  std::vector<float> scores;     // [head][token]
+  std::vector<float> max_score;  // [head]
+  std::vector<double> denom;     // [head]
+};
+
 void AttendGroup(const RowOps& ops, const AttentionShape& s, const BlockTable<float>& table, const int32_t* blocks,
-                 int count, int heads, const float* q, float* out, float* lse, std::vector<float>& scores) {
+                 int count, int heads, const float* q, float* out, float* lse, GroupScratch& scratch) {
   const int d = s.head_dim;
   size_t tokens = 0;
   for (int j = 0; j < count; ++j) tokens += static_cast<size_t>(table.block_len[blocks[j]]);
@@ -88,8 +93,10 @@ void AttendGroup(const RowOps& ops, const AttentionShape& s, const BlockTable<fl
     if (lse) std::fill(lse, lse + heads, -std::numeric_limits<float>::infinity());
     return;
   }
-  scores.resize(static_cast<size_t>(heads) * tokens);  // scores[h * tokens + t]
-  std::vector<float> max_score(heads, -std::numeric_limits<float>::infinity());
+  std::vector<float>& scores = scratch.scores;  // scores[h * tokens + t]
+  scores.resize(static_cast<size_t>(heads) * tokens);
+  std::vector<float>& max_score = scratch.max_score;
+  max_score.assign(heads, -std::numeric_limits<float>::infinity());
   size_t t = 0;
   for (int j = 0; j < count; ++j) {
     const int b = blocks[j];
@@ -103,7 +110,8 @@ void AttendGroup(const RowOps& ops, const AttentionShape& s, const BlockTable<fl
       }
     }
   }
-  std::vector<double> denom(heads, 0.0);
+  std::vector<double>& denom = scratch.denom;
+  denom.assign(heads, 0.0);
   t = 0;
   for (int j = 0; j < count; ++j) {
     const int b = blocks[j];
@@ -127,7 +135,7 @@ void AttendGroup(const RowOps& ops, const AttentionShape& s, const BlockTable<fl
 
 void Attend(const RowOps& ops, const AttentionShape& shape, const BlockTable<float>& table,
             const Selection& selection, const float* q, float* out, float* lse) {
-  std::vector<float> scores;
+  GroupScratch scratch;
   const int d = shape.head_dim;
   const int group = shape.q_heads / shape.kv_heads;  // KvHeadOf: heads [g * group, (g + 1) * group)
   for (int i = 0; i < shape.n_queries; ++i) {
@@ -135,7 +143,7 @@ void Attend(const RowOps& ops, const AttentionShape& shape, const BlockTable<flo
       const size_t sel = static_cast<size_t>(i) * shape.kv_heads + g;
       const size_t row = static_cast<size_t>(i) * shape.q_heads + static_cast<size_t>(g) * group;
       AttendGroup(ops, shape, table, selection.block_index + sel * selection.max_blocks, selection.count[sel],
-                  group, q + row * d, out + row * d, lse ? lse + row : nullptr, scores);
+                  group, q + row * d, out + row * d, lse ? lse + row : nullptr, scratch);
     }
   }
 }

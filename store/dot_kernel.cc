@@ -155,14 +155,29 @@ __attribute__((target("avx2"))) size_t IndicesAtLeastAvx2(const float* x, size_t
   return m;
 }
 
+// The portable sketch quantisers; the vector loops below finish their
+// tails with them.
+float MaxAbsPortable(const float* x, size_t n) {
+  float m = 0.0f;
+  for (size_t i = 0; i < n; ++i) m = std::abs(x[i]) > m ? std::abs(x[i]) : m;
+  return m;
+}
+
+void QuantizePortable(const float* x, size_t n, float inverse, int8_t* out) {
+  for (size_t i = 0; i < n; ++i) {
+    const float v = std::nearbyint(std::min(127.0f, std::max(-127.0f, x[i] * inverse)));
+    out[i] = std::isnan(x[i]) ? 0 : static_cast<int8_t>(v);
+  }
+}
+
 __attribute__((target("avx512f"))) float MaxAbsAvx512(const float* x, size_t n) {
   __m512 peak = _mm512_setzero_ps();
   size_t i = 0;
   // MAXPS returns its second operand when either is NaN: a NaN keeps the peak.
   for (; i + 16 <= n; i += 16) peak = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + i)), peak);
   float m = _mm512_reduce_max_ps(peak);
-  for (; i < n; ++i) m = std::abs(x[i]) > m ? std::abs(x[i]) : m;
-  return m;
+  const float tail = MaxAbsPortable(x + i, n - i);
+  return tail > m ? tail : m;
 }
 
 __attribute__((target("avx512f"))) void QuantizeAvx512(const float* x, size_t n, float inverse, int8_t* out) {
@@ -175,10 +190,7 @@ __attribute__((target("avx512f"))) void QuantizeAvx512(const float* x, size_t n,
     v = _mm512_mask_blend_ps(nan, v, _mm512_setzero_ps());
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v)));
   }
-  for (; i < n; ++i) {
-    const float v = std::nearbyint(std::min(127.0f, std::max(-127.0f, x[i] * inverse)));
-    out[i] = std::isnan(x[i]) ? 0 : static_cast<int8_t>(v);
-  }
+  QuantizePortable(x + i, n - i, inverse, out + i);
 }
 
 __attribute__((target("avx2"))) float MaxAbsAvx2(const float* x, size_t n) {
@@ -191,8 +203,8 @@ __attribute__((target("avx2"))) float MaxAbsAvx2(const float* x, size_t n) {
   _mm256_store_ps(lanes, peak);
   float m = 0.0f;
   for (float v : lanes) m = v > m ? v : m;
-  for (; i < n; ++i) m = std::abs(x[i]) > m ? std::abs(x[i]) : m;
-  return m;
+  const float tail = MaxAbsPortable(x + i, n - i);
+  return tail > m ? tail : m;
 }
 
 // Eight codes of QuantizeAvx2. Without FMA in the target, so the multiply
@@ -218,23 +230,7 @@ __attribute__((target("avx2"))) void QuantizeAvx2(const float* x, size_t n, floa
     const __m256i ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), ordered);
   }
-  for (; i < n; ++i) {
-    const float v = std::nearbyint(std::min(127.0f, std::max(-127.0f, x[i] * inverse)));
-    out[i] = std::isnan(x[i]) ? 0 : static_cast<int8_t>(v);
-  }
-}
-
-float MaxAbsPortable(const float* x, size_t n) {
-  float m = 0.0f;
-  for (size_t i = 0; i < n; ++i) m = std::abs(x[i]) > m ? std::abs(x[i]) : m;
-  return m;
-}
-
-void QuantizePortable(const float* x, size_t n, float inverse, int8_t* out) {
-  for (size_t i = 0; i < n; ++i) {
-    const float v = std::nearbyint(std::min(127.0f, std::max(-127.0f, x[i] * inverse)));
-    out[i] = std::isnan(x[i]) ? 0 : static_cast<int8_t>(v);
-  }
+  QuantizePortable(x + i, n - i, inverse, out + i);
 }
 
 size_t IndicesAtLeastPortable(const float* x, size_t n, float bar, uint32_t* idx) {
