@@ -11,6 +11,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "attention/cuda_attention_kernel.cuh"
@@ -107,46 +108,12 @@ __device__ __forceinline__ void SplitHiLo(float x, float y, uint32_t* hi, uint32
   *lo = AsU32(__floats2half2_rn(x - hf.x, y - hf.y));
 }
 
-// Flat token f of the run -> row of the K/V table. s_start[k] is the token
-// offset of the run's k-th block; blocks of length 0 (invalid entries) share
-// their start with the next block, so the last k with s_start[k] <= f is
-// always a block that holds f.
-__device__ __forceinline__ int32_t TokenRow(const int* s_block, const int* s_start, int nb,
-                                            int block_tokens, int f) {
-  int lo = 0, hi = nb;
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) >> 1;
-    if (s_start[mid] <= f) {
-      lo = mid;
-    } else {
-      hi = mid;
-    }
-  }
-  return s_block[lo] * block_tokens + (f - s_start[lo]);  // < 2^31: checked at launch
-}
-
-// The same as (block << 8) | token-in-block, for int8 pages (a page per
-// block: no division by block_tokens in the loops; block_tokens <= 256 and
-// fewer than 2^23 pages, checked at launch).
-__device__ __forceinline__ int32_t TokenPage(const int* s_block, const int* s_start, int nb, int f) {
-  int lo = 0, hi = nb;
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) >> 1;
-    if (s_start[mid] <= f) {
-      lo = mid;
-    } else {
-      hi = mid;
-    }
-  }
-  return (s_block[lo] << 8) | (f - s_start[lo]);
-}
-
 // Dequantises one stage of int8 codes (keys and values) into its fp16
 // tiles, in place: the codes of row n sit in the second half of its fp16
 // row (bytes [D, 2D)), put there by the loads. Every thread first takes its
 // code chunks into registers, then (after a barrier) writes fp16; all
-// threads call it. rows: the stage's tokens as TokenPage values (-1 past
-// the run). The parameters were prefetched into L1 with the codes. Channels
+// threads call it. rows: the stage's tokens as page tokens, (block << 8) | token
+// in block (-1 past the run). The parameters were prefetched into L1 with the codes. Channels
 // past head_dim and rows past the run become 0, as the fp16 loads' zero
 // fill makes them.
 template <int D, int BN>
@@ -220,6 +187,13 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
   constexpr int PS = SN / 16; // k16 steps of P V
   constexpr int CH = D / 8;   // 16-byte chunks of a padded K/V row
   constexpr int ST = Stages<D, MW>();
+  // Tile loads: thread tid takes 16-byte chunk tid % CH of rows tid / CH +
+  // RS * i, so that a warp's load instruction reads whole rows (contiguous
+  // bytes: splitting a row's chunks over instructions cost 30% of the
+  // bandwidth of one-query calls, the lines' sectors missing one by one).
+  constexpr int RS = kSplitThreads / CH;   // rows per pass of the block
+  constexpr int RPT = BN / RS;             // rows each thread loads per tile
+  static_assert(kSplitThreads % CH == 0 && BN % RS == 0 && BN <= kSplitThreads);
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __half* s_qhi = reinterpret_cast<__half*>(smem_raw);  // [M][LD]
@@ -233,7 +207,7 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
   // in this split as row r_first + i - 1.
   int* s_same = s_warp + 4;
   // [ST][BN]: table row of each token of each stage's tile (int8 pages:
-  // TokenPage values), -1 past the run.
+  // page tokens), -1 past the run: written for int8 pages only.
   int32_t* s_row = reinterpret_cast<int32_t*>(s_same + 64);
 
   // The merge kernel (a programmatic dependent launch) may start launching
@@ -243,7 +217,10 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
 
   const int tid = threadIdx.x;
   const int lane = tid & 31;
-  const int warp = tid >> 5;
+  // Broadcast from lane 0 so that the compiler knows the warp index (and
+  // everything derived from it) is warp-uniform: otherwise it guards every
+  // ldmatrix and mma (.sync.aligned) with a WARPSYNC, one per instruction.
+  const int warp = __shfl_sync(0xffffffffu, tid >> 5, 0);
   const int rg = warp % MW;  // row group: query vectors [16 rg, 16 rg + 16)
   const int ts = warp / MW;  // token slice: tokens [SN ts, SN ts + SN) of each tile (ts < TS)
   const int g = blockIdx.y;
@@ -254,6 +231,8 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
   const int j0 = split * p.blocks_per_split;
   const int j1 = j0 + p.blocks_per_split;
   const int dchunks = p.head_dim / 8;
+  const int load_part = tid % CH;  // the 16-byte chunk of each row this thread loads
+  const int load_row = tid / CH;   // its first row of each tile
 
   // Q of the CTA's vectors as hi/lo fp16; padding rows and channels are 0.
   int any_q_lo = 0;
@@ -310,6 +289,10 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
     }
     __syncthreads();
   }
+  // The runs, compiled twice: with and without Q's lo products, so that no
+  // tensor-core instruction sits under a run-time condition in the loop.
+  auto attend_runs = [&](auto q_lo_tag) {
+  constexpr bool kQLo = decltype(q_lo_tag)::value;
   for (int ra = r_first; ra <= r_last;) {
     // The previous run is done with s_block/s_start/s_row and the K/V buffers.
     // (Before the first run nothing needs ordering: the barriers of the scan
@@ -365,20 +348,31 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
     }
     const bool warp_active = ts < TS && 16 * rg < a_hi && 16 * rg + 16 > a_lo;
 
-    auto set_rows = [&](int tile) {
-      if (tid < BN) {
-        const int f = tile * BN + tid;
-        s_row[(tile % ST) * BN + tid] = f >= total      ? -1
-                                        : p.int8_pages ? TokenPage(s_block, s_start, nb, f)
-                                                       : TokenRow(s_block, s_start, nb, p.block_tokens, f);
-      }
+    // Token `tid` of each tile (tid < BN) looks its table row up and
+    // publishes it in s_row for the loads. Its block is found by a cursor
+    // that only moves forward, as the tiles are looked up in order
+    // (amortised one step per block).
+    int cursor = 0;
+    auto row_of = [&](int tile) -> int32_t {
+      const int f = tile * BN + tid;
+      if (f >= total) return -1;
+      while (cursor + 1 < nb && s_start[cursor + 1] <= f) ++cursor;
+      const int in_block = f - s_start[cursor];
+      // int8 pages: the page token (block << 8) | token, a page per block
+      // (block_tokens <= 256 and fewer than 2^23 pages, checked at launch);
+      // fp16: the row of the K/V table (< 2^31, checked at launch).
+      return p.int8_pages ? (s_block[cursor] << 8) | in_block : s_block[cursor] * p.block_tokens + in_block;
     };
+    auto publish_row = [&](int tile) {
+      if (tid < BN) s_row[(tile % ST) * BN + tid] = row_of(tile);
+    };
+    // After a barrier that publishes the stage's rows.
     auto issue_loads = [&](int stage) {
       __half* dk = s_k + stage * BN * LD;
       __half* dv = s_v + stage * BN * LD;
-      const int32_t* rows = s_row + stage * BN;
       if (p.int8_pages) {
-        // Codes into the second half of each fp16 row; DequantizeTile widens them.
+        const int32_t* rows = s_row + stage * BN;
+        // Codes into the second half of each fp16 row; DequantizeStage widens them.
         const auto* kp = reinterpret_cast<const unsigned char*>(p.keys);
         const auto* vp = reinterpret_cast<const unsigned char*>(p.values);
 #pragma unroll 4
@@ -405,15 +399,19 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
         }
         return;
       }
-#pragma unroll 4
-      for (int c = tid; c < BN * CH; c += kSplitThreads) {
-        const int n = c / CH;
-        const int part = c - n * CH;
-        const int32_t row = rows[n];
-        const bool ok = row >= 0 && part < dchunks;
-        const size_t off = ok ? static_cast<size_t>(row) * p.head_dim + part * 8 : 0;
-        CpAsync16(dk + n * LD + part * 8, p.keys + off, ok ? 16 : 0);
-        CpAsync16(dv + n * LD + part * 8, p.values + off, ok ? 16 : 0);
+      const int32_t* rows = s_row + stage * BN + load_row;
+      dk += load_row * LD + load_part * 8;
+      dv += load_row * LD + load_part * 8;
+      const bool part_ok = load_part < dchunks;
+#pragma unroll
+      for (int i = 0; i < RPT; ++i) {
+        const int32_t row = rows[RS * i];
+        // Past the run or the real channels: zero fill, from an address that
+        // is certainly inside the table.
+        const bool ok = row >= 0 && part_ok;
+        const size_t off = ok ? static_cast<size_t>(static_cast<uint32_t>(row)) * p.head_dim + load_part * 8 : 0;
+        CpAsync16(dk + RS * i * LD, p.keys + off, ok ? 16 : 0);
+        CpAsync16(dv + RS * i * LD, p.values + off, ok ? 16 : 0);
       }
     };
 
@@ -422,17 +420,16 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
 #pragma unroll
     for (int k = 0; k < ST - 1; ++k) {
       if (k < n_tiles) {
-        set_rows(k);
+        publish_row(k);
         __syncthreads();
         issue_loads(k);
-        __syncthreads();  // s_row is read by every thread before it is rewritten
       }
       CpAsyncCommit();
     }
     for (int t = 0; t < n_tiles; ++t) {
       const int stage = t % ST;
       const int ahead = t + ST - 1;
-      if (ahead < n_tiles) set_rows(ahead);
+      if (ahead < n_tiles) publish_row(ahead);
       __syncthreads();  // s_row holds tile `ahead`; every warp is done with its stage (tile t-1's)
       if (ahead < n_tiles) issue_loads(ahead % ST);
       CpAsyncCommit();
@@ -454,14 +451,14 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
         uint32_t ahi[4], alo[4];
         const int qoff = (16 * rg + (lane & 15)) * LD + ks * 16 + (lane >> 4) * 8;
         LdMatrixX4(ahi, s_qhi + qoff);
-        if (q_lo) LdMatrixX4(alo, s_qlo + qoff);
+        if constexpr (kQLo) LdMatrixX4(alo, s_qlo + qoff);
 #pragma unroll
         for (int j = 0; j < NT / 2; ++j) {
           uint32_t b[4];
           LdMatrixX4(b, tk + (16 * j + (lane >> 4) * 8 + (lane & 7)) * LD + ks * 16 + ((lane >> 3) & 1) * 8);
           Mma16816(s[2 * j], ahi, b[0], b[1]);
           Mma16816(s[2 * j + 1], ahi, b[2], b[3]);
-          if (q_lo) {
+          if constexpr (kQLo) {
             Mma16816(s[2 * j], alo, b[0], b[1]);
             Mma16816(s[2 * j + 1], alo, b[2], b[3]);
           }
@@ -630,6 +627,12 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
         }
       }
     }
+  }
+  };
+  if (q_lo) {
+    attend_runs(std::true_type{});
+  } else {
+    attend_runs(std::false_type{});
   }
 }
 
