@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -88,6 +89,11 @@ __device__ __forceinline__ void Mma16816(float (&c)[4], const uint32_t (&a)[4], 
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+
+// How far (log2 units) a score may pass a row's reference maximum before
+// the reference moves: probabilities stay in (0, 2^8], far inside fp16 and
+// float range.
+constexpr float kRescaleSlack = 8.0f;
 
 // 2^x in one MUFU instruction (exp2f adds a denormal fix-up around it).
 // Results below 2^-126 flush to zero: a probability that small, next to the
@@ -234,6 +240,13 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
   const int load_part = tid % CH;  // the 16-byte chunk of each row this thread loads
   const int load_row = tid / CH;   // its first row of each tile
 
+  // Scores are scale * q.k with scale > 0 in the loop (see the softmax):
+  // a negative scale's sign goes into Q (exactly), and a zero one becomes
+  // the smallest normal float, whose scores round to the same uniform
+  // softmax.
+  const float q_sign = p.score_scale < 0.0f ? -1.0f : 1.0f;
+  const float scale = fmaxf(fabsf(p.score_scale), FLT_MIN);
+
   // Q of the CTA's vectors as hi/lo fp16; padding rows and channels are 0.
   int any_q_lo = 0;
   for (int idx = tid; idx < M * (D / 2); idx += kSplitThreads) {
@@ -245,8 +258,8 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
       const int r = mg / p.group;
       const int h = mg - r * p.group;
       const float* src = p.q + (static_cast<size_t>(r) * p.q_heads + g * p.group + h) * p.head_dim + c;
-      x = src[0];
-      y = src[1];
+      x = q_sign * src[0];
+      y = q_sign * src[1];
     }
     uint32_t hi, lo;
     SplitHiLo(x, y, &hi, &lo);
@@ -409,7 +422,8 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
         // Past the run or the real channels: zero fill, from an address that
         // is certainly inside the table.
         const bool ok = row >= 0 && part_ok;
-        const size_t off = ok ? static_cast<size_t>(static_cast<uint32_t>(row)) * p.head_dim + load_part * 8 : 0;
+        const size_t off =
+            ok ? static_cast<size_t>(static_cast<uint32_t>(row)) * static_cast<uint32_t>(p.head_dim) + load_part * 8 : 0;
         CpAsync16(dk + RS * i * LD, p.keys + off, ok ? 16 : 0);
         CpAsync16(dv + RS * i * LD, p.values + off, ok ? 16 : 0);
       }
@@ -466,14 +480,10 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
       }
 
       // Online softmax in log2 units; tokens past the run score -inf (only
-      // a run's last slice has any: the test is warp-uniform).
+      // a run's last slice has any: the test is warp-uniform). The scale
+      // enters in the exponent's FMA (it is positive: a negative one was
+      // folded into Q), so the maximum is taken over the raw scores.
       const int valid = total - t * BN - ts * SN;
-      float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int j = 0; j < NT; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[j][e] *= p.score_scale;
-      }
       if (valid < SN) {
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
@@ -483,40 +493,49 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
           }
         }
       }
+      float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
       }
-      float alpha[2], m_use[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
         mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-        const float m_new = fmaxf(m_i[h], mx[h]);
-        // Nothing seen yet (all -inf): subtract 0 so that -inf - -inf never makes a NaN.
-        m_use[h] = m_new == -INFINITY ? 0.0f : m_new;
-        alpha[h] = Exp2(m_i[h] - m_use[h]);
-        m_i[h] = m_new;
-        l_i[h] *= alpha[h];
+        mx[h] *= scale;  // -inf stays -inf: scale > 0
       }
+      // m_i is a reference maximum, not the running one: it moves (and the
+      // accumulators are rescaled) only when a score passes it by more than
+      // kRescaleSlack, so probabilities lie in (0, 2^kRescaleSlack] and
+      // after the first tiles almost no tile rescales. (A rescale on every
+      // new maximum ran on half the tiles of a 64-query call.)
+      const bool grow0 = mx[0] > m_i[0] + kRescaleSlack, grow1 = mx[1] > m_i[1] + kRescaleSlack;
+      if (__any_sync(0xffffffffu, grow0 || grow1)) {
+        float alpha[2];
 #pragma unroll
-      for (int j = 0; j < NT; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          s[j][e] = Exp2(s[j][e] - m_use[e >> 1]);
-          l_i[e >> 1] += s[j][e];
+        for (int h = 0; h < 2; ++h) {
+          const bool grow = h == 0 ? grow0 : grow1;
+          alpha[h] = grow ? Exp2(m_i[h] - mx[h]) : 1.0f;  // m_i = -inf: 0, nothing to keep
+          if (grow) m_i[h] = mx[h];
+          l_i[h] *= alpha[h];
         }
-      }
-      // Once a row's maximum has settled (most tiles after the first few),
-      // alpha is exactly 1: the whole warp skips the rescale.
-      if (!__all_sync(0xffffffffu, alpha[0] == 1.0f && alpha[1] == 1.0f)) {
 #pragma unroll
         for (int dt = 0; dt < DT; ++dt) {
           acc[dt][0] *= alpha[0];
           acc[dt][1] *= alpha[0];
           acc[dt][2] *= alpha[1];
           acc[dt][3] *= alpha[1];
+        }
+      }
+      // Nothing seen yet (all -inf): subtract 0 so that -inf - -inf never makes a NaN.
+      const float m_use[2] = {m_i[0] == -INFINITY ? 0.0f : m_i[0], m_i[1] == -INFINITY ? 0.0f : m_i[1]};
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[j][e] = Exp2(fmaf(s[j][e], scale, -m_use[e >> 1]));
+          l_i[e >> 1] += s[j][e];
         }
       }
       // O += P V: the score accumulators of n-tiles 2kk, 2kk+1 are the A fragment of k-step kk.
