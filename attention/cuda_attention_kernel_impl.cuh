@@ -43,7 +43,7 @@ template <int D, int MW>
 constexpr size_t SplitSmemBytes() {
   constexpr size_t q = 2u * 16 * MW * RowStride<D>() * sizeof(__half);           // Q hi, lo
   constexpr size_t kv = 2u * Stages<D, MW>() * TileTokens<D>() * RowStride<D>() * sizeof(__half);  // K, V
-  constexpr size_t ints = (kMaxBlocksPerSplit + (kMaxBlocksPerSplit + 4) + 4 + 64) * sizeof(int);
+  constexpr size_t ints = (kMaxBlocksPerSplit + (kMaxBlocksPerSplit + 4) + 4 + 64 + 64) * sizeof(int);
   return q + kv + ints + Stages<D, MW>() * TileTokens<D>() * sizeof(int32_t);
 }
 
@@ -212,9 +212,10 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
   // [64 >= rows of a CTA]: s_same[i] = row r_first + i selects the same blocks
   // in this split as row r_first + i - 1.
   int* s_same = s_warp + 4;
+  int* s_count = s_same + 64;  // [64]: blocks of row r_first + i in this split
   // [ST][BN]: table row of each token of each stage's tile (int8 pages:
   // page tokens), -1 past the run: written for int8 pages only.
-  int32_t* s_row = reinterpret_cast<int32_t*>(s_same + 64);
+  int32_t* s_row = reinterpret_cast<int32_t*>(s_count + 64);
 
   // The merge kernel (a programmatic dependent launch) may start launching
   // now: every CTA of this grid has started, and it waits on griddepcontrol.wait
@@ -248,24 +249,40 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
   const float scale = fmaxf(fabsf(p.score_scale), FLT_MIN);
 
   // Q of the CTA's vectors as hi/lo fp16; padding rows and channels are 0.
+  // Thread tid takes channel pair c of vectors m_first + kQStep * k. The
+  // loads go out kQBatch at a time before any is used: one at a time, each
+  // a round trip to L2 or HBM, they cost a 64-vector CTA ~30 us.
+  constexpr int kQStep = kSplitThreads / (D / 2);
+  constexpr int kQIters = M / kQStep;
+  constexpr int kQBatch = kQIters < 8 ? kQIters : 8;
+  static_assert(kSplitThreads % (D / 2) == 0 && M % kQStep == 0 && kQIters % kQBatch == 0);
+  const int q_c = (tid % (D / 2)) * 2;
+  const int m_first = tid / (D / 2);
+  int q_mg = m0 + m_first;                // the next vector's CTA-global index,
+  int q_r = q_mg / p.group;               // its row
+  int q_h = q_mg - q_r * p.group;         // and head in the group
   int any_q_lo = 0;
-  for (int idx = tid; idx < M * (D / 2); idx += kSplitThreads) {
-    const int m = idx / (D / 2);
-    const int c = (idx % (D / 2)) * 2;
-    float x = 0.0f, y = 0.0f;
-    const int mg = m0 + m;
-    if (mg < m_end && c < p.head_dim) {
-      const int r = mg / p.group;
-      const int h = mg - r * p.group;
-      const float* src = p.q + (static_cast<size_t>(r) * p.q_heads + g * p.group + h) * p.head_dim + c;
-      x = q_sign * src[0];
-      y = q_sign * src[1];
+  for (int k0 = 0; k0 < kQIters; k0 += kQBatch) {
+    float2 xy[kQBatch];
+#pragma unroll
+    for (int i = 0; i < kQBatch; ++i) {
+      xy[i] = make_float2(0.0f, 0.0f);
+      if (q_mg < m_end && q_c < p.head_dim) {
+        const float* src = p.q + (static_cast<size_t>(q_r) * p.q_heads + g * p.group + q_h) * p.head_dim + q_c;
+        xy[i] = make_float2(src[0], src[1]);
+      }
+      q_mg += kQStep;
+      for (q_h += kQStep; q_h >= p.group; q_h -= p.group) ++q_r;
     }
-    uint32_t hi, lo;
-    SplitHiLo(x, y, &hi, &lo);
-    *reinterpret_cast<uint32_t*>(s_qhi + m * LD + c) = hi;
-    *reinterpret_cast<uint32_t*>(s_qlo + m * LD + c) = lo;
-    any_q_lo |= lo != 0;
+#pragma unroll
+    for (int i = 0; i < kQBatch; ++i) {
+      const int m = m_first + (k0 + i) * kQStep;
+      uint32_t hi, lo;
+      SplitHiLo(q_sign * xy[i].x, q_sign * xy[i].y, &hi, &lo);
+      *reinterpret_cast<uint32_t*>(s_qhi + m * LD + q_c) = hi;
+      *reinterpret_cast<uint32_t*>(s_qlo + m * LD + q_c) = lo;
+      any_q_lo |= lo != 0;
+    }
   }
   // A q that fp16 holds exactly (an engine's fp16 activations) has no lo
   // part: its lo products would add zeros, so they are skipped (the same
@@ -286,17 +303,19 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
   // Compare every row's selection with the previous row's at once (one
   // round trip of loads, not one per row): equal neighbours form runs.
   if (n_rows > 1) {
-    for (int i = 1 + tid; i < n_rows; i += kSplitThreads) {
-      s_same[i] = blocks_in_split(r_first + i) == blocks_in_split(r_first + i - 1);
-    }
+    if (tid < n_rows) s_count[tid] = blocks_in_split(r_first + tid);
     __syncthreads();
+    if (tid >= 1 && tid < n_rows) s_same[tid] = s_count[tid] == s_count[tid - 1];
+    __syncthreads();
+    // Unrolled so that several iterations' index loads are in flight at once.
     const int bps = p.blocks_per_split;
+#pragma unroll 4
     for (int idx = tid; idx < (n_rows - 1) * bps; idx += kSplitThreads) {
       const int i = idx / bps + 1;
       const int k = idx - (i - 1) * bps;
       const int r = r_first + i;
-      if (k < blocks_in_split(r) && p.block_index[sel_of(r) * p.max_blocks + j0 + k] !=
-                                        p.block_index[sel_of(r - 1) * p.max_blocks + j0 + k]) {
+      if (k < s_count[i] && p.block_index[sel_of(r) * p.max_blocks + j0 + k] !=
+                                p.block_index[sel_of(r - 1) * p.max_blocks + j0 + k]) {
         s_same[i] = 0;  // only zeros are written here: concurrent writers agree
       }
     }

@@ -376,18 +376,30 @@ static Status RunSplit(const AttentionShape& shape, int num_blocks, const Select
   const int d_pad = shape.head_dim <= 64 ? 64 : shape.head_dim <= 128 ? 128 : 256;
   // Query vectors per KV head, and per CTA: 16, 32 or 64.
   const int64_t vectors = static_cast<int64_t>(shape.n_queries) * p.group;
-  const int mw = vectors <= 16 ? 1 : vectors <= 32 ? 2 : 4;
-  const int64_t m_tiles = (vectors + 16 * mw - 1) / (16 * mw);
-  if (m_tiles > INT_MAX) return Status::InvalidArgument("too many query rows for one call");
-
+  int mw = vectors <= 16 ? 1 : vectors <= 32 ? 2 : 4;
   int device = 0, sms = 0, ctas_per_sm = 0;
   MSA_RETURN_IF_ERROR(CudaStatus(cudaGetDevice(&device), "cudaGetDevice"));
   MSA_RETURN_IF_ERROR(SmCount(device, &sms));
-  switch (d_pad) {
-    case 64: MSA_RETURN_IF_ERROR(cuda::SplitKernelOccupancy<64>(device, mw, &ctas_per_sm)); break;
-    case 128: MSA_RETURN_IF_ERROR(cuda::SplitKernelOccupancy<128>(device, mw, &ctas_per_sm)); break;
-    default: MSA_RETURN_IF_ERROR(cuda::SplitKernelOccupancy<256>(device, mw, &ctas_per_sm)); break;
+  auto occupancy = [&]() -> Status {
+    switch (d_pad) {
+      case 64: return cuda::SplitKernelOccupancy<64>(device, mw, &ctas_per_sm);
+      case 128: return cuda::SplitKernelOccupancy<128>(device, mw, &ctas_per_sm);
+      default: return cuda::SplitKernelOccupancy<256>(device, mw, &ctas_per_sm);
+    }
+  };
+  MSA_RETURN_IF_ERROR(occupancy());
+  // A short selection caps the splits (kMinBlocksPerSplit blocks each): if
+  // the grid then leaves SMs idle, fewer query vectors per CTA give more
+  // CTAs (the K/V a KV head's CTAs share is read from L2 again, which at
+  // such budgets it holds). 8 queries over 2K tokens: 128 CTAs -> 256.
+  const int64_t max_splits = std::max(1, selection.max_blocks / kMinBlocksPerSplit);
+  while (mw > 1 && ((vectors + 16 * mw - 1) / (16 * mw)) * shape.kv_heads * max_splits <
+                       static_cast<int64_t>(sms) * ctas_per_sm) {
+    mw /= 2;
+    MSA_RETURN_IF_ERROR(occupancy());
   }
+  const int64_t m_tiles = (vectors + 16 * mw - 1) / (16 * mw);
+  if (m_tiles > INT_MAX) return Status::InvalidArgument("too many query rows for one call");
 
   // Splits: enough CTAs to fill the GPU about once, at least kMinBlocksPerSplit
   // blocks each (where the selection has that many) and at most
@@ -396,7 +408,7 @@ static Status RunSplit(const AttentionShape& shape, int num_blocks, const Select
   const int64_t resident = static_cast<int64_t>(sms) * ctas_per_sm;
   int64_t splits = std::max<int64_t>(1, resident / base);
   splits = std::max<int64_t>(splits, (selection.max_blocks + kMaxBlocksPerSplit - 1) / kMaxBlocksPerSplit);
-  splits = std::min<int64_t>(splits, std::max(1, selection.max_blocks / kMinBlocksPerSplit));
+  splits = std::min<int64_t>(splits, max_splits);
   p.blocks_per_split = static_cast<int>((selection.max_blocks + splits - 1) / splits);
   p.num_splits = p.blocks_per_split == 0 ? 1
                                          : static_cast<int>((selection.max_blocks + p.blocks_per_split - 1) /

@@ -277,6 +277,27 @@ TEST(CudaAttention, MatchesCpuWithinTwiceItsFloat64Error) {
   }
 }
 
+// The CUDA path on p within twice the CPU path's float64 error (the
+// tolerance of the file's header).
+void ExpectCudaWithinCpuTolerance(const Problem& p) {
+  const size_t d = p.shape.head_dim;
+  std::vector<double> out64, lse64;
+  ReferenceF64(p, &out64, &lse64);
+  std::vector<float> out_cpu(p.Rows() * d), lse_cpu(p.Rows());
+  SparseAttentionCpu(p.shape, p.FloatTable(), p.Sel(), p.q.data(), out_cpu.data(), lse_cpu.data());
+  const double cpu_out_err = MaxError(out_cpu, out64);
+  const double cpu_lse_err = MaxError(lse_cpu, lse64);
+  ASSERT_TRUE(std::isfinite(cpu_out_err) && std::isfinite(cpu_lse_err)) << "CPU reference broken";
+  const double out_tol = 2.0 * cpu_out_err + 1e-5 * p.max_abs_v;
+  const double lse_tol = 2.0 * cpu_lse_err + 1e-5 * std::max(1.0, MaxFinite(lse64));
+  std::vector<float> out_gpu(p.Rows() * d, 123.0f), lse_gpu(p.Rows(), 123.0f);
+  const Status st =
+      SparseAttentionCudaF16Host(p.shape, p.HalfTable(), p.Sel(), p.q.data(), out_gpu.data(), lse_gpu.data());
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_LE(MaxError(out_gpu, out64), out_tol);
+  EXPECT_LE(MaxError(lse_gpu, lse64), lse_tol);
+}
+
 // q that fp16 holds exactly (an engine's fp16 activations): the kernel
 // skips the zero lo half of q, and must land within the same tolerance.
 TEST(CudaAttention, Fp16ExactQueriesSkipTheLoHalf) {
@@ -285,19 +306,59 @@ TEST(CudaAttention, Fp16ExactQueriesSkipTheLoHalf) {
     SCOPED_TRACE(c.what);
     Problem p = MakeProblem(c);
     for (float& x : p.q) x = HalfToFloat(FloatToHalf(x));
-    const size_t d = p.shape.head_dim;
-    std::vector<double> out64, lse64;
-    ReferenceF64(p, &out64, &lse64);
-    std::vector<float> out_cpu(p.Rows() * d), lse_cpu(p.Rows());
-    SparseAttentionCpu(p.shape, p.FloatTable(), p.Sel(), p.q.data(), out_cpu.data(), lse_cpu.data());
-    const double out_tol = 2.0 * MaxError(out_cpu, out64) + 1e-5 * p.max_abs_v;
-    const double lse_tol = 2.0 * MaxError(lse_cpu, lse64) + 1e-5 * std::max(1.0, MaxFinite(lse64));
-    std::vector<float> out_gpu(p.Rows() * d, 123.0f), lse_gpu(p.Rows(), 123.0f);
-    const Status st = SparseAttentionCudaF16Host(p.shape, p.HalfTable(), p.Sel(), p.q.data(),
-                                                 out_gpu.data(), lse_gpu.data());
-    ASSERT_TRUE(st.ok()) << st.ToString();
-    EXPECT_LE(MaxError(out_gpu, out64), out_tol);
-    EXPECT_LE(MaxError(lse_gpu, lse64), lse_tol);
+    ExpectCudaWithinCpuTolerance(p);
+  }
+}
+
+// The kernel keeps a reference maximum per row that moves only when a score
+// passes it by 2^8 (log2 units), and takes the scale inside the exponent
+// (a negative scale folded into q, zero as the smallest float). Scores that
+// climb along the selection move the reference again and again; a CTA sees
+// only a few tiles here (the selection is split over many), so the steep
+// climb passes the reference within every 16-token slice of a warp. Scores
+// that fall never move it after the first tile.
+TEST(CudaAttention, ClimbingScoresAndAnyScaleStayWithinTolerance) {
+  MSA_SKIP_WITHOUT_CUDA();
+  // n qh kv d bt nb mb: 40 blocks of 64 tokens, every row selects all of
+  // them in order (2,560 tokens: several splits and tiles).
+  for (const int n_queries : {1, 24}) {  // token slices (decode), and 4 warps of query vectors
+    for (const bool climbing : {true, false}) {
+      for (const float slope : {1.0f / 256.0f, 1.0f / 27.0f}) {  // ~0.06 and ~0.6 log2 units a token
+        Problem p = MakeProblem({"climb", n_queries, 8, 2, 128, 64, 40, 40, 1.0f, 21});
+        const size_t d = 128;
+        std::fill(p.block_len.begin(), p.block_len.end(), 64);
+        std::fill(p.count.begin(), p.count.end(), 40);
+        for (size_t s = 0; s < p.count.size(); ++s) {
+          for (int j = 0; j < 40; ++j) p.block_index[s * 40 + j] = climbing ? j : 39 - j;
+        }
+        // Keys along one direction u, growing with the token: q.k ~ |u|^2 t slope,
+        // with scale 1/sqrt(128) a score passing the reference by 2^8 about
+        // every 125 tokens (slope 1/256) or every 13 (1/27).
+        std::mt19937 rng(22);
+        std::normal_distribution<float> normal(0.0f, 1.0f);
+        std::vector<float> u(d);
+        for (auto& x : u) x = normal(rng) > 0.0f ? 1.0f : -1.0f;
+        // Every token is valid now: the values past the old block lengths (NaN) too.
+        for (size_t t = 0; t < 40 * 64; ++t) {
+          for (size_t c = 0; c < d; ++c) {
+            p.keys_h[t * d + c] = FloatToHalf(u[c] * static_cast<float>(t) * slope + 0.1f * normal(rng));
+            p.keys_f[t * d + c] = HalfToFloat(p.keys_h[t * d + c]);
+            p.values_h[t * d + c] = FloatToHalf(normal(rng));
+            p.values_f[t * d + c] = HalfToFloat(p.values_h[t * d + c]);
+            p.max_abs_v = std::max(p.max_abs_v, std::fabs(static_cast<double>(p.values_f[t * d + c])));
+          }
+        }
+        for (size_t r = 0; r < p.Rows(); ++r) {
+          for (size_t c = 0; c < d; ++c) p.q[r * d + c] = u[c] + 0.3f * normal(rng);
+        }
+        for (const float scale : {1.0f / std::sqrt(128.0f), -0.01f, 0.0f}) {
+          SCOPED_TRACE(testing::Message() << "n " << n_queries << (climbing ? " climbing" : " falling")
+                                          << " slope " << slope << " scale " << scale);
+          p.shape.scale = scale;
+          ExpectCudaWithinCpuTolerance(p);
+        }
+      }
+    }
   }
 }
 
