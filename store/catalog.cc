@@ -12,6 +12,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "attention/half.h"
 #include "store/codec.h"
 
 namespace msa {
@@ -19,8 +20,9 @@ namespace msa {
 namespace {
 
 // Version 1: no summary fields (mean keys). Version 2 adds the summary kind
-// and its centroid count.
-constexpr uint32_t kGeometryVersion = 2;
+// and its centroid count. Version 3 stores the block summaries ('S') as fp16.
+constexpr uint32_t kGeometryVersion = 3;
+constexpr uint32_t kFirstHalfSummaryVersion = 3;
 
 // ---- little helpers for fixed-width encodings ----
 void AppendLe32(std::string* s, uint32_t v) { s->append(reinterpret_cast<const char*>(&v), 4); }
@@ -178,9 +180,10 @@ std::string EncodeGeometry(const Geometry& g) {
   return v;
 }
 
-Result<Geometry> DecodeGeometry(const std::string& v) {
+Result<Geometry> DecodeGeometry(const std::string& v, uint32_t* version_out) {
   Reader r(v);
   const uint32_t version = r.Next<uint32_t>();
+  *version_out = version;
   Geometry g;
   g.layers = r.Next<uint32_t>();
   g.kv_heads = r.Next<uint32_t>();
@@ -327,7 +330,7 @@ Result<std::unique_ptr<Catalog>> Catalog::Create(const std::string& dir, const G
   o.error_if_exists = true;
   rocksdb::DB* db = nullptr;
   MSA_RETURN_IF_ERROR(FromRocks(rocksdb::DB::Open(o, dir, &db), "create catalog " + dir));
-  std::unique_ptr<Catalog> catalog(new Catalog(dir, db, geometry, /*read_only=*/false));
+  std::unique_ptr<Catalog> catalog(new Catalog(dir, db, geometry, /*half_summaries=*/true, /*read_only=*/false));
   Batch batch;
   batch.batch_->Put("G", EncodeGeometry(geometry));
   batch.PutCounters(CatalogCounters{});
@@ -348,18 +351,20 @@ Result<std::unique_ptr<Catalog>> Catalog::Open(const std::string& dir, bool read
     delete db;
     return FromRocks(g, "read geometry from " + dir).WithContext("not an msa catalog");
   }
-  auto geometry = DecodeGeometry(value);
+  uint32_t version = 0;
+  auto geometry = DecodeGeometry(value, &version);
   if (!geometry.ok()) {
     delete db;
     return geometry.status().WithContext(dir);
   }
-  std::unique_ptr<Catalog> catalog(new Catalog(dir, db, *geometry, read_only));
+  std::unique_ptr<Catalog> catalog(
+      new Catalog(dir, db, *geometry, /*half_summaries=*/version >= kFirstHalfSummaryVersion, read_only));
   MSA_RETURN_IF_ERROR(catalog->CheckHighWater());
   return catalog;
 }
 
-Catalog::Catalog(std::string dir, rocksdb::DB* db, Geometry geometry, bool read_only)
-    : dir_(std::move(dir)), db_(db), geometry_(geometry), read_only_(read_only) {
+Catalog::Catalog(std::string dir, rocksdb::DB* db, Geometry geometry, bool half_summaries, bool read_only)
+    : dir_(std::move(dir)), db_(db), geometry_(geometry), half_summaries_(half_summaries), read_only_(read_only) {
   // Everything recovered was acknowledged once; the mark may already say so.
   acknowledged_ = high_water_ = db_->GetLatestSequenceNumber();
   high_water_at_ = std::chrono::steady_clock::now();
@@ -576,7 +581,7 @@ Status Catalog::ScanSummaries(
     uint32_t layer, uint32_t kv_head,
     const std::function<Status(uint64_t, std::span<const float>)>& fn, uint64_t from) const {
   const std::string prefix = StreamPrefix('S', layer, kv_head);
-  const size_t bytes = sizeof(float) * geometry_.summary_width();
+  const size_t bytes = (half_summaries_ ? sizeof(uint16_t) : sizeof(float)) * geometry_.summary_width();
   std::vector<float> summary(geometry_.summary_width());
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
   std::string start = prefix;
@@ -586,7 +591,12 @@ Status Catalog::ScanSummaries(
       return Status::Corruption("malformed summary record for layer " + std::to_string(layer) +
                                 " kv-head " + std::to_string(kv_head));
     }
-    std::memcpy(summary.data(), it->value().data(), bytes);
+    if (half_summaries_) {
+      attention::HalfToFloatArray(reinterpret_cast<const uint16_t*>(it->value().data()), summary.data(),
+                                  summary.size());
+    } else {
+      std::memcpy(summary.data(), it->value().data(), bytes);
+    }
     MSA_RETURN_IF_ERROR(fn(ReadBe64(it->key().data() + prefix.size()), summary));
   }
   return FromRocks(it->status(), "scan summaries");
@@ -595,12 +605,18 @@ Status Catalog::ScanSummaries(
 Catalog::Batch::Batch() : batch_(std::make_unique<rocksdb::WriteBatch>()) {}
 Catalog::Batch::~Batch() = default;
 
-void Catalog::Batch::PutBlock(const BlockId& id, const BlockLocation& loc,
-                              std::span<const float> summary) {
+void Catalog::Batch::PutBlock(const BlockId& id, const BlockLocation& loc, std::span<const float> summary,
+                              bool half) {
   batch_->Put(BlockKey('B', id), EncodeLocation(loc));
+  if (!half) {
+    batch_->Put(BlockKey('S', id),
+                rocksdb::Slice(reinterpret_cast<const char*>(summary.data()), summary.size() * sizeof(float)));
+    return;
+  }
+  half_.resize(summary.size());
+  attention::FloatToHalfArray(summary.data(), half_.data(), summary.size());
   batch_->Put(BlockKey('S', id),
-              rocksdb::Slice(reinterpret_cast<const char*>(summary.data()),
-                             summary.size() * sizeof(float)));
+              rocksdb::Slice(reinterpret_cast<const char*>(half_.data()), half_.size() * sizeof(uint16_t)));
 }
 
 void Catalog::Batch::PutDocument(const DocumentRecord& doc) {

@@ -14,7 +14,9 @@
 //                                            (its blocks stay numbered; see Store)
 //   'N' name                              -> doc_id:le64 (names are unique)
 //   'B' layer:be32 kv_head:be32 block:be64 -> BlockLocation
-//   'S' layer:be32 kv_head:be32 block:be64 -> summary, Geometry::summary_width() float32
+//   'S' layer:be32 kv_head:be32 block:be64 -> summary, Geometry::summary_width() values:
+//                                            fp16 (format 3 on), float32 (stores made
+//                                            before: they keep writing float32)
 //   'L' segment:be32                      -> committed length:le64
 //   'R' stream:be32                       -> RouterIndexRecord (a saved IVF index)
 //   'P' stream:be32 first_block:be64      -> SummaryPieceRecord (summaries saved as a file)
@@ -128,6 +130,10 @@ class Catalog {
   ~Catalog();
 
   const Geometry& geometry() const { return geometry_; }
+  // Whether block summaries are stored as fp16 (stores of format 3 on: the
+  // router keeps them at that precision, and float32 doubled the bytes of
+  // every commit) or float32 (older stores, so that older msa still reads them).
+  bool half_summaries() const { return half_summaries_; }
   Result<CatalogCounters> ReadCounters() const;
   Result<uint64_t> ReadSegmentLength(uint32_t segment) const;  // 0 when never committed
   Result<std::optional<uint64_t>> FindDocument(const std::string& name) const;
@@ -143,7 +149,6 @@ class Catalog {
   // Visits every block of one stream in block order.
   Status ScanBlocks(uint32_t layer, uint32_t kv_head,
                     const std::function<Status(uint64_t block, const BlockLocation&)>& fn) const;
-  // Visits every summary of one stream in block order.
   // Visits the summaries of one stream in block order, from block `from` on.
   Status ScanSummaries(uint32_t layer, uint32_t kv_head,
                        const std::function<Status(uint64_t block, std::span<const float>)>& fn,
@@ -156,7 +161,8 @@ class Catalog {
    public:
     Batch();
     ~Batch();
-    void PutBlock(const BlockId& id, const BlockLocation& loc, std::span<const float> summary);
+    // half: store the summary as fp16 (the catalog's half_summaries()).
+    void PutBlock(const BlockId& id, const BlockLocation& loc, std::span<const float> summary, bool half);
     void PutDocument(const DocumentRecord& doc);
     // Removes the document and its name, and records it as deleted.
     void DeleteDocument(const DocumentRecord& doc);
@@ -175,6 +181,7 @@ class Catalog {
    private:
     friend class Catalog;
     std::unique_ptr<rocksdb::WriteBatch> batch_;
+    std::vector<uint16_t> half_;  // PutBlock's fp16 summary, reused
   };
   // Writes the batch with sync=true: durable when this returns OK.
   Status Commit(Batch& batch);
@@ -194,7 +201,7 @@ class Catalog {
   static constexpr const char* kHighWaterFile = "HIGH-WATER";
 
  private:
-  Catalog(std::string dir, rocksdb::DB* db, Geometry geometry, bool read_only);
+  Catalog(std::string dir, rocksdb::DB* db, Geometry geometry, bool half_summaries, bool read_only);
   // Fails when the recovered catalog is behind its high-water mark.
   Status CheckHighWater() const;
   // Records the current sequence (a failure is logged: the mark only detects).
@@ -202,6 +209,7 @@ class Catalog {
   std::string dir_;
   rocksdb::DB* db_;  // owned
   Geometry geometry_;
+  bool half_summaries_;
   bool read_only_;
   uint64_t acknowledged_ = 0;  // the sequence of the last durable commit
   uint64_t high_water_ = 0;    // the sequence last written to the mark

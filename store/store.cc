@@ -533,7 +533,8 @@ Result<uint64_t> Store::AppendDocument(const std::string& name, const DocumentKV
     for (size_t j = 0; j < locations[stream].size(); ++j) {
       BlockId id = base;
       id.block = first_block + j;
-      batch_->PutBlock(id, locations[stream][j], std::span<const float>(summaries + j * width, width));
+      batch_->PutBlock(id, locations[stream][j], std::span<const float>(summaries + j * width, width),
+                       catalog_->half_summaries());
     }
     auto& sl = staged_locations_[stream];
     sl.insert(sl.end(), locations[stream].begin(), locations[stream].end());

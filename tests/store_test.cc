@@ -6,10 +6,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <rocksdb/db.h>
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 
 #include "attention/half.h"
 #include "store/catalog.h"
@@ -155,6 +158,68 @@ TEST(Store, RouterFindsTheNeedleBlockPlusSinkAndRecent) {
   EXPECT_TRUE(std::count(sel.begin(), sel.end(), 123u)) << "needle block not routed";
   EXPECT_EQ(sel.front(), 0u);    // sink
   EXPECT_EQ(sel.back(), 199u);   // most recent
+}
+
+// Block summaries in the catalog: fp16 in stores of format 3 on (the
+// router's precision; float32 doubled every commit's bytes), float32 in
+// stores made before, which keep writing float32 so that older msa still
+// reads them. Both reopen to the same routing and the same results.
+TEST(Store, SummariesAreHalfInNewStoresAndStayFloatInOldOnes) {
+  const Geometry g = SmallGeometry();
+  const Doc a = MakeDoc(g, "a", 8 * 40, 31), b = MakeDoc(g, "b", 8 * 25 + 3, 32);
+  const auto q = msa::testing::RandomVector(4 * g.head_dim, 33);  // 4 query heads over 2 KV heads
+  std::vector<float> outs[2], lses[2];
+  std::vector<std::vector<uint64_t>> selected[2];
+  for (const bool old_format : {false, true}) {
+    SCOPED_TRACE(old_format ? "format 2 (float32 summaries)" : "format 3 (fp16 summaries)");
+    TempDir dir;
+    ASSERT_TRUE(Store::Create(dir.Sub("store"), g).ok());
+    if (old_format) {  // what an older msa wrote: the geometry record says version 2
+      rocksdb::DB* raw = nullptr;
+      ASSERT_TRUE(rocksdb::DB::Open(rocksdb::Options(), dir.Sub("store/catalog"), &raw).ok());
+      std::unique_ptr<rocksdb::DB> db(raw);
+      std::string geometry;
+      ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), "G", &geometry).ok());
+      geometry[0] = 2;  // the version, little-endian u32
+      ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), "G", geometry).ok());
+    }
+    {
+      auto s = Store::Open(dir.Sub("store"));
+      ASSERT_TRUE(s.ok()) << s.status().ToString();
+      ASSERT_TRUE(Append(**s, a).ok());
+      ASSERT_TRUE((*s)->Commit().ok());
+      ASSERT_TRUE(Append(**s, b).ok());
+      ASSERT_TRUE((*s)->Commit().ok());
+    }
+    {
+      auto catalog = Catalog::Open(dir.Sub("store/catalog"), /*read_only=*/true);
+      ASSERT_TRUE(catalog.ok()) << catalog.status().ToString();
+      EXPECT_EQ((*catalog)->half_summaries(), !old_format);
+    }
+    {  // the records' sizes, as RocksDB holds them
+      rocksdb::DB* raw = nullptr;
+      ASSERT_TRUE(rocksdb::DB::OpenForReadOnly(rocksdb::Options(), dir.Sub("store/catalog"), &raw).ok());
+      std::unique_ptr<rocksdb::DB> db(raw);
+      std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions()));
+      size_t records = 0;
+      for (it->Seek("S"); it->Valid() && it->key().starts_with("S"); it->Next(), ++records) {
+        ASSERT_EQ(it->value().size(), g.summary_width() * (old_format ? 4u : 2u));
+      }
+      EXPECT_EQ(records, g.streams() * (40u + 26u));
+    }
+    auto s = Store::Open(dir.Sub("store"));
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    AttendOptions opts;
+    opts.top_k = 5;
+    outs[old_format].resize(4 * g.head_dim);
+    lses[old_format].resize(4);
+    ASSERT_TRUE((*s)->Attend(1, q.data(), 1, 4, opts, outs[old_format].data(), lses[old_format].data(), nullptr,
+                             &selected[old_format])
+                    .ok());
+  }
+  EXPECT_EQ(selected[0], selected[1]);
+  EXPECT_EQ(outs[0], outs[1]);
+  EXPECT_EQ(lses[0], lses[1]);
 }
 
 TEST(Store, QueriesRestrictedToDocumentsUseOnlyTheirBlocks) {
