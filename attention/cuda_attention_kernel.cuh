@@ -31,7 +31,8 @@
 // do not notice, prefill chunks with many rows do.
 //
 // Output: num_splits == 1 writes out/lse directly; otherwise each CTA writes
-// per query vector its unnormalised acc, running max m (log2 units) and sum l
+// per query vector its unnormalised acc, reference maximum m (log2 units: the
+// exponents' offset, within 2^8 of the running maximum) and sum l
 // to the workspace and MergeSplitsKernel combines them by log-sum-exp.
 #pragma once
 

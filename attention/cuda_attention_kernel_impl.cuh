@@ -46,6 +46,10 @@ constexpr size_t SplitSmemBytes() {
   constexpr size_t ints = (kMaxBlocksPerSplit + (kMaxBlocksPerSplit + 4) + 4 + 64 + 64) * sizeof(int);
   return q + kv + ints + Stages<D, MW>() * TileTokens<D>() * sizeof(int32_t);
 }
+// Two one-query CTAs (three stages) per SM on sm_90 (228 KB, 1 KB of it
+// reserved per CTA): the decode path's occupancy, which a layout growing
+// past this would halve silently.
+static_assert(2 * (SplitSmemBytes<128, 1>() + 1024) <= 228 * 1024);
 
 __device__ __forceinline__ uint32_t SmemAddr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -214,7 +218,7 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
   int* s_same = s_warp + 4;
   int* s_count = s_same + 64;  // [64]: blocks of row r_first + i in this split
   // [ST][BN]: table row of each token of each stage's tile (int8 pages:
-  // page tokens), -1 past the run: written for int8 pages only.
+  // page tokens), -1 past the run.
   int32_t* s_row = reinterpret_cast<int32_t*>(s_count + 64);
 
   // The merge kernel (a programmatic dependent launch) may start launching
@@ -244,9 +248,9 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
   // Scores are scale * q.k with scale > 0 in the loop (see the softmax):
   // a negative scale's sign goes into Q (exactly), and a zero one becomes
   // the smallest normal float, whose scores round to the same uniform
-  // softmax.
+  // softmax. A NaN scale stays NaN (so do the results, as on the CPU path).
   const float q_sign = p.score_scale < 0.0f ? -1.0f : 1.0f;
-  const float scale = fmaxf(fabsf(p.score_scale), FLT_MIN);
+  const float scale = p.score_scale == 0.0f ? FLT_MIN : fabsf(p.score_scale);
 
   // Q of the CTA's vectors as hi/lo fp16; padding rows and channels are 0.
   // Thread tid takes channel pair c of vectors m_first + kQStep * k. The
@@ -529,7 +533,9 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
       // kRescaleSlack, so probabilities lie in (0, 2^kRescaleSlack] and
       // after the first tiles almost no tile rescales. (A rescale on every
       // new maximum ran on half the tiles of a 64-query call.)
-      const bool grow0 = mx[0] > m_i[0] + kRescaleSlack, grow1 = mx[1] > m_i[1] + kRescaleSlack;
+      // (A difference, not m_i + slack: that sum rounds at large |m_i|, and
+      // a probability of 2^16 overflows fp16. -inf - -inf is NaN: no growth.)
+      const bool grow0 = mx[0] - m_i[0] > kRescaleSlack, grow1 = mx[1] - m_i[1] > kRescaleSlack;
       if (__any_sync(0xffffffffu, grow0 || grow1)) {
         float alpha[2];
 #pragma unroll

@@ -8,7 +8,8 @@
 //
 // Plan. head_dim is padded to the next of 64, 128, 256 (zero channels cost
 // arithmetic, not bytes). A CTA takes 16, 32 or 64 query vectors of one KV
-// head (fewer when a call has fewer, so a decode step does not pay for 64).
+// head (fewer when a call has fewer, so a decode step does not pay for 64,
+// and fewer when a short selection would otherwise leave SMs idle).
 // The selection of each (row, KV head) is cut into num_splits pieces of at most
 // kMaxBlocksPerSplit blocks, as many as fill the GPU about once: a decode step
 // with 8 KV heads would otherwise run 8 CTAs on 132 SMs. With more than one
@@ -395,8 +396,13 @@ static Status RunSplit(const AttentionShape& shape, int num_blocks, const Select
   const int64_t max_splits = std::max(1, selection.max_blocks / kMinBlocksPerSplit);
   while (mw > 1 && ((vectors + 16 * mw - 1) / (16 * mw)) * shape.kv_heads * max_splits <
                        static_cast<int64_t>(sms) * ctas_per_sm) {
+    const int fits = ctas_per_sm;
     mw /= 2;
-    MSA_RETURN_IF_ERROR(occupancy());
+    if (!occupancy().ok()) {  // the smaller CTA does not fit this device: keep the last one
+      mw *= 2;
+      ctas_per_sm = fits;
+      break;
+    }
   }
   const int64_t m_tiles = (vectors + 16 * mw - 1) / (16 * mw);
   if (m_tiles > INT_MAX) return Status::InvalidArgument("too many query rows for one call");

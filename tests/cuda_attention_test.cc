@@ -312,34 +312,43 @@ TEST(CudaAttention, Fp16ExactQueriesSkipTheLoHalf) {
 
 // The kernel keeps a reference maximum per row that moves only when a score
 // passes it by 2^8 (log2 units), and takes the scale inside the exponent
-// (a negative scale folded into q, zero as the smallest float). Scores that
-// climb along the selection move the reference again and again; a CTA sees
-// only a few tiles here (the selection is split over many), so the steep
-// climb passes the reference within every 16-token slice of a warp. Scores
-// that fall never move it after the first tile.
+// (a negative scale folded into q, zero as the smallest float). Keys along
+// one direction, growing with the token, make scores climb along the
+// selection (or fall, in reverse order). The steep climb passes the
+// reference within every tile a warp sees, so it moves with data already
+// accumulated; the gentle one leaves probabilities above 1 without moving it.
 TEST(CudaAttention, ClimbingScoresAndAnyScaleStayWithinTolerance) {
   MSA_SKIP_WITHOUT_CUDA();
-  // n qh kv d bt nb mb: 40 blocks of 64 tokens, every row selects all of
-  // them in order (2,560 tokens: several splits and tiles).
-  for (const int n_queries : {1, 24}) {  // token slices (decode), and 4 warps of query vectors
+  struct Shape {
+    const char* what;
+    int n_queries, q_heads, kv_heads, blocks;
+  };
+  // 64-token blocks, every row selecting the first `blocks` in order.
+  const Shape shapes[] = {
+      {"decode: token slices", 1, 8, 2, 40},
+      {"24 rows: 1-2 warps of vectors", 24, 8, 2, 40},
+      {"256 rows MHA: 4 warps, 5 tiles a CTA", 256, 8, 8, 40},
+      {"3 blocks: one split, results written directly", 4, 8, 2, 3},
+  };
+  const size_t d = 128;
+  for (const Shape& sh : shapes) {
     for (const bool climbing : {true, false}) {
       for (const float slope : {1.0f / 256.0f, 1.0f / 27.0f}) {  // ~0.06 and ~0.6 log2 units a token
-        Problem p = MakeProblem({"climb", n_queries, 8, 2, 128, 64, 40, 40, 1.0f, 21});
-        const size_t d = 128;
+        Problem p =
+            MakeProblem({sh.what, sh.n_queries, sh.q_heads, sh.kv_heads, 128, 64, sh.blocks, sh.blocks, 1.0f, 21});
         std::fill(p.block_len.begin(), p.block_len.end(), 64);
-        std::fill(p.count.begin(), p.count.end(), 40);
+        std::fill(p.count.begin(), p.count.end(), sh.blocks);
         for (size_t s = 0; s < p.count.size(); ++s) {
-          for (int j = 0; j < 40; ++j) p.block_index[s * 40 + j] = climbing ? j : 39 - j;
+          for (int j = 0; j < sh.blocks; ++j) p.block_index[s * sh.blocks + j] = climbing ? j : sh.blocks - 1 - j;
         }
-        // Keys along one direction u, growing with the token: q.k ~ |u|^2 t slope,
-        // with scale 1/sqrt(128) a score passing the reference by 2^8 about
-        // every 125 tokens (slope 1/256) or every 13 (1/27).
+        // q.k ~ |u|^2 t slope: with scale 1/sqrt(128), a score passing the
+        // reference by 2^8 about every 125 tokens (slope 1/256) or 13 (1/27).
         std::mt19937 rng(22);
         std::normal_distribution<float> normal(0.0f, 1.0f);
         std::vector<float> u(d);
         for (auto& x : u) x = normal(rng) > 0.0f ? 1.0f : -1.0f;
         // Every token is valid now: the values past the old block lengths (NaN) too.
-        for (size_t t = 0; t < 40 * 64; ++t) {
+        for (size_t t = 0; t < static_cast<size_t>(sh.blocks) * 64; ++t) {
           for (size_t c = 0; c < d; ++c) {
             p.keys_h[t * d + c] = FloatToHalf(u[c] * static_cast<float>(t) * slope + 0.1f * normal(rng));
             p.keys_f[t * d + c] = HalfToFloat(p.keys_h[t * d + c]);
@@ -352,8 +361,8 @@ TEST(CudaAttention, ClimbingScoresAndAnyScaleStayWithinTolerance) {
           for (size_t c = 0; c < d; ++c) p.q[r * d + c] = u[c] + 0.3f * normal(rng);
         }
         for (const float scale : {1.0f / std::sqrt(128.0f), -0.01f, 0.0f}) {
-          SCOPED_TRACE(testing::Message() << "n " << n_queries << (climbing ? " climbing" : " falling")
-                                          << " slope " << slope << " scale " << scale);
+          SCOPED_TRACE(testing::Message() << sh.what << (climbing ? ", climbing" : ", falling") << ", slope "
+                                          << slope << ", scale " << scale);
           p.shape.scale = scale;
           ExpectCudaWithinCpuTolerance(p);
         }
