@@ -40,50 +40,28 @@ struct Layout {
   size_t bytes() const { return value_codes_at() + size_t{tokens} * row_bytes(); }
 };
 
-uint16_t NextDown(uint16_t h) {
-  if (h == 0x0000) return 0x8001;
-  return (h & 0x8000) ? static_cast<uint16_t>(h + 1) : static_cast<uint16_t>(h - 1);
-}
-uint16_t NextUp(uint16_t h) {
-  if (h == 0x8000) return 0x0001;
-  return (h & 0x8000) ? static_cast<uint16_t>(h - 1) : static_cast<uint16_t>(h + 1);
-}
-// The largest fp16 <= x, and the smallest fp16 >= x (x finite, in range).
-uint16_t HalfAtMost(float x) {
-  const uint16_t h = attention::FloatToHalf(x);
-  return attention::HalfToFloat(h) > x ? NextDown(h) : h;
-}
-uint16_t HalfAtLeast(float x) {
-  const uint16_t h = attention::FloatToHalf(x);
-  return attention::HalfToFloat(h) < x ? NextUp(h) : h;
-}
-
-// A group's fp16 parameters from its range: min rounded down and scale up,
-// so that min + levels * scale >= max and every element is within half a
-// step of a code. Refuses NaN and what fp16 parameters cannot hold.
-Status FitGroup(float lo, float hi, bool nan, uint32_t levels, uint16_t* scale16, uint16_t* min16,
-                float* scale, float* min, const std::string& block, const char* part) {
-  const auto what = [&] { return block + " " + part; };  // built only for an error
+// Groups' fp16 parameters from their ranges (FitRanges, store/encode_kernel.h:
+// min rounded down and scale up, so that min + levels * scale >= max and
+// every element is within half a step of a code), or the error naming the
+// first group that fp16 parameters cannot hold (or whose elements hold a NaN:
+// `nan` says whether any does, nan_of, if given, which).
+Status FitGroups(const float* lo, const float* hi, size_t n, bool nan, const uint8_t* nan_of, uint32_t levels,
+                 uint16_t* scale16, uint16_t* min16, float* scale, float* min, const std::string& block,
+                 const char* part) {
+  if (!nan && FitRanges(lo, hi, n, levels, scale16, min16, scale, min)) return Status::OK();
   constexpr float kHalfMax = 65504.0f;
-  if (nan || !(lo >= -kHalfMax && hi <= kHalfMax)) {
-    return Status::InvalidArgument(what() + ": a value outside fp16's range or not finite (min " +
-                                   std::to_string(lo) + ", max " + std::to_string(hi) +
-                                   "); the quantised codecs need |x| <= 65504, bf16 stores it");
+  for (size_t i = 0; i < n; ++i) {
+    if ((nan_of ? nan_of[i] != 0 : nan) || !(lo[i] >= -kHalfMax && hi[i] <= kHalfMax)) {
+      return Status::InvalidArgument(block + " " + part + ": a value outside fp16's range or not finite (min " +
+                                     std::to_string(lo[i]) + ", max " + std::to_string(hi[i]) +
+                                     "); the quantised codecs need |x| <= 65504, bf16 stores it");
+    }
+    if (!FitRanges(lo + i, hi + i, 1, levels, scale16 + i, min16 + i, scale + i, min + i, KernelIsa::kPortable)) {
+      return Status::InvalidArgument(block + " " + part + ": range " + std::to_string(lo[i]) + " .. " +
+                                     std::to_string(hi[i]) + " is too wide for an fp16 scale");
+    }
   }
-  *min16 = HalfAtMost(lo);
-  *min = attention::HalfToFloat(*min16);
-  *scale16 = HalfAtLeast((hi - *min) / static_cast<float>(levels));
-  *scale = attention::HalfToFloat(*scale16);
-  // min + levels * scale must reach hi despite float rounding of the product.
-  while (std::fma(*scale, static_cast<float>(levels), *min) < hi) {
-    *scale16 = NextUp(*scale16);
-    *scale = attention::HalfToFloat(*scale16);
-  }
-  if (!std::isfinite(*scale)) {
-    return Status::InvalidArgument(what() + ": range " + std::to_string(lo) + " .. " +
-                                   std::to_string(hi) + " is too wide for an fp16 scale");
-  }
-  return Status::OK();
+  return Status::Internal(block + " " + part + ": FitRanges refused a group the scalar check accepts");
 }
 
 // One row of codes (n of them) into its packed form.
@@ -171,31 +149,37 @@ Status Encode(Codec codec, const float* keys, const float* values, uint32_t toke
     std::fill(lo.begin(), lo.end(), std::numeric_limits<float>::infinity());
     std::fill(hi.begin(), hi.end(), -std::numeric_limits<float>::infinity());
     const bool nan = ColumnRange(keys + t0 * d, t1 - t0, d, lo.data(), hi.data());
-    for (size_t c = 0; c < d; ++c) {
-      MSA_RETURN_IF_ERROR(FitGroup(lo[c], hi[c], nan, l.levels(), &key_scales[g * d + c],
-                                   &key_mins[g * d + c], &scale[c], &min[c], what, "keys"));
-      inv[c] = scale[c] > 0 ? 1.0f / scale[c] : 0.0f;
-    }
+    MSA_RETURN_IF_ERROR(FitGroups(lo.data(), hi.data(), d, nan, nullptr, l.levels(), &key_scales[g * d],
+                                  &key_mins[g * d], scale.data(), min.data(), what, "keys"));
+    for (size_t c = 0; c < d; ++c) inv[c] = scale[c] > 0 ? 1.0f / scale[c] : 0.0f;
     for (size_t t = t0; t < t1; ++t) {
       uint8_t* c = codes_for(key_codes + t * row);
       QuantizeCodes(keys + t * d, min.data(), inv.data(), levels, d, c);
       if (l.bits != 8) PackRow(c, d, l.bits, key_codes + t * row);
     }
   }
-  // Values: per token, groups along the channels.
-  const size_t groups = l.value_groups();
+  // Values: per token, groups along the channels; every group's range
+  // first, so that their parameters are fitted in one vector pass.
+  const size_t groups = l.value_groups(), n_groups = size_t{tokens} * groups;
+  std::vector<float> glo(n_groups), ghi(n_groups), gscale(n_groups), gmin(n_groups);
+  std::vector<uint8_t> gnan(n_groups);
+  bool nan = false;
+  for (size_t t = 0; t < tokens; ++t) {
+    for (size_t gi = 0; gi < groups; ++gi) {
+      const size_t c0 = gi * l.value_group, c1 = std::min<size_t>(d, c0 + l.value_group);
+      gnan[t * groups + gi] = RowRange(values + t * d + c0, c1 - c0, &glo[t * groups + gi], &ghi[t * groups + gi]);
+      nan |= gnan[t * groups + gi] != 0;
+    }
+  }
+  MSA_RETURN_IF_ERROR(FitGroups(glo.data(), ghi.data(), n_groups, nan, gnan.data(), l.levels(), value_scales,
+                                value_mins, gscale.data(), gmin.data(), what, "values"));
   for (size_t t = 0; t < tokens; ++t) {
     const float* x = values + t * d;
     uint8_t* c = codes_for(value_codes + t * row);
     for (size_t gi = 0; gi < groups; ++gi) {
       const size_t c0 = gi * l.value_group, c1 = std::min<size_t>(d, c0 + l.value_group);
-      float glo, ghi;
-      const bool nan = RowRange(x + c0, c1 - c0, &glo, &ghi);
-      float gscale, gmin;
-      MSA_RETURN_IF_ERROR(FitGroup(glo, ghi, nan, l.levels(), &value_scales[t * groups + gi],
-                                   &value_mins[t * groups + gi], &gscale, &gmin, what, "values"));
-      const float ginv = gscale > 0 ? 1.0f / gscale : 0.0f;
-      QuantizeCodes(x + c0, gmin, ginv, levels, c1 - c0, c + c0);
+      const float s = gscale[t * groups + gi];
+      QuantizeCodes(x + c0, gmin[t * groups + gi], s > 0 ? 1.0f / s : 0.0f, levels, c1 - c0, c + c0);
     }
     if (l.bits != 8) PackRow(c, d, l.bits, value_codes + t * row);
   }

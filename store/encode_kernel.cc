@@ -3,7 +3,11 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <limits>
+
+#include "attention/half.h"
 
 namespace msa {
 
@@ -17,6 +21,10 @@ KernelIsa Detect() {
 }
 
 const KernelIsa kIsa = Detect();
+const bool kF16cFma = [] {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
+}();
 
 // ---- portable: the definitions every other path must reproduce ------------
 
@@ -50,6 +58,49 @@ bool RowRangePortable(const float* x, size_t n, float* lo, float* hi) {
   *lo = l;
   *hi = h;
   return nan;
+}
+
+uint16_t NextDown(uint16_t h) {
+  if (h == 0x0000) return 0x8001;
+  return (h & 0x8000) ? static_cast<uint16_t>(h + 1) : static_cast<uint16_t>(h - 1);
+}
+uint16_t NextUp(uint16_t h) {
+  if (h == 0x8000) return 0x0001;
+  return (h & 0x8000) ? static_cast<uint16_t>(h - 1) : static_cast<uint16_t>(h + 1);
+}
+// The largest fp16 <= x, and the smallest fp16 >= x (x finite, in range).
+uint16_t HalfAtMost(float x) {
+  const uint16_t h = attention::FloatToHalf(x);
+  return attention::HalfToFloat(h) > x ? NextDown(h) : h;
+}
+uint16_t HalfAtLeast(float x) {
+  const uint16_t h = attention::FloatToHalf(x);
+  return attention::HalfToFloat(h) < x ? NextUp(h) : h;
+}
+constexpr float kHalfMax = 65504.0f;
+
+// min + levels * scale must reach hi despite float rounding of the product.
+// Returns whether the scale is finite.
+bool RaiseScale(float hi, float levels, float min, uint16_t* scale16, float* scale) {
+  while (std::fma(*scale, levels, min) < hi) {
+    *scale16 = NextUp(*scale16);
+    *scale = attention::HalfToFloat(*scale16);
+  }
+  return std::isfinite(*scale);
+}
+
+bool FitRangesPortable(const float* lo, const float* hi, size_t from, size_t n, uint32_t levels, uint16_t* scale16,
+                       uint16_t* min16, float* scale, float* min) {
+  const float lv = static_cast<float>(levels);
+  for (size_t i = from; i < n; ++i) {
+    if (!(lo[i] >= -kHalfMax && hi[i] <= kHalfMax)) return false;  // NaN fails too
+    min16[i] = HalfAtMost(lo[i]);
+    min[i] = attention::HalfToFloat(min16[i]);
+    scale16[i] = HalfAtLeast((hi[i] - min[i]) / lv);
+    scale[i] = attention::HalfToFloat(scale16[i]);
+    if (!RaiseScale(hi[i], lv, min[i], &scale16[i], &scale[i])) return false;
+  }
+  return true;
 }
 
 inline float At(const float* p, size_t i) { return p[i]; }
@@ -313,6 +364,39 @@ MSA_AVX2 void QuantizeAvx2(const float* x, P min, P inv, float levels, size_t n,
   QuantizePortable(x, min, inv, levels, i, n, codes);
 }
 
+// F16C's conversions rounding down and up are HalfAtMost and HalfAtLeast
+// (for finite values in fp16's range, signed zeros included), and vfmadd is
+// std::fma; lanes whose scale must still rise take the scalar steps.
+__attribute__((target("avx2,f16c,fma"))) bool FitRangesAvx2(const float* lo, const float* hi, size_t n,
+                                                             uint32_t levels, uint16_t* scale16, uint16_t* min16,
+                                                             float* scale, float* min) {
+  const float lv = static_cast<float>(levels);
+  const __m256 lv8 = _mm256_set1_ps(lv), lowest = _mm256_set1_ps(-kHalfMax), highest = _mm256_set1_ps(kHalfMax);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 l = _mm256_loadu_ps(lo + i), h = _mm256_loadu_ps(hi + i);
+    const __m256 in_range = _mm256_and_ps(_mm256_cmp_ps(l, lowest, _CMP_GE_OQ), _mm256_cmp_ps(h, highest, _CMP_LE_OQ));
+    if (_mm256_movemask_ps(in_range) != 0xff) return false;
+    const __m128i m16 = _mm256_cvtps_ph(l, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __m256 m = _mm256_cvtph_ps(m16);
+    const __m128i s16 = _mm256_cvtps_ph(_mm256_div_ps(_mm256_sub_ps(h, m), lv8), _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
+    const __m256 s = _mm256_cvtph_ps(s16);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(min16 + i), m16);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(scale16 + i), s16);
+    _mm256_storeu_ps(min + i, m);
+    _mm256_storeu_ps(scale + i, s);
+    const int short_of = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_fmadd_ps(s, lv8, m), h, _CMP_LT_OQ));
+    const int infinite = _mm256_movemask_ps(_mm256_cmp_ps(s, _mm256_set1_ps(std::numeric_limits<float>::infinity()), _CMP_EQ_OQ));
+    if (infinite) return false;
+    if (short_of) {
+      for (int k = 0; k < 8; ++k) {
+        if (((short_of >> k) & 1) && !RaiseScale(hi[i + k], lv, min[i + k], &scale16[i + k], &scale[i + k])) return false;
+      }
+    }
+  }
+  return FitRangesPortable(lo, hi, i, n, levels, scale16, min16, scale, min);
+}
+
 template <typename P>
 void Quantize(const float* x, P min, P inv, float levels, size_t n, uint8_t* codes, KernelIsa isa) {
   switch (isa) {
@@ -378,6 +462,12 @@ void QuantizeCodes(const float* x, const float* min, const float* inv, float lev
 void QuantizeCodes(const float* x, float min, float inv, float levels, size_t n, uint8_t* codes,
                    KernelIsa isa) {
   Quantize(x, min, inv, levels, n, codes, isa);
+}
+
+bool FitRanges(const float* lo, const float* hi, size_t n, uint32_t levels, uint16_t* scale16, uint16_t* min16,
+               float* scale, float* min, KernelIsa isa) {
+  if (isa != KernelIsa::kPortable && kF16cFma) return FitRangesAvx2(lo, hi, n, levels, scale16, min16, scale, min);
+  return FitRangesPortable(lo, hi, 0, n, levels, scale16, min16, scale, min);
 }
 
 }  // namespace msa

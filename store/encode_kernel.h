@@ -58,4 +58,16 @@ void QuantizeCodes(const float* x, const float* min, const float* inv, float lev
 void QuantizeCodes(const float* x, float min, float inv, float levels, size_t n, uint8_t* codes,
                    KernelIsa isa = DetectedKernelIsa());
 
+// The fp16 parameters of n quantisation groups from their ranges, as the
+// scalar loop of each group i:
+//   min16 = the largest fp16 <= lo[i];  min = its value
+//   scale16 = the smallest fp16 >= (hi[i] - min) / levels, raised one fp16
+//   step at a time while std::fma(scale, levels, min) < hi[i];  scale = its value
+// Returns false when a group has a NaN bound, lo < -65504, hi > 65504 or a
+// scale that is not finite (the outputs are then unspecified: the caller
+// reports the group, store/codec_quantized.cc's FitGroup). The vector paths
+// also need F16C and FMA (every AVX2 CPU has them); without, the portable loop.
+bool FitRanges(const float* lo, const float* hi, size_t n, uint32_t levels, uint16_t* scale16, uint16_t* min16,
+               float* scale, float* min, KernelIsa isa = DetectedKernelIsa());
+
 }  // namespace msa

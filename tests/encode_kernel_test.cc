@@ -166,6 +166,64 @@ TEST(EncodeKernelTest, QuantizeCodesMatchesThePortableLoop) {
   if (compared == 0) GTEST_SKIP() << "this CPU has neither AVX2 nor AVX-512: only the portable loops run";
 }
 
+// Group ranges as the quantiser meets them (lo <= hi; equal, signed zeros,
+// subnormal, near fp16's limit), and ranges it must refuse (NaN bounds,
+// beyond 65504, too wide for a finite fp16 scale): the same parameters and
+// the same verdict on every path.
+TEST(EncodeKernelTest, FitRangesMatchesThePortableLoop) {
+  int compared = 0;
+  const float kEdges[] = {0.0f, -0.0f, 1e-7f, -1e-7f, 6.1e-5f, -6.1e-5f, 65504.0f, -65504.0f, 1.0f, -3.0f};
+  for (KernelIsa isa : kVectorIsas) {
+    if (!KernelIsaSupported(isa)) continue;
+    for (size_t n : {1, 7, 8, 9, 31, 64, 128, 133}) {
+      for (uint32_t levels : {15u, 255u}) {
+        for (int kind = 0; kind < 3; ++kind) {  // in range; edge values; some refused
+          SCOPED_TRACE(std::string(KernelIsaName(isa)) + " n " + std::to_string(n) + " levels " +
+                       std::to_string(levels) + " kind " + std::to_string(kind));
+          Lcg rng(n * 31 + levels + kind);
+          std::vector<float> lo(n), hi(n);
+          for (size_t i = 0; i < n; ++i) {
+            const float scale = std::pow(2.0f, rng.Uniform(-20.0f, 14.0f));
+            float a = rng.Uniform(-1.0f, 1.0f) * scale, b = rng.Uniform(-1.0f, 1.0f) * scale;
+            if (kind >= 1 && rng.Next() % 3 == 0) a = kEdges[rng.Next() % 10];
+            if (kind >= 1 && rng.Next() % 3 == 0) b = kEdges[rng.Next() % 10];
+            if (i % 9 == 4) b = a;  // a constant group
+            lo[i] = std::min(a, b);
+            hi[i] = std::max(a, b);
+            if (kind == 2 && i == n / 2) {  // refused: NaN on either side, or beyond fp16's range
+              switch (rng.Next() % 4) {
+                case 0: lo[i] = std::numeric_limits<float>::quiet_NaN(); break;
+                case 1: hi[i] = std::numeric_limits<float>::quiet_NaN(); break;
+                case 2: hi[i] = 70000.0f; break;
+                default: lo[i] = -65520.0f; break;
+              }
+            }
+          }
+          std::vector<uint16_t> ps(n), pm(n), vs(n), vm(n);
+          std::vector<float> psf(n), pmf(n), vsf(n), vmf(n);
+          const bool p_ok = FitRanges(lo.data(), hi.data(), n, levels, ps.data(), pm.data(), psf.data(), pmf.data(),
+                                      KernelIsa::kPortable);
+          const bool v_ok =
+              FitRanges(lo.data(), hi.data(), n, levels, vs.data(), vm.data(), vsf.data(), vmf.data(), isa);
+          ASSERT_EQ(p_ok, v_ok);
+          EXPECT_EQ(p_ok, kind < 2);
+          if (!p_ok) continue;
+          EXPECT_EQ(ps, vs);
+          EXPECT_EQ(pm, vm);
+          EXPECT_TRUE(SameBits(psf, vsf));
+          EXPECT_TRUE(SameBits(pmf, vmf));
+          for (size_t i = 0; i < n; ++i) {  // the definition, on the portable result
+            EXPECT_LE(pmf[i], lo[i]);
+            EXPECT_GE(std::fma(psf[i], static_cast<float>(levels), pmf[i]), hi[i]);
+          }
+          compared++;
+        }
+      }
+    }
+  }
+  if (compared == 0) GTEST_SKIP() << "this CPU has neither AVX2 nor AVX-512: only the portable loops run";
+}
+
 struct Golden {
   uint32_t tokens;
   Codec codec;
