@@ -58,17 +58,16 @@ float HalfToFloat(uint16_t bits) {
   return out;
 }
 
-namespace {
-// F16C from CPUID leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports
-// does not know "f16c", and the clang build is the fuzzing one.
 bool CpuHasF16c() {
   static const bool has = [] {
-    unsigned eax, ebx, ecx, edx;
+    unsigned eax, ebx, ecx, edx;  // CPUID leaf 1, ECX bit 29
     return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0 &&
            __builtin_cpu_supports("avx");
   }();
   return has;
 }
+
+namespace {
 
 __attribute__((target("avx,f16c"))) void FloatToHalfF16c(const float* in, uint16_t* out, size_t n) {
   size_t i = 0;

@@ -583,6 +583,7 @@ Status Catalog::ScanSummaries(
   const std::string prefix = StreamPrefix('S', layer, kv_head);
   const size_t bytes = (half_summaries_ ? sizeof(uint16_t) : sizeof(float)) * geometry_.summary_width();
   std::vector<float> summary(geometry_.summary_width());
+  std::vector<uint16_t> halves(half_summaries_ ? geometry_.summary_width() : 0);
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
   std::string start = prefix;
   AppendBe64(&start, from);
@@ -592,8 +593,9 @@ Status Catalog::ScanSummaries(
                                 " kv-head " + std::to_string(kv_head));
     }
     if (half_summaries_) {
-      attention::HalfToFloatArray(reinterpret_cast<const uint16_t*>(it->value().data()), summary.data(),
-                                  summary.size());
+      // Copied out first: RocksDB's value bytes have no alignment.
+      std::memcpy(halves.data(), it->value().data(), bytes);
+      attention::HalfToFloatArray(halves.data(), summary.data(), summary.size());
     } else {
       std::memcpy(summary.data(), it->value().data(), bytes);
     }

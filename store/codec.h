@@ -128,7 +128,7 @@ Status ParseBlockRecordHeader(std::span<const uint8_t> record, BlockRecordHeader
 // The first of n K/V elements that `codec` cannot store as given: one that
 // is not finite, or for f16 one beyond fp16's range (it would round to
 // infinity); n when every one is storable. The quantised codecs check their
-// groups' ranges themselves (FitGroup).
+// groups' ranges themselves (FitGroups).
 size_t FirstUnstorable(Codec codec, const float* x, size_t n);
 
 // XXH3-64 of bytes.

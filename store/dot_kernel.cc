@@ -1,6 +1,5 @@
 #include "store/dot_kernel.h"
 
-#include <cpuid.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -15,17 +14,10 @@ namespace {
 
 enum class Isa { kAvx512, kAvx2, kPortable };
 
-// F16C from CPUID leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports
-// does not know "f16c" (the fuzzing build, -DMSA_FUZZ=ON, is clang's).
-bool CpuHasF16c() {
-  unsigned eax, ebx, ecx, edx;
-  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
-}
-
 Isa Detect() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f")) return Isa::kAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && CpuHasF16c()) {
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && attention::CpuHasF16c()) {
     return Isa::kAvx2;
   }
   return Isa::kPortable;

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 
 #include "attention/half.h"
@@ -23,7 +22,7 @@ KernelIsa Detect() {
 const KernelIsa kIsa = Detect();
 const bool kF16cFma = [] {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
+  return attention::CpuHasF16c() && __builtin_cpu_supports("fma");
 }();
 
 // ---- portable: the definitions every other path must reproduce ------------
@@ -386,8 +385,11 @@ __attribute__((target("avx2,f16c,fma"))) bool FitRangesAvx2(const float* lo, con
     _mm256_storeu_ps(min + i, m);
     _mm256_storeu_ps(scale + i, s);
     const int short_of = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_fmadd_ps(s, lv8, m), h, _CMP_LT_OQ));
-    const int infinite = _mm256_movemask_ps(_mm256_cmp_ps(s, _mm256_set1_ps(std::numeric_limits<float>::infinity()), _CMP_EQ_OQ));
-    if (infinite) return false;
+    // Not finite (isfinite's test: |s| < inf, false for NaN): refused.
+    const __m256 abs_s = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), s);
+    if (_mm256_movemask_ps(_mm256_cmp_ps(abs_s, _mm256_set1_ps(std::numeric_limits<float>::infinity()), _CMP_LT_OQ)) != 0xff) {
+      return false;
+    }
     if (short_of) {
       for (int k = 0; k < 8; ++k) {
         if (((short_of >> k) & 1) && !RaiseScale(hi[i + k], lv, min[i + k], &scale16[i + k], &scale[i + k])) return false;
@@ -466,7 +468,9 @@ void QuantizeCodes(const float* x, float min, float inv, float levels, size_t n,
 
 bool FitRanges(const float* lo, const float* hi, size_t n, uint32_t levels, uint16_t* scale16, uint16_t* min16,
                float* scale, float* min, KernelIsa isa) {
-  if (isa != KernelIsa::kPortable && kF16cFma) return FitRangesAvx2(lo, hi, n, levels, scale16, min16, scale, min);
+  if (isa != KernelIsa::kPortable && KernelIsaSupported(isa) && kF16cFma) {
+    return FitRangesAvx2(lo, hi, n, levels, scale16, min16, scale, min);
+  }
   return FitRangesPortable(lo, hi, 0, n, levels, scale16, min16, scale, min);
 }
 

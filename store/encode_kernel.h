@@ -65,7 +65,7 @@ void QuantizeCodes(const float* x, float min, float inv, float levels, size_t n,
 //   step at a time while std::fma(scale, levels, min) < hi[i];  scale = its value
 // Returns false when a group has a NaN bound, lo < -65504, hi > 65504 or a
 // scale that is not finite (the outputs are then unspecified: the caller
-// reports the group, store/codec_quantized.cc's FitGroup). The vector paths
+// reports the group, store/codec_quantized.cc's FitGroups). The vector paths
 // also need F16C and FMA (every AVX2 CPU has them); without, the portable loop.
 bool FitRanges(const float* lo, const float* hi, size_t n, uint32_t levels, uint16_t* scale16, uint16_t* min16,
                float* scale, float* min, KernelIsa isa = DetectedKernelIsa());

@@ -167,17 +167,22 @@ TEST(EncodeKernelTest, QuantizeCodesMatchesThePortableLoop) {
 }
 
 // Group ranges as the quantiser meets them (lo <= hi; equal, signed zeros,
-// subnormal, near fp16's limit), and ranges it must refuse (NaN bounds,
-// beyond 65504, too wide for a finite fp16 scale): the same parameters and
-// the same verdict on every path.
+// float and fp16 subnormals, fp16 rounding ties, near fp16's limit), ranges
+// whose first scale falls short of hi by float rounding and must be raised
+// a step, and ranges it must refuse (NaN bounds, beyond 65504), inside a
+// vector block and in the tail after one: the same parameters and the same
+// verdict on every path.
 TEST(EncodeKernelTest, FitRangesMatchesThePortableLoop) {
   int compared = 0;
-  const float kEdges[] = {0.0f, -0.0f, 1e-7f, -1e-7f, 6.1e-5f, -6.1e-5f, 65504.0f, -65504.0f, 1.0f, -3.0f};
+  const float kEdges[] = {0.0f,     -0.0f,     1e-7f,      -1e-7f,  6.1e-5f,  -6.1e-5f,    65504.0f,
+                          -65504.0f, 1.0f,     -3.0f,      1e-40f, -1e-40f,  1e-9f,       -1e-9f,
+                          2.98023224e-8f /* 2^-25: half the smallest fp16 subnormal */};
+  constexpr uint32_t kEdgeCount = sizeof(kEdges) / sizeof(kEdges[0]);
   for (KernelIsa isa : kVectorIsas) {
     if (!KernelIsaSupported(isa)) continue;
     for (size_t n : {1, 7, 8, 9, 31, 64, 128, 133}) {
       for (uint32_t levels : {15u, 255u}) {
-        for (int kind = 0; kind < 3; ++kind) {  // in range; edge values; some refused
+        for (int kind = 0; kind < 4; ++kind) {  // in range; edge values; one refused; scales to raise
           SCOPED_TRACE(std::string(KernelIsaName(isa)) + " n " + std::to_string(n) + " levels " +
                        std::to_string(levels) + " kind " + std::to_string(kind));
           Lcg rng(n * 31 + levels + kind);
@@ -185,12 +190,18 @@ TEST(EncodeKernelTest, FitRangesMatchesThePortableLoop) {
           for (size_t i = 0; i < n; ++i) {
             const float scale = std::pow(2.0f, rng.Uniform(-20.0f, 14.0f));
             float a = rng.Uniform(-1.0f, 1.0f) * scale, b = rng.Uniform(-1.0f, 1.0f) * scale;
-            if (kind >= 1 && rng.Next() % 3 == 0) a = kEdges[rng.Next() % 10];
-            if (kind >= 1 && rng.Next() % 3 == 0) b = kEdges[rng.Next() % 10];
+            if (kind >= 1 && rng.Next() % 3 == 0) a = kEdges[rng.Next() % kEdgeCount];
+            if (kind >= 1 && rng.Next() % 3 == 0) b = kEdges[rng.Next() % kEdgeCount];
             if (i % 9 == 4) b = a;  // a constant group
             lo[i] = std::min(a, b);
             hi[i] = std::max(a, b);
-            if (kind == 2 && i == n / 2) {  // refused: NaN on either side, or beyond fp16's range
+            // (hi - min) / levels lands on an fp16 exactly (256 or 4096) and
+            // min + levels * scale = 0 < hi: the scale must rise one step.
+            if (kind == 3 && i % 3 != 1) {
+              lo[i] = levels == 255 ? -65280.0f : -61440.0f;
+              hi[i] = 0.001f;
+            }
+            if (kind == 2 && i == (n % 8 == 1 ? n - 1 : n / 2)) {  // refused: NaN on either side, or beyond fp16
               switch (rng.Next() % 4) {
                 case 0: lo[i] = std::numeric_limits<float>::quiet_NaN(); break;
                 case 1: hi[i] = std::numeric_limits<float>::quiet_NaN(); break;
@@ -206,7 +217,7 @@ TEST(EncodeKernelTest, FitRangesMatchesThePortableLoop) {
           const bool v_ok =
               FitRanges(lo.data(), hi.data(), n, levels, vs.data(), vm.data(), vsf.data(), vmf.data(), isa);
           ASSERT_EQ(p_ok, v_ok);
-          EXPECT_EQ(p_ok, kind < 2);
+          EXPECT_EQ(p_ok, kind != 2);
           if (!p_ok) continue;
           EXPECT_EQ(ps, vs);
           EXPECT_EQ(pm, vm);
@@ -215,6 +226,7 @@ TEST(EncodeKernelTest, FitRangesMatchesThePortableLoop) {
           for (size_t i = 0; i < n; ++i) {  // the definition, on the portable result
             EXPECT_LE(pmf[i], lo[i]);
             EXPECT_GE(std::fma(psf[i], static_cast<float>(levels), pmf[i]), hi[i]);
+            if (kind == 3 && i % 3 != 1) EXPECT_GT(psf[i], levels == 255 ? 256.0f : 4096.0f);  // raised
           }
           compared++;
         }
