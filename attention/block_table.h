@@ -37,6 +37,34 @@ struct BlockTable {
   const int32_t* block_len = nullptr;
 };
 
+// Blocks kept as the int8/int4 codecs' codes (store/codec_quantized.h) and
+// dequantised inside the attention loop, never into a float copy: an
+// element is min + scale * code, with
+//   keys   one fp16 (scale, min) per channel per group of key_group tokens
+//          (params [ceil(len / key_group), head_dim]),
+//   values one fp16 (scale, min) per token per group of value_group channels
+//          (params [len, ceil(head_dim / value_group)]),
+// codes [len, row bytes]: one byte each (bits 8, rows of head_dim bytes) or
+// two per byte, low nibble first (bits 4, rows of ceil(head_dim / 2)
+// bytes; value_group even, so a group starts on a byte).
+struct QuantizedBlock {
+  int32_t len = 0;  // valid tokens, [1, block_tokens]
+  const uint16_t* key_scale = nullptr;
+  const uint16_t* key_min = nullptr;
+  const uint16_t* value_scale = nullptr;
+  const uint16_t* value_min = nullptr;
+  const uint8_t* key_codes = nullptr;
+  const uint8_t* value_codes = nullptr;
+};
+
+struct QuantizedBlockTable {
+  int num_blocks = 0;
+  int bits = 8;         // 8 or 4
+  int key_group = 0;    // tokens; >= block_tokens: one group per block (int8)
+  int value_group = 0;  // channels; >= head_dim: one group per token (int8)
+  const QuantizedBlock* blocks = nullptr;
+};
+
 // Per (query row, KV head) the blocks to attend over:
 //   count[i * kv_heads + g] entries of
 //   block_index[(i * kv_heads + g) * max_blocks + j], each in [0, num_blocks).

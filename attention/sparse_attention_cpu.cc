@@ -5,7 +5,11 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
+
+#include "attention/dequantize.h"
+#include "attention/half.h"
 
 namespace msa::attention {
 
@@ -81,18 +85,34 @@ struct GroupScratch {
   std::vector<float> scores;     // [head][token]
   std::vector<float> max_score;  // [head]
   std::vector<double> denom;     // [head]
+  // The quantised loops only:
+  std::vector<float> row;     // [head_dim]: one row, dequantised
+  std::vector<float> params;  // a key group's scales and mins, or a token's value ones
 };
+
+// Sets out to 0 and lse to -inf for an empty selection; false then.
+bool StartGroup(size_t tokens, int heads, int d, float* out, float* lse) {
+  std::fill(out, out + static_cast<size_t>(heads) * d, 0.0f);
+  if (tokens != 0) return true;
+  if (lse) std::fill(lse, lse + heads, -std::numeric_limits<float>::infinity());
+  return false;
+}
+
+// out /= denominator, and lse from the max and the denominator.
+void FinishGroup(const GroupScratch& scratch, int heads, int d, float* out, float* lse) {
+  for (int h = 0; h < heads; ++h) {
+    const float inv = static_cast<float>(1.0 / scratch.denom[h]);
+    for (int c = 0; c < d; ++c) out[static_cast<size_t>(h) * d + c] *= inv;
+    if (lse) lse[h] = scratch.max_score[h] + static_cast<float>(std::log(scratch.denom[h]));
+  }
+}
 
 void AttendGroup(const RowOps& ops, const AttentionShape& s, const BlockTable<float>& table, const int32_t* blocks,
                  int count, int heads, const float* q, float* out, float* lse, GroupScratch& scratch) {
   const int d = s.head_dim;
   size_t tokens = 0;
   for (int j = 0; j < count; ++j) tokens += static_cast<size_t>(table.block_len[blocks[j]]);
-  std::fill(out, out + static_cast<size_t>(heads) * d, 0.0f);
-  if (tokens == 0) {
-    if (lse) std::fill(lse, lse + heads, -std::numeric_limits<float>::infinity());
-    return;
-  }
+  if (!StartGroup(tokens, heads, d, out, lse)) return;
   std::vector<float>& scores = scratch.scores;  // scores[h * tokens + t]
   scores.resize(static_cast<size_t>(heads) * tokens);
   std::vector<float>& max_score = scratch.max_score;
@@ -125,15 +145,89 @@ void AttendGroup(const RowOps& ops, const AttentionShape& s, const BlockTable<fl
       }
     }
   }
-  for (int h = 0; h < heads; ++h) {
-    const float inv = static_cast<float>(1.0 / denom[h]);
-    for (int c = 0; c < d; ++c) out[static_cast<size_t>(h) * d + c] *= inv;
-    if (lse) lse[h] = max_score[h] + static_cast<float>(std::log(denom[h]));
-  }
+  FinishGroup(scratch, heads, d, out, lse);
 }
 
+// AttendGroup over quantised blocks: each row is dequantised into a
+// head_dim scratch row (L1-resident) by the decoder's own loops
+// (attention/dequantize.h), once for every head of the group, and then goes
+// through the same row operations in the same order as a decoded block's
+// row would. So the result is bit for bit AttendGroup's over the decoded
+// blocks, without writing the decoded blocks to memory and reading them back.
+void AttendGroupQuantized(const RowOps& ops, const AttentionShape& s, const QuantizedBlockTable& table,
+                          const int32_t* blocks, int count, int heads, const float* q, float* out, float* lse,
+                          GroupScratch& scratch) {
+  const int d = s.head_dim;
+  size_t tokens = 0;
+  for (int j = 0; j < count; ++j) tokens += static_cast<size_t>(table.blocks[blocks[j]].len);
+  if (!StartGroup(tokens, heads, d, out, lse)) return;
+  const size_t row_bytes = table.bits == 8 ? static_cast<size_t>(d) : (static_cast<size_t>(d) + 1) / 2;
+  const int value_group = std::min(table.value_group, d);
+  const int value_groups = (d + value_group - 1) / value_group;
+  std::vector<float>& scores = scratch.scores;  // scores[h * tokens + t]
+  scores.resize(static_cast<size_t>(heads) * tokens);
+  std::vector<float>& max_score = scratch.max_score;
+  max_score.assign(heads, -std::numeric_limits<float>::infinity());
+  scratch.row.resize(d);
+  scratch.params.resize(2 * static_cast<size_t>(d));  // value_groups <= d
+  float* row = scratch.row.data();
+  float* scale = scratch.params.data();
+  float* min = scale + d;
+  size_t t = 0;
+  for (int j = 0; j < count; ++j) {
+    const QuantizedBlock& block = table.blocks[blocks[j]];
+    for (int r0 = 0; r0 < block.len; r0 += table.key_group) {
+      const size_t group = static_cast<size_t>(r0 / table.key_group) * d;
+      HalfToFloatArray(block.key_scale + group, scale, d);
+      HalfToFloatArray(block.key_min + group, min, d);
+      const int r1 = r0 + std::min(table.key_group, block.len - r0);
+      for (int r = r0; r < r1; ++r, ++t) {
+        const uint8_t* codes = block.key_codes + static_cast<size_t>(r) * row_bytes;
+        if (table.bits == 8) {
+          DequantizeU8(codes, scale, min, d, row);
+        } else {
+          DequantizeU4(codes, scale, min, d, row);
+        }
+        for (int h = 0; h < heads; ++h) {
+          const float score = s.scale * ops.dot(q + static_cast<size_t>(h) * d, row, d);
+          scores[h * tokens + t] = score;
+          max_score[h] = std::max(max_score[h], score);
+        }
+      }
+    }
+  }
+  std::vector<double>& denom = scratch.denom;
+  denom.assign(heads, 0.0);
+  t = 0;
+  for (int j = 0; j < count; ++j) {
+    const QuantizedBlock& block = table.blocks[blocks[j]];
+    for (int r = 0; r < block.len; ++r, ++t) {
+      const uint8_t* codes = block.value_codes + static_cast<size_t>(r) * row_bytes;
+      const size_t p = static_cast<size_t>(r) * value_groups;
+      HalfToFloatArray(block.value_scale + p, scale, value_groups);
+      HalfToFloatArray(block.value_min + p, min, value_groups);
+      for (int vg = 0; vg < value_groups; ++vg) {
+        const int c0 = vg * value_group, n = std::min(value_group, d - c0);
+        if (table.bits == 8) {
+          DequantizeU8(codes + c0, scale[vg], min[vg], n, row + c0);
+        } else {
+          DequantizeU4(codes + c0 / 2, scale[vg], min[vg], n, row + c0);  // c0 even (groups of 32)
+        }
+      }
+      for (int h = 0; h < heads; ++h) {
+        const float w = std::exp(scores[h * tokens + t] - max_score[h]);
+        denom[h] += w;
+        ops.axpy(w, row, out + static_cast<size_t>(h) * d, d);
+      }
+    }
+  }
+  FinishGroup(scratch, heads, d, out, lse);
+}
 
-void Attend(const RowOps& ops, const AttentionShape& shape, const BlockTable<float>& table,
+// Every (query row, KV head) through AttendGroup (float blocks) or
+// AttendGroupQuantized.
+template <typename Table>
+void Attend(const RowOps& ops, const AttentionShape& shape, const Table& table,
             const Selection& selection, const float* q, float* out, float* lse) {
   GroupScratch scratch;
   const int d = shape.head_dim;
@@ -142,8 +236,14 @@ void Attend(const RowOps& ops, const AttentionShape& shape, const BlockTable<flo
     for (int g = 0; g < shape.kv_heads; ++g) {
       const size_t sel = static_cast<size_t>(i) * shape.kv_heads + g;
       const size_t row = static_cast<size_t>(i) * shape.q_heads + static_cast<size_t>(g) * group;
-      AttendGroup(ops, shape, table, selection.block_index + sel * selection.max_blocks, selection.count[sel],
-                  group, q + row * d, out + row * d, lse ? lse + row : nullptr, scratch);
+      const int32_t* blocks = selection.block_index + sel * selection.max_blocks;
+      if constexpr (std::is_same_v<Table, QuantizedBlockTable>) {
+        AttendGroupQuantized(ops, shape, table, blocks, selection.count[sel], group, q + row * d, out + row * d,
+                             lse ? lse + row : nullptr, scratch);
+      } else {
+        AttendGroup(ops, shape, table, blocks, selection.count[sel], group, q + row * d, out + row * d,
+                    lse ? lse + row : nullptr, scratch);
+      }
     }
   }
 }
@@ -156,6 +256,18 @@ void SparseAttentionCpu(const AttentionShape& shape, const BlockTable<float>& ta
 }
 
 bool SparseAttentionCpuOn(bool avx2, const AttentionShape& shape, const BlockTable<float>& table,
+                          const Selection& selection, const float* q, float* out, float* lse) {
+  if (avx2 && !kAvx2Fma) return false;
+  Attend(avx2 ? kAvx2Ops : kPortableOps, shape, table, selection, q, out, lse);
+  return true;
+}
+
+void SparseAttentionCpu(const AttentionShape& shape, const QuantizedBlockTable& table,
+                        const Selection& selection, const float* q, float* out, float* lse) {
+  Attend(kAvx2Fma ? kAvx2Ops : kPortableOps, shape, table, selection, q, out, lse);
+}
+
+bool SparseAttentionCpuOn(bool avx2, const AttentionShape& shape, const QuantizedBlockTable& table,
                           const Selection& selection, const float* q, float* out, float* lse) {
   if (avx2 && !kAvx2Fma) return false;
   Attend(avx2 ? kAvx2Ops : kPortableOps, shape, table, selection, q, out, lse);

@@ -27,4 +27,13 @@ void SparseAttentionCpu(const AttentionShape& shape, const BlockTable<float>& ta
 bool SparseAttentionCpuOn(bool avx2, const AttentionShape& shape, const BlockTable<float>& table,
                           const Selection& selection, const float* q, float* out, float* lse);
 
+// The same over blocks kept as int8/int4 codes (attention/block_table.h),
+// dequantised inside the loops: what a store of a quantised codec attends
+// over, with no float copy of its blocks. Bit for bit SparseAttentionCpu
+// over the blocks as the codec's decoder returns them.
+void SparseAttentionCpu(const AttentionShape& shape, const QuantizedBlockTable& table,
+                        const Selection& selection, const float* q, float* out, float* lse);
+bool SparseAttentionCpuOn(bool avx2, const AttentionShape& shape, const QuantizedBlockTable& table,
+                          const Selection& selection, const float* q, float* out, float* lse);
+
 }  // namespace msa::attention

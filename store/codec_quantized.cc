@@ -5,9 +5,9 @@
 #include <cstring>
 #include <limits>
 
+#include "attention/dequantize.h"
 #include "attention/half.h"
 #include "attention/int8_pages.h"
-#include "store/dequantize.h"
 #include "store/encode_kernel.h"
 
 namespace msa::quantized {
@@ -86,9 +86,9 @@ void DecodeKeys(const Layout& l, const uint8_t* payload, float* keys, std::vecto
     const size_t g = (t / l.key_group) * d;
     const uint8_t* row = codes + t * l.row_bytes();
     if (l.bits == 8) {
-      DequantizeU8(row, scale + g, min + g, d, keys + t * d);
+      attention::DequantizeU8(row, scale + g, min + g, d, keys + t * d);
     } else {
-      DequantizeU4(row, scale + g, min + g, d, keys + t * d);
+      attention::DequantizeU4(row, scale + g, min + g, d, keys + t * d);
     }
   }
 }
@@ -110,9 +110,9 @@ void DecodeValues(const Layout& l, const uint8_t* payload, float* values, std::v
       const size_t p = size_t{t} * groups + gi;
       float* out = values + t * d + c0;
       if (l.bits == 8) {
-        DequantizeU8(row + c0, scale[p], min[p], count, out);
+        attention::DequantizeU8(row + c0, scale[p], min[p], count, out);
       } else {
-        DequantizeU4(row + c0 / 2, scale[p], min[p], count, out);  // c0 is even (groups of 32)
+        attention::DequantizeU4(row + c0 / 2, scale[p], min[p], count, out);  // c0 is even (groups of 32)
       }
     }
   }
@@ -195,6 +195,29 @@ void Decode(Codec codec, const uint8_t* payload, uint32_t tokens, uint32_t head_
   const Layout l(codec, tokens, head_dim);
   DecodeKeys(l, payload, keys, scratch);
   if (values) DecodeValues(l, payload, values, scratch);
+}
+
+attention::QuantizedBlockTable TableShape(Codec codec, uint32_t block_tokens, uint32_t head_dim) {
+  const Layout l(codec, block_tokens, head_dim);  // int8: one key group per block, one value group per token
+  attention::QuantizedBlockTable table;
+  table.bits = static_cast<int>(l.bits);
+  table.key_group = static_cast<int>(l.key_group);
+  table.value_group = static_cast<int>(l.value_group);
+  return table;
+}
+
+attention::QuantizedBlock View(Codec codec, const uint8_t* payload, uint32_t tokens, uint32_t head_dim) {
+  const Layout l(codec, tokens, head_dim);
+  const auto* halves = reinterpret_cast<const uint16_t*>(payload);
+  attention::QuantizedBlock block;
+  block.len = static_cast<int32_t>(tokens);
+  block.key_scale = halves;
+  block.key_min = halves + l.key_params();
+  block.value_scale = halves + 2 * l.key_params();
+  block.value_min = halves + 2 * l.key_params() + l.value_params();
+  block.key_codes = payload + l.key_codes_at();
+  block.value_codes = payload + l.value_codes_at();
+  return block;
 }
 
 void Int8PayloadToPages(const uint8_t* payload, uint32_t tokens, uint32_t head_dim, uint32_t block_tokens,

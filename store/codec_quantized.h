@@ -31,6 +31,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "attention/block_table.h"
 #include "msa/status.h"
 #include "store/geometry.h"
 
@@ -53,6 +54,14 @@ Status Encode(Codec codec, const float* keys, const float* values, uint32_t toke
 // scratch is reused between calls.
 void Decode(Codec codec, const uint8_t* payload, uint32_t tokens, uint32_t head_dim, float* keys,
             float* values, std::vector<float>* scratch);
+
+// The shape (bits, groups) of `codec`'s blocks as the CPU attention's
+// quantised table (attention/block_table.h), num_blocks and blocks unset.
+attention::QuantizedBlockTable TableShape(Codec codec, uint32_t block_tokens, uint32_t head_dim);
+
+// A payload (PayloadBytes bytes, the caller checked; 2-byte aligned) as one
+// block of that table: pointers into it, nothing copied or decoded.
+attention::QuantizedBlock View(Codec codec, const uint8_t* payload, uint32_t tokens, uint32_t head_dim);
 
 // The int8 payload of a block of `tokens` tokens as the two GPU pages of
 // attention/int8_pages.h (capacity block_tokens >= tokens): parameters and

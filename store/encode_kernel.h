@@ -1,7 +1,7 @@
 // The inner loops of ingest's encoding (store/codec_quantized.cc, the block
 // summaries of store/summary.cc): ranges of columns and rows, column sums,
 // and float-to-code quantisation, vectorised with AVX-512 or AVX2 when the
-// CPU has them (chosen once at start-up, like store/dequantize.cc; no
+// CPU has them (chosen once at start-up, like attention/dequantize.cc; no
 // target_clones: its ifunc resolver crashes ThreadSanitizer binaries), with
 // a portable loop otherwise.
 //

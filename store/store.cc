@@ -1083,8 +1083,8 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
     float* k;
     float* v;
     if (records != nullptr && !quantised) {
-      return Status::Internal("a record of codec " + std::to_string(requests[m].dest[6]) +
-                              " where a quantised one was expected: " + DescribeBlock(ids[j]));
+      return Status::Corruption("a record of codec " + std::to_string(requests[m].dest[6]) +
+                                " where a quantised one was expected: " + DescribeBlock(ids[j]));
     }
     if (keys != nullptr) {
       k = keys + j * block_elems;
@@ -1344,13 +1344,28 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
     }
   }
   const auto& chosen = plan.chosen;
-  const size_t block_elems = static_cast<size_t>(g.block_tokens) * d;
+  // A quantised store's blocks stay codes (the cache's records), dequantised
+  // inside the attention loop; a lossless one's are decoded into float slots.
+  const bool quantised = quantized::Handles(g.codec);
+  const size_t block_elems = quantised ? 0 : static_cast<size_t>(g.block_tokens) * d;
   std::vector<float> keys(plan.ids.size() * block_elems), values(plan.ids.size() * block_elems);
   std::vector<int32_t> len(plan.ids.size());
+  std::vector<std::shared_ptr<const CachedBlock>> records(quantised ? plan.ids.size() : 0);
   // Exact mode reads the whole layer: it would only flush the cache.
-  MSA_RETURN_IF_ERROR(FetchBlocks(plan.ids, plan.locs, keys.data(), values.data(), len.data(), &st,
-                                  options.use_cache && !options.exact));
+  MSA_RETURN_IF_ERROR(FetchBlocks(plan.ids, plan.locs, quantised ? nullptr : keys.data(),
+                                  quantised ? nullptr : values.data(), len.data(), &st,
+                                  options.use_cache && !options.exact, quantised ? &records : nullptr));
   plan.io_lock.unlock();  // the blocks are read
+  std::vector<attention::QuantizedBlock> codes(records.size());
+  for (size_t j = 0; j < records.size(); ++j) {
+    const std::vector<uint8_t>& record = records[j]->record;
+    if (static_cast<Codec>(record[6]) != g.codec) {  // the header's codec, checked when read
+      return Status::Corruption(DescribeBlock(plan.ids[j]) + " is stored with codec " +
+                                std::to_string(record[6]) + ", not the store's " + CodecName(g.codec));
+    }
+    codes[j] = quantized::View(g.codec, record.data() + kBlockRecordHeaderSize, records[j]->tokens,
+                               geometry_.head_dim);
+  }
 
   // 3. Attend.
   const auto t0 = Clock::now();
@@ -1374,9 +1389,17 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
   shape.head_dim = static_cast<int>(d);
   shape.block_tokens = static_cast<int>(g.block_tokens);
   shape.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
-  attention::BlockTable<float> table{static_cast<int>(plan.ids.size()), keys.data(), values.data(), len.data()};
   attention::Selection selection{static_cast<int>(max_blocks), index.data(), count.data()};
-  attention::SparseAttentionCpu(shape, table, selection, q, out, lse);
+  if (quantised) {
+    attention::QuantizedBlockTable table = quantized::TableShape(g.codec, g.block_tokens, g.head_dim);
+    table.num_blocks = static_cast<int>(codes.size());
+    table.blocks = codes.data();
+    attention::SparseAttentionCpu(shape, table, selection, q, out, lse);
+  } else {
+    const attention::BlockTable<float> table{static_cast<int>(plan.ids.size()), keys.data(), values.data(),
+                                             len.data()};
+    attention::SparseAttentionCpu(shape, table, selection, q, out, lse);
+  }
   st.attend_ms = MsSince(t0);
   st.total_ms = MsSince(t_start);
   if (selected) *selected = std::move(plan.chosen);
@@ -1645,11 +1668,7 @@ bool Store::PrefetchToGpu(uint32_t layer, const float* q, uint32_t n, uint32_t q
       if (s.code() == Status::Code::kNotSupported && options.gpu == GpuMode::kAuto &&
           cache_.capacity() > 0) {
         // The pool cannot take it: Attend will run on the CPU, so warm the host cache.
-        const size_t block_elems = static_cast<size_t>(geometry_.block_tokens) * geometry_.head_dim;
-        std::vector<float> keys(planned->ids.size() * block_elems), values(keys.size());
-        std::vector<int32_t> len(planned->ids.size());
-        s = FetchBlocks(planned->ids, planned->locs, keys.data(), values.data(), len.data(), nullptr,
-                        /*use_cache=*/true);
+        s = FetchBlocks(planned->ids, planned->locs, nullptr, nullptr, nullptr, nullptr, /*use_cache=*/true);
       }
       promise->set_value(s);
     } catch (const std::exception& e) {

@@ -2,7 +2,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <random>
+#include <vector>
 
+#include "attention/dequantize.h"
 #include "attention/half.h"
 #include "attention/sparse_attention_cpu.h"
 #include "test_util.h"
@@ -58,6 +61,136 @@ TEST(SparseAttentionCpu, MatchesDenseReferenceWithGqa) {
           msa::testing::DenseReference(&q[(i * qh + h) * d], &k[g * blocks * bt * d], &v[g * blocks * bt * d],
                                        tokens, d, ref.data(), &ref_lse);
           for (int c = 0; c < d; ++c) ASSERT_NEAR(out[(i * qh + h) * d + c], ref[c], 1e-4) << i << " " << h << " " << c;
+          ASSERT_NEAR(lse[i * qh + h], ref_lse, 1e-4 * std::max(1.0, std::fabs(ref_lse)));
+        }
+      }
+    }
+  }
+}
+
+// Quantised blocks of random codes and fp16 parameters, laid out as the
+// codecs do (attention/block_table.h), and the same blocks dequantised row by
+// row as the codec's decoder does (store/codec_quantized.cc).
+struct QuantizedBlocks {
+  std::vector<std::vector<uint16_t>> params;  // per block: key scale, key min, value scale, value min
+  std::vector<std::vector<uint8_t>> codes;    // per block: key codes, value codes
+  std::vector<QuantizedBlock> blocks;
+  std::vector<float> keys, values;  // decoded, [block][block_tokens][d]
+};
+
+QuantizedBlocks MakeQuantizedBlocks(int bits, int key_group, int value_group, int d, int bt,
+                                    const std::vector<int32_t>& len, uint64_t seed) {
+  QuantizedBlocks qb;
+  const int nb = static_cast<int>(len.size());
+  const size_t row_bytes = bits == 8 ? d : (d + 1) / 2;
+  qb.params.resize(nb);
+  qb.codes.resize(nb);
+  qb.blocks.resize(nb);
+  qb.keys.assign(static_cast<size_t>(nb) * bt * d, 0.0f);
+  qb.values.assign(qb.keys.size(), 0.0f);
+  std::mt19937_64 rng(seed);
+  const float levels = static_cast<float>((1 << bits) - 1);
+  std::uniform_real_distribution<float> scale(1.0f / levels, 3.0f / levels), min(-1.5f, -0.5f);
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (int b = 0; b < nb; ++b) {
+    const int t = len[b], kg = (t + key_group - 1) / key_group, vg = (d + value_group - 1) / value_group;
+    std::vector<uint16_t>& p = qb.params[b];
+    const size_t kp = static_cast<size_t>(kg) * d, vp = static_cast<size_t>(t) * vg;
+    p.resize(2 * kp + 2 * vp);  // a scale such that the codes span up to 3 units
+    for (size_t i = 0; i < kp; ++i) p[i] = FloatToHalf(scale(rng)), p[kp + i] = FloatToHalf(min(rng));
+    for (size_t i = 0; i < vp; ++i) p[2 * kp + i] = FloatToHalf(scale(rng)), p[2 * kp + vp + i] = FloatToHalf(min(rng));
+    std::vector<uint8_t>& c = qb.codes[b];
+    c.resize(2 * t * row_bytes);
+    for (uint8_t& x : c) x = static_cast<uint8_t>(byte(rng));
+    std::vector<float> params(p.size());
+    HalfToFloatArray(p.data(), params.data(), p.size());
+    for (int r = 0; r < t; ++r) {
+      const uint8_t* krow = c.data() + r * row_bytes;
+      const uint8_t* vrow = c.data() + (t + r) * row_bytes;
+      float* kout = qb.keys.data() + (static_cast<size_t>(b) * bt + r) * d;
+      float* vout = qb.values.data() + (static_cast<size_t>(b) * bt + r) * d;
+      const float* ks = params.data() + static_cast<size_t>(r / key_group) * d;
+      if (bits == 8) {
+        DequantizeU8(krow, ks, ks + kp, d, kout);
+      } else {
+        DequantizeU4(krow, ks, ks + kp, d, kout);
+      }
+      for (int g = 0; g < vg; ++g) {
+        const int c0 = g * value_group, n = std::min(value_group, d - c0);
+        const float vs = params[2 * kp + r * vg + g], vm = params[2 * kp + vp + r * vg + g];
+        if (bits == 8) {
+          DequantizeU8(vrow + c0, vs, vm, n, vout + c0);
+        } else {
+          DequantizeU4(vrow + c0 / 2, vs, vm, n, vout + c0);
+        }
+      }
+    }
+    qb.blocks[b] = QuantizedBlock{t, p.data(), p.data() + kp, p.data() + 2 * kp, p.data() + 2 * kp + vp,
+                                  c.data(), c.data() + t * row_bytes};
+  }
+  return qb;
+}
+
+// The quantised loops give bit for bit the float loops' result over the
+// decoded blocks, and that is the float64 reference's within the float
+// path's own tolerance (above): int8 (a block's key channel is one group, a
+// token's values one group) and int4 (key groups of 32 tokens, the last
+// short; value groups of 32 channels, the last short; odd and even head
+// dims), GQA 6 -> 2, partial last blocks, ragged selections in a shuffled
+// order, portable and AVX2 row loops.
+TEST(SparseAttentionCpu, QuantisedBlocksAttendBitForBitAsTheirDecodedValues) {
+  struct Case {
+    int bits, key_group, value_group, d;
+  };
+  const int bt = 70;
+  for (const Case& c : {Case{8, bt, 13, 13}, Case{8, bt, 40, 40}, Case{8, bt, 136, 136}, Case{4, 32, 32, 13},
+                        Case{4, 32, 32, 40}, Case{4, 32, 32, 136}, Case{4, 32, 32, 64}}) {
+    for (const bool avx2 : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "int" << c.bits << " head_dim " << c.d << (avx2 ? " avx2" : " portable"));
+      const int d = c.d, n = 3, qh = 6, kvh = 2, per_head = 4;
+      std::vector<int32_t> len(kvh * per_head, bt);
+      len[per_head - 1] = 37;  // head 0's last block: key groups of 32 and 5
+      len[2 * per_head - 1] = 1;
+      const QuantizedBlocks qb = MakeQuantizedBlocks(c.bits, c.key_group, c.value_group, d, bt, len, 7 + d);
+      const QuantizedBlockTable table{kvh * per_head, c.bits, c.key_group, c.value_group, qb.blocks.data()};
+      const BlockTable<float> decoded{kvh * per_head, qb.keys.data(), qb.values.data(), len.data()};
+      auto q = msa::testing::RandomVector(static_cast<size_t>(n) * qh * d, 3, 2.0f);
+      // Row i, KV head g: g's blocks but block i % per_head, last first.
+      const int max_blocks = per_head;
+      std::vector<int32_t> index(n * kvh * max_blocks, -1), count(n * kvh);
+      for (int i = 0; i < n; ++i) {
+        for (int g = 0; g < kvh; ++g) {
+          int k = 0;
+          for (int b = per_head - 1; b >= 0; --b) {
+            if (b != i % per_head) index[(i * kvh + g) * max_blocks + k++] = g * per_head + b;
+          }
+          count[i * kvh + g] = k;
+        }
+      }
+      AttentionShape shape{n, qh, kvh, d, bt, static_cast<float>(1.0 / std::sqrt(d))};
+      const Selection selection{max_blocks, index.data(), count.data()};
+      std::vector<float> out(n * qh * d), lse(n * qh), want(out.size()), want_lse(lse.size());
+      if (!SparseAttentionCpuOn(avx2, shape, table, selection, q.data(), out.data(), lse.data())) {
+        continue;  // no AVX2 + FMA here
+      }
+      ASSERT_TRUE(SparseAttentionCpuOn(avx2, shape, decoded, selection, q.data(), want.data(), want_lse.data()));
+      for (size_t i = 0; i < out.size(); ++i) ASSERT_EQ(out[i], want[i]) << i;
+      for (size_t i = 0; i < lse.size(); ++i) ASSERT_EQ(lse[i], want_lse[i]) << i;
+      for (int i = 0; i < n; ++i) {
+        for (int h = 0; h < qh; ++h) {
+          const int g = h / (qh / kvh);
+          std::vector<float> k, v;  // the selected blocks' valid rows, in selection order
+          for (int j = 0; j < count[i * kvh + g]; ++j) {
+            const int b = index[(i * kvh + g) * max_blocks + j];
+            const size_t at = static_cast<size_t>(b) * bt * d, rows = static_cast<size_t>(len[b]) * d;
+            k.insert(k.end(), qb.keys.begin() + at, qb.keys.begin() + at + rows);
+            v.insert(v.end(), qb.values.begin() + at, qb.values.begin() + at + rows);
+          }
+          std::vector<double> ref(d);
+          double ref_lse;
+          msa::testing::DenseReference(&q[(i * qh + h) * d], k.data(), v.data(), k.size() / d, d, ref.data(),
+                                       &ref_lse);
+          for (int ch = 0; ch < d; ++ch) ASSERT_NEAR(out[(i * qh + h) * d + ch], ref[ch], 1e-4) << i << " " << h;
           ASSERT_NEAR(lse[i * qh + h], ref_lse, 1e-4 * std::max(1.0, std::fabs(ref_lse)));
         }
       }

@@ -11,10 +11,10 @@
 #include <random>
 #include <vector>
 
+#include "attention/dequantize.h"
 #include "attention/half.h"
 #include "store/codec.h"
 #include "store/codec_quantized.h"
-#include "store/dequantize.h"
 #include "store/store.h"
 #include "tests/test_util.h"
 
@@ -289,25 +289,25 @@ TEST(DequantizeTest, VectorLoopsMatchTheFormulaAtEveryLength) {
     for (auto& c : packed) c = static_cast<uint8_t>(byte(rng));
     std::vector<float> scale = RandomVector(n + 1, n), min = RandomVector(n + 1, n + 99);
     std::vector<float> out(n + 1, 1234.0f);
-    DequantizeU8(codes.data(), scale.data(), min.data(), n, out.data());
+    attention::DequantizeU8(codes.data(), scale.data(), min.data(), n, out.data());
     for (size_t i = 0; i < n; ++i) {
       EXPECT_FLOAT_EQ(out[i], std::fma(scale[i], static_cast<float>(codes[i]), min[i])) << n << " " << i;
     }
     EXPECT_EQ(out[n], 1234.0f) << "wrote past n = " << n;
-    DequantizeU8(codes.data(), 0.5f, -3.0f, n, out.data());
+    attention::DequantizeU8(codes.data(), 0.5f, -3.0f, n, out.data());
     for (size_t i = 0; i < n; ++i) EXPECT_EQ(out[i], -3.0f + 0.5f * codes[i]);
-    DequantizeU4(packed.data(), scale.data(), min.data(), n, out.data());
+    attention::DequantizeU4(packed.data(), scale.data(), min.data(), n, out.data());
     for (size_t i = 0; i < n; ++i) {
       const float code = static_cast<float>((packed[i / 2] >> (4 * (i % 2))) & 15);
       EXPECT_FLOAT_EQ(out[i], std::fma(scale[i], code, min[i])) << n << " " << i;
     }
     EXPECT_EQ(out[n], 1234.0f) << "wrote past n = " << n;
-    DequantizeU4(packed.data(), 0.25f, 1.0f, n, out.data());
+    attention::DequantizeU4(packed.data(), 0.25f, 1.0f, n, out.data());
     for (size_t i = 0; i < n; ++i) {
       EXPECT_EQ(out[i], 1.0f + 0.25f * ((packed[i / 2] >> (4 * (i % 2))) & 15));
     }
   }
-  SUCCEED() << "ran the " << DequantizeIsa() << " loops";
+  SUCCEED() << "ran the " << attention::DequantizeIsa() << " loops";
 }
 
 // Through the store: every codec ingests, survives a reopen, reads back
@@ -381,6 +381,64 @@ TEST(CodecStoreTest, EveryCodecIngestsReopensAndAttends) {
       const double rel = std::sqrt(err / norm);
       const double allowed = codec == Codec::kInt4 ? 0.08 : codec == Codec::kInt8 ? 0.01 : 0.005;
       EXPECT_LT(rel, allowed) << CodecName(codec) << " head " << head;
+    }
+  }
+}
+
+// A quantised store attends over its blocks' codes (the cache keeps the
+// records, the CPU attention dequantises inside its loop): the result is
+// attention over the blocks as the decoder returns them, up to float32
+// rounding, read from disk (exact mode, routed cold) or from the cache
+// (routed warm). Head dim 72: int4's last value group is short.
+TEST(CodecStoreTest, QuantisedStoresAttendOverTheirCodesAsOverTheDecodedBlocks) {
+  const uint32_t kv_heads = 2, q_heads = 4, d = 72, tokens = 300;
+  std::vector<float> k, v;
+  ModelLikeKv(kv_heads * tokens, d, 23, &k, &v);
+  for (Codec codec : {Codec::kInt8, Codec::kInt4}) {
+    SCOPED_TRACE(CodecName(codec));
+    TempDir dir;
+    Geometry g;
+    g.layers = 1;
+    g.kv_heads = kv_heads;
+    g.head_dim = d;
+    g.codec = codec;
+    {
+      auto store = Store::Create(dir.Sub("s"), g);
+      ASSERT_TRUE(store.ok()) << store.status().ToString();
+      ASSERT_TRUE((*store)->AppendDocument("doc", {k.data(), v.data(), tokens}).ok());
+      ASSERT_TRUE((*store)->Commit().ok());
+    }
+    auto store = Store::Open(dir.Sub("s"));
+    ASSERT_TRUE(store.ok());
+    std::vector<std::vector<float>> keys(kv_heads), values(kv_heads);
+    for (uint32_t head = 0; head < kv_heads; ++head) {
+      ASSERT_TRUE((*store)->ReadStream(0, head, &keys[head], &values[head]).ok());
+    }
+    const std::vector<float> q = RandomVector(size_t{q_heads} * d, 60, 0.5f);
+    std::vector<double> ref(size_t{q_heads} * d), ref_lse(q_heads);
+    for (uint32_t h = 0; h < q_heads; ++h) {
+      const uint32_t head = h / (q_heads / kv_heads);
+      testing::DenseReference(q.data() + h * d, keys[head].data(), values[head].data(), tokens, d,
+                              ref.data() + h * d, &ref_lse[h]);
+    }
+    AttendOptions exact;
+    exact.exact = true;
+    AttendOptions routed;
+    routed.top_k = 64;  // every block
+    routed.gpu = GpuMode::kOff;
+    exact.gpu = GpuMode::kOff;
+    for (const auto& [options, what] : {std::pair{exact, "exact"}, {routed, "routed, cold"}, {routed, "routed, warm"}}) {
+      std::vector<float> out(size_t{q_heads} * d), lse(q_heads);
+      AttendStats stats;
+      ASSERT_TRUE((*store)->Attend(0, q.data(), 1, q_heads, options, out.data(), lse.data(), &stats).ok()) << what;
+      if (std::string(what) == "routed, warm") {
+        EXPECT_GT(stats.cache_hits, 0u);
+        EXPECT_EQ(stats.blocks_read, 0u);
+      }
+      for (size_t i = 0; i < out.size(); ++i) {
+        ASSERT_NEAR(out[i], ref[i], 2e-5 * std::max(1.0, std::fabs(ref[i]))) << what << " " << i;
+      }
+      for (uint32_t h = 0; h < q_heads; ++h) ASSERT_NEAR(lse[h], ref_lse[h], 2e-5 * std::fabs(ref_lse[h])) << what;
     }
   }
 }

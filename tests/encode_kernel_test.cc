@@ -12,8 +12,8 @@
 #include <limits>
 #include <vector>
 
+#include "attention/dequantize.h"
 #include "store/codec.h"
-#include "store/dequantize.h"
 #include "store/encode_kernel.h"
 #include "store/summary.h"
 
@@ -289,8 +289,8 @@ TEST(EncodeKernelTest, RecordsAndSummariesAreWhatTheScalarCodeWrote) {
       EXPECT_EQ(record_sum, want->record);
       // The summaries are of the keys as decoded, and the int8/int4
       // decoders fuse their multiply-add only on the AVX paths
-      // (store/dequantize.cc): the golden sums are those of an AVX machine.
-      if (codec == Codec::kF16ShuffleZstd || std::strcmp(DequantizeIsa(), "portable") != 0) {
+      // (attention/dequantize.cc): the golden sums are those of an AVX machine.
+      if (codec == Codec::kF16ShuffleZstd || std::strcmp(attention::DequantizeIsa(), "portable") != 0) {
         EXPECT_EQ(summary_sum[0], want->bound);
         EXPECT_EQ(summary_sum[1], want->mean);
         EXPECT_EQ(summary_sum[2], want->hybrid);

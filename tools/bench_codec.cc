@@ -31,10 +31,12 @@
 #include <string>
 #include <vector>
 
+#include "attention/dequantize.h"
 #include "attention/half.h"
+#include "attention/sparse_attention_cpu.h"
 #include "io/aligned_buffer.h"
 #include "store/codec.h"
-#include "store/dequantize.h"
+#include "store/codec_quantized.h"
 #include "store/store.h"
 #include "tools/npy_file.h"
 
@@ -151,6 +153,10 @@ void DefaultQueries(uint32_t d, uint32_t n, uint64_t seed, Stream* s) {
 struct CodecResult {
   std::string name;
   double ratio = 0, padded_ratio = 0, encode_gbs = 0, decode_gbs = 0;
+  // One query's attention over 64 blocks (4 query heads on the KV head), us:
+  // decoded into float slots then attended, and (quantised codecs) attended
+  // over the codes, dequantised inside the loop. 0: not measured.
+  double decode_attend_us = 0, codes_attend_us = 0;
   std::vector<double> eps;  // per (query, stream); empty for baselines
 };
 
@@ -359,6 +365,58 @@ int main(int argc, char** argv) {
       }
       dec = std::min(dec, Seconds(t0));
     }
+    // One query's attention over 64 blocks at a time, the way Store::Attend
+    // runs it on the CPU: every record decoded into a float slot and then
+    // attended, or (quantised codecs) attended over its codes in place.
+    {
+      constexpr int kHeads = 4;
+      std::vector<float> q(size_t{kHeads} * d);
+      std::mt19937_64 rng(77);
+      std::normal_distribution<float> normal;
+      for (float& x : q) x = normal(rng);
+      std::vector<float> out(size_t{kHeads} * d), lse(kHeads);
+      std::vector<int32_t> index(kSlots), len(kSlots);
+      for (size_t i = 0; i < kSlots; ++i) index[i] = static_cast<int32_t>(i);
+      msa::attention::AttentionShape shape{1, kHeads, 1, static_cast<int>(d), static_cast<int>(bt),
+                                           static_cast<float>(1.0 / std::sqrt(d))};
+      const size_t queries = (records.size() + kSlots - 1) / kSlots;
+      std::vector<msa::attention::QuantizedBlock> codes(kSlots);
+      double decoded = 1e30, in_place = 1e30;
+      for (int r = 0; r < repeats; ++r) {
+        auto t0 = Clock::now();
+        for (size_t j0 = 0; j0 < records.size(); j0 += kSlots) {
+          const int32_t m = static_cast<int32_t>(std::min(kSlots, records.size() - j0));
+          for (int32_t i = 0; i < m; ++i) {
+            const msa::BlockRecordHeader& h = headers[j0 + i];
+            len[i] = static_cast<int32_t>(h.tokens);
+            msa::Status st = decoder.Decode(records[j0 + i], h.id, h.checksum, h.tokens, d,
+                                            slot_keys.data() + i * bt * d, slot_values.data() + i * bt * d);
+            if (!st.ok()) return 5;
+          }
+          msa::attention::SparseAttentionCpu(shape, {m, slot_keys.data(), slot_values.data(), len.data()},
+                                             {static_cast<int>(kSlots), index.data(), &m}, q.data(), out.data(),
+                                             lse.data());
+        }
+        decoded = std::min(decoded, Seconds(t0));
+        if (!msa::quantized::Handles(codec)) continue;
+        t0 = Clock::now();
+        for (size_t j0 = 0; j0 < records.size(); j0 += kSlots) {
+          const int32_t m = static_cast<int32_t>(std::min(kSlots, records.size() - j0));
+          for (int32_t i = 0; i < m; ++i) {  // what a query does with the cache's verified records
+            codes[i] = msa::quantized::View(codec, records[j0 + i].data() + msa::kBlockRecordHeaderSize,
+                                            headers[j0 + i].tokens, d);
+          }
+          msa::attention::QuantizedBlockTable table = msa::quantized::TableShape(codec, bt, d);
+          table.num_blocks = m;
+          table.blocks = codes.data();
+          msa::attention::SparseAttentionCpu(shape, table, {static_cast<int>(kSlots), index.data(), &m}, q.data(),
+                                             out.data(), lse.data());
+        }
+        in_place = std::min(in_place, Seconds(t0));
+      }
+      res.decode_attend_us = decoded * 1e6 / queries;
+      if (msa::quantized::Handles(codec)) res.codes_attend_us = in_place * 1e6 / queries;
+    }
     // The decoded streams, for the error metric.
     std::vector<std::vector<float>> keys(streams.size()), values(streams.size());
     for (size_t i = 0, j = 0; i < streams.size(); ++i) {
@@ -401,7 +459,7 @@ int main(int argc, char** argv) {
   nlohmann::json out = {{"streams", streams.size()},   {"tokens", raw_bytes / (4ull * d)},
                         {"head_dim", d},               {"block_tokens", bt},
                         {"blocks", blocks},            {"raw_fp16_bytes", raw_bytes},
-                        {"dequantize_isa", msa::DequantizeIsa()},
+                        {"dequantize_isa", msa::attention::DequantizeIsa()},
                         {"source", store_path.empty() ? "synthetic" : store_path},
                         {"queries", queries_path.empty() ? "synthetic" : queries_path},
                         {"codecs", nlohmann::json::array()}};
@@ -411,6 +469,8 @@ int main(int argc, char** argv) {
                         {"padded_ratio", r.padded_ratio},
                         {"encode_gbs", r.encode_gbs},
                         {"decode_gbs", r.decode_gbs}};
+    if (r.decode_attend_us > 0) j["decode_attend_us"] = r.decode_attend_us;
+    if (r.codes_attend_us > 0) j["codes_attend_us"] = r.codes_attend_us;
     if (!r.eps.empty()) {
       double mean = 0;
       for (double e : r.eps) mean += e;
@@ -430,19 +490,31 @@ int main(int argc, char** argv) {
               "dequantisation %s\n",
               store_path.empty() ? "synthetic" : store_path.c_str(), streams.size(),
               (unsigned long long)(raw_bytes / (4ull * d)), d, bt, (unsigned long long)blocks, gb * 1e3,
-              msa::DequantizeIsa());
-  std::printf("%-28s %7s %8s %10s %10s %10s %10s %10s\n", "codec", "ratio", "on disk", "enc GB/s",
-              "dec GB/s", "eps mean", "eps p99", "eps max");
+              msa::attention::DequantizeIsa());
+  std::printf("%-28s %7s %8s %10s %10s %12s %12s %10s %10s %10s\n", "codec", "ratio", "on disk", "enc GB/s",
+              "dec GB/s", "dec+attn us", "codes us", "eps mean", "eps p99", "eps max");
   for (const auto& j : out["codecs"]) {
     std::printf("%-28s %6.2fx %7.2fx %10.2f %10.2f", j["codec"].get<std::string>().c_str(),
                 j["ratio"].get<double>(), j["padded_ratio"].get<double>(), j["encode_gbs"].get<double>(),
                 j["decode_gbs"].get<double>());
+    if (j.contains("decode_attend_us")) {
+      std::printf(" %12.1f", j["decode_attend_us"].get<double>());
+      if (j.contains("codes_attend_us")) {
+        std::printf(" %12.1f", j["codes_attend_us"].get<double>());
+      } else {
+        std::printf(" %12s", "");
+      }
+    } else {
+      std::printf(" %12s %12s", "", "");
+    }
     if (j.contains("eps_mean")) {
       std::printf(" %10.2e %10.2e %10.2e", j["eps_mean"].get<double>(), j["eps_p99"].get<double>(),
                   j["eps_max"].get<double>());
     }
     std::printf("\n");
   }
+  std::printf("(dec+attn us: one query's attention over 64 blocks, 4 query heads, decoded into float slots "
+              "first; codes us: the same over the codes, dequantised inside the loop)\n");
   std::printf("(GB/s of fp16-equivalent K/V per core; eps = ||o_codec - o_f16|| / ||o_f16|| over the "
               "f16 oracle's top-%u blocks + sink + recent, per query and stream)\n", top_k);
   return 0;

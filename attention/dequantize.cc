@@ -1,8 +1,8 @@
-#include "store/dequantize.h"
+#include "attention/dequantize.h"
 
 #include <immintrin.h>
 
-namespace msa {
+namespace msa::attention {
 
 namespace {
 
@@ -144,4 +144,4 @@ const char* DequantizeIsa() {
   return "portable";
 }
 
-}  // namespace msa
+}  // namespace msa::attention
