@@ -427,7 +427,8 @@ TEST(CodecStoreTest, QuantisedStoresAttendOverTheirCodesAsOverTheDecodedBlocks) 
     routed.top_k = 64;  // every block
     routed.gpu = GpuMode::kOff;
     exact.gpu = GpuMode::kOff;
-    for (const auto& [options, what] : {std::pair{exact, "exact"}, {routed, "routed, cold"}, {routed, "routed, warm"}}) {
+    for (const auto& [options, what] :
+         {std::pair{exact, "exact"}, {routed, "routed, cold"}, {routed, "routed, warm"}}) {
       std::vector<float> out(size_t{q_heads} * d), lse(q_heads);
       AttendStats stats;
       ASSERT_TRUE((*store)->Attend(0, q.data(), 1, q_heads, options, out.data(), lse.data(), &stats).ok()) << what;
