@@ -66,12 +66,16 @@ struct SplitParams {
   float score_scale;  // softmax scale * log2(e): scores live in log2 units
   const __half* keys;
   const __half* values;
-  // int8_pages: keys/values point at int8 pages (attention/int8_pages.h),
-  // page_bytes apart, codes at code_offset; each tile is dequantised into
-  // the fp16 shared-memory tile the tensor cores read.
-  int int8_pages;
+  // page_bits 8 or 4: keys/values point at quantised pages
+  // (attention/quantized_pages.h: int8 or int4 codes), page_bytes apart,
+  // codes at code_offset, key_groups and value_groups parameters per
+  // channel and per token; each tile is dequantised into the fp16
+  // shared-memory tile the tensor cores read. 0: fp16 rows.
+  int page_bits;
   int page_bytes;
   int code_offset;
+  int key_groups;
+  int value_groups;
   const int32_t* block_len;
   const int32_t* block_index;
   const int32_t* count;

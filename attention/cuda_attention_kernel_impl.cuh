@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "attention/cuda_attention_kernel.cuh"
+#include "attention/quantized_pages.h"
 
 namespace msa::attention::cuda {
 
@@ -61,9 +62,10 @@ __device__ __forceinline__ void CpAsync16(void* dst, const void* src, int src_by
                "r"(src_bytes)
                : "memory");
 }
-// 8 bytes global -> shared (through L1: .cg takes only 16).
-__device__ __forceinline__ void CpAsync8(void* dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(SmemAddr(dst)), "l"(src) : "memory");
+// BYTES (4 or 8) global -> shared (through L1: .cg takes only 16).
+template <int BYTES>
+__device__ __forceinline__ void CpAsyncSmall(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(SmemAddr(dst)), "l"(src), "n"(BYTES) : "memory");
 }
 __device__ __forceinline__ void PrefetchL1(const void* p) {
   asm volatile("prefetch.global.L1 [%0];\n" ::"l"(p));
@@ -118,16 +120,19 @@ __device__ __forceinline__ void SplitHiLo(float x, float y, uint32_t* hi, uint32
   *lo = AsU32(__floats2half2_rn(x - hf.x, y - hf.y));
 }
 
-// Dequantises one stage of int8 codes (keys and values) into its fp16
-// tiles, in place: the codes of row n sit in the second half of its fp16
-// row (bytes [D, 2D)), put there by the loads. Every thread first takes its
-// code chunks into registers, then (after a barrier) writes fp16; all
-// threads call it. rows: the stage's tokens as page tokens, (block << 8) | token
-// in block (-1 past the run). The parameters were prefetched into L1 with the codes. Channels
-// past head_dim and rows past the run become 0, as the fp16 loads' zero
-// fill makes them.
-template <int D, int BN>
+// Dequantises one stage of BITS-bit codes (keys and values, quantised
+// pages: attention/quantized_pages.h) into its fp16 tiles, in place: the
+// codes of row n sit in the second half of its fp16 row (bytes [D, D + D *
+// BITS / 8)), put there by the loads. Every thread first takes its code
+// chunks (8 elements: BITS bytes) into registers, then (after a barrier)
+// writes fp16; all threads call it. rows: the stage's tokens as page tokens,
+// (block << 8) | token in block (-1 past the run). The parameters were
+// prefetched into L1 with the codes. Channels past head_dim and rows past
+// the run become 0, as the fp16 loads' zero fill makes them.
+template <int D, int BN, int BITS>
 __device__ __forceinline__ void DequantizeStage(const SplitParams& p, __half* tk, __half* tv, const int32_t* rows) {
+  static_assert(BITS == 8 || BITS == 4);
+  using Chunk = std::conditional_t<BITS == 8, uint2, uint32_t>;
   constexpr int LD = RowStride<D>();
   constexpr int CH = D / 8;
   constexpr int kPer = BN * CH / kSplitThreads;
@@ -135,14 +140,14 @@ __device__ __forceinline__ void DequantizeStage(const SplitParams& p, __half* tk
   const int dchunks = p.head_dim / 8;
   const auto* kpages = reinterpret_cast<const unsigned char*>(p.keys);
   const auto* vpages = reinterpret_cast<const unsigned char*>(p.values);
-  uint2 kc[kPer], vc[kPer];
+  Chunk kc[kPer], vc[kPer];
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
     const int c = threadIdx.x + i * kSplitThreads;
     const int n = c / CH;
     const int part = c - n * CH;
-    kc[i] = *reinterpret_cast<const uint2*>(reinterpret_cast<const unsigned char*>(tk + n * LD) + D + part * 8);
-    vc[i] = *reinterpret_cast<const uint2*>(reinterpret_cast<const unsigned char*>(tv + n * LD) + D + part * 8);
+    kc[i] = *reinterpret_cast<const Chunk*>(reinterpret_cast<const unsigned char*>(tk + n * LD) + D + part * BITS);
+    vc[i] = *reinterpret_cast<const Chunk*>(reinterpret_cast<const unsigned char*>(tv + n * LD) + D + part * BITS);
   }
   __syncthreads();
 #pragma unroll
@@ -155,22 +160,34 @@ __device__ __forceinline__ void DequantizeStage(const SplitParams& p, __half* tk
     if (r >= 0 && part < dchunks) {
       const size_t page = static_cast<size_t>(r >> 8) * p.page_bytes;
       const int t = r & 0xff;
-      const uint4 s8 = __ldg(reinterpret_cast<const uint4*>(kpages + page) + part);
-      const uint4 m8 = __ldg(reinterpret_cast<const uint4*>(kpages + page + 2 * p.head_dim) + part);
+      // Keys: the (scale, min) of channels [8 part, 8 part + 8) in t's key
+      // group; values: t's (scale, min) of the value group holding them.
+      const size_t kparams = page + (BITS == 8 ? 0 : static_cast<size_t>(t / kInt4Group) * 2 * p.head_dim);
+      const uint4 s8 = __ldg(reinterpret_cast<const uint4*>(kpages + kparams) + part);
+      const uint4 m8 = __ldg(reinterpret_cast<const uint4*>(kpages + kparams + 2 * p.key_groups * p.head_dim) + part);
+      const int vparam = BITS == 8 ? t : t * p.value_groups + part * 8 / static_cast<int>(kInt4Group);
       const auto* vpar = reinterpret_cast<const __half*>(vpages + page);
-      const float vs = __half2float(vpar[t]), vm = __half2float(vpar[p.block_tokens + t]);
+      const float vs = __half2float(vpar[vparam]);
+      const float vm = __half2float(vpar[p.block_tokens * p.value_groups + vparam]);
       const __half2* s2 = reinterpret_cast<const __half2*>(&s8);
       const __half2* m2 = reinterpret_cast<const __half2*>(&m8);
       uint32_t ko[4], vo[4];
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const uint32_t kw = e < 2 ? kc[i].x : kc[i].y, vw = e < 2 ? vc[i].x : vc[i].y;
-        const int sh = (e & 1) * 16;
+      for (int e = 0; e < 4; ++e) {  // elements 2e and 2e + 1 of the chunk
+        float k0, k1, v0, v1;
+        if constexpr (BITS == 8) {
+          const uint32_t kw = e < 2 ? kc[i].x : kc[i].y, vw = e < 2 ? vc[i].x : vc[i].y;
+          const int sh = (e & 1) * 16;
+          k0 = static_cast<float>((kw >> sh) & 0xff), k1 = static_cast<float>((kw >> (sh + 8)) & 0xff);
+          v0 = static_cast<float>((vw >> sh) & 0xff), v1 = static_cast<float>((vw >> (sh + 8)) & 0xff);
+        } else {
+          const int sh = e * 8;  // low nibble first
+          k0 = static_cast<float>((kc[i] >> sh) & 0xf), k1 = static_cast<float>((kc[i] >> (sh + 4)) & 0xf);
+          v0 = static_cast<float>((vc[i] >> sh) & 0xf), v1 = static_cast<float>((vc[i] >> (sh + 4)) & 0xf);
+        }
         const float2 sf = __half22float2(s2[e]), mf = __half22float2(m2[e]);
-        ko[e] = AsU32(__floats2half2_rn(fmaf(sf.x, static_cast<float>((kw >> sh) & 0xff), mf.x),
-                                        fmaf(sf.y, static_cast<float>((kw >> (sh + 8)) & 0xff), mf.y)));
-        vo[e] = AsU32(__floats2half2_rn(fmaf(vs, static_cast<float>((vw >> sh) & 0xff), vm),
-                                        fmaf(vs, static_cast<float>((vw >> (sh + 8)) & 0xff), vm)));
+        ko[e] = AsU32(__floats2half2_rn(fmaf(sf.x, k0, mf.x), fmaf(sf.y, k1, mf.y)));
+        vo[e] = AsU32(__floats2half2_rn(fmaf(vs, v0, vm), fmaf(vs, v1, vm)));
       }
       kout = make_uint4(ko[0], ko[1], ko[2], ko[3]);
       vout = make_uint4(vo[0], vo[1], vo[2], vo[3]);
@@ -217,8 +234,8 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
   // in this split as row r_first + i - 1.
   int* s_same = s_warp + 4;
   int* s_count = s_same + 64;  // [64]: blocks of row r_first + i in this split
-  // [ST][BN]: table row of each token of each stage's tile (int8 pages:
-  // page tokens), -1 past the run.
+  // [ST][BN]: table row of each token of each stage's tile (quantised
+  // pages: page tokens), -1 past the run.
   int32_t* s_row = reinterpret_cast<int32_t*>(s_count + 64);
 
   // The merge kernel (a programmatic dependent launch) may start launching
@@ -394,10 +411,10 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
       if (f >= total) return -1;
       while (cursor + 1 < nb && s_start[cursor + 1] <= f) ++cursor;
       const int in_block = f - s_start[cursor];
-      // int8 pages: the page token (block << 8) | token, a page per block
-      // (block_tokens <= 256 and fewer than 2^23 pages, checked at launch);
-      // fp16: the row of the K/V table (< 2^31, checked at launch).
-      return p.int8_pages ? (s_block[cursor] << 8) | in_block : s_block[cursor] * p.block_tokens + in_block;
+      // Quantised pages: the page token (block << 8) | token, a page per
+      // block (block_tokens <= 256 and fewer than 2^23 pages, checked at
+      // launch); fp16: the row of the K/V table (< 2^31, checked at launch).
+      return p.page_bits ? (s_block[cursor] << 8) | in_block : s_block[cursor] * p.block_tokens + in_block;
     };
     auto publish_row = [&](int tile) {
       if (tid < BN) s_row[(tile % ST) * BN + tid] = row_of(tile);
@@ -406,11 +423,13 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
     auto issue_loads = [&](int stage) {
       __half* dk = s_k + stage * BN * LD;
       __half* dv = s_v + stage * BN * LD;
-      if (p.int8_pages) {
+      if (p.page_bits) {
         const int32_t* rows = s_row + stage * BN;
         // Codes into the second half of each fp16 row; DequantizeStage widens them.
         const auto* kp = reinterpret_cast<const unsigned char*>(p.keys);
         const auto* vp = reinterpret_cast<const unsigned char*>(p.values);
+        const int bits = p.page_bits;  // bytes per 8-element chunk
+        const int row_bytes = p.head_dim * bits / 8;
 #pragma unroll 4
         for (int c = tid; c < BN * CH; c += kSplitThreads) {
           const int n = c / CH;
@@ -419,18 +438,26 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
           if (r < 0 || part >= dchunks) continue;
           const size_t page = static_cast<size_t>(r >> 8) * p.page_bytes;
           const int tok = r & 0xff;
-          const size_t off = page + p.code_offset + static_cast<size_t>(tok) * p.head_dim + part * 8;
-          CpAsync8(reinterpret_cast<unsigned char*>(dk + n * LD) + D + part * 8, kp + off);
-          CpAsync8(reinterpret_cast<unsigned char*>(dv + n * LD) + D + part * 8, vp + off);
+          const size_t off = page + p.code_offset + static_cast<size_t>(tok) * row_bytes + part * bits;
+          unsigned char* kdst = reinterpret_cast<unsigned char*>(dk + n * LD) + D + part * bits;
+          unsigned char* vdst = reinterpret_cast<unsigned char*>(dv + n * LD) + D + part * bits;
+          if (bits == 8) {
+            CpAsyncSmall<8>(kdst, kp + off);
+            CpAsyncSmall<8>(vdst, vp + off);
+          } else {
+            CpAsyncSmall<4>(kdst, kp + off);
+            CpAsyncSmall<4>(vdst, vp + off);
+          }
           // The parameters DequantizeStage will read: into L1 now, so that
           // their latency hides behind the tiles in flight.
           if ((part & 7) == 0) {
-            PrefetchL1(kp + page + part * 16);
-            PrefetchL1(kp + page + 2 * p.head_dim + part * 16);
+            const size_t kparams = page + (bits == 8 ? 0 : static_cast<size_t>(tok / kInt4Group) * 2 * p.head_dim);
+            PrefetchL1(kp + kparams + part * 16);
+            PrefetchL1(kp + kparams + 2 * p.key_groups * p.head_dim + part * 16);
           }
           if (part == 0) {
-            PrefetchL1(vp + page + 2 * tok);
-            PrefetchL1(vp + page + 2 * (p.block_tokens + tok));
+            PrefetchL1(vp + page + 2 * tok * p.value_groups);
+            PrefetchL1(vp + page + 2 * (p.block_tokens + tok) * p.value_groups);
           }
         }
         return;
@@ -472,7 +499,11 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
       CpAsyncCommit();
       CpAsyncWait<ST - 1>();
       __syncthreads();  // tile t has landed for all threads
-      if (p.int8_pages) DequantizeStage<D, BN>(p, s_k + stage * BN * LD, s_v + stage * BN * LD, s_row + stage * BN);
+      if (p.page_bits == 8) {
+        DequantizeStage<D, BN, 8>(p, s_k + stage * BN * LD, s_v + stage * BN * LD, s_row + stage * BN);
+      } else if (p.page_bits == 4) {
+        DequantizeStage<D, BN, 4>(p, s_k + stage * BN * LD, s_v + stage * BN * LD, s_row + stage * BN);
+      }
       if (!warp_active) continue;
 
       const __half* tk = s_k + (stage * BN + ts * SN) * LD;

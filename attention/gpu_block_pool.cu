@@ -1,6 +1,6 @@
 // GpuBlockPool (see gpu_block_pool.h for the design and the contract).
 #include "attention/gpu_block_pool.h"
-#include "attention/int8_pages.h"
+#include "attention/quantized_pages.h"
 
 #include <cuda_runtime.h>
 #include <sys/mman.h>
@@ -64,7 +64,7 @@ Result<bool> Pending(const EventPtr& ev) {
 
 // Moves staged block m (keys for blockIdx.y == 0, values for 1) into its
 // page; meta[2m] is the page, meta[2m + 1] the token count. Only the valid
-// rows are copied (row_vec 0: the whole page, for int8 pages); 16 bytes per
+// rows are copied (row_vec 0: the whole page, for quantised pages); 16 bytes per
 // thread (rows are 16-byte multiples).
 __global__ void ScatterBlocksKernel(const uint4* __restrict__ staged, const int32_t* __restrict__ meta,
                                     size_t block_vec, int row_vec, uint4* __restrict__ keys,
@@ -379,19 +379,25 @@ Result<std::unique_ptr<GpuBlockPool>> GpuBlockPool::Create(const GpuPoolOptions&
                                    " must be positive, head_dim a multiple of 8");
   }
   if (o.slots <= 0) return Status::InvalidArgument("GPU block pool: slots must be positive");
-  if (o.int8_pages && o.block_tokens > kMaxInt8PageTokens) {
-    return Status::InvalidArgument("GPU block pool: int8 pages hold at most " + std::to_string(kMaxInt8PageTokens) +
-                                   " tokens, not " + std::to_string(o.block_tokens));
+  if (o.page_bits != 0 && o.page_bits != 8 && o.page_bits != 4) {
+    return Status::InvalidArgument("GPU block pool: page_bits " + std::to_string(o.page_bits) +
+                                   " (0 for fp16 pages, 8 or 4 for quantised ones)");
+  }
+  if (o.page_bits != 0 && o.block_tokens > kMaxQuantizedPageTokens) {
+    return Status::InvalidArgument("GPU block pool: quantised pages hold at most " +
+                                   std::to_string(kMaxQuantizedPageTokens) + " tokens, not " +
+                                   std::to_string(o.block_tokens));
   }
   auto impl = std::make_unique<Impl>();
   impl->options = o;
   MSA_RETURN_IF_ERROR(CudaStatus(cudaGetDevice(&impl->device), "cudaGetDevice"));
-  impl->block_bytes = o.int8_pages ? Int8Pages(o.block_tokens, o.head_dim).page_bytes
-                                   : static_cast<size_t>(o.block_tokens) * o.head_dim * sizeof(uint16_t);
+  impl->block_bytes = o.page_bits != 0 ? QuantizedPages(o.page_bits, o.block_tokens, o.head_dim).page_bytes
+                                      : static_cast<size_t>(o.block_tokens) * o.head_dim * sizeof(uint16_t);
   const uint64_t per_page = 2 * impl->block_bytes + sizeof(int32_t);
-  // No more pages than the kernel can address (int8: 2^23 - 1; fp16: rows
+  // No more pages than the kernel can address (quantised: 2^23 - 1; fp16: rows
   // of 32-bit numbers).
-  const uint64_t addressable = o.int8_pages ? uint64_t{kMaxInt8Pages} : uint64_t{INT32_MAX} / o.block_tokens;
+  const uint64_t addressable =
+      o.page_bits != 0 ? uint64_t{kMaxQuantizedPages} : uint64_t{INT32_MAX} / o.block_tokens;
   const uint64_t pages = std::min<uint64_t>(o.pool_bytes / per_page, addressable);
   if (pages == 0 || pages > INT32_MAX) {
     return Status::InvalidArgument("GPU block pool of " + std::to_string(o.pool_bytes) + " bytes holds " +
@@ -419,7 +425,7 @@ Result<std::unique_ptr<GpuBlockPool>> GpuBlockPool::Create(const GpuPoolOptions&
 
 int GpuBlockPool::pages() const { return impl_->pages; }
 size_t GpuBlockPool::block_bytes() const { return impl_->block_bytes; }
-bool GpuBlockPool::int8_pages() const { return impl_->options.int8_pages; }
+int GpuBlockPool::page_bits() const { return impl_->options.page_bits; }
 
 BlockTable<uint16_t> GpuBlockPool::table() const {
   return {impl_->pages, impl_->keys, impl_->values, impl_->lens};
@@ -566,7 +572,7 @@ Status GpuBlockPool::Upload(Batch& b, void* stream_ptr) {
   }
   if (b.misses.empty()) return Status::OK();
   const size_t block_vec = im.block_bytes / sizeof(uint4);
-  const int row_vec = im.options.int8_pages
+  const int row_vec = im.options.page_bits != 0
                           ? 0
                           : im.options.head_dim * static_cast<int>(sizeof(uint16_t)) / static_cast<int>(sizeof(uint4));
   ScatterBlocksKernel<<<dim3(static_cast<unsigned>(b.misses.size()), 2), 256, 0, stream>>>(

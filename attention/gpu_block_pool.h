@@ -66,9 +66,10 @@ namespace msa::attention {
 struct GpuPoolOptions {
   int block_tokens = 0;  // tokens per page (the store's block size)
   int head_dim = 0;      // channels; a multiple of 8 (the kernel's 16-byte rows)
-  // Pages of int8 codes and their parameters (attention/int8_pages.h) instead
-  // of fp16 rows: for stores of the int8 codec, dequantised in the kernel.
-  bool int8_pages = false;
+  // 8 or 4: pages of int8 or int4 codes and their parameters
+  // (attention/quantized_pages.h) instead of fp16 rows, for stores of those
+  // codecs, dequantised in the kernel; 0: fp16 rows.
+  int page_bits = 0;
   uint64_t pool_bytes = uint64_t{256} << 20;  // device memory for pages (K and V fp16, lengths)
   uint64_t staging_bytes = uint64_t{4} << 20; // initial size of each staging slot (grows on demand)
   int slots = 4;                              // staging slots: calls in flight at once
@@ -105,11 +106,11 @@ class GpuBlockPool {
 
   int pages() const;
   // Bytes of one block's K (or V) in a page: block_tokens * head_dim * 2,
-  // or with int8 pages Int8Pages(...).page_bytes.
+  // or with quantised pages QuantizedPages(...).page_bytes.
   size_t block_bytes() const;
-  bool int8_pages() const;
+  int page_bits() const;  // GpuPoolOptions::page_bits
   // The whole pool as a BlockTable over device memory: entry p is page p
-  // (with int8 pages, keys/values are the first key/value page's bytes).
+  // (with quantised pages, keys/values are the first key/value page's bytes).
   BlockTable<uint16_t> table() const;
   GpuPoolStats Stats() const;
 
@@ -129,7 +130,7 @@ class GpuBlockPool {
   void Io(Batch& batch, void** host, void** device) const;
   // Staging of the m-th miss: fp16 [block_tokens, head_dim] keys and values
   // (rows past the token count are never read) and its token count. With
-  // int8 pages, the block_bytes() of its key and value pages (copied whole).
+  // quantised pages, the block_bytes() of its key and value pages (copied whole).
   uint16_t* StagedKeys(Batch& batch, size_t m) const;
   uint16_t* StagedValues(Batch& batch, size_t m) const;
   void SetStagedTokens(Batch& batch, size_t m, int32_t tokens) const;

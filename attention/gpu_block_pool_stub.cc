@@ -18,7 +18,7 @@ Result<std::unique_ptr<GpuBlockPool>> GpuBlockPool::Create(const GpuPoolOptions&
 
 int GpuBlockPool::pages() const { return 0; }
 size_t GpuBlockPool::block_bytes() const { return 0; }
-bool GpuBlockPool::int8_pages() const { return false; }
+int GpuBlockPool::page_bits() const { return 0; }
 BlockTable<uint16_t> GpuBlockPool::table() const { return {}; }
 GpuPoolStats GpuBlockPool::Stats() const { return {}; }
 Status GpuBlockPool::Begin(const std::vector<GpuPoolKey>&, bool, size_t, BatchPtr*,

@@ -307,7 +307,7 @@ bool CudaAvailable(std::string* why) {
 }
 
 // Plans the split and launches the kernels for parameters whose K/V
-// fields (keys, values, int8_pages...) the caller has set.
+// fields (keys, values, page_bits...) the caller has set.
 static Status RunSplit(const AttentionShape& shape, int num_blocks, const Selection& selection, const float* q,
                        float* out, float* lse, SplitParams p, cudaStream_t cu_stream);
 
@@ -328,32 +328,34 @@ Status SparseAttentionCudaF16(const AttentionShape& shape, const BlockTable<uint
   return RunSplit(shape, table.num_blocks, selection, q, out, lse, p, static_cast<cudaStream_t>(stream));
 }
 
-Status SparseAttentionCudaInt8(const AttentionShape& shape, const BlockTable<uint8_t>& table,
-                               const Int8PageLayout& layout, const Selection& selection, const float* q,
-                               float* out, float* lse, void* stream) {
+Status SparseAttentionCudaQuantized(const AttentionShape& shape, const BlockTable<uint8_t>& table,
+                                    const QuantizedPageLayout& layout, const Selection& selection, const float* q,
+                                    float* out, float* lse, void* stream) {
   MSA_RETURN_IF_ERROR(ValidateArguments(shape, table, selection, q, out));
   if (shape.n_queries == 0) return Status::OK();
   // The kernel packs (page, token) into an int32: 23 bits and 8.
-  if (shape.block_tokens > kMaxInt8PageTokens || table.num_blocks > kMaxInt8Pages) {
-    return Status::NotSupported("int8 pages hold at most " + std::to_string(kMaxInt8PageTokens) +
-                                " tokens, and a table at most " + std::to_string(kMaxInt8Pages) + " pages (got " +
-                                std::to_string(shape.block_tokens) + " and " + std::to_string(table.num_blocks) +
-                                ")");
+  if (shape.block_tokens > kMaxQuantizedPageTokens || table.num_blocks > kMaxQuantizedPages) {
+    return Status::NotSupported("quantised pages hold at most " + std::to_string(kMaxQuantizedPageTokens) +
+                                " tokens, and a table at most " + std::to_string(kMaxQuantizedPages) +
+                                " pages (got " + std::to_string(shape.block_tokens) + " and " +
+                                std::to_string(table.num_blocks) + ")");
   }
-  const Int8PageLayout expected = Int8Pages(static_cast<uint32_t>(shape.block_tokens),
-                                            static_cast<uint32_t>(shape.head_dim));
-  if (layout.code_offset != expected.code_offset || layout.page_bytes != expected.page_bytes) {
-    return Status::InvalidArgument("int8 page layout does not match block_tokens " +
-                                   std::to_string(shape.block_tokens) + " and head_dim " +
-                                   std::to_string(shape.head_dim));
+  if ((layout.bits != 8 && layout.bits != 4) ||
+      layout != QuantizedPages(layout.bits, static_cast<uint32_t>(shape.block_tokens),
+                               static_cast<uint32_t>(shape.head_dim))) {
+    return Status::InvalidArgument("quantised page layout (" + std::to_string(layout.bits) +
+                                   " bits) does not match block_tokens " + std::to_string(shape.block_tokens) +
+                                   " and head_dim " + std::to_string(shape.head_dim));
   }
   SplitParams p{};
   p.keys = reinterpret_cast<const __half*>(table.keys);
   p.values = reinterpret_cast<const __half*>(table.values);
   p.block_len = table.block_len;
-  p.int8_pages = 1;
+  p.page_bits = layout.bits;
   p.page_bytes = static_cast<int>(layout.page_bytes);
   p.code_offset = static_cast<int>(layout.code_offset);
+  p.key_groups = static_cast<int>(layout.key_groups);
+  p.value_groups = static_cast<int>(layout.value_groups);
   return RunSplit(shape, table.num_blocks, selection, q, out, lse, p, static_cast<cudaStream_t>(stream));
 }
 
@@ -506,9 +508,9 @@ Status SparseAttentionCudaF16Host(const AttentionShape& shape, const BlockTable<
   return Status::OK();
 }
 
-Status SparseAttentionCudaInt8Host(const AttentionShape& shape, const BlockTable<uint8_t>& table,
-                                   const Int8PageLayout& layout, const Selection& selection, const float* q,
-                                   float* out, float* lse) {
+Status SparseAttentionCudaQuantizedHost(const AttentionShape& shape, const BlockTable<uint8_t>& table,
+                                        const QuantizedPageLayout& layout, const Selection& selection,
+                                        const float* q, float* out, float* lse) {
   MSA_RETURN_IF_ERROR(ValidateArguments(shape, table, selection, q, out));
   if (shape.n_queries == 0) return Status::OK();
   MSA_RETURN_IF_ERROR(ValidateHostSelection(shape, table, selection));
@@ -534,9 +536,9 @@ Status SparseAttentionCudaInt8Host(const AttentionShape& shape, const BlockTable
   const Selection d_selection{selection.max_blocks, d_index.get<const int32_t>(),
                               d_count.get<const int32_t>()};
   // The legacy default stream: the synchronous copies around it order themselves after it.
-  MSA_RETURN_IF_ERROR(SparseAttentionCudaInt8(shape, d_table, layout, d_selection, d_q.get<const float>(),
-                                              d_out.get<float>(), lse != nullptr ? d_lse.get<float>() : nullptr,
-                                              nullptr));
+  MSA_RETURN_IF_ERROR(SparseAttentionCudaQuantized(shape, d_table, layout, d_selection, d_q.get<const float>(),
+                                                   d_out.get<float>(), lse != nullptr ? d_lse.get<float>() : nullptr,
+                                                   nullptr));
   MSA_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(nullptr), "running the sparse attention kernel"));
   MSA_RETURN_IF_ERROR(CudaStatus(
       cudaMemcpy(out, d_out.get<const float>(), rows * d * sizeof(float), cudaMemcpyDeviceToHost),

@@ -12,7 +12,7 @@
 #include <string>
 
 #include "attention/block_table.h"
-#include "attention/int8_pages.h"
+#include "attention/quantized_pages.h"
 #include "msa/status.h"
 
 namespace msa::attention {
@@ -34,14 +34,15 @@ Status SparseAttentionCudaF16(const AttentionShape& shape, const BlockTable<uint
                               const Selection& selection, const float* q, float* out, float* lse,
                               void* stream);
 
-// The same over int8 pages (attention/int8_pages.h), dequantised inside the
-// kernel: table.keys / table.values point at key / value page 0 (device
-// memory, 16-byte aligned), page b at + b * layout.page_bytes; block_tokens
-// and head_dim are the layout's. Results equal SparseAttentionCudaF16's over
-// the fp16 rounding of the decoded blocks.
-Status SparseAttentionCudaInt8(const AttentionShape& shape, const BlockTable<uint8_t>& table,
-                               const Int8PageLayout& layout, const Selection& selection, const float* q,
-                               float* out, float* lse, void* stream);
+// The same over quantised pages (attention/quantized_pages.h: int8 or int4
+// codes), dequantised inside the kernel: table.keys / table.values point at
+// key / value page 0 (device memory, 16-byte aligned), page b at + b *
+// layout.page_bytes; the layout must be QuantizedPages(bits, block_tokens,
+// head_dim). Results equal SparseAttentionCudaF16's over the fp16 rounding of
+// the decoded blocks.
+Status SparseAttentionCudaQuantized(const AttentionShape& shape, const BlockTable<uint8_t>& table,
+                                    const QuantizedPageLayout& layout, const Selection& selection, const float* q,
+                                    float* out, float* lse, void* stream);
 
 // Host convenience: copies the inputs to the device, runs the kernel,
 // synchronises and copies out/lse back. Used by tests and the CLI.
@@ -49,11 +50,11 @@ Status SparseAttentionCudaF16Host(const AttentionShape& shape, const BlockTable<
                                   const Selection& selection, const float* q, float* out,
                                   float* lse);
 
-// The same for int8 pages (tests): key_pages/value_pages hold num_blocks
+// The same for quantised pages (tests): table.keys/values hold num_blocks
 // pages of layout.page_bytes each, on the host.
-Status SparseAttentionCudaInt8Host(const AttentionShape& shape, const BlockTable<uint8_t>& table,
-                                   const Int8PageLayout& layout, const Selection& selection, const float* q,
-                                   float* out, float* lse);
+Status SparseAttentionCudaQuantizedHost(const AttentionShape& shape, const BlockTable<uint8_t>& table,
+                                        const QuantizedPageLayout& layout, const Selection& selection,
+                                        const float* q, float* out, float* lse);
 
 // Stream helpers for callers compiled without the CUDA headers (store/).
 // `stream` is a cudaStream_t (nullptr: the legacy default stream).

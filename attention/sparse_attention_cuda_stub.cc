@@ -18,13 +18,13 @@ Status SparseAttentionCudaF16(const AttentionShape&, const BlockTable<uint16_t>&
   return Status::NotSupported(kNoCuda);
 }
 
-Status SparseAttentionCudaInt8(const AttentionShape&, const BlockTable<uint8_t>&, const Int8PageLayout&,
-                               const Selection&, const float*, float*, float*, void*) {
+Status SparseAttentionCudaQuantized(const AttentionShape&, const BlockTable<uint8_t>&, const QuantizedPageLayout&,
+                                    const Selection&, const float*, float*, float*, void*) {
   return Status::NotSupported(kNoCuda);
 }
 
-Status SparseAttentionCudaInt8Host(const AttentionShape&, const BlockTable<uint8_t>&, const Int8PageLayout&,
-                                   const Selection&, const float*, float*, float*) {
+Status SparseAttentionCudaQuantizedHost(const AttentionShape&, const BlockTable<uint8_t>&,
+                                        const QuantizedPageLayout&, const Selection&, const float*, float*, float*) {
   return Status::NotSupported(kNoCuda);
 }
 

@@ -7,14 +7,14 @@
 
 #include "attention/dequantize.h"
 #include "attention/half.h"
-#include "attention/int8_pages.h"
+#include "attention/quantized_pages.h"
 #include "store/encode_kernel.h"
 
 namespace msa::quantized {
 
 namespace {
 
-constexpr uint32_t kGroup = 32;  // int4's group, in tokens (keys) or channels (values)
+constexpr uint32_t kGroup = attention::kInt4Group;  // int4's group, in tokens (keys) or channels (values)
 
 struct Layout {
   uint32_t bits;         // 8 or 4
@@ -220,18 +220,25 @@ attention::QuantizedBlock View(Codec codec, const uint8_t* payload, uint32_t tok
   return block;
 }
 
-void Int8PayloadToPages(const uint8_t* payload, uint32_t tokens, uint32_t head_dim, uint32_t block_tokens,
-                        uint8_t* key_page, uint8_t* value_page) {
-  const Layout l(Codec::kInt8, tokens, head_dim);
-  const attention::Int8PageLayout pages = attention::Int8Pages(block_tokens, head_dim);
-  const size_t d = head_dim, t = tokens;
-  // Key scales and mins ([1, d] each) are adjacent in both layouts.
-  std::memcpy(key_page, payload, 4 * d);
-  std::memcpy(key_page + pages.code_offset, payload + l.key_codes_at(), t * d);
-  // Value scales then mins: [t] each in the payload, [block_tokens] in the page.
-  std::memcpy(value_page, payload + 4 * d, 2 * t);
-  std::memcpy(value_page + 2 * size_t{block_tokens}, payload + 4 * d + 2 * t, 2 * t);
-  std::memcpy(value_page + pages.code_offset, payload + l.value_codes_at(), t * d);
+void PayloadToPages(Codec codec, const uint8_t* payload, uint32_t tokens, uint32_t head_dim, uint32_t block_tokens,
+                    uint8_t* key_page, uint8_t* value_page) {
+  const Layout l(codec, tokens, head_dim);
+  const attention::QuantizedPageLayout pages = attention::QuantizedPages(static_cast<int>(l.bits), block_tokens,
+                                                                         head_dim);
+  // Key scales then mins: [key groups of this block][d] each in the
+  // payload, [the page's key_groups][d] in the page.
+  const size_t key_params = 2 * l.key_params();  // bytes of each array
+  std::memcpy(key_page, payload, key_params);
+  std::memcpy(key_page + 2 * size_t{pages.key_groups} * head_dim, payload + key_params, key_params);
+  // Value scales then mins: [tokens][value groups] each in the payload,
+  // [block_tokens][value groups] in the page.
+  const uint8_t* value_params = payload + 2 * key_params;
+  const size_t value_bytes = 2 * l.value_params();
+  std::memcpy(value_page, value_params, value_bytes);
+  std::memcpy(value_page + 2 * size_t{block_tokens} * pages.value_groups, value_params + value_bytes, value_bytes);
+  const size_t code_bytes = size_t{tokens} * l.row_bytes();
+  std::memcpy(key_page + pages.code_offset, payload + l.key_codes_at(), code_bytes);
+  std::memcpy(value_page + pages.code_offset, payload + l.value_codes_at(), code_bytes);
 }
 
 }  // namespace msa::quantized

@@ -63,11 +63,12 @@ attention::QuantizedBlockTable TableShape(Codec codec, uint32_t block_tokens, ui
 // block of that table: pointers into it, nothing copied or decoded.
 attention::QuantizedBlock View(Codec codec, const uint8_t* payload, uint32_t tokens, uint32_t head_dim);
 
-// The int8 payload of a block of `tokens` tokens as the two GPU pages of
-// attention/int8_pages.h (capacity block_tokens >= tokens): parameters and
-// codes copied, nothing decoded. Each page receives layout.page_bytes
-// bytes' worth of content where it matters (the rest is left as it was).
-void Int8PayloadToPages(const uint8_t* payload, uint32_t tokens, uint32_t head_dim, uint32_t block_tokens,
-                        uint8_t* key_page, uint8_t* value_page);
+// An int8 or int4 payload of a block of `tokens` tokens as the two GPU
+// pages of attention/quantized_pages.h (capacity block_tokens >= tokens,
+// block_tokens <= kMaxQuantizedPageTokens): parameters and codes copied,
+// nothing decoded. Each page receives QuantizedPages(...).page_bytes bytes'
+// worth of content where it matters (the rest is left as it was).
+void PayloadToPages(Codec codec, const uint8_t* payload, uint32_t tokens, uint32_t head_dim, uint32_t block_tokens,
+                    uint8_t* key_page, uint8_t* value_page);
 
 }  // namespace msa::quantized

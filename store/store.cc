@@ -1438,8 +1438,10 @@ Result<attention::GpuBlockPool*> Store::GpuPool() const {
   attention::GpuPoolOptions po;
   po.block_tokens = static_cast<int>(geometry_.block_tokens);
   po.head_dim = static_cast<int>(geometry_.head_dim);
-  po.int8_pages = geometry_.codec == Codec::kInt8 && options_.gpu_int8_pages &&
-                  geometry_.block_tokens <= static_cast<uint32_t>(attention::kMaxInt8PageTokens);
+  if (quantized::Handles(geometry_.codec) && options_.gpu_quantized_pages &&
+      geometry_.block_tokens <= static_cast<uint32_t>(attention::kMaxQuantizedPageTokens)) {
+    po.page_bits = geometry_.codec == Codec::kInt8 ? 8 : 4;
+  }
   po.pool_bytes = options_.gpu_pool_bytes;
   auto created = attention::GpuBlockPool::Create(po);
   if (!created.ok()) {
@@ -1518,8 +1520,8 @@ Status Store::AttendOnGpu(const QueryPlan& plan, const float* q, uint32_t n,
     st->pool_ms += MsSince(t_pool);
 
     // 2. Blocks missing from the pool: host cache or disk, staged as fp16
-    // (decoded) or, for int8 pages, as their codes and parameters.
-    if (!misses.empty() && pool->int8_pages()) {
+    // (decoded) or, for quantised pages, as their codes and parameters.
+    if (!misses.empty() && pool->page_bits() != 0) {
       std::vector<BlockId> ids(misses.size());
       std::vector<BlockLocation> locs(misses.size());
       for (size_t m = 0; m < misses.size(); ++m) {
@@ -1532,13 +1534,14 @@ Status Store::AttendOnGpu(const QueryPlan& plan, const float* q, uint32_t n,
       const auto t_stage = Clock::now();
       for (size_t m = 0; m < misses.size(); ++m) {
         // Verified when read; the pool's format follows the store's codec.
-        if (static_cast<Codec>(records[m]->record[6]) != Codec::kInt8) {
-          return Status::Corruption("a record that is not int8 in an int8 store: " + DescribeBlock(ids[m]));
+        if (static_cast<Codec>(records[m]->record[6]) != g.codec) {
+          return Status::Corruption(DescribeBlock(ids[m]) + " is stored with codec " +
+                                    std::to_string(records[m]->record[6]) + ", not the store's " +
+                                    CodecName(g.codec));
         }
-        quantized::Int8PayloadToPages(records[m]->record.data() + kBlockRecordHeaderSize, records[m]->tokens,
-                                      g.head_dim, g.block_tokens,
-                                      reinterpret_cast<uint8_t*>(pool->StagedKeys(*batch, m)),
-                                      reinterpret_cast<uint8_t*>(pool->StagedValues(*batch, m)));
+        quantized::PayloadToPages(g.codec, records[m]->record.data() + kBlockRecordHeaderSize, records[m]->tokens,
+                                  g.head_dim, g.block_tokens, reinterpret_cast<uint8_t*>(pool->StagedKeys(*batch, m)),
+                                  reinterpret_cast<uint8_t*>(pool->StagedValues(*batch, m)));
         pool->SetStagedTokens(*batch, m, len[m]);
       }
       st->upload_ms += MsSince(t_stage);
@@ -1589,14 +1592,17 @@ Status Store::AttendOnGpu(const QueryPlan& plan, const float* q, uint32_t n,
     shape.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
     const attention::Selection selection{static_cast<int>(max_blocks), reinterpret_cast<const int32_t*>(dv),
                                          reinterpret_cast<const int32_t*>(dv + off_count)};
-    // The kernel over the pool's pages (int8 pages dequantised inside it).
+    // The kernel over the pool's pages (quantised pages dequantised inside it).
     auto run_kernel = [&](const float* q_dev, float* out_dev, float* lse_dev) {
       const attention::BlockTable<uint16_t> t = pool->table();
-      if (!pool->int8_pages()) return attention::SparseAttentionCudaF16(shape, t, selection, q_dev, out_dev, lse_dev, s);
+      if (pool->page_bits() == 0) {
+        return attention::SparseAttentionCudaF16(shape, t, selection, q_dev, out_dev, lse_dev, s);
+      }
       const attention::BlockTable<uint8_t> bytes{t.num_blocks, reinterpret_cast<const uint8_t*>(t.keys),
                                                  reinterpret_cast<const uint8_t*>(t.values), t.block_len};
-      return attention::SparseAttentionCudaInt8(shape, bytes, attention::Int8Pages(g.block_tokens, g.head_dim),
-                                                selection, q_dev, out_dev, lse_dev, s);
+      return attention::SparseAttentionCudaQuantized(
+          shape, bytes, attention::QuantizedPages(pool->page_bits(), g.block_tokens, g.head_dim), selection, q_dev,
+          out_dev, lse_dev, s);
     };
     if (device_io) {
       MSA_RETURN_IF_ERROR(run_kernel(q, out, lse));

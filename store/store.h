@@ -79,16 +79,17 @@ struct StoreOptions {
   RouterOptions router;                 // when streams get an IVF index
   uint64_t cache_bytes = 256ull << 20;  // host cache of decoded blocks (0: none)
   unsigned encode_threads = 0;          // threads encoding a document's blocks (0: one per core)
-  // GPU block pool (device memory for K/V pages: fp16, or int8 codes for
-  // int8 stores, see gpu_int8_pages; allocated on the
+  // GPU block pool (device memory for K/V pages: fp16, or the codes of
+  // int8 and int4 stores, see gpu_quantized_pages; allocated on the
   // first query that runs on the GPU; attention/gpu_block_pool.h). 0: the
   // GPU is never used.
   uint64_t gpu_pool_bytes = uint64_t{256} << 20;
-  // An int8 store's GPU pool holds its blocks as int8 codes, dequantised in
-  // the kernel (attention/int8_pages.h: half the GPU memory, staging and
-  // copy of fp16 pages); false decodes them on the host into fp16 pages
-  // (the same results; for comparisons).
-  bool gpu_int8_pages = true;
+  // An int8 or int4 store's GPU pool holds its blocks as their codes,
+  // dequantised in the kernel (attention/quantized_pages.h: a half or a
+  // quarter of the GPU memory, staging and copy of fp16 pages); false
+  // decodes them on the host into fp16 pages (the same results; for
+  // comparisons).
+  bool gpu_quantized_pages = true;
   // Summaries are also saved in files of this many blocks per stream
   // (summaries/<stream>.<first block>.f16, recorded in the catalog) as a
   // commit completes each run, so that opening reads them sequentially

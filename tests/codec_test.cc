@@ -9,10 +9,12 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "attention/dequantize.h"
 #include "attention/half.h"
+#include "attention/quantized_pages.h"
 #include "store/codec.h"
 #include "store/codec_quantized.h"
 #include "store/store.h"
@@ -440,6 +442,59 @@ TEST(CodecStoreTest, QuantisedStoresAttendOverTheirCodesAsOverTheDecodedBlocks) 
         ASSERT_NEAR(out[i], ref[i], 2e-5 * std::max(1.0, std::fabs(ref[i]))) << what << " " << i;
       }
       for (uint32_t h = 0; h < q_heads; ++h) ASSERT_NEAR(lse[h], ref_lse[h], 2e-5 * std::fabs(ref_lse[h])) << what;
+    }
+  }
+}
+
+// The GPU pages of a quantised payload (attention/quantized_pages.h), read
+// back on the CPU as the kernel reads them (scale and min of the element's
+// key group or value group, fmaf), equal the decoder's output: the page
+// layout is checked here, where CI runs, and the kernel against it on a GPU
+// (CudaAttention.QuantizedPagesEqualTheDecodedFp16Blocks). Odd sizes: short
+// last key and value groups, a block shorter than the page.
+TEST(CodecTest, QuantisedPagesHoldWhatTheDecoderReturns) {
+  for (Codec codec : {Codec::kInt8, Codec::kInt4}) {
+    for (const auto& [tokens, block_tokens, d] : {std::tuple{70u, 70u, 72u}, {37u, 70u, 72u}, {13u, 13u, 40u},
+                                                   {64u, 64u, 128u}, {1u, 256u, 8u}}) {
+      SCOPED_TRACE(::testing::Message() << CodecName(codec) << " " << tokens << " of " << block_tokens << " x " << d);
+      std::vector<float> k, v;
+      ModelLikeKv(tokens, d, tokens + d, &k, &v);
+      std::vector<uint8_t> payload(quantized::PayloadBytes(codec, tokens, d));
+      ASSERT_TRUE(quantized::Encode(codec, k.data(), v.data(), tokens, d, payload.data(), nullptr, "block").ok());
+      std::vector<float> want_k(size_t{tokens} * d), want_v(want_k.size()), scratch;
+      quantized::Decode(codec, payload.data(), tokens, d, want_k.data(), want_v.data(), &scratch);
+      const attention::QuantizedPageLayout l =
+          attention::QuantizedPages(codec == Codec::kInt8 ? 8 : 4, block_tokens, d);
+      std::vector<uint8_t> key_page(l.page_bytes, 0xAB), value_page(l.page_bytes, 0xAB);
+      quantized::PayloadToPages(codec, payload.data(), tokens, d, block_tokens, key_page.data(), value_page.data());
+      auto half_at = [](const std::vector<uint8_t>& page, size_t i) {
+        uint16_t h;
+        std::memcpy(&h, page.data() + 2 * i, 2);
+        return attention::HalfToFloat(h);
+      };
+      auto code_at = [&](const std::vector<uint8_t>& page, uint32_t t, uint32_t c) {
+        const uint8_t* row = page.data() + l.code_offset + size_t{t} * l.row_bytes;
+        return static_cast<float>(l.bits == 8 ? row[c] : (row[c / 2] >> (4 * (c % 2))) & 15);
+      };
+      // The decoder's vector loops fuse the multiply-add (as the kernel
+      // does); its portable one rounds twice. d is a multiple of 8 here, so
+      // no vector loop leaves a scalar tail.
+      const bool fused = std::strcmp(attention::DequantizeIsa(), "portable") != 0;
+      auto decode = [&](float scale, float code, float min) {
+        return fused ? std::fma(scale, code, min) : min + scale * code;
+      };
+      for (uint32_t t = 0; t < tokens; ++t) {
+        for (uint32_t c = 0; c < d; ++c) {
+          const size_t kp = size_t{l.bits == 8 ? 0 : t / attention::kInt4Group} * d + c;
+          const float key = decode(half_at(key_page, kp), code_at(key_page, t, c),
+                                   half_at(key_page, size_t{l.key_groups} * d + kp));
+          const size_t vp = size_t{t} * l.value_groups + (l.bits == 8 ? 0 : c / attention::kInt4Group);
+          const float value = decode(half_at(value_page, vp), code_at(value_page, t, c),
+                                     half_at(value_page, size_t{block_tokens} * l.value_groups + vp));
+          ASSERT_EQ(key, want_k[size_t{t} * d + c]) << "key " << t << " " << c;
+          ASSERT_EQ(value, want_v[size_t{t} * d + c]) << "value " << t << " " << c;
+        }
+      }
     }
   }
 }

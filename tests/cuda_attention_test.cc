@@ -371,54 +371,63 @@ TEST(CudaAttention, ClimbingScoresAndAnyScaleStayWithinTolerance) {
   }
 }
 
-// Int8 pages, dequantised in the kernel, give exactly what the fp16 kernel
-// gives over the fp16 rounding of the CPU decoder's output: the same
+// Int8 and int4 pages, dequantised in the kernel, give exactly what the fp16
+// kernel gives over the fp16 rounding of the CPU decoder's output: the same
 // fmaf(scale, code, min) and rounding, then the same kernel. Every case
-// shape, so odd block lengths, padded head dims and GQA are covered.
-TEST(CudaAttention, Int8PagesEqualTheDecodedFp16Blocks) {
+// shape, so odd block lengths (int4: a short last key group), padded head
+// dims and GQA are covered.
+TEST(CudaAttention, QuantizedPagesEqualTheDecodedFp16Blocks) {
   MSA_SKIP_WITHOUT_CUDA();
-  for (const Case& c : kCases) {
-    SCOPED_TRACE(c.what);
-    const Problem p = MakeProblem(c);
-    const size_t d = p.shape.head_dim, bt = p.shape.block_tokens;
-    const Int8PageLayout layout = Int8Pages(static_cast<uint32_t>(bt), static_cast<uint32_t>(d));
-    std::vector<uint8_t> key_pages(p.NumBlocks() * size_t{layout.page_bytes}, 0xAB);
-    std::vector<uint8_t> value_pages(key_pages.size(), 0xAB);
-    std::vector<uint16_t> keys_h(p.keys_h.size(), kHalfNan), values_h(p.values_h.size(), kHalfNan);
-    std::vector<uint8_t> payload;
-    std::vector<float> k(bt * d), v(bt * d), scratch;
-    for (int b = 0; b < p.NumBlocks(); ++b) {
-      const uint32_t tokens = static_cast<uint32_t>(p.block_len[b]);
-      const size_t first = static_cast<size_t>(b) * bt * d;
-      payload.resize(quantized::PayloadBytes(Codec::kInt8, tokens, static_cast<uint32_t>(d)));
-      ASSERT_TRUE(quantized::Encode(Codec::kInt8, &p.keys_f[first], &p.values_f[first], tokens,
-                                    static_cast<uint32_t>(d), payload.data(), nullptr, "test block")
-                      .ok());
-      quantized::Int8PayloadToPages(payload.data(), tokens, static_cast<uint32_t>(d), static_cast<uint32_t>(bt),
-                                    &key_pages[b * size_t{layout.page_bytes}], &value_pages[b * size_t{layout.page_bytes}]);
-      quantized::Decode(Codec::kInt8, payload.data(), tokens, static_cast<uint32_t>(d), k.data(), v.data(), &scratch);
-      FloatToHalfArray(k.data(), &keys_h[first], tokens * d);
-      FloatToHalfArray(v.data(), &values_h[first], tokens * d);
+  for (const Codec codec : {Codec::kInt8, Codec::kInt4}) {
+    for (const Case& c : kCases) {
+      SCOPED_TRACE(testing::Message() << CodecName(codec) << " " << c.what);
+      const Problem p = MakeProblem(c);
+      const size_t d = p.shape.head_dim, bt = p.shape.block_tokens;
+      const QuantizedPageLayout layout =
+          QuantizedPages(codec == Codec::kInt8 ? 8 : 4, static_cast<uint32_t>(bt), static_cast<uint32_t>(d));
+      std::vector<uint8_t> key_pages(p.NumBlocks() * size_t{layout.page_bytes}, 0xAB);
+      std::vector<uint8_t> value_pages(key_pages.size(), 0xAB);
+      std::vector<uint16_t> keys_h(p.keys_h.size(), kHalfNan), values_h(p.values_h.size(), kHalfNan);
+      std::vector<uint8_t> payload;
+      std::vector<float> k(bt * d), v(bt * d), scratch;
+      for (int b = 0; b < p.NumBlocks(); ++b) {
+        const uint32_t tokens = static_cast<uint32_t>(p.block_len[b]);
+        const size_t first = static_cast<size_t>(b) * bt * d;
+        payload.resize(quantized::PayloadBytes(codec, tokens, static_cast<uint32_t>(d)));
+        ASSERT_TRUE(quantized::Encode(codec, &p.keys_f[first], &p.values_f[first], tokens, static_cast<uint32_t>(d),
+                                      payload.data(), nullptr, "test block")
+                        .ok());
+        const size_t page = b * size_t{layout.page_bytes};
+        quantized::PayloadToPages(codec, payload.data(), tokens, static_cast<uint32_t>(d), static_cast<uint32_t>(bt),
+                                  &key_pages[page], &value_pages[page]);
+        quantized::Decode(codec, payload.data(), tokens, static_cast<uint32_t>(d), k.data(), v.data(), &scratch);
+        FloatToHalfArray(k.data(), &keys_h[first], tokens * d);
+        FloatToHalfArray(v.data(), &values_h[first], tokens * d);
+      }
+      const BlockTable<uint16_t> half{p.NumBlocks(), keys_h.data(), values_h.data(), p.block_len.data()};
+      const BlockTable<uint8_t> pages{p.NumBlocks(), key_pages.data(), value_pages.data(), p.block_len.data()};
+      std::vector<float> out16(p.Rows() * d), lse16(p.Rows()), out_q(p.Rows() * d, 7.0f), lse_q(p.Rows(), 7.0f);
+      Status st = SparseAttentionCudaF16Host(p.shape, half, p.Sel(), p.q.data(), out16.data(), lse16.data());
+      ASSERT_TRUE(st.ok()) << st.ToString();
+      st = SparseAttentionCudaQuantizedHost(p.shape, pages, layout, p.Sel(), p.q.data(), out_q.data(), lse_q.data());
+      ASSERT_TRUE(st.ok()) << st.ToString();
+      for (size_t i = 0; i < out16.size(); ++i) ASSERT_EQ(out_q[i], out16[i]) << "out " << i;
+      for (size_t i = 0; i < lse16.size(); ++i) ASSERT_EQ(lse_q[i], lse16[i]) << "lse " << i;
     }
-    const BlockTable<uint16_t> half{p.NumBlocks(), keys_h.data(), values_h.data(), p.block_len.data()};
-    const BlockTable<uint8_t> pages{p.NumBlocks(), key_pages.data(), value_pages.data(), p.block_len.data()};
-    std::vector<float> out16(p.Rows() * d), lse16(p.Rows()), out8(p.Rows() * d, 7.0f), lse8(p.Rows(), 7.0f);
-    Status st = SparseAttentionCudaF16Host(p.shape, half, p.Sel(), p.q.data(), out16.data(), lse16.data());
-    ASSERT_TRUE(st.ok()) << st.ToString();
-    st = SparseAttentionCudaInt8Host(p.shape, pages, layout, p.Sel(), p.q.data(), out8.data(), lse8.data());
-    ASSERT_TRUE(st.ok()) << st.ToString();
-    for (size_t i = 0; i < out16.size(); ++i) ASSERT_EQ(out8[i], out16[i]) << "out " << i;
-    for (size_t i = 0; i < lse16.size(); ++i) ASSERT_EQ(lse8[i], lse16[i]) << "lse " << i;
   }
-  // A layout that does not match the shape is refused.
+  // A layout that does not match the shape, or of another width, is refused.
   const Problem p = MakeProblem(kCases[0]);
-  Int8PageLayout wrong = Int8Pages(p.shape.block_tokens, p.shape.head_dim);
+  QuantizedPageLayout wrong = QuantizedPages(8, p.shape.block_tokens, p.shape.head_dim);
   wrong.page_bytes += 16;
+  QuantizedPageLayout two_bits = QuantizedPages(8, p.shape.block_tokens, p.shape.head_dim);
+  two_bits.bits = 2;
   std::vector<float> out(p.Rows() * p.shape.head_dim);
-  EXPECT_EQ(SparseAttentionCudaInt8(p.shape, BlockTable<uint8_t>{}, wrong, p.Sel(), p.q.data(), out.data(), nullptr,
-                                    nullptr)
-                .code(),
-            Status::Code::kInvalidArgument);
+  for (const QuantizedPageLayout& layout : {wrong, two_bits}) {
+    EXPECT_EQ(SparseAttentionCudaQuantized(p.shape, BlockTable<uint8_t>{}, layout, p.Sel(), p.q.data(), out.data(),
+                                           nullptr, nullptr)
+                  .code(),
+              Status::Code::kInvalidArgument);
+  }
 }
 
 TEST(CudaAttention, EmptySelectionGivesZeroAndMinusInf) {

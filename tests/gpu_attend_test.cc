@@ -265,6 +265,11 @@ TEST(GpuAttend, Int8AndInt4Stores) {
   Fixture c = MakeStore(dir.Sub("c"), Codec::kInt8, 72, 13, 4, {97, 250, 31}, uint64_t{64} << 20, 34);
   ASSERT_TRUE(c.store);
   CheckGpuAgainstCpu(c, 1, 5, 12, 7, 35);
+  // Int4 pages at odd sizes: blocks of 70 (key groups of 32, 32 and 6),
+  // d = 72 (value groups of 32, 32 and 8), short last blocks.
+  Fixture e = MakeStore(dir.Sub("e"), Codec::kInt4, 72, 70, 2, {301, 69}, uint64_t{64} << 20, 36);
+  ASSERT_TRUE(e.store);
+  CheckGpuAgainstCpu(e, 1, 3, 6, 5, 37);
 }
 
 TEST(GpuAttend, ColdPathBypassesThePool) {

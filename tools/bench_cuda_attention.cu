@@ -1,5 +1,6 @@
 // Standalone benchmark of SparseAttentionCudaF16, or with the argument
-// "int8" of SparseAttentionCudaInt8 over int8 pages (timing only, random data).
+// "int8" or "int4" of SparseAttentionCudaQuantized over int8 or int4 pages
+// (timing only, random data).
 // Cases: n in {1,8,64}, budget in {2048,8192,32768} tokens per KV head,
 // 8 KV heads, 32 q heads, head_dim 128, 64-token blocks, every (row, KV head)
 // selects all the blocks of its KV head. Prints CSV
@@ -13,7 +14,8 @@
 //   kernel_us_cold: median of 50 single calls, each after writing a 256 MiB
 //     buffer to evict the K/V from L2: the number to hold against HBM bandwidth.
 //   gbps_*: unique K/V bytes (8 KV heads x budget x 128 x 2 B x 2; int8: 1 B
-//     per element, the pages' parameters not counted) over the time.
+//     per element, int4 half a byte, the pages' parameters not counted) over
+//     the time.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -117,21 +119,26 @@ int main(int argc, char** argv) {
 
   std::mt19937 rng(42);
   std::uniform_real_distribution<float> U(-1.f, 1.f);
-  // Arguments, in any order: int8 (int8 pages), fp16-q (q rounded to fp16,
-  // as SDPA's fp16 input is: the kernel then skips q's zero lo half).
-  // only=N,BUDGET runs that one case (for a profiler).
-  bool int8 = false, fp16_q = false;
+  // Arguments, in any order: int8 or int4 (quantised pages), fp16-q (q
+  // rounded to fp16, as SDPA's fp16 input is: the kernel then skips q's zero
+  // lo half). only=N,BUDGET runs that one case (for a profiler).
+  int bits = 0;  // 0: fp16 K/V
+  bool fp16_q = false;
   int only_n = 0, only_budget = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    int8 |= a == "int8";
+    if (a == "int8") bits = 8;
+    if (a == "int4") bits = 4;
     fp16_q |= a == "fp16-q";
     if (a.rfind("only=", 0) == 0 && std::sscanf(a.c_str() + 5, "%d,%d", &only_n, &only_budget) != 2) {
       std::fprintf(stderr, "only=N,BUDGET expected, got %s\n", a.c_str());
       return 2;
     }
   }
-  std::printf("# K/V format: %s; q %s\n", int8 ? "int8 pages, dequantised in the kernel" : "fp16",
+  std::printf("# K/V format: %s; q %s\n",
+              bits == 8 ? "int8 pages, dequantised in the kernel"
+              : bits == 4 ? "int4 pages, dequantised in the kernel"
+                          : "fp16",
               fp16_q ? "rounded to fp16" : "float32 (hi + lo fp16)");
   std::printf("n,budget,kernel_us,gbps_unique,kernel_us_backtoback,kernel_us_cold,gbps_cold\n");
   for (int budget : {2048, 8192, 32768}) {
@@ -153,22 +160,23 @@ int main(int argc, char** argv) {
     CK(cudaMemcpy(dv, hv.data(), kv_elems * 2, cudaMemcpyHostToDevice));
     std::vector<int32_t> hlen(num_blocks, block_tokens);
     CK(cudaMemcpy(dlen, hlen.data(), num_blocks * 4, cudaMemcpyHostToDevice));
-    // Int8 pages: random codes, every scale 2/255 and min -1 (values in [-1, 1]).
-    const Int8PageLayout layout = Int8Pages(block_tokens, head_dim);
+    // Quantised pages: random codes, every scale 2/levels and min -1 (values in [-1, 1]).
+    const QuantizedPageLayout layout = QuantizedPages(bits == 0 ? 8 : bits, block_tokens, head_dim);
     unsigned char *dk8 = nullptr, *dv8 = nullptr;
-    if (int8) {
+    if (bits != 0) {
       std::vector<unsigned char> kp(size_t(num_blocks) * layout.page_bytes), vp(kp.size());
       std::uniform_int_distribution<int> byte(0, 255);
       for (size_t i = 0; i < kp.size(); ++i) {
         kp[i] = static_cast<unsigned char>(byte(rng));
         vp[i] = static_cast<unsigned char>(byte(rng));
       }
-      const __half scale = __float2half(2.0f / 255.0f), minv = __float2half(-1.0f);
+      const __half scale = __float2half(2.0f / ((1 << bits) - 1)), minv = __float2half(-1.0f);
+      const int key_params = int(layout.key_groups) * head_dim, value_params = block_tokens * int(layout.value_groups);
       for (int b = 0; b < num_blocks; ++b) {
         auto* kpar = reinterpret_cast<__half*>(&kp[size_t(b) * layout.page_bytes]);
         auto* vpar = reinterpret_cast<__half*>(&vp[size_t(b) * layout.page_bytes]);
-        for (int c = 0; c < head_dim; ++c) kpar[c] = scale, kpar[head_dim + c] = minv;
-        for (int t = 0; t < block_tokens; ++t) vpar[t] = scale, vpar[block_tokens + t] = minv;
+        for (int c = 0; c < key_params; ++c) kpar[c] = scale, kpar[key_params + c] = minv;
+        for (int t = 0; t < value_params; ++t) vpar[t] = scale, vpar[value_params + t] = minv;
       }
       CK(cudaMalloc(&dk8, kp.size()));
       CK(cudaMalloc(&dv8, vp.size()));
@@ -218,8 +226,8 @@ int main(int argc, char** argv) {
 
       const BlockTable<uint8_t> pages{num_blocks, dk8, dv8, dlen};
       auto launch = [&] {
-        msa::Status s = int8 ? SparseAttentionCudaInt8(shape, pages, layout, sel, dq, dout, dlse, nullptr)
-                             : SparseAttentionCudaF16(shape, table, sel, dq, dout, dlse, nullptr);
+        msa::Status s = bits != 0 ? SparseAttentionCudaQuantized(shape, pages, layout, sel, dq, dout, dlse, nullptr)
+                                  : SparseAttentionCudaF16(shape, table, sel, dq, dout, dlse, nullptr);
         if (!s.ok()) {
           std::fprintf(stderr, "launch failed: %s\n", s.ToString().c_str());
           std::exit(1);
@@ -261,7 +269,7 @@ int main(int argc, char** argv) {
       }
       CK(cudaGetLastError());
       const float us_cold = Median(tc) * 1e3f;
-      const double bytes = double(kv_heads) * budget * head_dim * (int8 ? 1 : 2) * 2;  // K+V unique
+      const double bytes = double(kv_heads) * budget * head_dim * (bits == 0 ? 2.0 : bits / 8.0) * 2;  // K+V unique
       std::printf("%d,%d,%.2f,%.1f,%.2f,%.2f,%.1f\n", n, budget, us, bytes / (us * 1e3), us_b2b, us_cold,
                   bytes / (us_cold * 1e3));
       std::fflush(stdout);
@@ -274,7 +282,7 @@ int main(int argc, char** argv) {
     CK(cudaFree(dk));
     CK(cudaFree(dv));
     CK(cudaFree(dlen));
-    if (int8) {
+    if (bits != 0) {
       CK(cudaFree(dk8));
       CK(cudaFree(dv8));
     }

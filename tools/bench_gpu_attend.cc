@@ -3,12 +3,12 @@
 // attend end to end").
 //
 //   msa_bench_gpu_attend DIR [--blocks 64,1024] [--top-k 62] [--n 1,8] [--reps 200]
-//                            [--codec f16|int8] [--fp16-pages 0|1]
+//                            [--codec f16|int8|int4] [--fp16-pages 0|1]
 //
 // For each stream length (blocks of 64 tokens per KV head) it creates a
 // one-layer store in DIR (8 KV heads, head dim 128, the f16 codec unless
 // told, Gaussian K/V), then times Store::Attend for 32 query heads (an int8
-// store's GPU pool holds int8 pages unless --fp16-pages 1):
+// or int4 store's GPU pool holds its codes unless --fp16-pages 1):
 //   gpu warm        every block in the GPU pool (no copy of K/V)
 //   gpu host-warm   GPU pool cleared before each call, blocks in the host cache
 //   gpu cold        GPU pool and host cache bypassed (use_cache off): disk reads
@@ -84,7 +84,7 @@ struct Series {
 int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
-                 "usage: %s DIR [--blocks 64,1024] [--top-k 62] [--n 1,8] [--reps 200] [--codec f16|int8] "
+                 "usage: %s DIR [--blocks 64,1024] [--top-k 62] [--n 1,8] [--reps 200] [--codec f16|int8|int4] "
                  "[--fp16-pages 0|1]\n",
                  argv[0]);
     return 2;
@@ -101,6 +101,7 @@ int main(int argc, char** argv) {
     else if (a == "--top-k") top_k = std::atoi(argv[i + 1]);
     else if (a == "--reps") reps = std::atoi(argv[i + 1]);
     else if (a == "--codec" && std::string(argv[i + 1]) == "int8") codec = msa::Codec::kInt8;
+    else if (a == "--codec" && std::string(argv[i + 1]) == "int4") codec = msa::Codec::kInt4;
     else if (a == "--codec" && std::string(argv[i + 1]) == "f16") codec = msa::Codec::kF16ShuffleZstd;
     else if (a == "--fp16-pages") fp16_pages = std::atoi(argv[i + 1]) != 0;
     else {
@@ -111,9 +112,9 @@ int main(int argc, char** argv) {
   // Without a device (a CPU-only machine) only the CPU rows run.
   cudaDeviceProp prop;
   const bool have_gpu = cudaGetDeviceProperties(&prop, 0) == cudaSuccess;
-  std::printf("device: %s; codec %s%s\n", have_gpu ? prop.name : "none (CPU rows only)",
-              codec == msa::Codec::kInt8 ? "int8" : "f16",
-              codec == msa::Codec::kInt8 ? (fp16_pages ? ", fp16 GPU pages" : ", int8 GPU pages") : "");
+  const bool quantised = codec == msa::Codec::kInt8 || codec == msa::Codec::kInt4;
+  std::printf("device: %s; codec %s%s\n", have_gpu ? prop.name : "none (CPU rows only)", msa::CodecName(codec),
+              quantised ? (fp16_pages ? ", fp16 GPU pages" : ", quantised GPU pages") : "");
   const uint32_t kv_heads = 8, q_heads = 32, d = 128, bt = 64;
 
   std::printf("%-6s %-3s %-14s %9s %9s | %8s %8s %8s %8s %8s %8s | %5s\n", "blocks", "n", "path", "p50 us",
@@ -129,7 +130,7 @@ int main(int argc, char** argv) {
     g.codec = codec;
     msa::StoreOptions so;
     so.cache_bytes = uint64_t{2} << 30;
-    so.gpu_int8_pages = !fp16_pages;
+    so.gpu_quantized_pages = !fp16_pages;
     auto created = msa::Store::Create(path, g, so);
     CHECK_OK(created.status());
     auto& store = *created;
