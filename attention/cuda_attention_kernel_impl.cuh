@@ -425,35 +425,48 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
       __half* dv = s_v + stage * BN * LD;
       if (p.page_bits) {
         const int32_t* rows = s_row + stage * BN;
-        // Codes into the second half of each fp16 row; DequantizeStage widens them.
+        // Codes into the second half of each fp16 row, 16 bytes per copy
+        // (16 int8 or 32 int4 codes; 8-byte copies cost twice the
+        // instructions); DequantizeStage widens them.
         const auto* kp = reinterpret_cast<const unsigned char*>(p.keys);
         const auto* vp = reinterpret_cast<const unsigned char*>(p.values);
-        const int bits = p.page_bits;  // bytes per 8-element chunk
+        const int bits = p.page_bits;
         const int row_bytes = p.head_dim * bits / 8;
-#pragma unroll 4
-        for (int c = tid; c < BN * CH; c += kSplitThreads) {
-          const int n = c / CH;
-          const int part = c - n * CH;
+        const int chunks = (row_bytes + 15) / 16;  // a row's 16-byte copies (its last may reach past the row)
+#pragma unroll 2
+        for (int c = tid; c < BN * chunks; c += kSplitThreads) {
+          const int n = c / chunks;
+          const int part = c - n * chunks;
           const int32_t r = rows[n];
-          if (r < 0 || part >= dchunks) continue;
+          if (r < 0) continue;
           const size_t page = static_cast<size_t>(r >> 8) * p.page_bytes;
           const int tok = r & 0xff;
-          const size_t off = page + p.code_offset + static_cast<size_t>(tok) * row_bytes + part * bits;
-          unsigned char* kdst = reinterpret_cast<unsigned char*>(dk + n * LD) + D + part * bits;
-          unsigned char* vdst = reinterpret_cast<unsigned char*>(dv + n * LD) + D + part * bits;
-          if (bits == 8) {
-            CpAsyncSmall<8>(kdst, kp + off);
-            CpAsyncSmall<8>(vdst, vp + off);
-          } else {
-            CpAsyncSmall<4>(kdst, kp + off);
-            CpAsyncSmall<4>(vdst, vp + off);
+          const size_t off = page + p.code_offset + static_cast<size_t>(tok) * row_bytes + part * 16;
+          unsigned char* kdst = reinterpret_cast<unsigned char*>(dk + n * LD) + D + part * 16;
+          unsigned char* vdst = reinterpret_cast<unsigned char*>(dv + n * LD) + D + part * 16;
+          if (row_bytes % 16 == 0) {
+            CpAsync16(kdst, kp + off, 16);
+            CpAsync16(vdst, vp + off, 16);
+          } else {  // rows 8- (int8) or 4-byte (int4) aligned: copies of that size
+            const int step = row_bytes % 8 == 0 ? 8 : 4;
+            for (int b = 0; b < 16 && part * 16 + b < row_bytes; b += step) {
+              if (step == 8) {
+                CpAsyncSmall<8>(kdst + b, kp + off + b);
+                CpAsyncSmall<8>(vdst + b, vp + off + b);
+              } else {
+                CpAsyncSmall<4>(kdst + b, kp + off + b);
+                CpAsyncSmall<4>(vdst + b, vp + off + b);
+              }
+            }
           }
           // The parameters DequantizeStage will read: into L1 now, so that
-          // their latency hides behind the tiles in flight.
-          if ((part & 7) == 0) {
+          // their latency hides behind the tiles in flight (one line per 64
+          // channels).
+          const int first = part * 16 * 8 / bits;  // the copy's first channel
+          if (first % 64 == 0) {
             const size_t kparams = page + (bits == 8 ? 0 : static_cast<size_t>(tok / kInt4Group) * 2 * p.head_dim);
-            PrefetchL1(kp + kparams + part * 16);
-            PrefetchL1(kp + kparams + 2 * p.key_groups * p.head_dim + part * 16);
+            PrefetchL1(kp + kparams + 2 * first);
+            PrefetchL1(kp + kparams + 2 * p.key_groups * p.head_dim + 2 * first);
           }
           if (part == 0) {
             PrefetchL1(vp + page + 2 * tok * p.value_groups);
