@@ -122,8 +122,8 @@ __device__ __forceinline__ void SplitHiLo(float x, float y, uint32_t* hi, uint32
 
 // Dequantises one stage of BITS-bit codes (keys and values, quantised
 // pages: attention/quantized_pages.h) into its fp16 tiles, in place: the
-// codes of row n sit in the second half of its fp16 row (bytes [D, D + D *
-// BITS / 8)), put there by the loads. Every thread first takes its code
+// codes of row n sit in the second half of its fp16 row (bytes [D, D +
+// head_dim * BITS / 8)), put there by the loads. Every thread first takes its code
 // chunks (8 elements: BITS bytes) into registers, then (after a barrier)
 // writes fp16; all threads call it. rows: the stage's tokens as page tokens,
 // (block << 8) | token in block (-1 past the run). The parameters were
@@ -432,7 +432,7 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
         const auto* vp = reinterpret_cast<const unsigned char*>(p.values);
         const int bits = p.page_bits;
         const int row_bytes = p.head_dim * bits / 8;
-        const int chunks = (row_bytes + 15) / 16;  // a row's 16-byte copies (its last may reach past the row)
+        const int chunks = (row_bytes + 15) / 16;  // a row's 16-byte spans (the last may be short)
 #pragma unroll 2
         for (int c = tid; c < BN * chunks; c += kSplitThreads) {
           const int n = c / chunks;
@@ -447,7 +447,7 @@ __global__ void __launch_bounds__(kSplitThreads) SplitKernel(const SplitParams p
           if (row_bytes % 16 == 0) {
             CpAsync16(kdst, kp + off, 16);
             CpAsync16(vdst, vp + off, 16);
-          } else {  // rows 8- (int8) or 4-byte (int4) aligned: copies of that size
+          } else {  // rows of a multiple of 8 or of 4 bytes (head_dim % 8 == 0): copies of that size
             const int step = row_bytes % 8 == 0 ? 8 : 4;
             for (int b = 0; b < 16 && part * 16 + b < row_bytes; b += step) {
               if (step == 8) {

@@ -6,7 +6,9 @@ namespace msa::attention {
 
 namespace {
 
-enum class Isa { kAvx512, kAvx2, kPortable };
+// kPortable first: a call during static initialisation, before kIsa's
+// initialiser has run, sees the zero value and takes the portable loops.
+enum class Isa { kPortable, kAvx2, kAvx512 };
 
 Isa Detect() {
   __builtin_cpu_init();

@@ -144,8 +144,8 @@ __attribute__((target("avx2,fma"))) void AxpyRowsAvx2(const float* w, size_t w_s
 // with |r| <= ln2 / 2, exp(r) by Cephes's expf polynomial (within 2 ulps of
 // float32's exp, against std::exp's 1), times 2^n built in the exponent
 // bits. Below -87 (where 2^n would leave the normal range) the weight is 0,
-// where std::exp gives a subnormal under 2^-126: either adds nothing next
-// to the maximum's 1. NaN stays NaN.
+// where std::exp gives at most e^-87 (1.6e-38): either adds nothing next to
+// the maximum's 1. NaN stays NaN.
 __attribute__((target("avx2,fma"))) inline __m256 ExpNonPositive(__m256 x) {
   const __m256 floor = _mm256_set1_ps(-87.0f);
   const __m256 tiny = _mm256_cmp_ps(x, floor, _CMP_LT_OQ);  // false for NaN
@@ -225,10 +225,13 @@ class FloatRows {
 // Quantised blocks: each row dequantised into one head_dim scratch row
 // (L1-resident) by the decoder's own loops (attention/dequantize.h), so
 // that it is bit for bit the row a decoded block holds, without writing the
-// decoded blocks to memory and reading them back. Key rows must be asked
-// for in order within a block (a key group's parameters are widened at its
-// first row); value rows go to one of kRowTile slots, valid until the slot
-// is used again.
+// decoded blocks to memory and reading them back. Key and value rows must
+// be asked for in order from a block's first row (a key group's parameters
+// are widened at its first row, a block's value parameters at its first
+// value row); value rows go to one of kRowTile slots, valid until the slot
+// is used again. The table's shape (bits 8 or 4, positive
+// groups) is the caller's to get right: store/codec_quantized.h's
+// TableShape.
 class DequantizedRows {
  public:
   DequantizedRows(const AttentionShape& s, const QuantizedBlockTable& table)
@@ -238,21 +241,23 @@ class DequantizedRows {
         value_group_(std::min(table.value_group, d_)),
         value_groups_((d_ + value_group_ - 1) / value_group_),
         row_(static_cast<size_t>(kRowTile) * d_),
-        scale_(d_),
-        min_(d_) {}
+        key_scale_(d_),
+        key_min_(d_),
+        value_scale_(static_cast<size_t>(s.block_tokens) * value_groups_),
+        value_min_(value_scale_.size()) {}
   int Len(int b) const { return table_.blocks[b].len; }
   const float* Key(int b, int r) {
     const QuantizedBlock& block = table_.blocks[b];
     if (r % table_.key_group == 0) {
       const size_t group = static_cast<size_t>(r / table_.key_group) * d_;
-      HalfToFloatArray(block.key_scale + group, scale_.data(), d_);
-      HalfToFloatArray(block.key_min + group, min_.data(), d_);
+      HalfToFloatArray(block.key_scale + group, key_scale_.data(), d_);
+      HalfToFloatArray(block.key_min + group, key_min_.data(), d_);
     }
     const uint8_t* codes = block.key_codes + static_cast<size_t>(r) * row_bytes_;
     if (table_.bits == 8) {
-      DequantizeU8(codes, scale_.data(), min_.data(), d_, row_.data());
+      DequantizeU8(codes, key_scale_.data(), key_min_.data(), d_, row_.data());
     } else {
-      DequantizeU4(codes, scale_.data(), min_.data(), d_, row_.data());
+      DequantizeU4(codes, key_scale_.data(), key_min_.data(), d_, row_.data());
     }
     return row_.data();
   }
@@ -260,11 +265,13 @@ class DequantizedRows {
     const QuantizedBlock& block = table_.blocks[b];
     float* row = row_.data() + static_cast<size_t>(slot) * d_;
     const uint8_t* codes = block.value_codes + static_cast<size_t>(r) * row_bytes_;
-    const size_t p = static_cast<size_t>(r) * value_groups_;
-    float* scale = scale_.data();
-    float* min = min_.data();  // value_groups_ <= d_
-    HalfToFloatArray(block.value_scale + p, scale, value_groups_);
-    HalfToFloatArray(block.value_min + p, min, value_groups_);
+    if (r == 0) {  // the block's value parameters, all its tokens' at once
+      const size_t n = static_cast<size_t>(block.len) * value_groups_;
+      HalfToFloatArray(block.value_scale, value_scale_.data(), n);
+      HalfToFloatArray(block.value_min, value_min_.data(), n);
+    }
+    const float* scale = value_scale_.data() + static_cast<size_t>(r) * value_groups_;
+    const float* min = value_min_.data() + static_cast<size_t>(r) * value_groups_;
     for (int g = 0; g < value_groups_; ++g) {
       const int c0 = g * value_group_, n = std::min(value_group_, d_ - c0);
       if (table_.bits == 8) {
@@ -281,7 +288,7 @@ class DequantizedRows {
   const int d_;
   const size_t row_bytes_;
   const int value_group_, value_groups_;
-  std::vector<float> row_, scale_, min_;
+  std::vector<float> row_, key_scale_, key_min_, value_scale_, value_min_;
 };
 
 // The heads [0, heads) of one GQA group over their shared selection: two

@@ -102,7 +102,7 @@ class BlockDecoder {
                 float* keys_out, float* values_out);
   // Decode's checks (identity, shape, checksum, a quantised payload's size)
   // without the decoding: for a caller that keeps the record itself (the
-  // cache's quantised entries, the GPU's int8 pages).
+  // cache's quantised entries, the GPU's quantised pages).
   Status Verify(std::span<const uint8_t> record, const BlockId& expected_id,
                 uint64_t expected_checksum, uint32_t expected_tokens, uint32_t head_dim);
 

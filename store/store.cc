@@ -1345,16 +1345,21 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
   }
   const auto& chosen = plan.chosen;
   // A quantised store's blocks stay codes (the cache's records), dequantised
-  // inside the attention loop; a lossless one's are decoded into float slots.
-  const bool quantised = quantized::Handles(g.codec);
-  const size_t block_elems = quantised ? 0 : static_cast<size_t>(g.block_tokens) * d;
+  // inside the attention loop, when each is attended once (one row, or rows
+  // that chose different blocks): a block several rows attend would be
+  // dequantised once per row, so those calls decode every block into a
+  // float slot once, as a lossless store's are.
+  size_t selections = 0;
+  for (const auto& sel : chosen) selections += sel.size();
+  const bool over_codes = quantized::Handles(g.codec) && selections <= plan.ids.size();
+  const size_t block_elems = over_codes ? 0 : static_cast<size_t>(g.block_tokens) * d;
   std::vector<float> keys(plan.ids.size() * block_elems), values(plan.ids.size() * block_elems);
   std::vector<int32_t> len(plan.ids.size());
-  std::vector<std::shared_ptr<const CachedBlock>> records(quantised ? plan.ids.size() : 0);
+  std::vector<std::shared_ptr<const CachedBlock>> records(over_codes ? plan.ids.size() : 0);
   // Exact mode reads the whole layer: it would only flush the cache.
-  MSA_RETURN_IF_ERROR(FetchBlocks(plan.ids, plan.locs, quantised ? nullptr : keys.data(),
-                                  quantised ? nullptr : values.data(), len.data(), &st,
-                                  options.use_cache && !options.exact, quantised ? &records : nullptr));
+  MSA_RETURN_IF_ERROR(FetchBlocks(plan.ids, plan.locs, over_codes ? nullptr : keys.data(),
+                                  over_codes ? nullptr : values.data(), len.data(), &st,
+                                  options.use_cache && !options.exact, over_codes ? &records : nullptr));
   plan.io_lock.unlock();  // the blocks are read
   std::vector<attention::QuantizedBlock> codes(records.size());
   for (size_t j = 0; j < records.size(); ++j) {
@@ -1390,7 +1395,7 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
   shape.block_tokens = static_cast<int>(g.block_tokens);
   shape.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
   attention::Selection selection{static_cast<int>(max_blocks), index.data(), count.data()};
-  if (quantised) {
+  if (over_codes) {
     attention::QuantizedBlockTable table = quantized::TableShape(g.codec, g.block_tokens, g.head_dim);
     table.num_blocks = static_cast<int>(codes.size());
     table.blocks = codes.data();

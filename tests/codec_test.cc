@@ -388,10 +388,11 @@ TEST(CodecStoreTest, EveryCodecIngestsReopensAndAttends) {
 }
 
 // A quantised store attends over its blocks' codes (the cache keeps the
-// records, the CPU attention dequantises inside its loop): the result is
-// attention over the blocks as the decoder returns them, up to float32
-// rounding, read from disk (exact mode, routed cold) or from the cache
-// (routed warm). Head dim 72: int4's last value group is short.
+// records, the CPU attention dequantises inside its loop) or, when rows share
+// blocks, over the blocks decoded once: either way the result is attention
+// over the blocks as the decoder returns them, up to float32 rounding, read
+// from disk (exact mode, routed cold) or from the cache (routed warm). Head
+// dim 72: int4's last value group is short.
 TEST(CodecStoreTest, QuantisedStoresAttendOverTheirCodesAsOverTheDecodedBlocks) {
   const uint32_t kv_heads = 2, q_heads = 4, d = 72, tokens = 300;
   std::vector<float> k, v;
@@ -416,10 +417,13 @@ TEST(CodecStoreTest, QuantisedStoresAttendOverTheirCodesAsOverTheDecodedBlocks) 
     for (uint32_t head = 0; head < kv_heads; ++head) {
       ASSERT_TRUE((*store)->ReadStream(0, head, &keys[head], &values[head]).ok());
     }
-    const std::vector<float> q = RandomVector(size_t{q_heads} * d, 60, 0.5f);
-    std::vector<double> ref(size_t{q_heads} * d), ref_lse(q_heads);
-    for (uint32_t h = 0; h < q_heads; ++h) {
-      const uint32_t head = h / (q_heads / kv_heads);
+    // Two query rows: alone, each attends its blocks once (over the codes);
+    // together, both attend every block (decoded once into float slots).
+    constexpr uint32_t kRows = 2;
+    const std::vector<float> q = RandomVector(size_t{kRows} * q_heads * d, 60, 0.5f);
+    std::vector<double> ref(size_t{kRows} * q_heads * d), ref_lse(size_t{kRows} * q_heads);
+    for (uint32_t h = 0; h < kRows * q_heads; ++h) {
+      const uint32_t head = h % q_heads / (q_heads / kv_heads);
       testing::DenseReference(q.data() + h * d, keys[head].data(), values[head].data(), tokens, d,
                               ref.data() + h * d, &ref_lse[h]);
     }
@@ -429,19 +433,24 @@ TEST(CodecStoreTest, QuantisedStoresAttendOverTheirCodesAsOverTheDecodedBlocks) 
     routed.top_k = 64;  // every block
     routed.gpu = GpuMode::kOff;
     exact.gpu = GpuMode::kOff;
-    for (const auto& [options, what] :
-         {std::pair{exact, "exact"}, {routed, "routed, cold"}, {routed, "routed, warm"}}) {
-      std::vector<float> out(size_t{q_heads} * d), lse(q_heads);
-      AttendStats stats;
-      ASSERT_TRUE((*store)->Attend(0, q.data(), 1, q_heads, options, out.data(), lse.data(), &stats).ok()) << what;
-      if (std::string(what) == "routed, warm") {
-        EXPECT_GT(stats.cache_hits, 0u);
-        EXPECT_EQ(stats.blocks_read, 0u);
+    for (const uint32_t rows : {1u, kRows}) {
+      for (const auto& [options, what] :
+           {std::pair{exact, "exact"}, {routed, "routed, cold"}, {routed, "routed, warm"}}) {
+        SCOPED_TRACE(::testing::Message() << rows << " rows, " << what);
+        std::vector<float> out(size_t{rows} * q_heads * d), lse(size_t{rows} * q_heads);
+        AttendStats stats;
+        AttendOptions o = options;
+        o.use_cache = rows == 1 || std::string(what) == "routed, warm";  // rows 2: cold first, from the disk
+        ASSERT_TRUE((*store)->Attend(0, q.data(), rows, q_heads, o, out.data(), lse.data(), &stats).ok());
+        if (std::string(what) == "routed, warm") {
+          EXPECT_GT(stats.cache_hits, 0u);
+          EXPECT_EQ(stats.blocks_read, 0u);
+        }
+        for (size_t i = 0; i < out.size(); ++i) {
+          ASSERT_NEAR(out[i], ref[i], 2e-5 * std::max(1.0, std::fabs(ref[i]))) << i;
+        }
+        for (size_t h = 0; h < lse.size(); ++h) ASSERT_NEAR(lse[h], ref_lse[h], 2e-5 * std::fabs(ref_lse[h])) << h;
       }
-      for (size_t i = 0; i < out.size(); ++i) {
-        ASSERT_NEAR(out[i], ref[i], 2e-5 * std::max(1.0, std::fabs(ref[i]))) << what << " " << i;
-      }
-      for (uint32_t h = 0; h < q_heads; ++h) ASSERT_NEAR(lse[h], ref_lse[h], 2e-5 * std::fabs(ref_lse[h])) << what;
     }
   }
 }
@@ -476,13 +485,9 @@ TEST(CodecTest, QuantisedPagesHoldWhatTheDecoderReturns) {
         const uint8_t* row = page.data() + l.code_offset + size_t{t} * l.row_bytes;
         return static_cast<float>(l.bits == 8 ? row[c] : (row[c / 2] >> (4 * (c % 2))) & 15);
       };
-      // The decoder's vector loops fuse the multiply-add (as the kernel
-      // does); its portable one rounds twice. d is a multiple of 8 here, so
-      // no vector loop leaves a scalar tail.
-      const bool fused = std::strcmp(attention::DequantizeIsa(), "portable") != 0;
-      auto decode = [&](float scale, float code, float min) {
-        return fused ? std::fma(scale, code, min) : min + scale * code;
-      };
+      // An fp16 scale times a code of at most 8 bits is exact in float32,
+      // so the decoder's fused and unfused loops and the kernel's fmaf agree.
+      auto decode = [](float scale, float code, float min) { return std::fma(scale, code, min); };
       for (uint32_t t = 0; t < tokens; ++t) {
         for (uint32_t c = 0; c < d; ++c) {
           const size_t kp = size_t{l.bits == 8 ? 0 : t / attention::kInt4Group} * d + c;
