@@ -312,6 +312,24 @@ TEST(DequantizeTest, VectorLoopsMatchTheFormulaAtEveryLength) {
   SUCCEED() << "ran the " << attention::DequantizeIsa() << " loops";
 }
 
+// A store of `codec` holding one committed document (k, v: [layers *
+// kv_heads * tokens, d]), reopened: what a later session reads.
+Result<std::unique_ptr<Store>> OneDocumentStore(const std::string& path, Codec codec, uint32_t layers,
+                                                uint32_t kv_heads, uint32_t d, const std::vector<float>& k,
+                                                const std::vector<float>& v, uint32_t tokens) {
+  Geometry g;
+  g.layers = layers;
+  g.kv_heads = kv_heads;
+  g.head_dim = d;
+  g.codec = codec;
+  {
+    MSA_ASSIGN_OR_RETURN(std::unique_ptr<Store> store, Store::Create(path, g));
+    MSA_RETURN_IF_ERROR(store->AppendDocument("doc", {k.data(), v.data(), tokens}).status());
+    MSA_RETURN_IF_ERROR(store->Commit());
+  }
+  return Store::Open(path);
+}
+
 // Through the store: every codec ingests, survives a reopen, reads back
 // within its bound, attends close to the float64 reference, and reports its
 // bytes per stream.
@@ -321,19 +339,8 @@ TEST(CodecStoreTest, EveryCodecIngestsReopensAndAttends) {
   ModelLikeKv(kv_heads * tokens, d, 21, &k, &v);
   for (Codec codec : kAllCodecs) {
     TempDir dir;
-    Geometry g;
-    g.layers = layers;
-    g.kv_heads = kv_heads;
-    g.head_dim = d;
-    g.codec = codec;
-    {
-      auto store = Store::Create(dir.Sub("s"), g);
-      ASSERT_TRUE(store.ok()) << store.status().ToString();
-      ASSERT_TRUE((*store)->AppendDocument("doc", {k.data(), v.data(), tokens}).ok());
-      ASSERT_TRUE((*store)->Commit().ok());
-    }
-    auto store = Store::Open(dir.Sub("s"));
-    ASSERT_TRUE(store.ok());
+    auto store = OneDocumentStore(dir.Sub("s"), codec, layers, kv_heads, d, k, v, tokens);
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
     EXPECT_EQ((*store)->geometry().codec, codec);
     const StoreStats stats = (*store)->Stats();
     ASSERT_EQ(stats.streams.size(), 2u);
@@ -400,19 +407,8 @@ TEST(CodecStoreTest, QuantisedStoresAttendOverTheirCodesAsOverTheDecodedBlocks) 
   for (Codec codec : {Codec::kInt8, Codec::kInt4}) {
     SCOPED_TRACE(CodecName(codec));
     TempDir dir;
-    Geometry g;
-    g.layers = 1;
-    g.kv_heads = kv_heads;
-    g.head_dim = d;
-    g.codec = codec;
-    {
-      auto store = Store::Create(dir.Sub("s"), g);
-      ASSERT_TRUE(store.ok()) << store.status().ToString();
-      ASSERT_TRUE((*store)->AppendDocument("doc", {k.data(), v.data(), tokens}).ok());
-      ASSERT_TRUE((*store)->Commit().ok());
-    }
-    auto store = Store::Open(dir.Sub("s"));
-    ASSERT_TRUE(store.ok());
+    auto store = OneDocumentStore(dir.Sub("s"), codec, 1, kv_heads, d, k, v, tokens);
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
     std::vector<std::vector<float>> keys(kv_heads), values(kv_heads);
     for (uint32_t head = 0; head < kv_heads; ++head) {
       ASSERT_TRUE((*store)->ReadStream(0, head, &keys[head], &values[head]).ok());
