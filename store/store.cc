@@ -1082,9 +1082,10 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
     std::shared_ptr<CachedBlock> entry;
     float* k;
     float* v;
-    if (records != nullptr && !quantised) {
-      return Status::Corruption("a record of codec " + std::to_string(requests[m].dest[6]) +
-                                " where a quantised one was expected: " + DescribeBlock(ids[j]));
+    if (records != nullptr && static_cast<Codec>(requests[m].dest[6]) != geometry_.codec) {
+      return Status::Corruption(DescribeBlock(ids[j]) + " is stored with codec " +
+                                std::to_string(requests[m].dest[6]) + ", not the store's " +
+                                CodecName(geometry_.codec));
     }
     if (keys != nullptr) {
       k = keys + j * block_elems;
@@ -1362,13 +1363,8 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
                                   options.use_cache && !options.exact, over_codes ? &records : nullptr));
   plan.io_lock.unlock();  // the blocks are read
   std::vector<attention::QuantizedBlock> codes(records.size());
-  for (size_t j = 0; j < records.size(); ++j) {
-    const std::vector<uint8_t>& record = records[j]->record;
-    if (static_cast<Codec>(record[6]) != g.codec) {  // the header's codec, checked when read
-      return Status::Corruption(DescribeBlock(plan.ids[j]) + " is stored with codec " +
-                                std::to_string(record[6]) + ", not the store's " + CodecName(g.codec));
-    }
-    codes[j] = quantized::View(g.codec, record.data() + kBlockRecordHeaderSize, records[j]->tokens,
+  for (size_t j = 0; j < records.size(); ++j) {  // of the store's codec (FetchBlocks checks)
+    codes[j] = quantized::View(g.codec, records[j]->record.data() + kBlockRecordHeaderSize, records[j]->tokens,
                                geometry_.head_dim);
   }
 
@@ -1538,12 +1534,7 @@ Status Store::AttendOnGpu(const QueryPlan& plan, const float* q, uint32_t n,
       MSA_RETURN_IF_ERROR(FetchBlocks(ids, locs, nullptr, nullptr, len.data(), st, options.use_cache, &records));
       const auto t_stage = Clock::now();
       for (size_t m = 0; m < misses.size(); ++m) {
-        // Verified when read; the pool's format follows the store's codec.
-        if (static_cast<Codec>(records[m]->record[6]) != g.codec) {
-          return Status::Corruption(DescribeBlock(ids[m]) + " is stored with codec " +
-                                    std::to_string(records[m]->record[6]) + ", not the store's " +
-                                    CodecName(g.codec));
-        }
+        // Verified when read, of the store's codec (FetchBlocks checks), as the pool's format.
         quantized::PayloadToPages(g.codec, records[m]->record.data() + kBlockRecordHeaderSize, records[m]->tokens,
                                   g.head_dim, g.block_tokens, reinterpret_cast<uint8_t*>(pool->StagedKeys(*batch, m)),
                                   reinterpret_cast<uint8_t*>(pool->StagedValues(*batch, m)));

@@ -488,7 +488,8 @@ class Store {
                               bool keep_scores = false) const;
   // keys, values and len null: only into the cache (a prefetch; use_cache must be true).
   // records (optional, quantised codecs only, keys/values then null): block
-  // j's verified record, from the cache or read, instead of decoded floats.
+  // j's verified record, from the cache or read, instead of decoded floats;
+  // a record of another codec than the store's is Corruption.
   Status FetchBlocks(const std::vector<BlockId>& ids, const std::vector<BlockLocation>& locs,
                      float* keys, float* values, int32_t* len, AttendStats* stats,
                      bool use_cache,
