@@ -221,9 +221,16 @@ void ScoreSketchRuns(const RouteSketch& sketch, const SketchPlan& plan, size_t f
   // after each head's max over several vectors.
   const bool heads_in_kernel = hybrid || per_block == 1 || plan.combine == GqaCombine::kMax;
   std::vector<float> weights, offsets;
-  // A run's scores: per ranking (heads combined), or per vector and head.
-  std::vector<float> run_scores(tops.size() * kRun);
-  std::vector<float> run_dots(heads_in_kernel ? kRun : static_cast<size_t>(per_block) * group_size * kRun);
+  // A run is scored in chunks of kChunk blocks, each chunk's passes, scores
+  // and offers in turn, so that the kernel's integer sums (heads x kChunk)
+  // and the chunk's scores stay in L1 from the first pass to the offer
+  // (a whole run's round-tripped through L2 on every pass: at 1e8 tokens
+  // that was a quarter of the scan).
+  constexpr size_t kChunk = 512;
+  static_assert(kRun % kChunk == 0 && kChunk % kColumnTile == 0);
+  // A chunk's scores: per ranking (heads combined), or per vector and head.
+  std::vector<float> chunk_scores(tops.size() * kChunk);
+  std::vector<float> chunk_dots(heads_in_kernel ? kChunk : static_cast<size_t>(per_block) * group_size * kChunk);
   std::vector<int32_t> sums;
   float totals[2][kColumnTile];
   for (size_t run = first; run < end; ++run) {
@@ -241,30 +248,35 @@ void ScoreSketchRuns(const RouteSketch& sketch, const SketchPlan& plan, size_t f
       }
       sp.Quantize(weights.data(), offsets.data());
     }
-    const uint8_t* base = sketch.Codes(run, 0);
-    if (heads_in_kernel) {
-      // The kernel combines the heads; a non-hybrid kind then takes the
-      // max over its vectors (for the max, the same as per head first).
-      const SketchHeads mode = plan.combine == GqaCombine::kMax ? SketchHeads::kMax : SketchHeads::kSum;
-      for (uint32_t j = 0; j < per_block; ++j) {
-        float* t = hybrid || j == 0 ? run_scores.data() + (hybrid ? j : 0) * kRun : run_dots.data();
-        SketchScores(probes[j], mode, base, kRun, kRun, &sums, t);
-        if (!hybrid && j > 0) {
-          for (size_t b = 0; b < kRun; ++b) run_scores[b] = std::max(run_scores[b], run_dots[b]);
+    for (size_t c0 = 0; c0 < kRun; c0 += kChunk) {
+      const uint8_t* base = sketch.Codes(run, 0) + c0;
+      const uint64_t chunk_first = run * kRun + c0;
+      if (heads_in_kernel) {
+        // The kernel combines the heads; a non-hybrid kind then takes the
+        // max over its vectors (for the max, the same as per head first).
+        const SketchHeads mode = plan.combine == GqaCombine::kMax ? SketchHeads::kMax : SketchHeads::kSum;
+        for (uint32_t j = 0; j < per_block; ++j) {
+          float* t = hybrid || j == 0 ? chunk_scores.data() + (hybrid ? j : 0) * kChunk : chunk_dots.data();
+          SketchScores(probes[j], mode, base, kRun, kChunk, &sums, t);
+          if (!hybrid && j > 0) {
+            for (size_t b = 0; b < kChunk; ++b) chunk_scores[b] = std::max(chunk_scores[b], chunk_dots[b]);
+          }
         }
-      }
-      for (size_t t0 = 0; t0 < kRun; t0 += kColumnTile) {
-        const float* scores[2] = {run_scores.data() + t0, run_scores.data() + kRun + t0};
-        OfferTile(tops, kColumnTile, run * kRun + t0, scores, shared_bars);
-      }
-    } else {
-      for (uint32_t j = 0; j < per_block; ++j) {
-        SketchScores(probes[j], SketchHeads::kEach, base, kRun, kRun, &sums, run_dots.data() + j * group_size * kRun);
-      }
-      for (size_t t0 = 0; t0 < kRun; t0 += kColumnTile) {
-        CombineHeads(plan.combine, hybrid, per_block, group_size, kColumnTile, run_dots.data() + t0, kRun, totals);
-        const float* scores[2] = {totals[0], totals[1]};
-        OfferTile(tops, kColumnTile, run * kRun + t0, scores, shared_bars);
+        for (size_t t0 = 0; t0 < kChunk; t0 += kColumnTile) {
+          const float* scores[2] = {chunk_scores.data() + t0, chunk_scores.data() + kChunk + t0};
+          OfferTile(tops, kColumnTile, chunk_first + t0, scores, shared_bars);
+        }
+      } else {
+        for (uint32_t j = 0; j < per_block; ++j) {
+          SketchScores(probes[j], SketchHeads::kEach, base, kRun, kChunk, &sums,
+                       chunk_dots.data() + j * group_size * kChunk);
+        }
+        for (size_t t0 = 0; t0 < kChunk; t0 += kColumnTile) {
+          CombineHeads(plan.combine, hybrid, per_block, group_size, kColumnTile, chunk_dots.data() + t0, kChunk,
+                       totals);
+          const float* scores[2] = {totals[0], totals[1]};
+          OfferTile(tops, kColumnTile, chunk_first + t0, scores, shared_bars);
+        }
       }
     }
   }

@@ -338,28 +338,25 @@ MSA_AVX2_TARGET void RunAvx2(const SketchProbe& p, SketchHeads heads, const uint
   // The byte columns' 128 x coefficients, dropped by the signed codes, go
   // back in with the bias: the same integer sums as the VNNI loop's.
   const size_t n = p.logical();
-  std::vector<int32_t> bias(p.heads);
+  // Sums to scores head by head (the caller sizes `blocks` so that the sums
+  // and scores stay in L1), the heads merged in head order.
   for (int h = 0; h < p.heads; ++h) {
     int32_t dropped = 0;
     for (size_t k = 0; k < p.columns.size(); ++k) dropped += 128 * p.coef[h * n + k];
-    bias[h] = p.bias[h] + dropped;
-  }
-  for (size_t b = 0; b < blocks; b += 8) {
-    __m256 merged = _mm256_setzero_ps();
-    for (int h = 0; h < p.heads; ++h) {
-      const __m256i sum = _mm256_add_epi32(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sums + h * blocks + b)), _mm256_set1_epi32(bias[h]));
-      const __m256 score =
-          _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(p.scale[h]), _mm256_set1_ps(p.offset[h]));
-      if (heads == SketchHeads::kEach) {
-        _mm256_storeu_ps(out + h * blocks + b, score);
-      } else if (h == 0) {
-        merged = score;
+    const __m256i bias = _mm256_set1_epi32(p.bias[h] + dropped);
+    const __m256 scale = _mm256_set1_ps(p.scale[h]), offset = _mm256_set1_ps(p.offset[h]);
+    const int32_t* s = sums + h * blocks;
+    float* o = heads == SketchHeads::kEach ? out + h * blocks : out;
+    for (size_t b = 0; b < blocks; b += 8) {
+      const __m256i sum = _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + b)), bias);
+      const __m256 score = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, offset);
+      if (heads == SketchHeads::kEach || h == 0) {
+        _mm256_storeu_ps(o + b, score);
       } else {
-        merged = heads == SketchHeads::kMax ? _mm256_max_ps(merged, score) : _mm256_add_ps(merged, score);
+        const __m256 prev = _mm256_loadu_ps(o + b);
+        _mm256_storeu_ps(o + b, heads == SketchHeads::kMax ? _mm256_max_ps(prev, score) : _mm256_add_ps(prev, score));
       }
     }
-    if (heads != SketchHeads::kEach) _mm256_storeu_ps(out + b, merged);
   }
 }
 

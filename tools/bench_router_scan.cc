@@ -7,6 +7,8 @@
 //                         [CHANNELS ("all": every setting; 0: the default)] [CANDIDATES (0: the default)]
 //                         [COARSE groups (0: the default; 4294967295: flat)] [GROUP blocks (16)]
 //                         [SCAN threads, comma-separated ("auto": RouterOptions' default)]
+// MSA_ITERS (environment): searches per setting when one setting is run
+// (301 by default; more for a steadier p50 on a noisy machine).
 // With several scan-thread counts, one router per count over the same
 // summaries, in turn; every count's answers must equal the first's.
 #include <algorithm>
@@ -88,7 +90,7 @@ int main(int argc, char** argv) {
       options.coarse_groups = coarse;
       std::vector<double> ms;
       std::vector<msa::ScoredBlock> found;
-      for (int i = 0; i < (settings.size() == 1 ? 301 : 31); ++i) {
+      for (int i = 0; i < (settings.size() == 1 ? (getenv("MSA_ITERS") ? atoi(getenv("MSA_ITERS")) : 301) : 31); ++i) {
         const auto t0 = Clock::now();
         found = router.Search(0, q.data(), group, options);
         ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
