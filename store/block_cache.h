@@ -17,6 +17,7 @@
 #include <list>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <unordered_map>
 #include <vector>
 
@@ -26,6 +27,15 @@ struct CachedBlock {
   std::vector<float> keys, values;  // [tokens, head_dim]; empty when `record` is kept
   std::vector<uint8_t> record;      // the block record (header + payload), checksum verified
   uint32_t tokens = 0;
+  // Or, for a block read for one query and not cached, the record where the
+  // read left it (Store::FetchBlocks: a staging buffer, kept alive by
+  // `borrowed_from`): no copy, and no fresh memory for one (on this VM a
+  // fresh page's first touch could cost 5 ms a query; BENCHMARKS.md, 1e8).
+  // Never in the cache.
+  std::span<const uint8_t> borrowed;
+  std::shared_ptr<const void> borrowed_from;
+  // The verified record, kept or borrowed; empty when decoded floats are kept.
+  std::span<const uint8_t> Record() const { return borrowed.empty() ? std::span<const uint8_t>(record) : borrowed; }
   size_t bytes() const { return (keys.size() + values.size()) * sizeof(float) + record.size(); }
 };
 

@@ -1059,13 +1059,15 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
   std::vector<io::ReadRequest> requests(misses.size());
   uint64_t total = 0;
   for (size_t j : misses) total += io::AlignUp(locs[j].record_bytes);
-  io::StagingBuffer buffer = reader_->Staging(total);  // registered memory when enough is free
+  // Registered memory when enough is free; shared, since a block read for
+  // `records` and not cached is handed out where it lies.
+  const auto buffer = std::make_shared<io::StagingBuffer>(reader_->Staging(total));
   uint64_t at = 0;
   for (size_t m = 0; m < misses.size(); ++m) {
     const BlockLocation& loc = locs[misses[m]];
     MSA_ASSIGN_OR_RETURN(const int fd, SegmentFd(loc.segment));
     const uint32_t padded = static_cast<uint32_t>(io::AlignUp(loc.record_bytes));
-    requests[m] = io::ReadRequest{fd, loc.offset, padded, buffer.data() + at};
+    requests[m] = io::ReadRequest{fd, loc.offset, padded, buffer->data() + at};
     at += padded;
   }
   // 2. Decode (checksums verified) into the slots, and keep a copy in the
@@ -1073,7 +1075,8 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
   const bool keep = use_cache && cache_.capacity() > 0;
   // Without output slots (keys == nullptr: a prefetch, or records wanted) a
   // lossless block is decoded straight into its cache entry, a quantised one
-  // only checked (the entry, and `records`, keep the record).
+  // only checked (the entry, and `records`, keep the record: a copy for the
+  // cache, else the staging buffer's bytes, borrowed).
   auto decode = [&](size_t m) -> Status {
     thread_local BlockDecoder decoder;
     const size_t j = misses[m];
@@ -1109,7 +1112,10 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
     if (keep || records != nullptr) {
       if (!entry) {
         entry = std::make_shared<CachedBlock>();
-        if (quantised) {
+        if (quantised && !keep) {
+          entry->borrowed = record;
+          entry->borrowed_from = buffer;
+        } else if (quantised) {
           entry->record.assign(requests[m].dest, requests[m].dest + loc.record_bytes);
         } else {
           entry->keys.assign(k, k + loc.tokens * d);
@@ -1137,7 +1143,7 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
   disk_bytes_read_.fetch_add(total, std::memory_order_relaxed);
   if (!read.ok()) {
     if (batch) batch->Cancel();  // no decoder touches the buffer after this
-    if (reader_->abandoned()) buffer.Leak();  // the kernel may still write into it
+    if (reader_->abandoned()) buffer->Leak();  // the kernel may still write into it
     // Name the block and file, not just the descriptor.
     return read.WithContext("fetching " + std::to_string(misses.size()) + " blocks from " +
                             SegmentDir(path_));
@@ -1364,7 +1370,7 @@ Status Store::Attend(uint32_t layer, const float* q, uint32_t n, uint32_t q_head
   plan.io_lock.unlock();  // the blocks are read
   std::vector<attention::QuantizedBlock> codes(records.size());
   for (size_t j = 0; j < records.size(); ++j) {  // of the store's codec (FetchBlocks checks)
-    codes[j] = quantized::View(g.codec, records[j]->record.data() + kBlockRecordHeaderSize, records[j]->tokens,
+    codes[j] = quantized::View(g.codec, records[j]->Record().data() + kBlockRecordHeaderSize, records[j]->tokens,
                                geometry_.head_dim);
   }
 
@@ -1535,7 +1541,7 @@ Status Store::AttendOnGpu(const QueryPlan& plan, const float* q, uint32_t n,
       const auto t_stage = Clock::now();
       for (size_t m = 0; m < misses.size(); ++m) {
         // Verified when read, of the store's codec (FetchBlocks checks), as the pool's format.
-        quantized::PayloadToPages(g.codec, records[m]->record.data() + kBlockRecordHeaderSize, records[m]->tokens,
+        quantized::PayloadToPages(g.codec, records[m]->Record().data() + kBlockRecordHeaderSize, records[m]->tokens,
                                   g.head_dim, g.block_tokens, reinterpret_cast<uint8_t*>(pool->StagedKeys(*batch, m)),
                                   reinterpret_cast<uint8_t*>(pool->StagedValues(*batch, m)));
         pool->SetStagedTokens(*batch, m, len[m]);

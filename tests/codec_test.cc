@@ -431,12 +431,14 @@ TEST(CodecStoreTest, QuantisedStoresAttendOverTheirCodesAsOverTheDecodedBlocks) 
     exact.gpu = GpuMode::kOff;
     for (const uint32_t rows : {1u, kRows}) {
       for (const auto& [options, what] :
-           {std::pair{exact, "exact"}, {routed, "routed, cold"}, {routed, "routed, warm"}}) {
+           {std::pair{exact, "exact"}, {routed, "routed, uncached"}, {routed, "routed, cold"}, {routed, "routed, warm"}}) {
         SCOPED_TRACE(::testing::Message() << rows << " rows, " << what);
         std::vector<float> out(size_t{rows} * q_heads * d), lse(size_t{rows} * q_heads);
         AttendStats stats;
         AttendOptions o = options;
-        o.use_cache = rows == 1 || std::string(what) == "routed, warm";  // rows 2: cold first, from the disk
+        // Uncached: one row's blocks attended where the read left them (borrowed
+        // staging bytes); rows 2: cold first, from the disk.
+        o.use_cache = std::string(what) != "routed, uncached" && (rows == 1 || std::string(what) == "routed, warm");
         ASSERT_TRUE((*store)->Attend(0, q.data(), rows, q_heads, o, out.data(), lse.data(), &stats).ok());
         if (std::string(what) == "routed, warm") {
           EXPECT_GT(stats.cache_hits, 0u);
