@@ -1,5 +1,7 @@
 #include "store/block_cache.h"
 
+#include <cassert>
+
 namespace msa {
 
 BlockCache::BlockCache(uint64_t capacity_bytes, int shards)
@@ -26,6 +28,8 @@ std::shared_ptr<const CachedBlock> BlockCache::Lookup(uint32_t stream, uint64_t 
 
 void BlockCache::Insert(uint32_t stream, uint64_t block, std::shared_ptr<const CachedBlock> value) {
   const uint64_t share = capacity_ / shards_.size();
+  // A borrowed record lives only as long as one query's read (CachedBlock).
+  assert(!value || value->borrowed.empty());
   if (!value || value->bytes() > share) return;
   const Key key{stream, block};
   Shard& shard = ShardOf(key);

@@ -24,7 +24,7 @@
 namespace msa {
 
 struct CachedBlock {
-  std::vector<float> keys, values;  // [tokens, head_dim]; empty when `record` is kept
+  std::vector<float> keys, values;  // [tokens, head_dim]; empty when a record is kept or borrowed
   std::vector<uint8_t> record;      // the block record (header + payload), checksum verified
   uint32_t tokens = 0;
   // Or, for a block read for one query and not cached, the record where the

@@ -263,7 +263,8 @@ void ScoreSketchRuns(const RouteSketch& sketch, const SketchPlan& plan, size_t f
           }
         }
         for (size_t t0 = 0; t0 < kChunk; t0 += kColumnTile) {
-          const float* scores[2] = {chunk_scores.data() + t0, chunk_scores.data() + kChunk + t0};
+          const float* scores[2] = {chunk_scores.data() + t0,
+                                    tops.size() > 1 ? chunk_scores.data() + kChunk + t0 : nullptr};
           OfferTile(tops, kColumnTile, chunk_first + t0, scores, shared_bars);
         }
       } else {

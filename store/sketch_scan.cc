@@ -53,7 +53,7 @@ MSA_VNNI_TARGET __attribute__((always_inline)) inline void Head(Acc4& r, const i
 
 // One pass of H heads (at most 4: their 16 accumulators, the four
 // interleaved lanes and the loads fill the 32 vector registers) over
-// columns [k0, k1) of every group of the run, adding to the integer sums in
+// columns [k0, k1) of every group of the blocks, adding to the integer sums in
 // `sums` ([head][block]; `first`: start from zero). Named accumulators,
 // not an array: GCC keeps an array of vectors touched by asm on the stack.
 MSA_VNNI_TARGET __attribute__((always_inline)) inline Acc4 LoadSums(bool first, const int32_t* at) {

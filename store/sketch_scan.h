@@ -73,9 +73,10 @@ enum class SketchHeads : uint8_t { kEach, kMax, kSum };
 
 // Head h's score of block b is scale[h] * (sum_k coef[h][k] * code(k, b) +
 // bias[h]) + offset[h] over the logical columns k, for `blocks` blocks (a
-// multiple of kColumnTile) from `base`: stored column c at base + c * stride. A run is
-// scored whole, a few columns per pass (see sketch_scan.cc for why);
-// scratch holds the integer sums between passes.
+// multiple of kColumnTile) from `base`: stored column c at base + c * stride. The
+// blocks are scored a few columns per pass (see sketch_scan.cc for why);
+// scratch holds the integer sums between passes, so a caller keeps `blocks`
+// small enough for them to stay in L1 (the router passes 512 at a time).
 void SketchScores(const SketchProbe& probe, SketchHeads heads, const uint8_t* base, size_t stride, size_t blocks,
                   std::vector<int32_t>* scratch, float* out);
 

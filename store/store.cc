@@ -1029,7 +1029,7 @@ Status Store::FetchBlocks(const std::vector<BlockId>& ids, const std::vector<Blo
   for (size_t j = 0; j < ids.size(); ++j) {
     const uint32_t stream = geometry_.StreamOf(ids[j].layer, ids[j].kv_head);
     auto cached = use_cache ? cache_.Lookup(stream, ids[j].block) : nullptr;
-    if (!cached || (records != nullptr && cached->record.empty())) {
+    if (!cached || (records != nullptr && cached->Record().empty())) {
       misses.push_back(j);
       continue;
     }

@@ -489,7 +489,9 @@ class Store {
   // keys, values and len null: only into the cache (a prefetch; use_cache must be true).
   // records (optional, quantised codecs only, keys/values then null): block
   // j's verified record, from the cache or read, instead of decoded floats;
-  // a record of another codec than the store's is Corruption.
+  // a record of another codec than the store's is Corruption. A record read
+  // and not cached borrows the read's staging buffer (registered memory),
+  // which stays lent until the last of such records is dropped.
   Status FetchBlocks(const std::vector<BlockId>& ids, const std::vector<BlockLocation>& locs,
                      float* keys, float* values, int32_t* len, AttendStats* stats,
                      bool use_cache,

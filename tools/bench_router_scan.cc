@@ -90,7 +90,7 @@ int main(int argc, char** argv) {
       options.coarse_groups = coarse;
       std::vector<double> ms;
       std::vector<msa::ScoredBlock> found;
-      for (int i = 0; i < (settings.size() == 1 ? (getenv("MSA_ITERS") ? atoi(getenv("MSA_ITERS")) : 301) : 31); ++i) {
+      for (int i = 0; i < (settings.size() == 1 ? (getenv("MSA_ITERS") ? std::max(1, atoi(getenv("MSA_ITERS"))) : 301) : 31); ++i) {
         const auto t0 = Clock::now();
         found = router.Search(0, q.data(), group, options);
         ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
