@@ -220,6 +220,7 @@ void ScoreSketchRuns(const RouteSketch& sketch, const SketchPlan& plan, size_t f
   // The heads' combine happens in the kernel unless a sum must come
   // after each head's max over several vectors.
   const bool heads_in_kernel = hybrid || per_block == 1 || plan.combine == GqaCombine::kMax;
+  const SketchHeads mode = plan.combine == GqaCombine::kMax ? SketchHeads::kMax : SketchHeads::kSum;
   std::vector<float> weights, offsets;
   // A run is scored in chunks of kChunk blocks, each chunk's passes, scores
   // and offers in turn, so that the kernel's integer sums (heads x kChunk)
@@ -252,9 +253,8 @@ void ScoreSketchRuns(const RouteSketch& sketch, const SketchPlan& plan, size_t f
       const uint8_t* base = sketch.Codes(run, 0) + c0;
       const uint64_t chunk_first = run * kRun + c0;
       if (heads_in_kernel) {
-        // The kernel combines the heads; a non-hybrid kind then takes the
-        // max over its vectors (for the max, the same as per head first).
-        const SketchHeads mode = plan.combine == GqaCombine::kMax ? SketchHeads::kMax : SketchHeads::kSum;
+        // The kernel combines the heads (`mode`); a non-hybrid kind then takes
+        // the max over its vectors (for the max, the same as per head first).
         for (uint32_t j = 0; j < per_block; ++j) {
           float* t = hybrid || j == 0 ? chunk_scores.data() + (hybrid ? j : 0) * kChunk : chunk_dots.data();
           SketchScores(probes[j], mode, base, kRun, kChunk, &sums, t);

@@ -50,6 +50,8 @@ int main(int argc, char** argv) {
       at = comma + 1;
     }
   }
+  const char* iters_env = std::getenv("MSA_ITERS");
+  const int single_setting_iters = iters_env ? std::max(1, std::atoi(iters_env)) : 301;
   std::vector<float> q(group * head_dim);
   for (float& x : q) x = normal(rng);
   std::printf("# %llu %s summaries, head_dim %u, %d query heads, top-k %u, kernel isa %s\n",
@@ -90,7 +92,7 @@ int main(int argc, char** argv) {
       options.coarse_groups = coarse;
       std::vector<double> ms;
       std::vector<msa::ScoredBlock> found;
-      for (int i = 0; i < (settings.size() == 1 ? (getenv("MSA_ITERS") ? std::max(1, atoi(getenv("MSA_ITERS"))) : 301) : 31); ++i) {
+      for (int i = 0; i < (settings.size() == 1 ? single_setting_iters : 31); ++i) {
         const auto t0 = Clock::now();
         found = router.Search(0, q.data(), group, options);
         ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
