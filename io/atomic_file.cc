@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include "io/file_ops.h"
@@ -57,7 +58,10 @@ Status WriteFileAtomically(const std::string& path, const void* data, size_t siz
   return SyncDirectory(DirOf(path));
 }
 
-Result<std::vector<uint8_t>> ReadWholeFile(const std::string& path) {
+namespace {
+
+// Opens path for reading and reports its size.
+Result<int> OpenForReading(const std::string& path, size_t* size) {
   const int fd = sys::Open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     if (errno == ENOENT) return Status::NotFound(path + " does not exist");
@@ -69,22 +73,66 @@ Result<std::vector<uint8_t>> ReadWholeFile(const std::string& path) {
     ::close(fd);
     return Status::FromErrno("stat " + path, err);
   }
-  std::vector<uint8_t> data(static_cast<size_t>(st.st_size));
+  *size = static_cast<size_t>(st.st_size);
+  return fd;
+}
+
+// Reads `size` bytes from the start of fd into out, then closes fd.
+Status ReadAndClose(int fd, const std::string& path, uint8_t* out, size_t size) {
   size_t got = 0;
-  while (got < data.size()) {
-    const ssize_t n = sys::PRead(fd, data.data() + got, data.size() - got, static_cast<off_t>(got), &path);
+  while (got < size) {
+    const ssize_t n = sys::PRead(fd, out + got, size - got, static_cast<off_t>(got), &path);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       const int err = n < 0 ? errno : EIO;
       ::close(fd);
       return n < 0 ? Status::FromErrno("read " + path, err)
-                   : Status::IOError("read " + path + ": end of file after " + std::to_string(got) +
-                                     " of " + std::to_string(data.size()) + " bytes");
+                   : Status::IOError("read " + path + ": end of file after " + std::to_string(got) + " of " +
+                                     std::to_string(size) + " bytes");
     }
     got += static_cast<size_t>(n);
   }
   ::close(fd);
+  return Status::OK();
+}
+
+}  // namespace
+
+Result<std::vector<uint8_t>> ReadWholeFile(const std::string& path) {
+  size_t size = 0;
+  MSA_ASSIGN_OR_RETURN(const int fd, OpenForReading(path, &size));
+  std::vector<uint8_t> data(size);
+  MSA_RETURN_IF_ERROR(ReadAndClose(fd, path, data.data(), size));
   return data;
+}
+
+Status ReadFileThrough(const std::string& path, uint64_t size,
+                       const std::function<void(const uint8_t* data, size_t n)>& part) {
+  size_t actual = 0;
+  MSA_ASSIGN_OR_RETURN(const int fd, OpenForReading(path, &actual));
+  if (actual != size) {
+    ::close(fd);
+    return Status::Corruption(path + (actual < size ? " is truncated: " : " is too long: ") +
+                              std::to_string(actual) + " bytes, expected " + std::to_string(size));
+  }
+  constexpr size_t kPart = size_t{4} << 20;
+  std::vector<uint8_t> buffer(static_cast<size_t>(std::min<uint64_t>(size, kPart)));
+  for (uint64_t at = 0; at < size;) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(size - at, kPart));
+    const ssize_t got = sys::PRead(fd, buffer.data(), n, static_cast<off_t>(at), &path);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) {
+      const int err = got < 0 ? errno : EIO;
+      ::close(fd);
+      return got < 0 ? Status::FromErrno("read " + path, err)
+                     : Status::IOError("read " + path + ": end of file after " + std::to_string(at) + " of " +
+                                       std::to_string(size) + " bytes");
+    }
+    part(buffer.data(), static_cast<size_t>(got));
+    at += static_cast<uint64_t>(got);
+  }
+  ::close(fd);
+  return Status::OK();
 }
 
 }  // namespace msa::io

@@ -116,6 +116,14 @@ size_t FirstUnstorable(Codec codec, const float* x, size_t n) {
 
 uint64_t Checksum(const void* data, size_t size) { return XXH3_64bits(data, size); }
 
+struct ChecksumStream::State {
+  XXH3_state_t xxh;
+};
+ChecksumStream::ChecksumStream() : state_(std::make_unique<State>()) { XXH3_64bits_reset(&state_->xxh); }
+ChecksumStream::~ChecksumStream() = default;
+void ChecksumStream::Update(const void* data, size_t size) { XXH3_64bits_update(&state_->xxh, data, size); }
+uint64_t ChecksumStream::Digest() const { return XXH3_64bits_digest(&state_->xxh); }
+
 std::string ChecksumHex(uint64_t checksum) {
   char buf[17];
   std::snprintf(buf, sizeof buf, "%016" PRIx64, checksum);

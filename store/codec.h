@@ -27,6 +27,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -133,6 +134,22 @@ size_t FirstUnstorable(Codec codec, const float* x, size_t n);
 
 // XXH3-64 of bytes.
 uint64_t Checksum(const void* data, size_t size);
+
+// The same of bytes that arrive in parts: Digest() after Update()s of the
+// parts in order equals Checksum() of them all.
+class ChecksumStream {
+ public:
+  ChecksumStream();
+  ~ChecksumStream();
+  ChecksumStream(const ChecksumStream&) = delete;
+  ChecksumStream& operator=(const ChecksumStream&) = delete;
+  void Update(const void* data, size_t size);
+  uint64_t Digest() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
 
 // A checksum as text: 16 lowercase hex digits, no prefix ("18d6e502c51362de"),
 // the form every CLI output (text and JSON) and error message uses. JSON

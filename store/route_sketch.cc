@@ -40,17 +40,17 @@ RouteSketch::Location RouteSketch::Locate(uint32_t j, uint32_t c) const {
 
 void RouteSketch::Reserve(uint64_t current_blocks, uint64_t more) {
   const size_t need = static_cast<size_t>((current_blocks + more) / kRunBlocks);
-  runs_.reserve(need);
   scales_.reserve(need * columns_ * 2);
   bases_.reserve(need * columns_ * 2);
-  // Page-aligned: the scan loads 64 bytes of a column at a time, one cache
-  // line only if the column starts on one (a large malloc starts 16 bytes
-  // into a page).
-  while (runs_.size() < need) {
-    auto* run = static_cast<uint8_t*>(std::aligned_alloc(4096, columns_ * kRunBlocks));
-    if (run == nullptr) throw std::bad_alloc();  // as make_unique would
-    runs_.emplace_back(run);
-  }
+  // Runs are page-aligned (a slab is, and a run is whole pages): the scan
+  // loads 64 bytes of a column at a time, one cache line only if the
+  // column starts on one.
+  if (runs_.size() >= need) return;
+  const size_t slab_runs = std::max(need - runs_.size(), runs_.size() / 4);
+  const size_t run_bytes = columns_ * kRunBlocks;
+  runs_.reserve(runs_.size() + slab_runs);
+  slabs_.emplace_back(slab_runs * run_bytes);
+  for (size_t i = 0; i < slab_runs; ++i) runs_.push_back(slabs_.back().data() + i * run_bytes);
 }
 
 void RouteSketch::CatchUp(const SummaryTable& table, WorkPool* pool) {
@@ -95,7 +95,7 @@ void RouteSketch::BuildRun(const SummaryTable& table, size_t r) {
                                   values.data() + k * SummaryTable::kChunkBlocks, SummaryTable::kChunkBlocks);
     }
   };
-  uint8_t* run = runs_[r].get();
+  uint8_t* run = runs_[r];
   for (uint32_t j = 0; j < per_block_; ++j) {
     for (uint32_t c = 0; c < dim_; ++c) {
       const Location at = Locate(j, c);

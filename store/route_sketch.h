@@ -39,6 +39,8 @@
 #include <memory>
 #include <vector>
 
+#include "store/table_memory.h"
+
 namespace msa {
 
 class SummaryTable;
@@ -55,7 +57,8 @@ class RouteSketch {
   RouteSketch(uint32_t vectors_per_block, uint32_t dim, int mirrored_vector, int packed_vector);
 
   // Room for the runs that `blocks` more blocks will complete, so that a
-  // CatchUp after as many allocates nothing.
+  // CatchUp after as many allocates nothing; in slabs of whole runs, at
+  // least a quarter of the sketch more at a time (as SummaryTable's).
   void Reserve(uint64_t current_blocks, uint64_t more);
   // Quantises every run of `table` that is complete and not yet here; with
   // a pool, several runs at once (each run is independent of the others;
@@ -80,12 +83,12 @@ class RouteSketch {
   // StoreSketchColumn or StoreSketchPacked wrote them; columns are
   // kRunBlocks bytes apart), and how a code turns back into a value:
   // value ~= Base + Scale * (code - zero), zero 128 for bytes, 8 for nibbles.
-  const uint8_t* Codes(size_t run, uint32_t column) const { return runs_[run].get() + column * kRunBlocks; }
+  const uint8_t* Codes(size_t run, uint32_t column) const { return runs_[run] + column * kRunBlocks; }
   float Scale(size_t run, Location at) const { return scales_[Index(run, at)]; }
   float Base(size_t run, Location at) const { return bases_[Index(run, at)]; }
 
   uint64_t memory_bytes() const {
-    return runs_.size() * columns_ * kRunBlocks + (scales_.capacity() + bases_.capacity()) * sizeof(float);
+    return runs_done_ * columns_ * kRunBlocks + (scales_.capacity() + bases_.capacity()) * sizeof(float);
   }
 
  private:
@@ -98,8 +101,8 @@ class RouteSketch {
   const int mirrored_, packed_;
   std::vector<uint32_t> first_;  // [j]: vector j's first stored column
   uint32_t columns_ = 0;         // stored columns per run
-  struct Free { void operator()(uint8_t* p) const { std::free(p); } };
-  std::vector<std::unique_ptr<uint8_t[], Free>> runs_;  // columns_ * kRunBlocks codes each
+  std::vector<TableMemory> slabs_;  // whole runs each (store/table_memory.h)
+  std::vector<uint8_t*> runs_;      // into slabs_: columns_ * kRunBlocks codes each
   std::vector<float> scales_, bases_;                   // [run][column][part: byte or low, high]
   size_t runs_done_ = 0;
 };

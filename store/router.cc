@@ -442,6 +442,19 @@ void Router::AddChunks(uint32_t stream, const uint16_t* data, size_t n_chunks) {
   Stream& s = *streams_[stream];
   const uint64_t first = s.summaries.blocks();
   s.summaries.AppendChunks(data, n_chunks);
+  ChunksAdded(stream, first, n_chunks);
+}
+
+void Router::AddMappedChunks(uint32_t stream, TableMemory memory) {
+  Stream& s = *streams_[stream];
+  const uint64_t first = s.summaries.blocks();
+  const size_t n_chunks = memory.bytes() / s.summaries.chunk_bytes();
+  s.summaries.AppendMappedChunks(std::move(memory));
+  ChunksAdded(stream, first, n_chunks);
+}
+
+void Router::ChunksAdded(uint32_t stream, uint64_t first, size_t n_chunks) {
+  Stream& s = *streams_[stream];
   s.sketch.CatchUp(s.summaries, scan_pool_.get());
   CatchUpCoarse(s);
   if (s.ivf) {

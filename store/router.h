@@ -40,6 +40,7 @@
 
 #include "msa/status.h"
 #include "store/geometry.h"
+#include "store/table_memory.h"
 
 namespace faiss {
 struct IndexIVF;
@@ -170,6 +171,9 @@ class Router {
   // (a saved summary piece); the stream's block count must be a multiple
   // of SummaryTable::kChunkBlocks.
   void AddChunks(uint32_t stream, const uint16_t* data, size_t n_chunks);
+  // The same without a copy: `memory` (a saved piece mapped) becomes the
+  // stream's next chunks (SummaryTable::AppendMappedChunks).
+  void AddMappedChunks(uint32_t stream, TableMemory memory);
   // The stream's summaries, to save them (read-only; the writer's thread).
   const SummaryTable& summaries(uint32_t stream) const;
   uint64_t blocks(uint32_t stream) const;
@@ -218,6 +222,9 @@ class Router {
   // Adds the group summaries of every whole group of s's blocks not yet in
   // its coarse level.
   void CatchUpCoarse(Stream& s) const;
+  // After chunks [first, first + n_chunks) joined the stream's table: the
+  // sketch, the group summaries and the IVF catch up.
+  void ChunksAdded(uint32_t stream, uint64_t first, size_t n_chunks);
 
   const Geometry geometry_;
   const RouterOptions options_;

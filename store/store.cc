@@ -80,6 +80,9 @@ bool IsDirectory(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+// What a file whose checksum the catalog records is when it does not match.
+constexpr char kDamaged[] = "damaged: its checksum does not match the catalog's";
+
 // A file the store keeps beside the catalog as an accelerator (a router
 // index, a summary piece) read and checked against the size and checksum
 // its catalog record holds: its bytes, or NotFound (missing), or Corruption
@@ -93,9 +96,7 @@ Result<std::vector<uint8_t>> ReadRecordedFile(const std::string& file, uint64_t 
                               std::to_string(bytes.size()) + " bytes, the catalog records " +
                               std::to_string(file_bytes));
   }
-  if (Checksum(bytes.data(), bytes.size()) != checksum) {
-    return Status::Corruption("damaged: its checksum does not match the catalog's");
-  }
+  if (Checksum(bytes.data(), bytes.size()) != checksum) return Status::Corruption(kDamaged);
   return bytes;
 }
 
@@ -176,18 +177,11 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& path, const StoreO
   return store;
 }
 
-Status Store::Load() {
-  const auto t0 = Clock::now();
-  MSA_ASSIGN_OR_RETURN(committed_, catalog_->ReadCounters());
-  std::vector<float> summaries;
-  double directory_ms = 0, summaries_ms = 0;
-  uint64_t pieces_blocks = 0;
+Status Store::ReadBlockDirectory() {
   for (uint32_t layer = 0; layer < geometry_.layers; ++layer) {
     for (uint32_t head = 0; head < geometry_.kv_heads; ++head) {
-      const uint32_t stream = geometry_.StreamOf(layer, head);
-      auto& dir = directory_[stream];
+      auto& dir = directory_[geometry_.StreamOf(layer, head)];
       dir.reserve(committed_.blocks_per_stream);
-      auto phase = Clock::now();
       MSA_RETURN_IF_ERROR(catalog_->ScanBlocks(layer, head, [&](uint64_t block, const BlockLocation& loc) {
         if (block != dir.size()) {
           return Status::Corruption("block directory of layer " + std::to_string(layer) +
@@ -206,17 +200,30 @@ Status Store::Load() {
         dir.push_back(loc);
         return Status::OK();
       }));
-      directory_ms += MsSince(phase);
-      phase = Clock::now();
-      // Into the router in batches: the whole stream's float summaries at
-      // once would be gigabytes at 100M tokens.
+      if (dir.size() != committed_.blocks_per_stream) {
+        return Status::Corruption("layer " + std::to_string(layer) + " kv-head " + std::to_string(head) +
+                                  " has " + std::to_string(dir.size()) + " blocks; the catalog says " +
+                                  std::to_string(committed_.blocks_per_stream));
+      }
+    }
+  }
+  return Status::OK();
+}
+
+Status Store::LoadSummaries(uint64_t* pieces_blocks) {
+  std::vector<float> summaries;
+  for (uint32_t layer = 0; layer < geometry_.layers; ++layer) {
+    for (uint32_t head = 0; head < geometry_.kv_heads; ++head) {
+      const uint32_t stream = geometry_.StreamOf(layer, head);
+      // Saved pieces first (one sequential read each, then mapped), then the
+      // rest record by record from the catalog into memory reserved for it,
+      // in batches: the whole stream's float summaries at once would be
+      // gigabytes at 100M tokens.
       constexpr uint64_t kBatch = 4096;
-      router_.Reserve(stream, committed_.blocks_per_stream);
-      summaries.clear();
-      // Saved pieces first (one sequential read each), then the rest record
-      // by record from the catalog.
       uint64_t count = LoadSummaryPieces(stream);
       const uint64_t from_pieces = count;
+      router_.Reserve(stream, committed_.blocks_per_stream - std::min(count, committed_.blocks_per_stream));
+      summaries.clear();
       MSA_RETURN_IF_ERROR(catalog_->ScanSummaries(
           layer, head,
           [&](uint64_t block, std::span<const float> s) {
@@ -229,19 +236,38 @@ Status Store::Load() {
             return Status::OK();
           },
           from_pieces));
-      pieces_blocks += from_pieces;
-      if (dir.size() != committed_.blocks_per_stream || count != committed_.blocks_per_stream) {
-        return Status::Corruption("layer " + std::to_string(layer) + " kv-head " +
-                                  std::to_string(head) + " has " + std::to_string(dir.size()) +
-                                  " blocks and " + std::to_string(count) +
-                                  " summaries; the catalog says " +
-                                  std::to_string(committed_.blocks_per_stream));
+      *pieces_blocks += from_pieces;
+      if (count != committed_.blocks_per_stream) {
+        return Status::Corruption("layer " + std::to_string(layer) + " kv-head " + std::to_string(head) +
+                                  " has " + std::to_string(count) + " summaries; the catalog says " +
+                                  std::to_string(committed_.blocks_per_stream) + " blocks");
       }
       router_.Add(stream, summaries);
-      summaries_ms += MsSince(phase);
     }
   }
-  spdlog::debug("{}: block directory read in {:.1f} ms, summaries in {:.1f} ms ({} blocks from saved pieces)",
+  return Status::OK();
+}
+
+Status Store::Load() {
+  const auto t0 = Clock::now();
+  MSA_ASSIGN_OR_RETURN(committed_, catalog_->ReadCounters());
+  // The block directory and the summaries are independent: the directory
+  // (a RocksDB scan, ~1 s at 1e8 tokens) is read on a thread of its own
+  // while this one loads the summaries (reads, checksums, the sketch).
+  Status directory_status;
+  double directory_ms = 0;
+  std::jthread directory_reader([&] {
+    const auto start = Clock::now();
+    directory_status = ReadBlockDirectory();
+    directory_ms = MsSince(start);
+  });
+  uint64_t pieces_blocks = 0;
+  const Status summaries_status = LoadSummaries(&pieces_blocks);
+  const double summaries_ms = MsSince(t0);
+  directory_reader.join();
+  MSA_RETURN_IF_ERROR(directory_status);
+  MSA_RETURN_IF_ERROR(summaries_status);
+  spdlog::debug("{}: block directory read in {:.1f} ms, summaries in {:.1f} ms (at once; {} blocks from saved pieces)",
                 path_, directory_ms, summaries_ms, pieces_blocks);
   MSA_ASSIGN_OR_RETURN(const auto docs, catalog_->ListDocuments());
   for (const DocumentRecord& doc : docs) doc_blocks_[doc.id] = {doc.first_block, doc.blocks};
@@ -895,9 +921,16 @@ uint64_t Store::LoadSummaryPieces(uint32_t stream) {
     const std::string file = SummaryPiecePath(stream, p.first_block);
     Status st = [&]() -> Status {
       MSA_RETURN_IF_ERROR(CheckSummaryPieceRecord(p, covered, committed_.blocks_per_stream, table.chunk_bytes()));
-      MSA_ASSIGN_OR_RETURN(const std::vector<uint8_t> bytes, ReadRecordedFile(file, p.file_bytes, p.checksum));
-      router_.AddChunks(stream, reinterpret_cast<const uint16_t*>(bytes.data()),
-                        p.blocks / SummaryTable::kChunkBlocks);
+      // Read through once (the size and checksum against the record; a
+      // read error a Status here, where it would be SIGBUS in a mapping;
+      // every page left in the page cache), then mapped: the router's table
+      // keeps the page cache's pages, with no copy into fresh memory.
+      ChecksumStream sum;
+      MSA_RETURN_IF_ERROR(io::ReadFileThrough(file, p.file_bytes,
+                                              [&](const uint8_t* data, size_t n) { sum.Update(data, n); }));
+      if (sum.Digest() != p.checksum) return Status::Corruption(kDamaged);
+      MSA_ASSIGN_OR_RETURN(TableMemory mapped, TableMemory::MapFile(file, p.file_bytes));
+      router_.AddMappedChunks(stream, std::move(mapped));
       return Status::OK();
     }();
     if (!st.ok()) {

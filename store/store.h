@@ -414,6 +414,11 @@ class Store {
  private:
   Store(std::string path, std::unique_ptr<Catalog> catalog, const StoreOptions& options);
   Status Load();
+  // Load's two halves, run at once: every stream's block directory from
+  // the catalog, and every stream's summaries into the router (from saved
+  // pieces where there are some; *pieces_blocks counts those blocks).
+  Status ReadBlockDirectory();
+  Status LoadSummaries(uint64_t* pieces_blocks);
   Status OpenWriter(uint32_t segment, uint64_t committed_length);
   // Appends one record to the active segment (rolling over to a new one
   // past options_.segment_bytes); *segment/*offset receive where it went.

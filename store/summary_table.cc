@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "attention/half.h"
@@ -13,8 +14,12 @@ SummaryTable::SummaryTable(uint32_t vectors_per_block, uint32_t dim)
 
 void SummaryTable::Reserve(uint64_t more) {
   const uint64_t need = (blocks_ + more + kChunkBlocks - 1) / kChunkBlocks;
-  chunks_.reserve(need);
-  while (chunks_.size() < need) chunks_.push_back(std::make_unique<uint16_t[]>(chunk_values()));
+  if (chunks_.size() >= need) return;
+  const size_t slab_chunks = std::max<size_t>(need - chunks_.size(), chunks_.size() / 4);
+  chunks_.reserve(chunks_.size() + slab_chunks);
+  slabs_.emplace_back(slab_chunks * chunk_bytes());
+  auto* slab = reinterpret_cast<uint16_t*>(slabs_.back().data());
+  for (size_t i = 0; i < slab_chunks; ++i) chunks_.push_back(slab + i * chunk_values());
 }
 
 void SummaryTable::Append(const float* summaries, uint64_t n) {
@@ -24,7 +29,7 @@ void SummaryTable::Append(const float* summaries, uint64_t n) {
   // value by value was a fifth of a 100M-token store's open time.
   std::vector<uint16_t> halves(width);
   for (uint64_t i = 0; i < n; ++i, ++blocks_) {
-    uint16_t* chunk = chunks_[blocks_ / kChunkBlocks].get();
+    uint16_t* chunk = chunks_[blocks_ / kChunkBlocks];
     const size_t at = blocks_ % kChunkBlocks;
     attention::FloatToHalfArray(summaries + i * width, halves.data(), width);
     for (size_t v = 0; v < width; ++v) chunk[v * kChunkBlocks + at] = halves[v];
@@ -34,14 +39,30 @@ void SummaryTable::Append(const float* summaries, uint64_t n) {
 void SummaryTable::AppendChunks(const uint16_t* data, size_t n_chunks) {
   Reserve(n_chunks * kChunkBlocks);
   for (size_t i = 0; i < n_chunks; ++i, blocks_ += kChunkBlocks) {
-    std::memcpy(chunks_[blocks_ / kChunkBlocks].get(), data + i * chunk_values(), chunk_bytes());
+    std::memcpy(chunks_[blocks_ / kChunkBlocks], data + i * chunk_values(), chunk_bytes());
   }
+}
+
+void SummaryTable::AppendMappedChunks(TableMemory memory) {
+  const size_t n_chunks = memory.bytes() / chunk_bytes();
+  const size_t first = static_cast<size_t>(blocks_ / kChunkBlocks);
+  auto* data = reinterpret_cast<uint16_t*>(memory.data());
+  slabs_.push_back(std::move(memory));
+  // Over reserved chunks, if any: their memory is then never touched.
+  for (size_t i = 0; i < n_chunks; ++i) {
+    if (first + i < chunks_.size()) {
+      chunks_[first + i] = data + i * chunk_values();
+    } else {
+      chunks_.push_back(data + i * chunk_values());
+    }
+  }
+  blocks_ += n_chunks * kChunkBlocks;
 }
 
 void SummaryTable::Gather(const uint64_t* blocks, size_t n, uint32_t j, const uint32_t* cols, size_t ncols,
                           float* out) const {
   auto base = [&](uint64_t block) {
-    return chunks_[block / kChunkBlocks].get() + static_cast<size_t>(j) * dim_ * kChunkBlocks + block % kChunkBlocks;
+    return chunks_[block / kChunkBlocks] + static_cast<size_t>(j) * dim_ * kChunkBlocks + block % kChunkBlocks;
   };
   constexpr size_t kAhead = 4;  // blocks in flight: ~4 x ncols outstanding lines
   for (size_t i = 0; i < std::min(n, kAhead); ++i) {
@@ -63,7 +84,7 @@ void SummaryTable::Rows(uint64_t first, uint64_t n, float* out) const {
   const size_t width = static_cast<size_t>(per_block_) * dim_;
   for (uint64_t i = 0; i < n; ++i) {
     const uint64_t b = first + i;
-    const uint16_t* chunk = chunks_[b / kChunkBlocks].get();
+    const uint16_t* chunk = chunks_[b / kChunkBlocks];
     const size_t at = b % kChunkBlocks;
     for (size_t v = 0; v < width; ++v) out[i * width + v] = attention::HalfToFloat(chunk[v * kChunkBlocks + at]);
   }

@@ -12,6 +12,8 @@
 #include <memory>
 #include <vector>
 
+#include "store/table_memory.h"
+
 namespace msa {
 
 class SummaryTable {
@@ -21,7 +23,9 @@ class SummaryTable {
   SummaryTable(uint32_t vectors_per_block, uint32_t dim);
 
   // Allocates room for `more` blocks beyond the current ones, so that an
-  // Append of as many allocates nothing.
+  // Append of as many allocates nothing. Room comes in slabs of whole
+  // chunks (store/table_memory.h), at least a quarter of the table more at
+  // a time, so that a table growing by small appends has few mappings.
   void Reserve(uint64_t more);
   // Appends n blocks: summaries[(b * vectors_per_block + j) * dim + c].
   void Append(const float* summaries, uint64_t n);
@@ -33,7 +37,7 @@ class SummaryTable {
   }
   // Value (vector j, dim c) of the blocks of `chunk`, fp16 bits.
   const uint16_t* Column(size_t chunk, uint32_t j, uint32_t c) const {
-    return chunks_[chunk].get() + (static_cast<size_t>(j) * dim_ + c) * kChunkBlocks;
+    return chunks_[chunk] + (static_cast<size_t>(j) * dim_ + c) * kChunkBlocks;
   }
   // Values (vector j, dim cols[k]) of n blocks: out[i * ncols + k], in
   // float. For rescoring a few candidates with the columns their probes
@@ -47,17 +51,23 @@ class SummaryTable {
   // Whole chunks as they lie in memory, for saving summaries to a file and
   // loading them back without conversion (Store's summary pieces).
   size_t chunk_bytes() const { return chunk_values() * sizeof(uint16_t); }
-  const uint16_t* ChunkData(size_t chunk) const { return chunks_[chunk].get(); }
+  const uint16_t* ChunkData(size_t chunk) const { return chunks_[chunk]; }
   // Appends `n_chunks` whole chunks (kChunkBlocks blocks each) from `data`;
   // requires blocks() to be a multiple of kChunkBlocks.
   void AppendChunks(const uint16_t* data, size_t n_chunks);
+  // The same without a copy: `memory` (a saved piece mapped, see
+  // store/table_memory.h) holds whole chunks, which become the table's
+  // next ones and stay where they are. Requires blocks() to be a multiple
+  // of kChunkBlocks.
+  void AppendMappedChunks(TableMemory memory);
 
-  uint64_t memory_bytes() const { return chunks_.size() * chunk_values() * sizeof(uint16_t); }
+  uint64_t memory_bytes() const { return chunks() * chunk_bytes(); }  // in use, not reserved
 
  private:
   size_t chunk_values() const { return static_cast<size_t>(per_block_) * dim_ * kChunkBlocks; }
   const uint32_t per_block_, dim_;
-  std::vector<std::unique_ptr<uint16_t[]>> chunks_;
+  std::vector<TableMemory> slabs_;  // allocated or mapped
+  std::vector<uint16_t*> chunks_;   // into slabs_, in block order; those past blocks_ reserved
   uint64_t blocks_ = 0;
 };
 

@@ -665,7 +665,11 @@ TEST(Store, TruncatedUncommittedTailIsCutOnReopen) {
 TEST(Store, TruncatedCatalogLogFailsTheOpenAndDestroysNothing) {
   TempDir dir;
   const Geometry g = SmallGeometry();
-  // Three commits, a reopen (which moves them out of the log), three more.
+  // Three commits, a reopen (closing flushed them out of the log), three
+  // more, and then a crash: the catalog as it lies on disk before the
+  // close, which would flush those three too, with the high-water mark
+  // the close writes (written as commits go in a longer run).
+  const std::string catalog = dir.Sub("store/catalog"), crashed = dir.Sub("crashed-catalog");
   for (int round = 0; round < 2; ++round) {
     auto s = round == 0 ? Store::Create(dir.Sub("store"), g) : Store::Open(dir.Sub("store"));
     ASSERT_TRUE(s.ok()) << s.status().ToString();
@@ -674,7 +678,12 @@ TEST(Store, TruncatedCatalogLogFailsTheOpenAndDestroysNothing) {
       ASSERT_TRUE(Append(**s, MakeDoc(g, "d" + std::to_string(3 * round + i), 24, 50 + 3 * round + i)).ok());
       ASSERT_TRUE((*s)->Commit().ok());
     }
+    if (round == 1) std::filesystem::copy(catalog, crashed);
   }
+  std::filesystem::copy_file(catalog + "/" + Catalog::kHighWaterFile, crashed + "/" + Catalog::kHighWaterFile,
+                             std::filesystem::copy_options::overwrite_existing);
+  std::filesystem::remove_all(catalog);
+  std::filesystem::rename(crashed, catalog);
   // Cut the newest log file (the catalog's commits since its last flush) in half.
   std::string log;
   for (const auto& e : std::filesystem::directory_iterator(dir.Sub("store/catalog"))) {

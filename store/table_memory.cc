@@ -1,0 +1,87 @@
+#include "store/table_memory.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include <cstdint>
+#include <new>
+#include <utility>
+
+namespace msa {
+
+namespace {
+
+size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+}  // namespace
+
+TableMemory::TableMemory(size_t bytes) {
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  if (bytes < kHugePage) {
+    bytes_ = RoundUp(bytes == 0 ? 1 : bytes, page);
+    void* p = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    data_ = static_cast<uint8_t*>(p);
+    return;
+  }
+  // mmap aligns to a page only: map one huge page more, then unmap the
+  // parts before the first 2 MiB boundary and after the region.
+  bytes_ = RoundUp(bytes, kHugePage);
+  const size_t mapped = bytes_ + kHugePage;
+  void* p = ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();
+  const auto start = reinterpret_cast<uintptr_t>(p);
+  const uintptr_t aligned = RoundUp(start, kHugePage);
+  if (aligned > start) ::munmap(p, aligned - start);
+  const uintptr_t end = aligned + bytes_;
+  if (start + mapped > end) ::munmap(reinterpret_cast<void*>(end), start + mapped - end);
+  data_ = reinterpret_cast<uint8_t*>(aligned);
+  // A hint: EINVAL where the kernel has no THP leaves ordinary pages.
+  (void)::madvise(data_, bytes_, MADV_HUGEPAGE);
+}
+
+Result<TableMemory> TableMemory::MapFile(const std::string& path, size_t bytes) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return Status::NotFound(path + " does not exist");
+    return Status::FromErrno("open " + path, errno);
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return Status::FromErrno("stat " + path, err);
+  }
+  if (static_cast<uint64_t>(st.st_size) != bytes) {
+    ::close(fd);
+    return Status::Corruption(path + (static_cast<uint64_t>(st.st_size) < bytes ? " is truncated: " : " is too long: ") +
+                              std::to_string(st.st_size) + " bytes, expected " + std::to_string(bytes));
+  }
+  void* p = ::mmap(nullptr, bytes, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
+  const int err = errno;
+  ::close(fd);  // the mapping keeps the file
+  if (p == MAP_FAILED) return Status::FromErrno("mmap " + path, err);
+  return TableMemory(static_cast<uint8_t*>(p), bytes);
+}
+
+TableMemory::~TableMemory() {
+  if (data_ != nullptr) ::munmap(data_, bytes_);
+}
+
+TableMemory::TableMemory(TableMemory&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
+
+TableMemory& TableMemory::operator=(TableMemory&& other) noexcept {
+  if (this != &other) {
+    if (data_ != nullptr) ::munmap(data_, bytes_);
+    data_ = std::exchange(other.data_, nullptr);
+    bytes_ = std::exchange(other.bytes_, 0);
+  }
+  return *this;
+}
+
+}  // namespace msa

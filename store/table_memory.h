@@ -1,0 +1,64 @@
+// Memory for the router's long-lived tables (store/summary_table.h,
+// store/route_sketch.h): anonymous mappings that the kernel may back with
+// 2 MiB transparent huge pages.
+//
+// Why: those tables are filled once, at open or as blocks arrive, and then
+// read for the life of the store. At 1e8 tokens they are ~2 GB. Allocated
+// chunk by chunk from the heap, opening that store faulted 569K 4 KiB pages
+// and spent 3.4 s of its 5.5 s in the kernel (BENCHMARKS.md, "Opening the
+// 1e8 store"). A region of 2 MiB or more is aligned to 2 MiB and marked
+// MADV_HUGEPAGE (a hint: where the kernel keeps THP for madvised regions
+// only, as Debian's default does, this is what turns it on), so the same
+// bytes cost 512 times fewer faults, and the scan's TLB reach grows too.
+//
+// Contents start zeroed (the kernel's anonymous pages).
+//
+// A region can instead be a read-only map of a file (MapFile): a saved
+// summary piece becomes table memory without a copy, sharing the page
+// cache's pages. On this VM a fresh anonymous page costs ~3 us to fault in
+// and zero (0.85 s per GB, 2.6-3.8 s per GB in huge pages new to the
+// process: measured with a 1 GB memset, BENCHMARKS.md), which made copying
+// 1.5 GB of pieces into the table most of the 1e8 store's open time.
+//
+// Thread safety: a region is plain memory; moving or destroying it is the
+// owner's to serialise.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "msa/status.h"
+
+namespace msa {
+
+class TableMemory {
+ public:
+  static constexpr size_t kHugePage = size_t{2} << 20;
+
+  TableMemory() = default;
+  // At least `bytes` (rounded up to whole pages, and to huge pages from
+  // kHugePage on), zeroed. Throws std::bad_alloc where the kernel refuses,
+  // as operator new would.
+  explicit TableMemory(size_t bytes);
+  // `path`, which must be exactly `bytes` long, mapped read-only (writing
+  // to data() faults) with its pages mapped in now. A read error after
+  // this (the kernel re-reading an evicted page) would raise SIGBUS, so
+  // the caller reads the file through once first (see Store's pieces).
+  static Result<TableMemory> MapFile(const std::string& path, size_t bytes);
+  ~TableMemory();
+  TableMemory(TableMemory&& other) noexcept;
+  TableMemory& operator=(TableMemory&& other) noexcept;
+  TableMemory(const TableMemory&) = delete;
+  TableMemory& operator=(const TableMemory&) = delete;
+
+  uint8_t* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  TableMemory(uint8_t* data, size_t bytes) : data_(data), bytes_(bytes) {}
+  uint8_t* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+}  // namespace msa
