@@ -115,6 +115,22 @@ void ExpectWithinQuantBound(Codec codec, uint32_t tokens, uint32_t d, const std:
   EXPECT_EQ(worst_values, 0u) << CodecName(codec) << " values over the bound, " << tokens << "x" << d;
 }
 
+// The checksum of bytes in parts is the checksum of them whole, wherever
+// the cuts fall (inside XXH3's 64-byte stripes and across its 1 KiB blocks).
+TEST(CodecTest, ChecksumInPartsIsTheChecksumOfTheWhole) {
+  std::vector<uint8_t> bytes(5000);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i * 131 + 7);
+  for (size_t part : {size_t{1}, size_t{63}, size_t{1024}, size_t{4999}, size_t{5000}}) {
+    ChecksumStream stream;
+    for (size_t at = 0; at < bytes.size(); at += part) stream.Update(bytes.data() + at, std::min(part, bytes.size() - at));
+    EXPECT_EQ(stream.Digest(), Checksum(bytes.data(), bytes.size())) << part;
+  }
+  bytes[4000] ^= 1;
+  ChecksumStream stream;
+  stream.Update(bytes.data(), bytes.size());
+  EXPECT_NE(stream.Digest(), Checksum(bytes.data(), 4000));
+}
+
 TEST(CodecTest, NamesParseBack) {
   for (Codec c : kAllCodecs) {
     auto parsed = ParseCodec(CodecName(c));

@@ -24,6 +24,7 @@
 #include "store/store.h"
 #include "store/summary.h"
 #include "store/summary_table.h"
+#include "store/table_memory.h"
 #include "test_util.h"
 
 namespace msa {
@@ -1137,6 +1138,71 @@ TEST(Router, IndexFileIsSavedLoadedCaughtUpAndRebuiltWhenDamaged) {
   }
   EXPECT_TRUE(std::filesystem::exists(dir.Sub("store/router/0.3.ivf")));
   EXPECT_FALSE(std::filesystem::exists(file));
+}
+
+// Table memory: anonymous regions start zeroed and big ones sit on 2 MiB
+// boundaries (where a huge page can back them); a mapped file reads as its
+// bytes, and a file of the wrong size is refused naming it.
+TEST(TableMemory, RegionsAreZeroedAlignedAndFilesMapAsTheirBytes) {
+  for (size_t bytes : {size_t{1}, size_t{5000}, TableMemory::kHugePage + 1}) {
+    TableMemory m(bytes);
+    ASSERT_GE(m.bytes(), bytes);
+    EXPECT_EQ(std::count(m.data(), m.data() + m.bytes(), uint8_t{0}), static_cast<std::ptrdiff_t>(m.bytes()));
+    if (bytes >= TableMemory::kHugePage) EXPECT_EQ(reinterpret_cast<uintptr_t>(m.data()) % TableMemory::kHugePage, 0u);
+    m.data()[bytes - 1] = 7;  // writable
+    TableMemory moved = std::move(m);
+    EXPECT_EQ(moved.data()[bytes - 1], 7);
+    EXPECT_EQ(m.data(), nullptr);
+  }
+  msa::testing::TempDir dir;
+  const std::string file = dir.Sub("piece");
+  std::vector<uint8_t> bytes(10000);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i * 31 + 5);
+  std::ofstream(file, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  auto mapped = TableMemory::MapFile(file, bytes.size());
+  ASSERT_TRUE(mapped.ok()) << mapped.status().ToString();
+  ASSERT_EQ(mapped->bytes(), bytes.size());
+  EXPECT_TRUE(std::equal(bytes.begin(), bytes.end(), mapped->data()));
+  for (size_t expected : {bytes.size() + 1, bytes.size() - 1}) {
+    auto wrong = TableMemory::MapFile(file, expected);
+    ASSERT_FALSE(wrong.ok());
+    EXPECT_EQ(wrong.status().code(), Status::Code::kCorruption);
+    EXPECT_NE(wrong.status().message().find(file), std::string::npos) << wrong.status().ToString();
+    EXPECT_NE(wrong.status().message().find(expected > bytes.size() ? "truncated" : "too long"), std::string::npos)
+        << wrong.status().ToString();
+  }
+  EXPECT_EQ(TableMemory::MapFile(dir.Sub("missing"), 1).status().code(), Status::Code::kNotFound);
+}
+
+// A table built from mapped chunks (as open builds it from saved pieces)
+// holds the same values as one built by appending, and grows on from there.
+TEST(SummaryTable, MappedChunksReadAsAppendedOnesAndTheTableGrowsOn) {
+  const uint32_t per_block = 2, dim = 8;
+  const size_t blocks = 3 * SummaryTable::kChunkBlocks + 5, width = per_block * dim;
+  std::vector<float> rows(blocks * width);
+  for (size_t i = 0; i < rows.size(); ++i) rows[i] = static_cast<float>(i % 251) - 100.0f;
+  SummaryTable appended(per_block, dim);
+  appended.Append(rows.data(), blocks);
+  msa::testing::TempDir dir;
+  const std::string file = dir.Sub("piece");
+  {
+    std::ofstream out(file, std::ios::binary);
+    for (size_t c = 0; c < 2; ++c) out.write(reinterpret_cast<const char*>(appended.ChunkData(c)), appended.chunk_bytes());
+  }
+  SummaryTable mapped(per_block, dim);
+  mapped.Reserve(blocks);  // reserved chunks the mapping then stands in for
+  auto memory = TableMemory::MapFile(file, 2 * appended.chunk_bytes());
+  ASSERT_TRUE(memory.ok()) << memory.status().ToString();
+  mapped.AppendMappedChunks(std::move(memory).value());
+  ASSERT_EQ(mapped.blocks(), 2 * SummaryTable::kChunkBlocks);
+  const size_t rest = blocks - mapped.blocks();
+  mapped.Append(rows.data() + mapped.blocks() * width, rest);
+  ASSERT_EQ(mapped.blocks(), blocks);
+  std::vector<float> a(blocks * width), b(blocks * width);
+  appended.Rows(0, blocks, a.data());
+  mapped.Rows(0, blocks, b.data());
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(mapped.memory_bytes(), appended.memory_bytes());
 }
 
 // Summary pieces (StoreOptions::summary_piece_blocks): commits save each
