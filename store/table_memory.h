@@ -3,22 +3,25 @@
 // 2 MiB transparent huge pages.
 //
 // Why: those tables are filled once, at open or as blocks arrive, and then
-// read for the life of the store. At 1e8 tokens they are ~2 GB. Allocated
-// chunk by chunk from the heap, opening that store faulted 569K 4 KiB pages
-// and spent 3.4 s of its 5.5 s in the kernel (BENCHMARKS.md, "Opening the
-// 1e8 store"). A region of 2 MiB or more is aligned to 2 MiB and marked
-// MADV_HUGEPAGE (a hint: where the kernel keeps THP for madvised regions
-// only, as Debian's default does, this is what turns it on), so the same
-// bytes cost 512 times fewer faults, and the scan's TLB reach grows too.
+// read for the life of the store; at 1e8 tokens they are ~2 GB. They come
+// in slabs of many chunks or runs (few mappings, however the table grows).
+// A region of 2 MiB or more is aligned to 2 MiB and marked MADV_HUGEPAGE
+// (a hint; where the kernel keeps THP for madvised regions only, Debian's
+// default, this is what turns it on): opening the 1e8 store then faults
+// 82K pages instead of 569K. On the 2-core VM that saved no time (the
+// cost there is zeroing fresh memory, not the faults: BENCHMARKS.md,
+// "Opening the 1e8 store in 3.3 s cold"), and a 1e7-token ingest took the
+// same time with and without the hint, so it stays for the machines where
+// faults and TLB reach do count.
 //
 // Contents start zeroed (the kernel's anonymous pages).
 //
 // A region can instead be a read-only map of a file (MapFile): a saved
 // summary piece becomes table memory without a copy, sharing the page
-// cache's pages. On this VM a fresh anonymous page costs ~3 us to fault in
-// and zero (0.85 s per GB, 2.6-3.8 s per GB in huge pages new to the
-// process: measured with a 1 GB memset, BENCHMARKS.md), which made copying
-// 1.5 GB of pieces into the table most of the 1e8 store's open time.
+// cache's pages. On the VM a fresh anonymous page costs ~3 us to fault in
+// and zero (0.85 s per GB; 2.7-3.8 s per GB in the first huge pages a
+// process maps), which made copying 1.5 GB of pieces into the table most
+// of the 1e8 store's open time.
 //
 // Thread safety: a region is plain memory; moving or destroying it is the
 // owner's to serialise.
