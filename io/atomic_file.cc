@@ -106,15 +106,8 @@ Result<std::vector<uint8_t>> ReadWholeFile(const std::string& path) {
   return data;
 }
 
-Status ReadFileThrough(const std::string& path, uint64_t size,
-                       const std::function<void(const uint8_t* data, size_t n)>& part) {
-  size_t actual = 0;
-  MSA_ASSIGN_OR_RETURN(const int fd, OpenForReading(path, &actual));
-  if (actual != size) {
-    ::close(fd);
-    return Status::Corruption(path + (actual < size ? " is truncated: " : " is too long: ") +
-                              std::to_string(actual) + " bytes, expected " + std::to_string(size));
-  }
+Status ReadThrough(int fd, const std::string& path, uint64_t size,
+                   const std::function<void(const uint8_t* data, size_t n)>& part) {
   constexpr size_t kPart = size_t{4} << 20;
   std::vector<uint8_t> buffer(static_cast<size_t>(std::min<uint64_t>(size, kPart)));
   for (uint64_t at = 0; at < size;) {
@@ -122,16 +115,13 @@ Status ReadFileThrough(const std::string& path, uint64_t size,
     const ssize_t got = sys::PRead(fd, buffer.data(), n, static_cast<off_t>(at), &path);
     if (got < 0 && errno == EINTR) continue;
     if (got <= 0) {
-      const int err = got < 0 ? errno : EIO;
-      ::close(fd);
-      return got < 0 ? Status::FromErrno("read " + path, err)
+      return got < 0 ? Status::FromErrno("read " + path, errno)
                      : Status::IOError("read " + path + ": end of file after " + std::to_string(at) + " of " +
                                        std::to_string(size) + " bytes");
     }
     part(buffer.data(), static_cast<size_t>(got));
     at += static_cast<uint64_t>(got);
   }
-  ::close(fd);
   return Status::OK();
 }
 

@@ -15,11 +15,10 @@ namespace msa::io {
 Status WriteFileAtomically(const std::string& path, const void* data, size_t size);
 // Reads a whole file; NotFound when it does not exist.
 Result<std::vector<uint8_t>> ReadWholeFile(const std::string& path);
-// Reads a file of exactly `size` bytes (recorded elsewhere) in order, in
-// parts of at most 4 MiB given to `part` (checksummed as they come, say)
-// from one buffer; Corruption naming both sizes when the file is shorter
-// or longer.
-Status ReadFileThrough(const std::string& path, uint64_t size,
-                       const std::function<void(const uint8_t* data, size_t n)>& part);
+// Reads the first `size` bytes of the open file fd (named `path` in
+// errors) in order, in parts of at most 4 MiB given to `part` (checksummed
+// as they come, say) from one buffer. fd stays open.
+Status ReadThrough(int fd, const std::string& path, uint64_t size,
+                   const std::function<void(const uint8_t* data, size_t n)>& part);
 
 }  // namespace msa::io

@@ -371,16 +371,15 @@ Catalog::Catalog(std::string dir, rocksdb::DB* db, Geometry geometry, bool half_
 }
 
 Catalog::~Catalog() {
-  if (!read_only_) {
-    if (acknowledged_ != high_water_) WriteHighWater();
-    // The memtable into a table file, so that the next open need not
-    // replay the log: at 1e8 tokens the last ~40 MB of commits took half a
-    // second of every open, read-only ones included, which cannot flush.
-    // Nothing depends on it (the log stays until the flush is durable).
-    const rocksdb::Status s = db_->Flush(rocksdb::FlushOptions());
-    if (!s.ok()) spdlog::warn("catalog {}: not flushed on close ({}); the next open replays its log", dir_, s.ToString());
-  }
+  if (!read_only_ && acknowledged_ != high_water_) WriteHighWater();
   delete db_;
+}
+
+Status Catalog::Flush() {
+  if (read_only_) return Status::NotSupported("catalog " + dir_ + " is open read-only; it cannot flush");
+  rocksdb::FlushOptions options;
+  options.wait = true;
+  return FromRocks(db_->Flush(options), "flush catalog " + dir_);
 }
 
 namespace {

@@ -185,6 +185,10 @@ class Catalog {
   };
   // Writes the batch with sync=true: durable when this returns OK.
   Status Commit(Batch& batch);
+  // Moves the commits still only in RocksDB's log into its table files
+  // (a memtable flush), so that the next open need not replay them. Not
+  // needed for durability. NotSupported on a read-only catalog.
+  Status Flush();
 
   // The catalog's high-water mark: the file HIGH-WATER in its directory
   // holds the RocksDB sequence number of an acknowledged commit. RocksDB

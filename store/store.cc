@@ -86,8 +86,8 @@ constexpr char kDamaged[] = "damaged: its checksum does not match the catalog's"
 // A file the store keeps beside the catalog as an accelerator (a router
 // index, a summary piece) read and checked against the size and checksum
 // its catalog record holds: its bytes, or NotFound (missing), or Corruption
-// saying whether it is truncated, too long or damaged. Opening (which then
-// rebuilds from the catalog) and Verify (which reports it) share it.
+// saying whether it is truncated, too long or damaged. Verify (which
+// reports it) and opening, where a summary piece cannot be mapped, use it.
 Result<std::vector<uint8_t>> ReadRecordedFile(const std::string& file, uint64_t file_bytes,
                                               uint64_t checksum) {
   MSA_ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, io::ReadWholeFile(file));
@@ -258,7 +258,11 @@ Status Store::Load() {
   double directory_ms = 0;
   std::jthread directory_reader([&] {
     const auto start = Clock::now();
-    directory_status = ReadBlockDirectory();
+    try {
+      directory_status = ReadBlockDirectory();
+    } catch (const std::exception& e) {  // out of memory: the open fails, the process lives
+      directory_status = Status::Internal(std::string("reading the block directory: ") + e.what());
+    }
     directory_ms = MsSince(start);
   });
   uint64_t pieces_blocks = 0;
@@ -284,6 +288,11 @@ Status Store::Load() {
     MSA_RETURN_IF_ERROR(OpenWriter(committed_.active_segment, len));
   }
   return Status::OK();
+}
+
+Status Store::FlushCatalog() {
+  if (options_.read_only) return Status::NotSupported("store " + path_ + " is open read-only; it cannot flush");
+  return catalog_->Flush();
 }
 
 void Store::RemoveOrphanSegments() {
@@ -921,16 +930,21 @@ uint64_t Store::LoadSummaryPieces(uint32_t stream) {
     const std::string file = SummaryPiecePath(stream, p.first_block);
     Status st = [&]() -> Status {
       MSA_RETURN_IF_ERROR(CheckSummaryPieceRecord(p, covered, committed_.blocks_per_stream, table.chunk_bytes()));
-      // Read through once (the size and checksum against the record; a
-      // read error a Status here, where it would be SIGBUS in a mapping;
-      // every page left in the page cache), then mapped: the router's table
-      // keeps the page cache's pages, with no copy into fresh memory.
+      // Read through once (the checksum against the record; a read error
+      // a Status now), then mapped from the same descriptor: the router's
+      // table keeps the page cache's pages, with no copy into fresh memory.
       ChecksumStream sum;
-      MSA_RETURN_IF_ERROR(io::ReadFileThrough(file, p.file_bytes,
-                                              [&](const uint8_t* data, size_t n) { sum.Update(data, n); }));
-      if (sum.Digest() != p.checksum) return Status::Corruption(kDamaged);
-      MSA_ASSIGN_OR_RETURN(TableMemory mapped, TableMemory::MapFile(file, p.file_bytes));
-      router_.AddMappedChunks(stream, std::move(mapped));
+      auto mapped = TableMemory::MapFile(file, p.file_bytes, [&](const uint8_t* data, size_t n) { sum.Update(data, n); });
+      if (mapped.ok()) {
+        if (sum.Digest() != p.checksum) return Status::Corruption(kDamaged);
+        router_.AddMappedChunks(stream, std::move(mapped).value());
+        return Status::OK();
+      }
+      if (mapped.status().code() != Status::Code::kNotSupported) return mapped.status();
+      // The kernel would not map it: copied instead.
+      spdlog::debug("{}; copying it", mapped.status().ToString());
+      MSA_ASSIGN_OR_RETURN(const std::vector<uint8_t> bytes, ReadRecordedFile(file, p.file_bytes, p.checksum));
+      router_.AddChunks(stream, reinterpret_cast<const uint16_t*>(bytes.data()), p.blocks / SummaryTable::kChunkBlocks);
       return Status::OK();
     }();
     if (!st.ok()) {

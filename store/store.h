@@ -304,6 +304,13 @@ class Store {
   // the store refuses further writes until reopened (what reached the disk
   // is then unknown; reopening restores the last committed state).
   Status Commit();
+  // Moves the catalog's recent commits out of its write-ahead log into its
+  // table files, so that the next open does not replay them (read-only
+  // opens cannot flush, and at 1e8 tokens the last ingest's log took half
+  // a second of every open). Optional: commits are durable without it; a
+  // failure loses nothing. `msa ingest` and `msa synth --into-store` call
+  // it when they finish. NotSupported on a read-only store.
+  Status FlushCatalog();
 
   // Attention of q over the memory of one layer.
   //   q   : [n, q_heads, head_dim] float32, q_heads a multiple of kv_heads

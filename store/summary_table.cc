@@ -1,6 +1,7 @@
 #include "store/summary_table.h"
 
 #include <algorithm>
+#include <cassert>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -44,6 +45,7 @@ void SummaryTable::AppendChunks(const uint16_t* data, size_t n_chunks) {
 }
 
 void SummaryTable::AppendMappedChunks(TableMemory memory) {
+  assert(blocks_ % kChunkBlocks == 0 && memory.bytes() % chunk_bytes() == 0);
   const size_t n_chunks = memory.bytes() / chunk_bytes();
   const size_t first = static_cast<size_t>(blocks_ / kChunkBlocks);
   auto* data = reinterpret_cast<uint16_t*>(memory.data());

@@ -6,10 +6,13 @@
 #include <unistd.h>
 
 #include <cerrno>
-
 #include <cstdint>
+#include <cstring>
 #include <new>
 #include <utility>
+
+#include "io/atomic_file.h"
+#include "io/file_ops.h"
 
 namespace msa {
 
@@ -44,27 +47,33 @@ TableMemory::TableMemory(size_t bytes) {
   (void)::madvise(data_, bytes_, MADV_HUGEPAGE);
 }
 
-Result<TableMemory> TableMemory::MapFile(const std::string& path, size_t bytes) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+Result<TableMemory> TableMemory::MapFile(const std::string& path, size_t bytes,
+                                         const std::function<void(const uint8_t* data, size_t n)>& read_through) {
+  const int fd = io::sys::Open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     if (errno == ENOENT) return Status::NotFound(path + " does not exist");
     return Status::FromErrno("open " + path, errno);
   }
+  // Everything below on this one descriptor: the bytes checked are the
+  // bytes mapped, whatever is renamed over the path meanwhile.
+  auto fail = [fd](Status s) {
+    ::close(fd);
+    return s;
+  };
   struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    return Status::FromErrno("stat " + path, err);
+  if (::fstat(fd, &st) != 0) return fail(Status::FromErrno("stat " + path, errno));
+  const auto actual = static_cast<uint64_t>(st.st_size);
+  if (actual != bytes) {
+    return fail(Status::Corruption(path + (actual < bytes ? " is truncated: " : " is too long: ") +
+                                   std::to_string(actual) + " bytes, expected " + std::to_string(bytes)));
   }
-  if (static_cast<uint64_t>(st.st_size) != bytes) {
-    ::close(fd);
-    return Status::Corruption(path + (static_cast<uint64_t>(st.st_size) < bytes ? " is truncated: " : " is too long: ") +
-                              std::to_string(st.st_size) + " bytes, expected " + std::to_string(bytes));
-  }
+  if (bytes == 0) return fail(Status::InvalidArgument("map " + path + ": the file is empty"));
+  if (Status read = io::ReadThrough(fd, path, bytes, read_through); !read.ok()) return fail(read);
   void* p = ::mmap(nullptr, bytes, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
-  const int err = errno;
+  if (p == MAP_FAILED) {
+    return fail(Status::NotSupported("mmap " + path + ": " + std::strerror(errno)));
+  }
   ::close(fd);  // the mapping keeps the file
-  if (p == MAP_FAILED) return Status::FromErrno("mmap " + path, err);
   return TableMemory(static_cast<uint8_t*>(p), bytes);
 }
 

@@ -29,6 +29,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "msa/status.h"
@@ -44,11 +45,18 @@ class TableMemory {
   // kHugePage on), zeroed. Throws std::bad_alloc where the kernel refuses,
   // as operator new would.
   explicit TableMemory(size_t bytes);
-  // `path`, which must be exactly `bytes` long, mapped read-only (writing
-  // to data() faults) with its pages mapped in now. A read error after
-  // this (the kernel re-reading an evicted page) would raise SIGBUS, so
-  // the caller reads the file through once first (see Store's pieces).
-  static Result<TableMemory> MapFile(const std::string& path, size_t bytes);
+  // `path`, which must be exactly `bytes` long (Corruption naming both
+  // sizes otherwise), read through once in parts given to `read_through`
+  // (to checksum them) and then mapped read-only from the same open file
+  // (writing to data() faults), its pages mapped in now. The read turns a
+  // disk error now into a Status; it cannot protect later accesses: a
+  // mapped page the kernel evicted and fails to read back, or a file
+  // someone else truncates, raises SIGBUS. msa never rewrites a mapped
+  // file in place (pieces are replaced by rename). NotSupported where the
+  // kernel refuses the mapping (a file system without mmap, no address
+  // space left): the caller can still copy the file.
+  static Result<TableMemory> MapFile(const std::string& path, size_t bytes,
+                                     const std::function<void(const uint8_t* data, size_t n)>& read_through);
   ~TableMemory();
   TableMemory(TableMemory&& other) noexcept;
   TableMemory& operator=(TableMemory&& other) noexcept;

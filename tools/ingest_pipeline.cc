@@ -1,5 +1,7 @@
 #include "tools/ingest_pipeline.h"
 
+#include <spdlog/spdlog.h>
+
 #include <signal.h>
 #include <unistd.h>
 
@@ -206,6 +208,12 @@ Status RunIngestPipeline(Store& store, const IngestProducer& producer,
   }
   changed.notify_all();
   thread.join();
+  if (result.ok() && r.commits > 0) {
+    // So that the next open (`msa query` and the like, read-only) replays
+    // no log. Optional: a failure loses nothing, so it is only reported.
+    const Status flushed = store.FlushCatalog();
+    if (!flushed.ok()) spdlog::warn("{}; the next open replays the catalog's log", flushed.ToString());
+  }
   r.seconds = Seconds(t_start);
   r.written_bytes = store.Stats().segment_bytes - segment_bytes_before;
   show_progress(true);
