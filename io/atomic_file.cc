@@ -58,10 +58,7 @@ Status WriteFileAtomically(const std::string& path, const void* data, size_t siz
   return SyncDirectory(DirOf(path));
 }
 
-namespace {
-
-// Opens path for reading and reports its size.
-Result<int> OpenForReading(const std::string& path, size_t* size) {
+Result<int> OpenForReading(const std::string& path, uint64_t* size) {
   const int fd = sys::Open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     if (errno == ENOENT) return Status::NotFound(path + " does not exist");
@@ -73,36 +70,28 @@ Result<int> OpenForReading(const std::string& path, size_t* size) {
     ::close(fd);
     return Status::FromErrno("stat " + path, err);
   }
-  *size = static_cast<size_t>(st.st_size);
+  *size = static_cast<uint64_t>(st.st_size);
   return fd;
 }
 
-// Reads `size` bytes from the start of fd into out, then closes fd.
-Status ReadAndClose(int fd, const std::string& path, uint8_t* out, size_t size) {
+Result<std::vector<uint8_t>> ReadWholeFile(const std::string& path) {
+  uint64_t size = 0;
+  MSA_ASSIGN_OR_RETURN(const int fd, OpenForReading(path, &size));
+  std::vector<uint8_t> data(static_cast<size_t>(size));
   size_t got = 0;
-  while (got < size) {
-    const ssize_t n = sys::PRead(fd, out + got, size - got, static_cast<off_t>(got), &path);
+  while (got < data.size()) {
+    const ssize_t n = sys::PRead(fd, data.data() + got, data.size() - got, static_cast<off_t>(got), &path);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       const int err = n < 0 ? errno : EIO;
       ::close(fd);
       return n < 0 ? Status::FromErrno("read " + path, err)
-                   : Status::IOError("read " + path + ": end of file after " + std::to_string(got) + " of " +
-                                     std::to_string(size) + " bytes");
+                   : Status::IOError("read " + path + ": end of file after " + std::to_string(got) +
+                                     " of " + std::to_string(data.size()) + " bytes");
     }
     got += static_cast<size_t>(n);
   }
   ::close(fd);
-  return Status::OK();
-}
-
-}  // namespace
-
-Result<std::vector<uint8_t>> ReadWholeFile(const std::string& path) {
-  size_t size = 0;
-  MSA_ASSIGN_OR_RETURN(const int fd, OpenForReading(path, &size));
-  std::vector<uint8_t> data(size);
-  MSA_RETURN_IF_ERROR(ReadAndClose(fd, path, data.data(), size));
   return data;
 }
 

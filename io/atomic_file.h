@@ -13,6 +13,9 @@
 namespace msa::io {
 
 Status WriteFileAtomically(const std::string& path, const void* data, size_t size);
+// Opens a file for reading (the descriptor is the caller's to close) and
+// reports its size; NotFound when it does not exist.
+Result<int> OpenForReading(const std::string& path, uint64_t* size);
 // Reads a whole file; NotFound when it does not exist.
 Result<std::vector<uint8_t>> ReadWholeFile(const std::string& path);
 // Reads the first `size` bytes of the open file fd (named `path` in

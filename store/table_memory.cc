@@ -1,8 +1,6 @@
 #include "store/table_memory.h"
 
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -12,7 +10,6 @@
 #include <utility>
 
 #include "io/atomic_file.h"
-#include "io/file_ops.h"
 
 namespace msa {
 
@@ -49,20 +46,14 @@ TableMemory::TableMemory(size_t bytes) {
 
 Result<TableMemory> TableMemory::MapFile(const std::string& path, size_t bytes,
                                          const std::function<void(const uint8_t* data, size_t n)>& read_through) {
-  const int fd = io::sys::Open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    if (errno == ENOENT) return Status::NotFound(path + " does not exist");
-    return Status::FromErrno("open " + path, errno);
-  }
+  uint64_t actual = 0;
+  MSA_ASSIGN_OR_RETURN(const int fd, io::OpenForReading(path, &actual));
   // Everything below on this one descriptor: the bytes checked are the
   // bytes mapped, whatever is renamed over the path meanwhile.
   auto fail = [fd](Status s) {
     ::close(fd);
     return s;
   };
-  struct stat st;
-  if (::fstat(fd, &st) != 0) return fail(Status::FromErrno("stat " + path, errno));
-  const auto actual = static_cast<uint64_t>(st.st_size);
   if (actual != bytes) {
     return fail(Status::Corruption(path + (actual < bytes ? " is truncated: " : " is too long: ") +
                                    std::to_string(actual) + " bytes, expected " + std::to_string(bytes)));
